@@ -1,0 +1,122 @@
+# flowgate - build, test, run, install.
+#
+#   make          build/flowgate (-O2, warnings are errors)
+#   make run      install missing packages, build, dev certs, demo upstream, run
+#   make test     install missing packages, unit + fuzz-corpus + integration tests
+#   make install  /usr/local/bin/flowgate (PREFIX=...), config example, systemd unit
+#   make fuzz     run each libFuzzer target for FUZZ_SECONDS
+
+PREFIX      ?= /usr/local
+SYSCONFDIR  ?= /etc
+CC          ?= cc
+FUZZ_CC     ?= clang-14
+FUZZ_SECONDS ?= 60
+
+LLHTTP_DIR  := /usr/share/llhttp
+LLHTTP_INC  := /usr/share/include/llhttp
+PKGS        := libevent libevent_openssl libevent_pthreads openssl libjwt hiredis jansson libconfig
+
+PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+
+VERSION     := 0.1.0
+WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS      ?= -O2 -g
+BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -I$(LLHTTP_INC) -Igateway
+SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+SRCS        := $(wildcard gateway/*.c)
+LIB_SRCS    := $(filter-out gateway/main.c,$(SRCS))
+LLHTTP_SRCS := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
+
+OBJS        := $(SRCS:gateway/%.c=build/obj/%.o)
+LLHTTP_OBJS := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/obj/llhttp_%.o)
+ASAN_OBJS   := $(SRCS:gateway/%.c=build/asan/%.o)
+ASAN_LIB    := $(LIB_SRCS:gateway/%.c=build/asan/%.o)
+ASAN_LLHTTP := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
+
+UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
+UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
+FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+
+.PHONY: all deps run test unit fuzz-replay fuzz integration install clean certs asan format bench
+
+all: build/flowgate
+
+deps:
+	@sh tools/deps.sh
+
+build/obj/%.o: gateway/%.c gateway/*.h | build/obj
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+# Third-party sources from Debian's node-llhttp, compiled in place, never copied.
+build/obj/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/obj
+	$(CC) -O2 -g -w -I$(LLHTTP_INC) -c -o $@ $<
+
+build/flowgate: $(OBJS) $(LLHTTP_OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+build/asan/%.o: gateway/%.c gateway/*.h | build/asan
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/asan
+	$(CC) $(SAN_FLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
+
+build/asan/flowgate: $(ASAN_OBJS) $(ASAN_LLHTTP)
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
+
+asan: build/asan/flowgate
+
+build/tests/test_%: tests/unit/test_%.c $(ASAN_LIB) $(ASAN_LLHTTP) | build/tests
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRCS) $(LLHTTP_SRCS) gateway/*.h | build/fuzz
+	$(FUZZ_CC) $(BASE_CFLAGS) -Wno-unknown-warning-option -g -O1 -fsanitize=fuzzer,address,undefined \
+	    $(PKG_CFLAGS) -o $@ $< $(LIB_SRCS) $(LLHTTP_SRCS) $(PKG_LIBS)
+
+build/obj build/asan build/tests build/fuzz:
+	@mkdir -p $@
+
+certs: certs/dev/server.crt
+
+certs/dev/server.crt: certs/gen-dev-certs.sh
+	sh certs/gen-dev-certs.sh certs/dev
+
+unit: $(UNIT_BINS)
+	@sh tests/run-unit.sh $(UNIT_BINS)
+
+fuzz-replay: $(FUZZ_BINS)
+	@sh tests/fuzz/replay.sh $(FUZZ_BINS)
+
+fuzz: $(FUZZ_BINS)
+	@for f in $(FUZZ_BINS); do n=$${f##*/}; mkdir -p build/corpus/$$n; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) build/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
+
+integration: build/asan/flowgate build/flowgate certs
+	@python3 tests/integration/run.py --binary build/asan/flowgate
+
+test: deps
+	@$(MAKE) --no-print-directory build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs
+	@sh tests/run-all.sh
+
+run: deps
+	@$(MAKE) --no-print-directory build/flowgate certs
+	@sh tools/run-dev.sh
+
+bench: build/flowgate certs
+	@sh bench/run
+
+install: build/flowgate
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/flowgate $(DESTDIR)/lib/systemd/system
+	install -m 0755 build/flowgate $(DESTDIR)$(PREFIX)/bin/flowgate
+	install -m 0644 conf/flowgate.conf $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
+	sed 's|/usr/local/bin/flowgate|$(PREFIX)/bin/flowgate|' systemd/flowgate.service \
+	    > $(DESTDIR)/lib/systemd/system/flowgate.service
+	chmod 0644 $(DESTDIR)/lib/systemd/system/flowgate.service
+
+format:
+	clang-format -i gateway/*.c gateway/*.h tests/unit/*.c tests/fuzz/*.c
+
+clean:
+	rm -rf build

@@ -1,0 +1,150 @@
+/*
+ * h1.h - HTTP/1.1 message heads and body framing, strict, on top of llhttp.
+ *
+ * The caller owns the bytes: a head is parsed from one contiguous buffer that
+ * stays alive (and unmodified) as long as the h1_request/h1_response that
+ * points into it. Header names and values are slices into that buffer.
+ * The same llhttp parser that read the head then frames the body: the caller
+ * feeds raw body bytes and learns where the message ends, so bodies (chunked
+ * included) pass through byte for byte while their framing is still checked.
+ *
+ * Strictness (SPEC section 4, RFC 9112): exactly one framing (TE chunked
+ * alone, or one Content-Length, repeats of the same value merged, or none);
+ * no bare CR or LF, NUL, obs-fold, whitespace before a colon, invalid token
+ * characters, more than one Host, missing Host on HTTP/1.1, or Host that
+ * disagrees with an absolute-form target.
+ */
+#ifndef FG_H1_H
+#define FG_H1_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <llhttp.h>
+
+struct h1_header {
+    const char *name;  /* slice: token characters only */
+    size_t name_len;
+    const char *value; /* slice: leading/trailing OWS trimmed */
+    size_t value_len;
+};
+
+enum h1_status {
+    H1_OK = 0,
+    H1_BAD_REQUEST = 1,     /* 400 and close */
+    H1_HEAD_TOO_LARGE = 2,  /* 431 and close: too many headers */
+    H1_UNSUPPORTED = 3,     /* 400 too (unknown coding, bad version...) */
+};
+const char *h1_status_str(enum h1_status st);
+
+enum h1_framing {
+    H1_FRAMING_NONE = 0,    /* no body */
+    H1_FRAMING_LENGTH = 1,  /* content_length bytes */
+    H1_FRAMING_CHUNKED = 2, /* chunked coding */
+    H1_FRAMING_EOF = 3,     /* responses only: until the connection closes */
+};
+
+struct h1_parser {
+    llhttp_t llh;            /* owns framing state across head and body */
+    llhttp_settings_t settings;
+    void *cur;               /* the h1_request or h1_response being filled */
+    int error_state;         /* internal */
+    bool in_value;           /* internal */
+    bool head_done;          /* internal */
+    bool msg_done;           /* internal */
+};
+
+struct h1_request {
+    struct h1_parser parser;
+    int method;              /* llhttp_method_t */
+    const char *method_str;
+    size_t method_len;
+    const char *target;      /* request-target as sent */
+    size_t target_len;
+    const char *path;        /* path part of the target (origin or absolute form), before '?' */
+    size_t path_len;
+    const char *query;       /* after '?', NULL when none */
+    size_t query_len;
+    int version_minor;       /* 1.0 or 1.1 (major is always 1) */
+    struct h1_header *headers; /* caller's array of max_headers entries */
+    size_t nheaders;
+    size_t max_headers;
+    const char *host;        /* Host value (or absolute-form authority), lowercased copy is the caller's job */
+    size_t host_len;
+    enum h1_framing framing;
+    uint64_t content_length; /* when LENGTH */
+    bool keep_alive;         /* per version and Connection */
+    bool expect_continue;    /* Expect: 100-continue (other expectations: 417 is not used; 400) */
+    bool upgrade;            /* Connection: upgrade + Upgrade present */
+    const char *reason;      /* static text: why H1_BAD_REQUEST (for the log) */
+};
+
+struct h1_response {
+    struct h1_parser parser;
+    int status;
+    int version_minor;
+    const char *reason_phrase;
+    size_t reason_len;
+    struct h1_header *headers;
+    size_t nheaders;
+    size_t max_headers;
+    enum h1_framing framing;
+    uint64_t content_length;
+    bool keep_alive;         /* the upstream allows reuse after this response */
+    const char *reason;
+};
+
+/*
+ * Find the end of a message head in BUF[0..LEN). Returns the head's length
+ * including the final CRLF CRLF, -2 when more bytes are needed, or -1 when
+ * the bytes seen so far already break the rules (bare LF or CR, NUL in the
+ * head, a line starting with whitespace). Leading empty lines (RFC 9112 2.2)
+ * are not allowed: -1.
+ */
+ssize_t h1_head_end(const char *buf, size_t len);
+
+/*
+ * Parse a complete request head (as delimited by h1_head_end). REQ->headers
+ * and REQ->max_headers must be set by the caller. UNDERSCORES false drops
+ * (omits from REQ->headers) any header whose name holds '_'.
+ * Returns H1_OK with every field set, or an error with REQ->reason set.
+ * After H1_OK the body (if any) is framed with h1_body_feed.
+ */
+enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t len,
+                                bool underscores);
+
+/*
+ * Parse a response head. HEAD_REQUEST: the request was HEAD (no body follows
+ * whatever the headers say). 1xx responses parse fine (framing NONE); the
+ * caller decides what follows them. Returns H1_OK or H1_BAD_REQUEST.
+ */
+enum h1_status h1_parse_response(struct h1_response *resp, const char *buf, size_t len,
+                                 bool head_request);
+
+enum h1_body_status {
+    H1_BODY_MORE = 0,  /* all LEN bytes belong to the body; message not complete */
+    H1_BODY_DONE = 1,  /* message complete after *USED bytes (the rest is the next message) */
+    H1_BODY_ERROR = -1 /* framing error (bad chunk size, ...) */
+};
+
+/*
+ * Feed raw body bytes (as received: chunk framing included) to the parser of
+ * a message whose head parsed OK. *USED is set to how many bytes belong to
+ * this message. For H1_FRAMING_EOF responses call h1_body_eof at EOF.
+ */
+enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t len, size_t *used);
+
+/* EOF on the stream: DONE when the message is complete (EOF-delimited
+ * response, or already done), ERROR when it was cut short (truncated). */
+enum h1_body_status h1_body_eof(struct h1_parser *p);
+
+/* Case-insensitive header lookup helpers over a parsed array. */
+const struct h1_header *h1_find(const struct h1_header *h, size_t n, const char *name);
+bool h1_token_eq(const char *a, size_t alen, const char *lit); /* ASCII case-insensitive */
+
+/* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
+bool h1_list_has(const char *value, size_t len, const char *token);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * tls.h - OpenSSL server contexts: one SSL_CTX per certificate, chosen by SNI
+ * against each certificate's SANs; strong defaults; tickets with in-memory
+ * rotated keys; ALPN "http/1.1".
+ */
+#ifndef FG_TLS_H
+#define FG_TLS_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+#include "cfg.h"
+
+struct tls_ctxset; /* opaque, immutable after build except ticket keys */
+
+/*
+ * Build the contexts for CFG->tls. Returns NULL and writes
+ * "FILE:LINE-less message" (e.g. "certs/x.crt: key does not match
+ * certificate") into ERR on any problem. Thread-safe to use from every
+ * worker once built.
+ */
+struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errlen);
+void tls_free(struct tls_ctxset *set);
+
+/* A new server-side SSL for one connection (default context; SNI switches it). */
+SSL *tls_new_ssl(struct tls_ctxset *set);
+
+/* Rotate session ticket keys if due (called from a timer; cheap when not). */
+void tls_rotate_tickets(struct tls_ctxset *set);
+
+/* "TLSv1.3" etc. for the log. */
+const char *tls_version_str(const SSL *ssl);
+
+#endif
