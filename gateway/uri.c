@@ -1,0 +1,186 @@
+/*
+ * uri.c - request-target path normalisation (RFC 3986 sections 2.3, 5.2.4).
+ *
+ * One pass over the input. Each segment is percent-decoded straight into the
+ * output; when it then turns out to be "." or "..", it is taken back out.
+ * Decoding happens before the dot-segment check on purpose: "%2e%2e" is ".."
+ * to every upstream that decodes, so it must climb here too, and be refused
+ * when it would climb above the root.
+ *
+ * The output is never longer than the input (decoding shrinks, kept escapes
+ * stay three bytes, dot segments vanish), but every write is bounded by the
+ * caller's OUTCAP anyway: a segment is written before it is known to be a dot
+ * segment, so OUTCAP is working space, and too little of it is -1, never an
+ * overflow.
+ */
+#include <stdbool.h>
+#include <string.h>
+
+#include "uri.h"
+
+struct uri_out {
+    char *buf;  /* the caller's buffer */
+    size_t len; /* bytes written so far */
+    size_t cap; /* usable bytes: OUTCAP minus room for the NUL */
+};
+
+enum uri_seg {
+    URI_SEG_NAME = 0,   /* an ordinary segment, kept */
+    URI_SEG_DOT = 1,    /* "." : removed */
+    URI_SEG_DOTDOT = 2, /* "..": removes the segment before it */
+    URI_SEG_BAD = 3,    /* refused */
+};
+
+static int hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* RFC 3986 2.3: the only characters whose escapes are equivalent to them. */
+static bool is_unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+/*
+ * A byte that may stand for itself in a path: visible ASCII, except '\'
+ * (some upstreams read it as '/'), '%' (only as the start of an escape), and
+ * '?' and '#': an upstream would end the path there, after routing had seen
+ * the whole of it, so "/admin#/x" could reach "/admin" through another route.
+ */
+static bool is_path_byte(unsigned char c)
+{
+    return c >= 0x21 && c < 0x7f && c != '\\' && c != '%' && c != '?' && c != '#';
+}
+
+static int out_put(struct uri_out *o, char c)
+{
+    if (o->len >= o->cap)
+        return -1;
+    o->buf[o->len++] = c;
+    return 0;
+}
+
+/* Write one escape: decoded when unreserved, else kept with uppercase hex. */
+static int put_escape(struct uri_out *o, int hi, int lo)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    unsigned char c = (unsigned char)(hi << 4 | lo);
+
+    if (c == '/' || c == '\\' || c == '\0')
+        return -1;
+    if (is_unreserved(c))
+        return out_put(o, (char)c);
+    if (out_put(o, '%') == -1 || out_put(o, hex[hi]) == -1 || out_put(o, hex[lo]) == -1)
+        return -1;
+    return 0;
+}
+
+/*
+ * Decode the segment that starts at IN[I] into O. Returns the index of the
+ * '/' that ends it (or LEN), or -1 for a refused byte or malformed escape.
+ */
+static ssize_t copy_segment(const char *in, size_t len, size_t i, struct uri_out *o)
+{
+    while (i < len && in[i] != '/') {
+        unsigned char c = (unsigned char)in[i];
+
+        if (c != '%') {
+            if (!is_path_byte(c) || out_put(o, (char)c) == -1)
+                return -1;
+            i++;
+            continue;
+        }
+        if (len - i < 3)
+            return -1;
+        int hi = hex_value((unsigned char)in[i + 1]);
+        int lo = hex_value((unsigned char)in[i + 2]);
+        if (hi < 0 || lo < 0 || put_escape(o, hi, lo) == -1)
+            return -1;
+        i += 3;
+    }
+    return (ssize_t)i;
+}
+
+/*
+ * Classify a decoded segment. "." or ".." followed by path parameters
+ * (";x") is refused: servlet containers drop the parameters and then treat
+ * the segment as a dot segment, which would climb out of the routed prefix
+ * after routing ("/public/..;/admin").
+ */
+static enum uri_seg classify(const char *seg, size_t n)
+{
+    const char *semi = memchr(seg, ';', n);
+    size_t head = semi ? (size_t)(semi - seg) : n;
+
+    if (head == 1 && seg[0] == '.')
+        return n == 1 ? URI_SEG_DOT : URI_SEG_BAD;
+    if (head == 2 && seg[0] == '.' && seg[1] == '.')
+        return n == 2 ? URI_SEG_DOTDOT : URI_SEG_BAD;
+    return URI_SEG_NAME;
+}
+
+/*
+ * Apply ".." whose decoded bytes start at START (just after a '/'): drop it
+ * and the segment before it, keeping that segment's leading '/'. At the root
+ * there is nothing to drop, and RFC 3986's clamping would hide an attack, so
+ * it is an error.
+ */
+static int pop_segment(struct uri_out *o, size_t start)
+{
+    if (start <= 1)
+        return -1;
+    o->len = start - 1;
+    while (o->buf[o->len - 1] != '/')
+        o->len--;
+    return 0;
+}
+
+ssize_t uri_normalize_path(const char *in, size_t len, char *out, size_t outcap)
+{
+    struct uri_out o = {out, 0, 0};
+    size_t i = 0;
+
+    if (in == NULL || out == NULL || len == 0 || in[0] != '/' || outcap < 2)
+        return -1;
+    o.cap = outcap - 1;
+    out_put(&o, '/');
+
+    /* Invariant at the top: the output ends with '/'. */
+    while (i < len) {
+        if (in[i] == '/') {
+            i++;
+            continue;
+        }
+        size_t start = o.len;
+        ssize_t next = copy_segment(in, len, i, &o);
+        if (next < 0)
+            return -1;
+        i = (size_t)next;
+
+        switch (classify(out + start, o.len - start)) {
+        case URI_SEG_NAME:
+            if (i < len && out_put(&o, '/') == -1)
+                return -1;
+            break;
+        case URI_SEG_DOT:
+            o.len = start;
+            break;
+        case URI_SEG_DOTDOT:
+            if (pop_segment(&o, start) == -1)
+                return -1;
+            break;
+        default:
+            return -1;
+        }
+    }
+    out[o.len] = '\0';
+    return (ssize_t)o.len;
+}
