@@ -20,6 +20,8 @@ struct tls_ctxset; /* opaque, immutable after build except ticket keys */
  * worker once built.
  */
 struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errlen);
+/* Drops the builder's reference: connections already made from SET keep its
+ * contexts, SNI table and ticket keys alive until the last one is freed. */
 void tls_free(struct tls_ctxset *set);
 
 /* A new server-side SSL for one connection (default context; SNI switches it). */
@@ -27,6 +29,10 @@ SSL *tls_new_ssl(struct tls_ctxset *set);
 
 /* Rotate session ticket keys if due (called from a timer; cheap when not). */
 void tls_rotate_tickets(struct tls_ctxset *set);
+
+/* Rotate now, whatever the time (tests): the current key becomes the previous
+ * one, which still decrypts (and renews) tickets for one more period. */
+void tls_rotate_tickets_now(struct tls_ctxset *set);
 
 /* "TLSv1.3" etc. for the log. */
 const char *tls_version_str(const SSL *ssl);
