@@ -370,7 +370,8 @@ static void test_preview_dotted_prefix(void **state)
 /* A suffix that continues the label counts toward it too. */
 static void test_preview_suffix_in_label(void **state)
 {
-    struct fg_previews tail = {.enabled = true, .host_prefix = "", .host_suffix = "-pr.example.com"};
+    struct fg_previews tail = {
+        .enabled = true, .host_prefix = "", .host_suffix = "-pr.example.com"};
     char host[256], name[128];
 
     memset(name, 'c', 60);
