@@ -54,6 +54,9 @@ struct h1_parser {
     bool in_value;           /* internal */
     bool head_done;          /* internal */
     bool msg_done;           /* internal */
+    uint8_t framing;         /* internal: enum h1_framing of the message */
+    uint8_t chunk_state;     /* internal: our own check of the chunked coding */
+    uint64_t chunk_left;     /* internal: chunk-size being read, then data bytes left */
 };
 
 struct h1_request {

@@ -1,0 +1,812 @@
+/*
+ * test_h1.c - the strict HTTP/1.1 head parser and body framer.
+ *
+ * Every input is copied to the end of a readable page followed by a
+ * PROT_NONE page, so that reading one byte past the input faults.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "h1.h"
+
+#define NSLOTS 4
+#define S(lit) {lit, sizeof(lit) - 1}
+
+struct guarded {
+    char *map;   /* mapping: readable pages then one guard page */
+    size_t size; /* whole mapping */
+};
+
+static struct guarded slots[NSLOTS];
+static unsigned next_slot;
+
+/* Copy S[0..LEN) so that its last byte is the last readable byte of a page. */
+static const char *at_page_end(const char *s, size_t len)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    size_t readable = (len / pg + 1) * pg;
+    struct guarded *g = &slots[next_slot++ % NSLOTS];
+
+    if (g->map != NULL)
+        munmap(g->map, g->size);
+    g->size = readable + pg;
+    g->map = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(g->map != MAP_FAILED);
+    assert_int_equal(mprotect(g->map + readable, pg, PROT_NONE), 0);
+    memcpy(g->map + readable - len, s, len);
+    return g->map + readable - len;
+}
+
+static int release_slots(void **state)
+{
+    for (unsigned i = 0; i < NSLOTS; i++) {
+        if (slots[i].map != NULL)
+            munmap(slots[i].map, slots[i].size);
+        slots[i].map = NULL;
+    }
+    return 0;
+}
+
+static struct h1_header hdrs[64];
+
+static enum h1_status parse_req_n(struct h1_request *req, const char *s, size_t len,
+                                  size_t max_headers, bool underscores)
+{
+    const char *buf = at_page_end(s, len);
+
+    memset(req, 0xa5, sizeof(*req));
+    req->headers = hdrs;
+    req->max_headers = max_headers;
+    return h1_parse_request(req, buf, len, underscores);
+}
+
+/* A head that h1_head_end delimits exactly, then parsed. */
+static enum h1_status parse_req(struct h1_request *req, const char *s)
+{
+    size_t len = strlen(s);
+
+    assert_int_equal(h1_head_end(at_page_end(s, len), len), (ssize_t)len);
+    return parse_req_n(req, s, len, 64, false);
+}
+
+static enum h1_status parse_resp(struct h1_response *resp, const char *s, bool head_request)
+{
+    size_t len = strlen(s);
+    const char *buf = at_page_end(s, len);
+
+    assert_int_equal(h1_head_end(buf, len), (ssize_t)len);
+    memset(resp, 0xa5, sizeof(*resp));
+    resp->headers = hdrs;
+    resp->max_headers = 64;
+    return h1_parse_response(resp, buf, len, head_request);
+}
+
+static bool slice_is(const char *p, size_t n, const char *lit)
+{
+    return p != NULL && n == strlen(lit) && memcmp(p, lit, n) == 0;
+}
+
+/* Feed LEN bytes whole; returns the status, *USED set. */
+static enum h1_body_status feed(struct h1_parser *p, const char *s, size_t len, size_t *used)
+{
+    return h1_body_feed(p, at_page_end(s, len), len, used);
+}
+
+/* Feed one byte at a time; returns the status and the total bytes used. */
+static enum h1_body_status feed_bytewise(struct h1_parser *p, const char *s, size_t len,
+                                         size_t *total)
+{
+    enum h1_body_status st = H1_BODY_MORE;
+
+    *total = 0;
+    for (size_t i = 0; i < len && st == H1_BODY_MORE; i++) {
+        size_t used;
+        st = h1_body_feed(p, at_page_end(s + i, 1), 1, &used);
+        *total += used;
+    }
+    return st;
+}
+
+/* --- h1_head_end ------------------------------------------------------------------------- */
+
+static ssize_t head_end(const char *s, size_t len)
+{
+    return h1_head_end(at_page_end(s, len), len);
+}
+
+static void test_head_end(void **state)
+{
+    const char *ok = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    size_t n = strlen(ok);
+
+    assert_int_equal(head_end(ok, n), (ssize_t)n);
+    /* every proper prefix needs more */
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(head_end(ok, i), -2);
+    /* bytes after the head are not part of it */
+    assert_int_equal(head_end("GET / HTTP/1.1\r\n\r\nXYZ", 21), 18);
+}
+
+static void test_head_end_rejects(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+    } bad[] = {
+        S("GET / HTTP/1.1\nHost: a\r\n\r\n"),             /* bare LF */
+        S("GET / HTTP/1.1\r\nHost: a\n\r\n"),             /* bare LF */
+        S("GET / HTTP/1.1\r\nHost: a\r\n\n"),             /* bare LF at the end */
+        S("GET / HTTP/1.1\rHost: a\r\n\r\n"),             /* bare CR */
+        S("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"),        /* bare CR in a value */
+        S("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"),        /* NUL */
+        S("GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"),     /* obs-fold */
+        S("GET / HTTP/1.1\r\nHost: a\r\n\tb\r\n\r\n"),    /* obs-fold, HTAB */
+        S("GET / HTTP/1.1\r\n Host: a\r\n\r\n"),          /* space before first header */
+        S("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),       /* leading empty line */
+        S("GET / HTTP/1.1\r\n\r\r\n"),                    /* CR CR */
+    };
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct h1_request req;
+        assert_int_equal(head_end(bad[i].s, bad[i].len), -1);
+        /* the parser refuses the same bytes on its own */
+        assert_int_not_equal(parse_req_n(&req, bad[i].s, bad[i].len, 64, false), H1_OK);
+    }
+    /* a CR as the last byte may still be followed by LF */
+    assert_int_equal(head_end("GET / HTTP/1.1\r", 15), -2);
+    assert_int_equal(head_end("GET / HTTP/1.1\r\nA: b\r\n\r", 23), -2);
+}
+
+/* --- good requests ------------------------------------------------------------------------- */
+
+static void test_get(void **state)
+{
+    struct h1_request req;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, "GET /a/b?x=1&y HTTP/1.1\r\nHost: Example.COM\r\n"
+                                     "User-Agent:  t/1 \r\nAccept: */*\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.method, HTTP_GET);
+    assert_true(slice_is(req.method_str, req.method_len, "GET"));
+    assert_true(slice_is(req.target, req.target_len, "/a/b?x=1&y"));
+    assert_true(slice_is(req.path, req.path_len, "/a/b"));
+    assert_true(slice_is(req.query, req.query_len, "x=1&y"));
+    assert_int_equal(req.version_minor, 1);
+    assert_true(slice_is(req.host, req.host_len, "Example.COM"));
+    assert_int_equal(req.nheaders, 3);
+    assert_true(slice_is(req.headers[1].name, req.headers[1].name_len, "User-Agent"));
+    assert_true(slice_is(req.headers[1].value, req.headers[1].value_len, "t/1"));
+    assert_int_equal(req.framing, H1_FRAMING_NONE);
+    assert_true(req.keep_alive);
+    assert_false(req.expect_continue);
+    assert_false(req.upgrade);
+    assert_int_equal(h1_body_feed(&req.parser, "GET", 3, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+
+    const struct h1_header *h = h1_find(req.headers, req.nheaders, "accept");
+    assert_non_null(h);
+    assert_true(slice_is(h->value, h->value_len, "*/*"));
+    assert_null(h1_find(req.headers, req.nheaders, "cookie"));
+    assert_null(req.reason);
+}
+
+static void test_post_length(void **state)
+{
+    struct h1_request req;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, "POST /submit HTTP/1.1\r\nHost: a\r\n"
+                                     "Content-Length: 11\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.method, HTTP_POST);
+    assert_null(req.query);
+    assert_int_equal(req.framing, H1_FRAMING_LENGTH);
+    assert_int_equal(req.content_length, 11);
+    assert_int_equal(feed(&req.parser, "hello", 5, &used), H1_BODY_MORE);
+    assert_int_equal(used, 5);
+    assert_int_equal(feed(&req.parser, " worldGET / HTTP/1.1\r\n", 22, &used), H1_BODY_DONE);
+    assert_int_equal(used, 6);
+    /* done stays done */
+    assert_int_equal(feed(&req.parser, "x", 1, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+    assert_int_equal(h1_body_eof(&req.parser), H1_BODY_DONE);
+}
+
+static void test_content_length_zero(void **state)
+{
+    struct h1_request req;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.framing, H1_FRAMING_LENGTH);
+    assert_int_equal(req.content_length, 0);
+    assert_int_equal(feed(&req.parser, "GET", 3, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+}
+
+static void test_content_length_merged(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.content_length, 5);
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n"
+                                     "X: y\r\ncontent-length:7\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.framing, H1_FRAMING_LENGTH);
+    assert_int_equal(req.content_length, 7);
+
+    size_t used;
+    assert_int_equal(feed(&req.parser, "1234567", 7, &used), H1_BODY_DONE);
+    assert_int_equal(used, 7);
+}
+
+static void test_pipelined(void **state)
+{
+    static const char two[] = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+                              "helloGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    const char *buf = at_page_end(two, sizeof(two) - 1);
+    size_t len = sizeof(two) - 1, used;
+    struct h1_request req;
+
+    ssize_t n = h1_head_end(buf, len);
+    assert_true(n > 0);
+    req.headers = hdrs;
+    req.max_headers = 64;
+    assert_int_equal(h1_parse_request(&req, buf, (size_t)n, false), H1_OK);
+    assert_true(slice_is(req.path, req.path_len, "/a"));
+    assert_int_equal(h1_body_feed(&req.parser, buf + n, len - (size_t)n, &used), H1_BODY_DONE);
+    assert_int_equal(used, 5);
+    buf += (size_t)n + used;
+    len -= (size_t)n + used;
+
+    n = h1_head_end(buf, len);
+    assert_int_equal(n, (ssize_t)len);
+    assert_int_equal(h1_parse_request(&req, buf, (size_t)n, false), H1_OK);
+    assert_int_equal(req.method, HTTP_GET);
+    assert_true(slice_is(req.path, req.path_len, "/b"));
+    assert_int_equal(h1_body_feed(&req.parser, buf + n, 0, &used), H1_BODY_DONE);
+}
+
+static const char chunked_body[] = "5;ext=1\r\nhello\r\n"
+                                   "1A\r\nabcdefghijklmnopqrstuvwxyz\r\n"
+                                   "0\r\nX-Trailer: t\r\n\r\n";
+
+static void test_chunked_whole(void **state)
+{
+    static const char in[] = "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n"
+                             "0\r\nX-Trailer: t\r\n\r\nNEXT";
+    struct h1_request req;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.framing, H1_FRAMING_CHUNKED);
+    assert_int_equal(feed(&req.parser, in, sizeof(in) - 1, &used), H1_BODY_DONE);
+    assert_int_equal(used, sizeof(chunked_body) - 1);
+}
+
+static void test_chunked_bytewise(void **state)
+{
+    struct h1_request req;
+    size_t total;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                     "Transfer-Encoding:\tChunked \r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(req.framing, H1_FRAMING_CHUNKED);
+    assert_int_equal(feed_bytewise(&req.parser, chunked_body, sizeof(chunked_body) - 1, &total),
+                     H1_BODY_DONE);
+    assert_int_equal(total, sizeof(chunked_body) - 1);
+
+    /* the same body cut short is an error at EOF */
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(feed_bytewise(&req.parser, chunked_body, 20, &total), H1_BODY_MORE);
+    assert_int_equal(total, 20);
+    assert_int_equal(h1_body_eof(&req.parser), H1_BODY_ERROR);
+}
+
+static void test_length_bytewise(void **state)
+{
+    static const char body[] = "0123456789GET";
+    struct h1_request req;
+    size_t total;
+
+    assert_int_equal(parse_req(&req, "PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(feed_bytewise(&req.parser, body, sizeof(body) - 1, &total), H1_BODY_DONE);
+    assert_int_equal(total, 10);
+}
+
+static void test_bad_chunks(void **state)
+{
+    static const char *bad[] = {
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "-1\r\nhello\r\n0\r\n\r\n",
+        "0x10\r\nhello\r\n0\r\n\r\n",
+        "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "5\r\nhello0\r\n\r\n",
+        " 5\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "5\rhello\r\n0\r\n\r\n",
+        "5\r\nhello\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\nX: y\n\r\n",
+        "5\r\nhello\r\n0\r\nX : y\r\n\r\n",
+        "5\r\nhello\r\n0\r\n\n",
+        "5\r\nhello\r\n0\r\n\rX",
+        "5;a\x01\r\nhello\r\n0\r\n\r\n",
+        "\r\n5\r\nhello\r\n0\r\n\r\n",
+    };
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct h1_request req;
+        size_t used, total;
+
+        assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                         "Transfer-Encoding: chunked\r\n\r\n"),
+                         H1_OK);
+        if (feed(&req.parser, bad[i], strlen(bad[i]), &used) != H1_BODY_ERROR)
+            print_error("chunk case %zu accepted\n", i);
+        assert_int_equal(feed(&req.parser, bad[i], strlen(bad[i]), &used), H1_BODY_ERROR);
+        /* errors are sticky */
+        assert_int_equal(feed(&req.parser, "0\r\n\r\n", 5, &used), H1_BODY_ERROR);
+
+        assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                         "Transfer-Encoding: chunked\r\n\r\n"),
+                         H1_OK);
+        assert_int_equal(feed_bytewise(&req.parser, bad[i], strlen(bad[i]), &total),
+                         H1_BODY_ERROR);
+    }
+}
+
+static void test_http10(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.0\r\n\r\n"), H1_OK);
+    assert_int_equal(req.version_minor, 0);
+    assert_null(req.host);
+    assert_false(req.keep_alive);
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: h\r\n\r\n"),
+                     H1_OK);
+    assert_true(req.keep_alive);
+    assert_true(slice_is(req.host, req.host_len, "h"));
+}
+
+static void test_keep_alive(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+                     H1_OK);
+    assert_false(req.keep_alive);
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.1\r\nHost: a\r\n"
+                                     "Connection: foo, CLOSE\r\n\r\n"),
+                     H1_OK);
+    assert_false(req.keep_alive);
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n"),
+                     H1_OK);
+    assert_true(req.keep_alive);
+    assert_int_equal(parse_req(&req, "GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"),
+                     H1_OK);
+    assert_false(req.keep_alive);
+}
+
+static void test_upgrade(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, "
+                                     "Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+                     H1_OK);
+    assert_true(req.upgrade);
+    assert_int_equal(parse_req(&req, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"),
+                     H1_OK);
+    assert_false(req.upgrade);
+    assert_int_equal(parse_req(&req, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n"),
+                     H1_OK);
+    assert_false(req.upgrade);
+}
+
+static void test_expect(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n"
+                                     "Content-Length: 3\r\n\r\n"),
+                     H1_OK);
+    assert_true(req.expect_continue);
+    assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
+                     H1_UNSUPPORTED);
+    assert_non_null(req.reason);
+    assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n"),
+                     H1_UNSUPPORTED);
+}
+
+static void test_underscores(void **state)
+{
+    static const char in[] = "GET / HTTP/1.1\r\nHost: a\r\nX_Real_IP: 1.2.3.4\r\nX-A: b\r\n\r\n";
+    struct h1_request req;
+
+    assert_int_equal(parse_req_n(&req, in, sizeof(in) - 1, 64, false), H1_OK);
+    assert_int_equal(req.nheaders, 2);
+    assert_null(h1_find(req.headers, req.nheaders, "x_real_ip"));
+    assert_non_null(h1_find(req.headers, req.nheaders, "x-a"));
+    assert_int_equal(parse_req_n(&req, in, sizeof(in) - 1, 64, true), H1_OK);
+    assert_int_equal(req.nheaders, 3);
+    assert_non_null(h1_find(req.headers, req.nheaders, "X_REAL_IP"));
+    /* dropped headers still count toward the limit */
+    assert_int_equal(parse_req_n(&req, in, sizeof(in) - 1, 2, false), H1_HEAD_TOO_LARGE);
+    assert_int_equal(parse_req_n(&req, in, sizeof(in) - 1, 3, false), H1_OK);
+}
+
+static void test_too_many_headers(void **state)
+{
+    char in[2048];
+    struct h1_request req;
+    int n = snprintf(in, sizeof(in), "GET / HTTP/1.1\r\nHost: a\r\n");
+
+    for (int i = 0; i < 9; i++)
+        n += snprintf(in + n, sizeof(in) - (size_t)n, "X-%d: v\r\n", i);
+    n += snprintf(in + n, sizeof(in) - (size_t)n, "\r\n");
+    assert_int_equal(parse_req_n(&req, in, (size_t)n, 10, false), H1_OK);
+    assert_int_equal(req.nheaders, 10);
+    assert_int_equal(parse_req_n(&req, in, (size_t)n, 9, false), H1_HEAD_TOO_LARGE);
+    assert_non_null(req.reason);
+}
+
+static void test_absolute_form(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "GET http://Example.com:8080/p/q?z HTTP/1.1\r\n"
+                                     "Host: example.COM:8080\r\n\r\n"),
+                     H1_OK);
+    assert_true(slice_is(req.path, req.path_len, "/p/q"));
+    assert_true(slice_is(req.query, req.query_len, "z"));
+    assert_int_equal(req.host_len, strlen("example.com:8080"));
+    assert_int_equal(parse_req(&req, "GET https://a.b HTTP/1.1\r\nHost: a.b\r\n\r\n"), H1_OK);
+    assert_true(slice_is(req.path, req.path_len, "/"));
+    assert_null(req.query);
+    assert_int_equal(parse_req(&req, "GET http://a.b?x=1 HTTP/1.1\r\nHost: a.b\r\n\r\n"), H1_OK);
+    assert_true(slice_is(req.path, req.path_len, "/"));
+    assert_true(slice_is(req.query, req.query_len, "x=1"));
+    /* HTTP/1.0 absolute-form without Host: the authority is the host */
+    assert_int_equal(parse_req(&req, "GET http://c.d/x HTTP/1.0\r\n\r\n"), H1_OK);
+    assert_true(slice_is(req.host, req.host_len, "c.d"));
+}
+
+static void test_asterisk_form(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), H1_OK);
+    assert_int_equal(req.method, HTTP_OPTIONS);
+    assert_true(slice_is(req.path, req.path_len, "*"));
+}
+
+/* --- bad requests -------------------------------------------------------------------------- */
+
+struct bad_case {
+    const char *head;
+    enum h1_status want;
+};
+
+static const struct bad_case bad_requests[] = {
+    /* framing: CL + TE, TE obfuscations */
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0b" "chunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+     "Transfer-Encoding: chunked\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", H1_BAD_REQUEST},
+    /* Content-Length */
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
+     H1_BAD_REQUEST},
+    /* header syntax */
+    {"GET / HTTP/1.1\r\nHost : a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX(y): z\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX\x7fY: z\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX\xc3\xa9: z\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01" "b\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: \x1b[0m\r\n\r\n", H1_BAD_REQUEST},
+    /* Host */
+    {"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nX: y\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost:\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", H1_BAD_REQUEST},
+    {"GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", H1_BAD_REQUEST},
+    {"GET http://a.com:80/ HTTP/1.1\r\nHost: a.com\r\n\r\n", H1_BAD_REQUEST},
+    {"GET http://u@a.com/ HTTP/1.1\r\nHost: a.com\r\n\r\n", H1_BAD_REQUEST},
+    {"GET http:///x HTTP/1.1\r\nHost: a.com\r\n\r\n", H1_BAD_REQUEST},
+    /* request line and target */
+    {"GET * HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n", H1_UNSUPPORTED},
+    {"GET a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n", H1_BAD_REQUEST},
+    {"GET ftp://a.com/ HTTP/1.1\r\nHost: a.com\r\n\r\n", H1_BAD_REQUEST},
+    {"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", H1_UNSUPPORTED},
+    {"GET / HTTP/1.2\r\nHost: a\r\n\r\n", H1_UNSUPPORTED},
+    {"GET / HTTP/0.9\r\nHost: a\r\n\r\n", H1_UNSUPPORTED},
+    {"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1x\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / http/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/11\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\n", H1_BAD_REQUEST}, /* not a whole head */
+    {"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST}, /* llhttp: unknown method */
+    {"GET / HTTP/1.1\r\nHost: a\r\n\r\nX", H1_BAD_REQUEST}, /* bytes after the head */
+    {"/ HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
+    {"\r\n\r\n", H1_BAD_REQUEST},
+};
+
+static void test_bad_requests(void **state)
+{
+    for (size_t i = 0; i < sizeof(bad_requests) / sizeof(bad_requests[0]); i++) {
+        const struct bad_case *c = &bad_requests[i];
+        struct h1_request req;
+        enum h1_status st = parse_req_n(&req, c->head, strlen(c->head), 64, false);
+
+        if (st != c->want)
+            print_error("case %zu: %s: got %s (%s)\n", i, c->head, h1_status_str(st),
+                        req.reason ? req.reason : "-");
+        assert_int_equal(st, c->want);
+        assert_non_null(req.reason);
+        /* a refused head frames nothing */
+        size_t used;
+        if (st != H1_OK && req.parser.error_state != 0)
+            assert_int_equal(h1_body_feed(&req.parser, "0\r\n\r\n", 5, &used), H1_BODY_ERROR);
+    }
+}
+
+/* --- responses ----------------------------------------------------------------------------- */
+
+static void test_response_length(void **state)
+{
+    struct h1_response resp;
+    size_t used;
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"
+                                       "Content-Type: text/plain\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.status, 200);
+    assert_true(slice_is(resp.reason_phrase, resp.reason_len, "OK"));
+    assert_int_equal(resp.framing, H1_FRAMING_LENGTH);
+    assert_int_equal(resp.content_length, 4);
+    assert_true(resp.keep_alive);
+    assert_int_equal(feed(&resp.parser, "abcdHTTP", 8, &used), H1_BODY_DONE);
+    assert_int_equal(used, 4);
+
+    /* truncated */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", false),
+                     H1_OK);
+    assert_int_equal(feed(&resp.parser, "ab", 2, &used), H1_BODY_MORE);
+    assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_ERROR);
+}
+
+static void test_response_no_body(void **state)
+{
+    struct h1_response resp;
+    size_t used;
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 204 No Content\r\n\r\n", false), H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+    assert_true(resp.keep_alive);
+    assert_int_equal(feed(&resp.parser, "HTTP/1.1", 8, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+    assert_int_equal(feed(&resp.parser, "HTTP/1.1", 8, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+    assert_true(resp.keep_alive);
+    assert_int_equal(feed(&resp.parser, "HTTP/1.1", 8, &used), H1_BODY_DONE);
+    assert_int_equal(used, 0);
+    assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_DONE);
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                true),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 100 Continue\r\n\r\n", false), H1_OK);
+    assert_int_equal(resp.status, 100);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade"
+                                       "\r\nUpgrade: websocket\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_NONE);
+}
+
+static void test_response_chunked(void **state)
+{
+    struct h1_response resp;
+    size_t total, used;
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
+    assert_true(resp.keep_alive);
+    assert_int_equal(feed_bytewise(&resp.parser, chunked_body, sizeof(chunked_body) - 1, &total),
+                     H1_BODY_DONE);
+    assert_int_equal(total, sizeof(chunked_body) - 1);
+
+    /* TE wins over CL, but the connection is not reused */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                       "Transfer-Encoding: chunked\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
+    assert_false(resp.keep_alive);
+    assert_int_equal(feed(&resp.parser, "3\r\nabc\r\n0\r\n\r\n", 13, &used), H1_BODY_DONE);
+    assert_int_equal(used, 13);
+
+    /* chunked not last: until close */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_EOF);
+    assert_false(resp.keep_alive);
+}
+
+static void test_response_eof(void **state)
+{
+    struct h1_response resp;
+    size_t used;
+
+    assert_int_equal(parse_resp(&resp, "HTTP/1.0 200 OK\r\nServer: x\r\n\r\n", false), H1_OK);
+    assert_int_equal(resp.version_minor, 0);
+    assert_int_equal(resp.framing, H1_FRAMING_EOF);
+    assert_false(resp.keep_alive);
+    assert_int_equal(feed(&resp.parser, "anything at all", 15, &used), H1_BODY_MORE);
+    assert_int_equal(used, 15);
+    assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_DONE);
+
+    /* an empty EOF-delimited body */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\n\r\n", false), H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_EOF);
+    assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_DONE);
+
+    /* keep-alive on 1.0 needs a length */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                       "Content-Length: 0\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_true(resp.keep_alive);
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                       "Content-Length: 0\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_false(resp.keep_alive);
+}
+
+static void test_bad_responses(void **state)
+{
+    static const char *bad[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        "HTTP/1.1 20 OK\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 099 OK\r\n\r\n",
+        "HTTP/2.0 200 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        "HTTP/1.1 200 O\x01K\r\n\r\n",
+        "ICY 200 OK\r\n\r\n",
+    };
+    struct h1_response resp;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(parse_resp(&resp, bad[i], false), H1_BAD_REQUEST);
+        assert_non_null(resp.reason);
+    }
+    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false), H1_OK);
+    assert_int_equal(resp.reason_len, 0);
+}
+
+/* --- helpers ------------------------------------------------------------------------------- */
+
+static void test_helpers(void **state)
+{
+    assert_true(h1_token_eq("Chunked", 7, "chunked"));
+    assert_false(h1_token_eq("chunke", 6, "chunked"));
+    assert_false(h1_token_eq("chunkedx", 8, "chunked"));
+    assert_true(h1_list_has("keep-alive,  Upgrade ", 21, "upgrade"));
+    assert_true(h1_list_has(",,close", 7, "close"));
+    assert_false(h1_list_has("closed, x", 9, "close"));
+    assert_false(h1_list_has("", 0, "close"));
+    /* the length bounds the scan, not a NUL */
+    assert_false(h1_list_has("clos" "e", 4, "close"));
+    assert_string_equal(h1_status_str(H1_HEAD_TOO_LARGE), "head_too_large");
+    assert_string_equal(h1_status_str(H1_OK), "ok");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_head_end, release_slots),
+        cmocka_unit_test_teardown(test_head_end_rejects, release_slots),
+        cmocka_unit_test_teardown(test_get, release_slots),
+        cmocka_unit_test_teardown(test_post_length, release_slots),
+        cmocka_unit_test_teardown(test_content_length_zero, release_slots),
+        cmocka_unit_test_teardown(test_content_length_merged, release_slots),
+        cmocka_unit_test_teardown(test_pipelined, release_slots),
+        cmocka_unit_test_teardown(test_chunked_whole, release_slots),
+        cmocka_unit_test_teardown(test_chunked_bytewise, release_slots),
+        cmocka_unit_test_teardown(test_length_bytewise, release_slots),
+        cmocka_unit_test_teardown(test_bad_chunks, release_slots),
+        cmocka_unit_test_teardown(test_http10, release_slots),
+        cmocka_unit_test_teardown(test_keep_alive, release_slots),
+        cmocka_unit_test_teardown(test_upgrade, release_slots),
+        cmocka_unit_test_teardown(test_expect, release_slots),
+        cmocka_unit_test_teardown(test_underscores, release_slots),
+        cmocka_unit_test_teardown(test_too_many_headers, release_slots),
+        cmocka_unit_test_teardown(test_absolute_form, release_slots),
+        cmocka_unit_test_teardown(test_asterisk_form, release_slots),
+        cmocka_unit_test_teardown(test_bad_requests, release_slots),
+        cmocka_unit_test_teardown(test_response_length, release_slots),
+        cmocka_unit_test_teardown(test_response_no_body, release_slots),
+        cmocka_unit_test_teardown(test_response_chunked, release_slots),
+        cmocka_unit_test_teardown(test_response_eof, release_slots),
+        cmocka_unit_test_teardown(test_bad_responses, release_slots),
+        cmocka_unit_test_teardown(test_helpers, release_slots),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
