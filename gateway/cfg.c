@@ -31,13 +31,26 @@
 #define CFG_SECRET_MAX 65536 /* a secret file larger than this is a mistake */
 #define CFG_MAX_WORKERS 1024
 
+#define CFG_MAX_MSGS 256   /* problems kept; more are only counted */
+
+/* One recorded problem, before sorting. */
+struct cfg_msg {
+    const char *file; /* libconfig's or the caller's string: valid during the load */
+    int line;
+    size_t file_rank; /* seq of the first problem in the same file */
+    size_t seq;       /* order found: ties keep it */
+    char *text;       /* owned */
+};
+
 /* One load in progress: where errors go and the snapshot being built. */
 struct cfg_ctx {
     const char *name;    /* file name for messages when libconfig has none */
     char *err;           /* caller's buffer, always NUL-terminated */
     size_t errlen;
     size_t used;         /* bytes written to err, excluding the NUL */
-    unsigned nerrors;    /* every problem counts, even when err is full */
+    struct cfg_msg msgs[CFG_MAX_MSGS];
+    size_t nmsgs;
+    size_t ndropped;     /* problems beyond msgs (or out of memory) */
     char path[256];      /* scratch for dotted setting paths in messages */
     struct fg_config *cfg;
 };
@@ -185,33 +198,78 @@ static const char *cfg_file(struct cfg_ctx *ctx, const config_setting_t *s)
     return ctx->name;
 }
 
-/* Append "FILE:LINE: message\n" to the caller's buffer, truncating safely. */
+/* Record one problem. Messages are kept and written out in file order at
+ * the end, because the checks do not run in the order of the file. */
 static void cfg_vreport(struct cfg_ctx *ctx, const char *file, int line, const char *fmt,
                         va_list ap)
+{
+    struct cfg_msg *m;
+    char text[768];
+    int n;
+
+    if (ctx->nmsgs == CFG_MAX_MSGS) {
+        ctx->ndropped++;
+        return;
+    }
+    m = &ctx->msgs[ctx->nmsgs];
+    n = vsnprintf(text, sizeof(text), fmt, ap);
+    if (n < 0 || (m->text = strdup(text)) == NULL) {
+        ctx->ndropped++;
+        return;
+    }
+    m->file = file;
+    m->line = line;
+    m->seq = ctx->nmsgs;
+    m->file_rank = m->seq;
+    for (size_t i = 0; i < ctx->nmsgs; i++) {
+        if (strcmp(ctx->msgs[i].file, file) == 0) {
+            m->file_rank = ctx->msgs[i].file_rank;
+            break;
+        }
+    }
+    ctx->nmsgs++;
+}
+
+static int msg_cmp(const void *a, const void *b)
+{
+    const struct cfg_msg *x = a, *y = b;
+
+    if (x->file_rank != y->file_rank)
+        return x->file_rank < y->file_rank ? -1 : 1;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Append one line to the caller's buffer, truncating safely. */
+static void err_append(struct cfg_ctx *ctx, const char *file, int line, const char *text)
 {
     size_t room;
     int n;
 
-    ctx->nerrors++;
     if (ctx->err == NULL || ctx->errlen < 2 || ctx->used >= ctx->errlen - 1)
         return;
     room = ctx->errlen - ctx->used;
-    n = snprintf(ctx->err + ctx->used, room, "%s:%d: ", file, line);
-    if (n > 0 && (size_t)n < room) {
-        ctx->used += (size_t)n;
-        room -= (size_t)n;
-        n = vsnprintf(ctx->err + ctx->used, room, fmt, ap);
-        if (n > 0 && (size_t)n < room) {
-            ctx->used += (size_t)n;
-            if (ctx->used < ctx->errlen - 1) {
-                ctx->err[ctx->used++] = '\n';
-                ctx->err[ctx->used] = '\0';
-            }
-            return;
-        }
+    n = snprintf(ctx->err + ctx->used, room, "%s:%d: %s\n", file, line, text);
+    /* on truncation snprintf has still terminated the buffer */
+    ctx->used = n < 0 || (size_t)n >= room ? ctx->errlen - 1 : ctx->used + (size_t)n;
+}
+
+/* Write every recorded problem, sorted by file then line, and forget them. */
+static void cfg_flush(struct cfg_ctx *ctx)
+{
+    qsort(ctx->msgs, ctx->nmsgs, sizeof(ctx->msgs[0]), msg_cmp);
+    for (size_t i = 0; i < ctx->nmsgs; i++) {
+        err_append(ctx, ctx->msgs[i].file, ctx->msgs[i].line, ctx->msgs[i].text);
+        free(ctx->msgs[i].text);
     }
-    ctx->used = ctx->errlen - 1; /* full: snprintf left it terminated */
-    ctx->err[ctx->used] = '\0';
+    if (ctx->ndropped > 0) {
+        char text[64];
+
+        snprintf(text, sizeof(text), "%zu more problems not shown", ctx->ndropped);
+        err_append(ctx, ctx->name, 0, text);
+    }
+    ctx->nmsgs = 0;
 }
 
 static void cfg_report(struct cfg_ctx *ctx, const char *file, int line, const char *fmt, ...)
@@ -1784,7 +1842,7 @@ static struct fg_config *cfg_build(struct cfg_ctx *ctx, config_t *lc, const char
     parse_previews(ctx, root);
     parse_resolver(ctx, root);
     parse_log(ctx, root);
-    if (ctx->nerrors > 0) {
+    if (ctx->nmsgs + ctx->ndropped > 0) {
         cfg_free(ctx->cfg);
         return NULL;
     }
@@ -1825,6 +1883,7 @@ struct fg_config *cfg_load(const char *path, char *err, size_t errlen)
         report_parse_error(&ctx, &lc);
     else
         cfg = cfg_build(&ctx, &lc, path);
+    cfg_flush(&ctx);
     config_destroy(&lc);
     return cfg;
 }
@@ -1841,6 +1900,7 @@ struct fg_config *cfg_load_string(const char *text, const char *name, char *err,
         report_parse_error(&ctx, &lc);
     else
         cfg = cfg_build(&ctx, &lc, name);
+    cfg_flush(&ctx);
     config_destroy(&lc);
     return cfg;
 }
