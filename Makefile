@@ -17,7 +17,7 @@ LLHTTP_INC  := /usr/share/include/llhttp
 PKGS        := libevent libevent_openssl libevent_pthreads openssl libjwt hiredis jansson libconfig
 
 PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 VERSION     := 0.1.0
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter

@@ -1,0 +1,168 @@
+/*
+ * admin.c - /healthz, /readyz and /metrics on the admin address.
+ *
+ * Tiny by design: one request per connection, answered and closed. Counters
+ * are per-worker and summed on scrape (relaxed atomic loads: a scrape may be
+ * a few requests behind, never torn).
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+#include "admin.h"
+#include "h1.h"
+
+#define ADMIN_HEAD_MAX 8192
+
+struct admin {
+    struct evconnlistener *lev;
+    struct worker *workers;
+    unsigned nworkers;
+};
+
+static void reply(struct bufferevent *bev, int status, const char *ctype, const char *body)
+{
+    const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found" : "Bad Request";
+
+    evbuffer_add_printf(bufferevent_get_output(bev),
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n%s",
+                        status, reason, ctype, strlen(body), body);
+}
+
+static uint64_t sum(const struct admin *a, size_t offset)
+{
+    uint64_t total = 0;
+
+    for (unsigned i = 0; i < a->nworkers; i++) {
+        const uint64_t *p = (const uint64_t *)((const char *)&a->workers[i].stats + offset);
+        total += __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    return total;
+}
+
+static void metrics(struct admin *a, struct bufferevent *bev)
+{
+    char body[2048];
+
+    snprintf(body, sizeof(body),
+             "# TYPE flowgate_connections_open gauge\n"
+             "flowgate_connections_open %d\n"
+             "# TYPE flowgate_connections_accepted_total counter\n"
+             "flowgate_connections_accepted_total %llu\n"
+             "# TYPE flowgate_requests_finished_total counter\n"
+             "flowgate_requests_finished_total %llu\n"
+             "# TYPE flowgate_upstream_errors_total counter\n"
+             "flowgate_upstream_errors_total %llu\n"
+             "# TYPE flowgate_tls_handshakes_total counter\n"
+             "flowgate_tls_handshakes_total %llu\n"
+             "# TYPE flowgate_tls_handshake_failures_total counter\n"
+             "flowgate_tls_handshake_failures_total %llu\n",
+             __atomic_load_n(&worker_nconns, __ATOMIC_RELAXED),
+             (unsigned long long)sum(a, offsetof(struct worker_stats, accepted)),
+             (unsigned long long)sum(a, offsetof(struct worker_stats, requests)),
+             (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
+             (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
+             (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
+    reply(bev, 200, "text/plain; version=0.0.4", body);
+}
+
+static void route(struct admin *a, struct bufferevent *bev, const struct h1_request *h)
+{
+    if (h1_token_eq(h->path, h->path_len, "/healthz"))
+        reply(bev, 200, "application/json", "{\"status\":\"ok\"}");
+    else if (h1_token_eq(h->path, h->path_len, "/readyz"))
+        reply(bev, 200, "application/json",
+              "{\"status\":\"ready\",\"listeners\":\"up\",\"redis\":\"disabled\"}");
+    else if (h1_token_eq(h->path, h->path_len, "/metrics"))
+        metrics(a, bev);
+    else
+        reply(bev, 404, "application/json", "{\"error\":\"not_found\"}");
+}
+
+static void admin_write_cb(struct bufferevent *bev, void *arg)
+{
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_free(bev);
+}
+
+static void admin_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        bufferevent_free(bev);
+}
+
+static void admin_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    size_t n = len < ADMIN_HEAD_MAX ? len : ADMIN_HEAD_MAX;
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
+    ssize_t end = h1_head_end(data, n);
+
+    if (end == -2 && len < ADMIN_HEAD_MAX)
+        return;
+    struct h1_header hdrs[64];
+    struct h1_request h;
+    memset(&h, 0, sizeof(h));
+    h.headers = hdrs;
+    h.max_headers = 64;
+    if (end < 0 || h1_parse_request(&h, data, (size_t)end, false) != H1_OK)
+        reply(bev, 400, "application/json", "{\"error\":\"bad_request\"}");
+    else
+        route(arg, bev, &h);
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_setcb(bev, NULL, admin_write_cb, admin_event_cb, arg);
+}
+
+static void admin_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                            int salen, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(evconnlistener_get_base(lev), fd,
+                                                     BEV_OPT_CLOSE_ON_FREE);
+    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+
+    if (bev == NULL) {
+        close(fd);
+        return;
+    }
+    bufferevent_setcb(bev, admin_read_cb, NULL, admin_event_cb, arg);
+    bufferevent_set_timeouts(bev, &tv, &tv);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+struct admin *admin_start(struct event_base *base, const struct fg_config *cfg,
+                          struct worker *workers, unsigned nworkers, char *err, size_t errlen)
+{
+    struct admin *a = calloc(1, sizeof(*a));
+
+    if (a == NULL)
+        return NULL;
+    a->workers = workers;
+    a->nworkers = nworkers;
+    a->lev = evconnlistener_new_bind(base, admin_accept_cb, a,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                         LEV_OPT_CLOSE_ON_EXEC,
+                                     128, (const struct sockaddr *)&cfg->admin->ss,
+                                     (int)cfg->admin->len);
+    if (a->lev == NULL) {
+        snprintf(err, errlen, "admin listen %s: cannot bind", cfg->admin->text);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void admin_stop(struct admin *a)
+{
+    if (a == NULL)
+        return;
+    evconnlistener_free(a->lev);
+    free(a);
+}

@@ -1,0 +1,664 @@
+/*
+ * conn.c - client connections: accept, TLS, request heads, stages, finish.
+ *
+ * Every callback that may close the connection holds a reference for its
+ * duration (conn_hold/conn_release): conn_close() only marks the connection,
+ * and the memory goes when the last reference is dropped, so no code up the
+ * stack ever touches freed memory.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+
+#include "conn.h"
+#include "log.h"
+#include "proxy.h"
+#include "respond.h"
+#include "route.h"
+#include "uri.h"
+#include "worker.h"
+
+/* No policy stages yet beyond routing; later stages (CORS, JWT, rate limit)
+ * are added here in order. */
+const struct stage *const conn_stages[] = {NULL};
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void process_input(struct conn *c);
+
+const char *conn_state_str(enum conn_state st)
+{
+    switch (st) {
+    case CONN_HANDSHAKE: return "handshake";
+    case CONN_READ_HEAD: return "read_head";
+    case CONN_STAGES: return "stages";
+    case CONN_PROXYING: return "proxying";
+    case CONN_RESPONDING: return "responding";
+    case CONN_CLOSING: return "closing";
+    }
+    return "?";
+}
+
+void conn_hold(struct conn *c)
+{
+    c->refs++;
+}
+
+static void conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+
+    if (c->r.stage_cancel) {
+        c->r.stage_cancel(c->r.stage_cancel_arg);
+        c->r.stage_cancel = NULL;
+    }
+    proxy_abort(c);
+    if (c->timer)
+        event_free(c->timer);
+    if (c->bev)
+        bufferevent_free(c->bev); /* closes the socket, frees the SSL */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c->r.head_buf);
+    free(c->r.hdrs);
+    cfg_unref(c->cfg);
+    free(c);
+    worker_conn_closed(w);
+}
+
+void conn_release(struct conn *c)
+{
+    if (--c->refs == 0 && c->closed)
+        conn_free(c);
+}
+
+void conn_set_timer(struct conn *c, uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    event_add(c->timer, &tv);
+}
+
+void conn_clear_timer(struct conn *c)
+{
+    event_del(c->timer);
+}
+
+void conn_pause_read(struct conn *c)
+{
+    if (!c->read_paused) {
+        c->read_paused = true;
+        bufferevent_disable(c->bev, EV_READ);
+    }
+}
+
+void conn_resume_read(struct conn *c)
+{
+    if (c->read_paused && !c->closed) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+}
+
+void conn_close(struct conn *c, bool flush)
+{
+    if (c->closed)
+        return;
+    if (flush && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 &&
+        c->state != CONN_CLOSING) {
+        /* Let the last response go out; conn_write_cb closes when drained.
+         * Reading stops: nothing the client sends now can matter. */
+        c->state = CONN_CLOSING;
+        proxy_abort(c);
+        bufferevent_disable(c->bev, EV_READ);
+        c->read_paused = true;
+        conn_set_timer(c, 5000);
+        return;
+    }
+    c->closed = true;
+    if (c->refs == 0)
+        conn_free(c);
+    else
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+}
+
+static int conn_alloc_buffers(struct conn *c)
+{
+    const struct fg_limits *lim = &c->cfg->limits;
+
+    c->r.hdrs = calloc(lim->max_headers + 1, sizeof(*c->r.hdrs));
+    c->r.head_cap = 1024;
+    c->r.head_buf = malloc(c->r.head_cap);
+    return c->r.hdrs && c->r.head_buf ? 0 : -1;
+}
+
+static struct bufferevent *conn_make_bev(struct conn *c, int fd)
+{
+    struct event_base *base = c->w->base;
+
+    if (!c->tls)
+        return bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    SSL *ssl = tls_new_ssl(c->w->tls);
+    if (ssl == NULL)
+        return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    /* Clients commonly close without close_notify; that is not an error
+     * once a response is complete. Truncation is judged by HTTP framing. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+static void peer_text(struct conn *c)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&c->peer;
+
+    c->peer_ip[0] = '\0';
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], c->peer_ip, sizeof(c->peer_ip));
+        else
+            inet_ntop(AF_INET6, a, c->peer_ip, sizeof(c->peer_ip));
+    }
+}
+
+void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t salen)
+{
+    struct worker *w = l->w;
+    struct conn *c = calloc(1, sizeof(*c));
+    int one = 1;
+
+    if (c == NULL) {
+        close(fd);
+        worker_conn_closed(w);
+        return;
+    }
+    c->w = w;
+    c->l = l;
+    c->fd = fd;
+    c->serial = ++w->conn_serial;
+    c->tls = l->kind == LISTENER_HTTPS;
+    c->cfg = cfg_ref(w->cfg);
+    c->r.c = c;
+    memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
+    c->peer_len = salen;
+    peer_text(c);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    c->timer = evtimer_new(w->base, conn_timer_cb, c);
+    if (c->timer == NULL || conn_alloc_buffers(c) < 0 || (c->bev = conn_make_bev(c, fd)) == NULL) {
+        if (c->bev == NULL)
+            close(fd);
+        c->closed = true;
+        conn_free(c);
+        return;
+    }
+    c->state = c->tls ? CONN_HANDSHAKE : CONN_READ_HEAD;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_READ_HIGH);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    conn_set_timer(c, c->cfg->limits.header_timeout_ms);
+}
+
+/* Bytes of the head seen so far decide: 408 when a partial head timed out,
+ * a silent close when nothing was sent (idle keep-alive, preconnect). */
+static void head_timeout(struct conn *c)
+{
+    size_t pending = evbuffer_get_length(bufferevent_get_input(c->bev));
+
+    if (pending == 0 || c->idle || c->state == CONN_HANDSHAKE) {
+        conn_close(c, false);
+        return;
+    }
+    c->r.close_after = true;
+    respond_error(&c->r, FG_ERR_TIMEOUT, NULL);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+
+    conn_hold(c);
+    switch (c->state) {
+    case CONN_HANDSHAKE:
+    case CONN_READ_HEAD:
+        head_timeout(c);
+        break;
+    case CONN_PROXYING:
+    case CONN_STAGES:
+        /* The request body stalled for body_timeout_ms. */
+        if (!c->r.response_started) {
+            c->r.close_after = true;
+            respond_error(&c->r, FG_ERR_TIMEOUT, NULL);
+        } else {
+            conn_close(c, true);
+        }
+        break;
+    case CONN_RESPONDING:
+    case CONN_CLOSING:
+        conn_close(c, false);
+        break;
+    }
+    conn_release(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+
+    conn_hold(c);
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake complete. */
+        c->w->stats.tls_handshakes++;
+        c->state = CONN_READ_HEAD;
+        process_input(c);
+    } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->state == CONN_HANDSHAKE)
+            c->w->stats.tls_failures++;
+        if (c->state == CONN_PROXYING && c->r.body == BODY_PENDING && !c->r.response_started &&
+            (what & BEV_EVENT_EOF)) {
+            /* The client ended its body early: nothing complete to forward. */
+            proxy_abort(c);
+        }
+        conn_close(c, false);
+    }
+    conn_release(c);
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+
+    conn_hold(c);
+    switch (c->state) {
+    case CONN_READ_HEAD:
+        process_input(c);
+        break;
+    case CONN_PROXYING:
+        proxy_client_readable(c);
+        break;
+    case CONN_CLOSING:
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        break;
+    default:
+        /* STAGES / RESPONDING: leave it buffered (the read watermark stops
+         * reading once PROXY_READ_HIGH bytes wait). */
+        break;
+    }
+    conn_release(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+
+    conn_hold(c);
+    if (c->state == CONN_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            conn_close(c, false);
+    } else if (c->state == CONN_PROXYING) {
+        proxy_client_writable(c);
+    } else if (c->state == CONN_READ_HEAD) {
+        process_input(c);
+    }
+    conn_release(c);
+}
+
+/* ---- request head ---------------------------------------------------- */
+
+static void req_reset(struct req *r)
+{
+    struct conn *c = r->c;
+    char *head_buf = r->head_buf;
+    size_t head_cap = r->head_cap;
+    struct h1_header *hdrs = r->hdrs;
+
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->cfg = c->cfg;
+    r->head_buf = head_buf;
+    r->head_cap = head_cap;
+    r->hdrs = hdrs;
+    r->upstream_ms = -1;
+}
+
+/* Copy the head out of the input buffer into the request's own buffer: the
+ * header slices then stay valid however the input buffer changes. */
+static int take_head(struct conn *c, size_t len)
+{
+    struct req *r = &c->r;
+
+    if (len > r->head_cap) {
+        char *p = realloc(r->head_buf, len);
+        if (p == NULL)
+            return -1;
+        r->head_buf = p;
+        r->head_cap = len;
+    }
+    evbuffer_remove(bufferevent_get_input(c->bev), r->head_buf, len);
+    return 0;
+}
+
+static bool valid_request_id(const char *s, size_t n)
+{
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool is_trusted(const struct conn *c, const char *ip, size_t len)
+{
+    if (c->cfg->trusted_proxies.n == 0)
+        return false;
+    if (ip == NULL)
+        return cidr_set_contains(&c->cfg->trusted_proxies, (const struct sockaddr *)&c->peer);
+    return cidr_set_contains_text(&c->cfg->trusted_proxies, ip, len);
+}
+
+/*
+ * The real client: the peer, unless the peer is a trusted proxy, in which
+ * case X-Forwarded-For is walked from the right, skipping trusted hops; the
+ * first untrusted address is the client.
+ */
+static void find_client(struct req *r, bool peer_trusted)
+{
+    struct conn *c = r->c;
+    const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
+
+    snprintf(r->client_ip, sizeof(r->client_ip), "%s", c->peer_ip);
+    if (!peer_trusted || xff == NULL)
+        return;
+    r->xff_prior = xff->value;
+    r->xff_prior_len = xff->value_len;
+    size_t end = xff->value_len;
+    while (end > 0) {
+        size_t start = end;
+        while (start > 0 && xff->value[start - 1] != ',')
+            start--;
+        size_t a = start, b = end;
+        while (a < b && (xff->value[a] == ' ' || xff->value[a] == '\t'))
+            a++;
+        while (b > a && (xff->value[b - 1] == ' ' || xff->value[b - 1] == '\t'))
+            b--;
+        if (b > a && b - a < sizeof(r->client_ip)) {
+            unsigned char probe[sizeof(struct in6_addr)];
+            char ip[INET6_ADDRSTRLEN];
+            memcpy(ip, xff->value + a, b - a);
+            ip[b - a] = '\0';
+            if (inet_pton(AF_INET, ip, probe) != 1 && inet_pton(AF_INET6, ip, probe) != 1)
+                return; /* junk in the list: stop trusting it here */
+            memcpy(r->client_ip, ip, b - a + 1);
+            if (!is_trusted(c, ip, b - a))
+                return;
+        }
+        end = start > 0 ? start - 1 : 0;
+    }
+}
+
+static void assign_request_id(struct req *r, bool peer_trusted)
+{
+    const struct h1_header *h = h1_find(r->h.headers, r->h.nheaders, "X-Request-Id");
+
+    if (peer_trusted && h && valid_request_id(h->value, h->value_len)) {
+        memcpy(r->request_id, h->value, h->value_len);
+        r->request_id[h->value_len] = '\0';
+        return;
+    }
+    worker_request_id(r->c->w, r->request_id);
+}
+
+static enum fg_error map_h1(enum h1_status st)
+{
+    return st == H1_HEAD_TOO_LARGE ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST;
+}
+
+/* Host and path: normalised before anything routes on them (SPEC 4). */
+static int normalise_target(struct req *r)
+{
+    int port = -1;
+
+    r->host_len = 0;
+    r->host[0] = '\0';
+    if (r->h.host) {
+        ssize_t n = route_host_normalize(r->h.host, r->h.host_len, r->host, sizeof(r->host), &port);
+        if (n < 0)
+            return -1;
+        r->host_len = (size_t)n;
+    }
+    ssize_t n = uri_normalize_path(r->h.path, r->h.path_len, r->path, sizeof(r->path));
+    if (n < 0)
+        return -1;
+    r->path_len = (size_t)n;
+    return 0;
+}
+
+static void run_stages(struct req *r);
+
+/* Route, method and size checks, then the stages. */
+static void dispatch(struct req *r)
+{
+    const struct fg_route *rt = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+
+    if (rt == NULL) {
+        respond_error(r, FG_ERR_NOT_FOUND, NULL);
+        return;
+    }
+    r->route = rt;
+    if (rt->methods && (r->h.method < 0 || r->h.method > 63 ||
+                        !(rt->methods & (UINT64_C(1) << r->h.method)))) {
+        char allow[512];
+        snprintf(allow, sizeof(allow), "Allow: %s\r\n", rt->allow);
+        respond_error(r, FG_ERR_METHOD, allow);
+        return;
+    }
+    r->c->state = CONN_STAGES;
+    run_stages(r);
+}
+
+static void handle_head(struct conn *c, size_t head_len)
+{
+    struct req *r = &c->r;
+
+    req_reset(r);
+    gettimeofday(&r->start, NULL);
+    r->h.headers = r->hdrs;
+    r->h.max_headers = c->cfg->limits.max_headers;
+    if (take_head(c, head_len) < 0) {
+        conn_close(c, false);
+        return;
+    }
+    enum h1_status st = h1_parse_request(&r->h, r->head_buf, head_len,
+                                         c->cfg->limits.underscores_in_headers);
+    bool trusted = is_trusted(c, NULL, 0);
+    if (st == H1_OK) {
+        find_client(r, trusted);
+    } else {
+        snprintf(r->client_ip, sizeof(r->client_ip), "%s", c->peer_ip);
+    }
+    assign_request_id(r, st == H1_OK && trusted);
+    if (st != H1_OK) {
+        r->error_code = r->h.reason;
+        respond_error(r, map_h1(st), NULL);
+        return;
+    }
+    r->body = r->h.framing == H1_FRAMING_NONE ? BODY_NONE : BODY_PENDING;
+    if (normalise_target(r) < 0) {
+        r->error_code = "bad path or host";
+        respond_error(r, FG_ERR_BAD_REQUEST, NULL);
+        return;
+    }
+    if (c->l->kind == LISTENER_HTTP) {
+        respond_redirect(r);
+        return;
+    }
+    if (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length > c->cfg->limits.max_body_bytes) {
+        respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
+        return;
+    }
+    dispatch(r);
+}
+
+/* Look for a complete head in the input; act on it or on its absence. */
+static void process_input(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    size_t max = c->cfg->limits.max_header_bytes;
+
+    if (c->state != CONN_READ_HEAD || c->closed || len == 0)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > PROXY_WRITE_HIGH)
+        return; /* a pipelining client that does not read: wait (conn_write_cb) */
+    if (c->idle) {
+        c->idle = false;
+        conn_set_timer(c, c->cfg->limits.header_timeout_ms);
+    }
+    size_t n = len < max ? len : max;
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
+    ssize_t end = h1_head_end(data, n);
+    if (end == -2 && len < max)
+        return; /* wait for more, under the header timer */
+    conn_clear_timer(c);
+    if (end < 0) {
+        req_reset(&c->r);
+        gettimeofday(&c->r.start, NULL);
+        snprintf(c->r.client_ip, sizeof(c->r.client_ip), "%s", c->peer_ip);
+        worker_request_id(c->w, c->r.request_id);
+        c->r.error_code = end == -2 ? "head too large" : "malformed head";
+        respond_error(&c->r, end == -2 ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST, NULL);
+        return;
+    }
+    handle_head(c, (size_t)end);
+}
+
+/* ---- stages ----------------------------------------------------------- */
+
+static void run_stages(struct req *r)
+{
+    while (conn_stages[r->stage_idx] != NULL) {
+        const struct stage *s = conn_stages[r->stage_idx++];
+        enum stage_verdict v = s->run(r);
+        if (v == STAGE_ANSWERED || v == STAGE_WAIT)
+            return;
+    }
+    proxy_start(r->c);
+}
+
+void stage_resume(struct req *r, enum stage_verdict verdict)
+{
+    struct conn *c = r->c;
+
+    r->stage_cancel = NULL;
+    r->stage_cancel_arg = NULL;
+    if (c->closed || c->state != CONN_STAGES)
+        return;
+    conn_hold(c);
+    if (verdict == STAGE_NEXT)
+        run_stages(r);
+    conn_release(c);
+}
+
+void stage_set_cancel(struct req *r, void (*cancel)(void *arg), void *arg)
+{
+    r->stage_cancel = cancel;
+    r->stage_cancel_arg = arg;
+}
+
+/* ---- finish ----------------------------------------------------------- */
+
+static void log_request(struct req *r)
+{
+    struct conn *c = r->c;
+    struct timeval now;
+    char tls_ver[16] = "";
+
+    gettimeofday(&now, NULL);
+    if (c->tls) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        if (ssl)
+            snprintf(tls_ver, sizeof(tls_ver), "%s", tls_version_str(ssl));
+    }
+    struct log_access_rec rec = {
+        .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,
+        .request_id = r->request_id,
+        .request_id_len = strlen(r->request_id),
+        .client_ip = r->client_ip,
+        .method = r->h.method_str,
+        .method_len = r->h.method_len,
+        .host = r->host,
+        .host_len = r->host_len,
+        .path = r->path_len ? r->path : NULL,
+        .path_len = r->path_len,
+        .query = r->path_len ? r->h.query : NULL,
+        .query_len = r->h.query_len,
+        .status = r->status,
+        .bytes_in = r->h.method_str ? (uint64_t)(r->h.target_len) + r->body_seen : 0,
+        .bytes_out = r->bytes_out,
+        .duration_ms = (now.tv_sec - r->start.tv_sec) * 1e3 + (now.tv_usec - r->start.tv_usec) / 1e3,
+        .upstream = r->upstream_addr[0] ? r->upstream_addr : NULL,
+        .upstream_ms = r->upstream_ms,
+        .user = r->user,
+        .user_len = r->user_len,
+        .tier = r->tier,
+        .tls_version = c->tls ? tls_ver : NULL,
+        .error = r->error_code,
+    };
+    log_access(&rec);
+}
+
+void conn_finish_request(struct conn *c)
+{
+    struct req *r = &c->r;
+
+    log_request(r);
+    c->w->stats.requests++;
+    c->requests++;
+    if (r->close_after || r->body == BODY_PENDING || c->w->stopping) {
+        conn_close(c, true);
+        return;
+    }
+    c->state = CONN_READ_HEAD;
+    conn_clear_timer(c);
+    conn_resume_read(c);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+        /* A pipelined request is already here. Serve it from the loop, not
+         * from this stack: a long pipeline must not recurse. */
+        conn_set_timer(c, c->cfg->limits.header_timeout_ms);
+        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    } else {
+        c->idle = true;
+        conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
+    }
+}

@@ -1,0 +1,144 @@
+/*
+ * conn.h - a client connection and the request it is serving.
+ *
+ * A connection serves one request at a time (pipelined requests wait in its
+ * input buffer). Its life:
+ *
+ *   accept -> [TLS handshake] -> READ_HEAD --head parsed--> STAGES
+ *      ^                          |  (400/431/408: ERROR -> CLOSING)
+ *      |                          v
+ *      |                       STAGES --answered--> RESPONDING
+ *      |                          |--all passed--> PROXYING (upstream.c/proxy.c)
+ *      |                          v
+ *      +--keep-alive------- response complete (finish) --close--> CLOSING -> freed
+ *
+ * A connection is never freed inside one of its own callbacks while something
+ * up the stack may still touch it: conn_close() marks it and the free happens
+ * once the reference count (held around callbacks) drops to zero.
+ */
+#ifndef FG_CONN_H
+#define FG_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "cfg.h"
+#include "h1.h"
+#include "stage.h"
+
+struct worker;
+struct listener;
+struct upconn;
+
+enum conn_state {
+    CONN_HANDSHAKE = 0,  /* TLS handshake in progress */
+    CONN_READ_HEAD = 1,  /* waiting for (the rest of) a request head */
+    CONN_STAGES = 2,     /* running request stages (may wait) */
+    CONN_PROXYING = 3,   /* request going upstream, response coming back */
+    CONN_RESPONDING = 4, /* flowgate's own response being written */
+    CONN_CLOSING = 5,    /* flushing the last bytes, then close */
+};
+const char *conn_state_str(enum conn_state st);
+
+enum req_body_state {
+    BODY_NONE = 0,      /* no body, or fully read */
+    BODY_PENDING = 1,   /* body bytes still to come from the client */
+};
+
+/* Per-request state; embedded in the connection and reset between requests. */
+struct req {
+    struct conn *c;
+    struct fg_config *cfg;        /* the connection's snapshot */
+    struct h1_request h;          /* parsed head: slices into head_buf */
+    char *head_buf;               /* the request head bytes (owned, reused) */
+    size_t head_cap;
+    struct h1_header *hdrs;       /* cfg->limits.max_headers entries (owned) */
+    char path[4096 + 1];          /* normalised path */
+    size_t path_len;
+    char host[256];               /* normalised host (lowercase, no port) */
+    size_t host_len;
+    const struct fg_route *route; /* chosen route, NULL for previews/redirect */
+    char request_id[129];         /* sent upstream and to the client */
+    char client_ip[INET6_ADDRSTRLEN]; /* the real client (after trusted proxies) */
+    const char *xff_prior;        /* trusted proxy's X-Forwarded-For list, or NULL */
+    size_t xff_prior_len;
+    enum req_body_state body;
+    uint64_t body_seen;           /* raw body bytes read from the client */
+    bool expect_sent;             /* "100 Continue" already written */
+    bool response_started;        /* some response bytes reached the client */
+    bool close_after;             /* close the connection after this response */
+    int status;                   /* final status sent, for the log */
+    const char *error_code;       /* flowgate error code, for the log */
+    uint64_t bytes_out;
+    struct timeval start;         /* head complete */
+    double upstream_ms;
+    char upstream_addr[64];
+    unsigned attempts;            /* upstream connection attempts */
+    bool resp_head_done;          /* the upstream's final response head was relayed */
+    bool up_eof;                  /* the upstream closed; drain what it sent */
+    struct timeval up_start;      /* request started upstream */
+    size_t stage_idx;             /* next stage to run */
+    void (*stage_cancel)(void *); /* see stage_set_cancel */
+    void *stage_cancel_arg;
+    char extra[1024];             /* response header lines added by stages */
+    size_t extra_len;
+    /* identity, filled by the auth stage (later) */
+    const char *user;
+    size_t user_len;
+    const char *tier;
+};
+
+struct conn {
+    struct worker *w;
+    struct listener *l;
+    struct conn *next, *prev;     /* worker->conns */
+    uint64_t serial;
+    int fd;
+    struct bufferevent *bev;      /* socket or OpenSSL filter */
+    bool tls;
+    enum conn_state state;
+    int refs;                     /* callbacks in flight; freed at 0 once closed */
+    bool closed;                  /* conn_close() called */
+    bool read_paused;             /* backpressure: read disabled */
+    bool idle;                    /* between requests (keep-alive timer runs) */
+    struct event *timer;          /* header / body / keep-alive deadline */
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    char peer_ip[INET6_ADDRSTRLEN];
+    struct fg_config *cfg;        /* snapshot this connection runs on (ref held) */
+    struct upconn *up;            /* upstream link while PROXYING */
+    unsigned requests;            /* served on this connection */
+    struct req r;
+};
+
+/* Take over an accepted socket (after the connection limit was checked). */
+void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t salen);
+
+/* Hold a reference across a callback that may close C; release frees a
+ * closed connection when the last reference goes. */
+void conn_hold(struct conn *c);
+void conn_release(struct conn *c);
+
+/* Close now (or after flushing when FLUSH). Idempotent. */
+void conn_close(struct conn *c, bool flush);
+
+/* The response to the current request is complete: log, then keep-alive or close. */
+void conn_finish_request(struct conn *c);
+
+/* Read/write deadline helpers. */
+void conn_set_timer(struct conn *c, uint32_t ms);
+void conn_clear_timer(struct conn *c);
+
+/* Re-enable or pause reading from the client (backpressure). */
+void conn_pause_read(struct conn *c);
+void conn_resume_read(struct conn *c);
+
+/* The stages in force (later issues add theirs to this list). */
+extern const struct stage *const conn_stages[];
+
+#endif

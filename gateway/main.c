@@ -1,0 +1,323 @@
+/*
+ * main.c - command line, signals, start and stop of the workers.
+ *
+ * The main thread owns the configuration snapshot, the TLS contexts, the
+ * admin listener and the signals; the workers own all client traffic.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <libconfig.h>
+#include <llhttp.h>
+#include <openssl/crypto.h>
+
+#include "admin.h"
+#include "cfg.h"
+#include "log.h"
+#include "tls.h"
+#include "worker.h"
+
+#define ERRBUF 16384
+
+struct app {
+    struct event_base *base;
+    struct fg_config *cfg;
+    struct tls_ctxset *tls;
+    struct worker *workers;
+    unsigned nworkers;
+    unsigned nexited;            /* atomic: worker loops that ended */
+    struct admin *admin;
+    struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
+    struct event *tick;          /* ticket key rotation */
+    struct event *deadline;      /* shutdown_timeout_ms */
+    struct event *exited_ev;     /* a worker loop ended */
+    bool stopping;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: flowgate [-c FILE] [-t] [-V] [-h]\n"
+               "  -c FILE  configuration file (default " FG_DEFAULT_CONFIG ")\n"
+               "  -t       check the configuration and exit\n"
+               "  -V       print the version and the linked libraries' versions\n"
+               "  -h       this help\n");
+}
+
+static void print_versions(void)
+{
+    printf("flowgate %s\n", FG_VERSION);
+    printf("  libevent %s\n", event_get_version());
+    printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("  llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
+           LLHTTP_VERSION_PATCH);
+    printf("  jansson %s\n", jansson_version_str());
+    printf("  libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR,
+           LIBCONFIG_VER_REVISION);
+    printf("  hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+}
+
+/* systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram. */
+static void notify_systemd(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+    if (path == NULL || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+        return;
+    strcpy(sa.sun_path, path);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+    close(fd);
+}
+
+static int check_config(const char *path)
+{
+    char *err = calloc(1, ERRBUF);
+    struct fg_config *cfg = cfg_load(path, err, ERRBUF);
+    int rc = 1;
+
+    if (cfg && cfg->nhttps > 0) {
+        struct tls_ctxset *tls = tls_build(cfg, err, ERRBUF);
+        if (tls == NULL) {
+            cfg_unref(cfg);
+            cfg = NULL;
+        }
+        tls_free(tls);
+    }
+    if (cfg) {
+        printf("configuration OK\n");
+        rc = 0;
+    } else {
+        fputs(err, stderr);
+        if (err[0] && err[strlen(err) - 1] != '\n')
+            fputc('\n', stderr);
+    }
+    cfg_unref(cfg);
+    free(err);
+    return rc;
+}
+
+static void begin_stop(struct app *app)
+{
+    if (app->stopping)
+        return;
+    app->stopping = true;
+    notify_systemd("STOPPING=1");
+    log_info("stopping: finishing in-flight requests (at most %u ms)",
+             app->cfg->shutdown_timeout_ms);
+    admin_stop(app->admin);
+    app->admin = NULL;
+    for (unsigned i = 0; i < app->nworkers; i++)
+        worker_stop(&app->workers[i]);
+    struct timeval tv = {.tv_sec = app->cfg->shutdown_timeout_ms / 1000,
+                         .tv_usec = (app->cfg->shutdown_timeout_ms % 1000) * 1000};
+    evtimer_add(app->deadline, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct app *app = arg;
+
+    if (sig == SIGTERM || sig == SIGINT) {
+        begin_stop(app);
+    } else if (sig == SIGUSR1) {
+        log_reopen();
+    } else if (sig == SIGHUP) {
+        char *err = calloc(1, ERRBUF);
+        struct fg_config *cfg = err ? cfg_load(app->cfg->path, err, ERRBUF) : NULL;
+        if (cfg == NULL)
+            log_error("reload: configuration invalid, the old one stays in force:\n%s",
+                      err ? err : "out of memory");
+        else
+            log_warn("reload: configuration is valid; this version applies it on restart");
+        cfg_unref(cfg);
+        free(err);
+    }
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+
+    log_warn("shutdown timeout: closing the remaining connections");
+    for (unsigned i = 0; i < app->nworkers; i++)
+        event_base_loopbreak(app->workers[i].base);
+}
+
+static void on_worker_exit(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+
+    if (__atomic_load_n(&app->nexited, __ATOMIC_ACQUIRE) == app->nworkers)
+        event_base_loopbreak(app->base);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+
+    if (app->tls)
+        tls_rotate_tickets(app->tls);
+}
+
+static struct app *g_app; /* for the worker-exit hook only */
+
+void worker_exited_hook(void);
+void worker_exited_hook(void)
+{
+    __atomic_add_fetch(&g_app->nexited, 1, __ATOMIC_RELEASE);
+    event_active(g_app->exited_ev, EV_TIMEOUT, 1);
+}
+
+static int setup_events(struct app *app)
+{
+    struct timeval minute = {.tv_sec = 60, .tv_usec = 0};
+
+    app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
+    app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
+    app->sig_hup = evsignal_new(app->base, SIGHUP, on_signal, app);
+    app->sig_usr1 = evsignal_new(app->base, SIGUSR1, on_signal, app);
+    app->tick = event_new(app->base, -1, EV_PERSIST, on_tick, app);
+    app->deadline = evtimer_new(app->base, on_deadline, app);
+    app->exited_ev = event_new(app->base, -1, 0, on_worker_exit, app);
+    if (!app->sig_term || !app->sig_int || !app->sig_hup || !app->sig_usr1 || !app->tick ||
+        !app->deadline || !app->exited_ev)
+        return -1;
+    evsignal_add(app->sig_term, NULL);
+    evsignal_add(app->sig_int, NULL);
+    evsignal_add(app->sig_hup, NULL);
+    evsignal_add(app->sig_usr1, NULL);
+    evtimer_add(app->tick, &minute);
+    return 0;
+}
+
+static int start(struct app *app, char *err)
+{
+    if (app->cfg->nhttps > 0 && (app->tls = tls_build(app->cfg, err, ERRBUF)) == NULL)
+        return -1;
+    app->nworkers = app->cfg->workers;
+    app->workers = calloc(app->nworkers, sizeof(*app->workers));
+    if (app->workers == NULL)
+        return -1;
+    for (unsigned i = 0; i < app->nworkers; i++)
+        if (worker_init(&app->workers[i], i, app->cfg, app->tls, err, ERRBUF) < 0)
+            return -1;
+    if (app->cfg->admin &&
+        (app->admin = admin_start(app->base, app->cfg, app->workers, app->nworkers, err,
+                                  ERRBUF)) == NULL)
+        return -1;
+    if (setup_events(app) < 0) {
+        snprintf(err, ERRBUF, "event setup failed");
+        return -1;
+    }
+    for (unsigned i = 0; i < app->nworkers; i++)
+        if (worker_start(&app->workers[i]) < 0) {
+            snprintf(err, ERRBUF, "cannot start worker thread");
+            return -1;
+        }
+    return 0;
+}
+
+static void cleanup(struct app *app)
+{
+    for (unsigned i = 0; i < app->nworkers; i++)
+        if (app->workers[i].base)
+            worker_free(&app->workers[i]);
+    free(app->workers);
+    admin_stop(app->admin);
+    struct event *evs[] = {app->sig_term, app->sig_int, app->sig_hup, app->sig_usr1,
+                           app->tick, app->deadline, app->exited_ev};
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i])
+            event_free(evs[i]);
+    tls_free(app->tls);
+    cfg_unref(app->cfg);
+    if (app->base)
+        event_base_free(app->base);
+    log_close();
+}
+
+static int run(const char *path)
+{
+    struct app app = {0};
+    char *err = calloc(1, ERRBUF);
+    int rc = 1;
+
+    if (err == NULL)
+        return 1;
+    g_app = &app;
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    app.cfg = cfg_load(path, err, ERRBUF);
+    if (app.cfg == NULL) {
+        fputs(err, stderr);
+        goto out;
+    }
+    if (log_open(&app.cfg->log, err, ERRBUF) < 0) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    app.base = event_base_new();
+    if (app.base == NULL || start(&app, err) < 0) {
+        log_error("%s", err);
+        goto out;
+    }
+    log_info("flowgate %s started: %u workers", FG_VERSION, app.nworkers);
+    notify_systemd("READY=1");
+    event_base_dispatch(app.base);
+    for (unsigned i = 0; i < app.nworkers; i++)
+        worker_join(&app.workers[i]);
+    log_info("stopped");
+    rc = 0;
+out:
+    if (rc != 0 && app.workers) {
+        /* Threads that started must end before their bases are freed. */
+        for (unsigned i = 0; i < app.nworkers; i++)
+            if (app.workers[i].thread) {
+                worker_stop(&app.workers[i]);
+                event_base_loopbreak(app.workers[i].base);
+                worker_join(&app.workers[i]);
+            }
+    }
+    cleanup(&app);
+    free(err);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = FG_DEFAULT_CONFIG;
+    bool test = false;
+    int opt;
+
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 't': test = true; break;
+        case 'V': print_versions(); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+    return test ? check_config(path) : run(path);
+}

@@ -1,0 +1,54 @@
+/*
+ * respond.h - flowgate's own responses: JSON errors (SPEC section 3),
+ * redirects, and the common response headers every response carries.
+ */
+#ifndef FG_RESPOND_H
+#define FG_RESPOND_H
+
+#include <event2/buffer.h>
+
+struct req;
+
+enum fg_error {
+    FG_ERR_BAD_REQUEST = 0,       /* 400 bad_request, close */
+    FG_ERR_HEADERS_TOO_LARGE = 1, /* 431 headers_too_large, close */
+    FG_ERR_BODY_TOO_LARGE = 2,    /* 413 body_too_large */
+    FG_ERR_TIMEOUT = 3,           /* 408 timeout, close */
+    FG_ERR_METHOD = 4,            /* 405 method_not_allowed + Allow */
+    FG_ERR_NOT_FOUND = 5,         /* 404 not_found */
+    FG_ERR_UNAUTHORIZED = 6,      /* 401 invalid_token (missing) */
+    FG_ERR_INVALID_TOKEN = 7,     /* 401 invalid_token (bad) */
+    FG_ERR_RATE_LIMITED = 8,      /* 429 rate_limited */
+    FG_ERR_CORS = 9,              /* 403 cors_rejected */
+    FG_ERR_BAD_GATEWAY = 10,      /* 502 bad_gateway */
+    FG_ERR_GATEWAY_TIMEOUT = 11,  /* 504 gateway_timeout */
+    FG_ERR_UNAVAILABLE = 12,      /* 503 unavailable */
+    FG_ERR_EXPECTATION = 13,      /* 417 expectation_failed */
+    FG_ERR__COUNT
+};
+
+int respond_status(enum fg_error e);
+const char *respond_code(enum fg_error e);
+
+/*
+ * Answer the current request with flowgate's JSON error. EXTRA, when not
+ * NULL, is more header lines ("Name: value\r\n...") to include. The
+ * connection closes afterwards for 400/408/431, and whenever request body
+ * bytes are still unread.
+ */
+void respond_error(struct req *r, enum fg_error e, const char *extra);
+
+/* The plain-listener redirect to https (redirect.status, Location). */
+void respond_redirect(struct req *r);
+
+/*
+ * Append the headers every response carries: the security header block
+ * (HSTS only over TLS), X-Request-Id, and Connection as decided.
+ */
+void respond_common_headers(struct req *r, struct evbuffer *out);
+
+/* Extra response headers a stage wants on the final response, whoever writes
+ * it (upstream or flowgate): X-RateLimit-*, CORS. Copied into the request. */
+void respond_add_header(struct req *r, const char *line, size_t len);
+
+#endif

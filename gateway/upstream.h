@@ -1,0 +1,94 @@
+/*
+ * upstream.h - connections to upstream servers: per-worker keep-alive pools,
+ * round-robin over an upstream's servers, a refusing server skipped for a
+ * while, connect timeouts.
+ */
+#ifndef FG_UPSTREAM_H
+#define FG_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "cfg.h"
+#include "h1.h"
+
+struct worker;
+struct conn;
+struct upconn;
+
+/* How long a server that refused a connection is skipped. */
+#define UPSTREAM_DOWN_MS 5000
+
+struct upstream_server_state {
+    uint64_t down_until_ms;  /* monotonic ms; 0 = up */
+};
+
+struct upstream_pool {
+    const struct fg_upstream *u;        /* config (the worker's snapshot) */
+    struct event_base *base;            /* the worker's loop */
+    struct upstream_server_state *servers;
+    size_t next;                        /* round-robin cursor */
+    struct upconn *idle;                /* idle keep-alive connections (LIFO) */
+    uint32_t nidle;
+};
+
+enum upconn_state {
+    UPCONN_CONNECTING = 0,
+    UPCONN_ACTIVE = 1,  /* serving a request */
+    UPCONN_IDLE = 2,    /* in the pool */
+};
+
+/* Called when a connect attempt finished: OK (0) or failed (-1, errno-like
+ * reason in ERR_KIND: "refused", "timeout", "error"). */
+typedef void (*upconn_ready_cb)(struct upconn *uc, int ok, const char *err_kind, void *arg);
+
+struct upconn {
+    struct upstream_pool *pool;
+    struct upconn *next_idle;
+    size_t server;                    /* index into pool->u->servers */
+    struct bufferevent *bev;
+    enum upconn_state state;
+    bool reused;                      /* came from the pool */
+    struct event *timer;              /* connect / read deadline */
+    struct conn *owner;               /* the client connection it serves, when ACTIVE */
+    upconn_ready_cb ready_cb;
+    void *ready_arg;
+    struct h1_response resp;          /* parser of the response in flight */
+    struct h1_header *hdrs;           /* header slots for resp */
+    char *head_buf;                   /* response head bytes (owned) */
+    size_t head_cap;
+    unsigned served;                  /* requests served on it */
+};
+
+/* Pools for every upstream of CFG, owned by worker W. */
+int upstream_pools_init(struct worker *w, const struct fg_config *cfg);
+void upstream_pools_free(struct worker *w);
+void upstream_pools_close_idle(struct worker *w); /* shutting down */
+
+/*
+ * Get a connection to one of POOL's servers: an idle pooled one (callback
+ * runs before this returns, ok) or a new connect (callback later). Servers
+ * marked down are skipped unless all are down. Returns the upconn (its
+ * callback may already have run) or NULL when no socket could be made.
+ */
+struct upconn *upstream_get(struct upstream_pool *pool, upconn_ready_cb cb, void *arg,
+                            bool allow_pooled);
+
+/* Done with UC after a complete exchange: pool it when KEEP, else close. */
+void upstream_release(struct upconn *uc, bool keep);
+
+/* Close and free (any state). */
+void upstream_close(struct upconn *uc);
+
+/* The server's address text ("127.0.0.1:9001"). */
+const char *upstream_server_text(const struct upconn *uc);
+
+/* Mark the server of UC as refusing (skipped for UPSTREAM_DOWN_MS). */
+void upstream_mark_down(struct upconn *uc);
+
+uint64_t upstream_now_ms(void);
+
+#endif

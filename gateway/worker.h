@@ -1,0 +1,81 @@
+/*
+ * worker.h - one event-loop thread: its event base, its own SO_REUSEPORT
+ * listeners, its upstream pools and its counters. Nothing here is shared
+ * between workers except the immutable configuration snapshot, the TLS
+ * contexts and the process-wide connection count.
+ */
+#ifndef FG_WORKER_H
+#define FG_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "cfg.h"
+#include "tls.h"
+
+struct upstream_pool;
+struct conn;
+
+enum listener_kind {
+    LISTENER_HTTPS = 0, /* TLS, full proxy */
+    LISTENER_HTTP = 1,  /* plain, redirect only */
+};
+
+struct listener {
+    struct worker *w;
+    int fd;
+    enum listener_kind kind;
+    struct event *ev;        /* EV_READ|EV_PERSIST on the listening socket */
+    bool paused;             /* removed from the loop at max_connections */
+    int port;                /* the local port, for Host checks and redirects */
+};
+
+struct worker_stats {
+    uint64_t requests;       /* finished requests */
+    uint64_t accepted;
+    uint64_t upstream_errors;
+    uint64_t tls_handshakes;
+    uint64_t tls_failures;
+};
+
+struct worker {
+    unsigned id;
+    pthread_t thread;
+    struct event_base *base;
+    struct fg_config *cfg;          /* snapshot in force for new connections (ref held) */
+    struct tls_ctxset *tls;         /* shared by every worker, built by main */
+    struct listener *listeners;
+    size_t nlisteners;
+    struct upstream_pool *pools;    /* one per cfg->upstreams entry */
+    size_t npools;
+    struct event *resume_ev;        /* re-arms paused listeners */
+    struct event *stop_ev;          /* manual-activated: begin graceful stop */
+    struct conn *conns;             /* every open client connection (list) */
+    uint64_t rid_state;             /* request id generator state */
+    uint64_t conn_serial;
+    bool stopping;
+    struct worker_stats stats;
+};
+
+/* Process-wide number of open client connections (max_connections). */
+extern int worker_nconns;
+
+/* Create the worker's base and bind its listeners (before threads start).
+ * 0 or -1 with ERR. */
+int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls_ctxset *tls,
+                char *err, size_t errlen);
+int worker_start(struct worker *w);      /* spawn the thread */
+void worker_stop(struct worker *w);      /* thread-safe: stop accepting, drain, exit loop */
+void worker_join(struct worker *w);
+void worker_free(struct worker *w);
+
+/* A connection closed: account for it and re-arm paused listeners. */
+void worker_conn_closed(struct worker *w);
+
+/* A fresh X-Request-Id (32 lowercase hex chars + NUL) into OUT[33]. */
+void worker_request_id(struct worker *w, char out[33]);
+
+#endif
