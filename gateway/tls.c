@@ -387,7 +387,9 @@ static int tls_ctx_protocol(SSL_CTX *ctx, const struct fg_tls *tls, char *err, s
                                    SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION |
                                    SSL_OP_LEGACY_SERVER_CONNECT);
     SSL_CTX_set_options(ctx, options);
-    if (SSL_CTX_set_min_proto_version(ctx, tls->min_version) != 1)
+    /* Never below TLS 1.2, whatever the caller passes (0 would mean "any"). */
+    if (SSL_CTX_set_min_proto_version(ctx, tls->min_version > TLS1_2_VERSION ? tls->min_version
+                                                                             : TLS1_2_VERSION) != 1)
         return tls_err(err, errlen, "tls", "unsupported min_version");
     if (ciphers[0] == '\0')
         snprintf(list, sizeof(list), "%s", TLS_DEFAULT_CIPHERS);

@@ -316,6 +316,15 @@ static void test_tls11_refused(void **state) {
     assert_int_equal(try_client(TLS1_2_VERSION, TLS1_2_VERSION, TLS1_2_VERSION, NULL, &reason), 0);
 }
 
+/* An unset min_version (0, "any" to OpenSSL) still means TLS 1.2. */
+static void test_unset_min_version_is_tls12(void **state) {
+    unsigned long reason = 0;
+
+    assert_int_equal(try_client(0, TLS1_1_VERSION, TLS1_1_VERSION, "DEFAULT:@SECLEVEL=0", &reason),
+                     -1);
+    assert_int_equal(reason, SSL_R_UNSUPPORTED_PROTOCOL);
+}
+
 static void test_tls13_min_refuses_tls12(void **state) {
     unsigned long reason = 0;
 
@@ -521,6 +530,7 @@ int main(void) {
         cmocka_unit_test(test_sni_unknown_keeps_default),
         cmocka_unit_test(test_sni_wildcard_non_default),
         cmocka_unit_test(test_tls11_refused),
+        cmocka_unit_test(test_unset_min_version_is_tls12),
         cmocka_unit_test(test_tls13_min_refuses_tls12),
         cmocka_unit_test(test_tls12_weak_ciphers_refused),
         cmocka_unit_test(test_alpn_http11),
