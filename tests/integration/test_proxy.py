@@ -1,0 +1,339 @@
+"""The core proxy: what a client and an upstream observe (SPEC sections 3 and 4)."""
+
+from harness import (HSTS, ConnectionClosed, Flowgate, Upstream, assert_error,
+                     assert_new_request_id, assert_security_headers, check, eq, pattern,
+                     plain_request, req_header, sha256)
+
+TIMEOUT = 60
+FIVE_MB = 5 * 1024 * 1024
+
+
+def test_response_carries_security_headers_and_request_id():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/hello")
+        eq(r.status, 200, "status")
+        assert_security_headers(r, https=True)
+        rid = assert_new_request_id(r)
+        rec = up.requests()[-1]
+        eq(req_header(rec, "X-Request-Id"), [rid], "upstream sees the response's X-Request-Id")
+        r2 = fg.get("/hello")
+        check(r2.header("X-Request-Id") != rid, "two requests got the same X-Request-Id")
+
+
+def test_upstream_security_and_hop_by_hop_headers_are_replaced():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/headers")
+        eq(r.status, 200, "status")
+        assert_security_headers(r, https=True)  # one X-Frame-Options, SAMEORIGIN; no Server
+        check(not r.has("X-Foo"), "header named by the upstream's Connection was forwarded")
+        check(not r.has("Keep-Alive"), "upstream's Keep-Alive was forwarded")
+        check("x-foo" not in (r.header("Connection") or "").lower(),
+              "upstream's Connection value was forwarded")
+        eq(r.header("X-Upstream-Own"), "kept", "an ordinary upstream header")
+        eq(r.body, b"headers\n", "body")
+
+
+def test_own_error_carries_headers():
+    with Upstream() as up, Flowgate({"routes": ({"host": "", "path": "/api/",
+                                                 "upstream": "api", "auth": "none"},)},
+                                    upstream=up) as fg:
+        r = fg.get("/nowhere")
+        assert_error(r, 404, "not_found")
+        assert_new_request_id(r)
+        eq(up.requests(), [], "upstream requests for an unrouted path")
+
+
+def test_upstream_sees_forwarding_headers_and_no_client_copies():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        hdrs = [
+            ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "evil.example"), ("X-Real-IP", "203.0.113.9"),
+            ("X-User-Id", "admin"), ("X-User-Tier", "premium"), ("X_User_Id", "admin"),
+            ("X-Request-Id", "client-chosen-id"),
+            ("Connection", "keep-alive, X-Drop"), ("X-Drop", "1"), ("Keep-Alive", "timeout=99"),
+            ("Proxy-Connection", "keep-alive"), ("TE", "gzip"), ("Trailer", "X-Trail"),
+            ("X-Normal", "passes"),
+        ]
+        r = fg.get("/seen?q=1", headers=hdrs, host="localhost:%d" % fg.https_port)
+        eq(r.status, 200, "status")
+        rid = assert_new_request_id(r)
+        rec = up.requests()[-1]
+        eq(rec["target"], "/seen?q=1", "target")
+        eq(req_header(rec, "X-Forwarded-For"), ["127.0.0.1"], "X-Forwarded-For (untrusted)")
+        eq(req_header(rec, "X-Forwarded-Proto"), ["https"], "X-Forwarded-Proto")
+        eq(req_header(rec, "X-Forwarded-Host"), ["localhost:%d" % fg.https_port],
+           "X-Forwarded-Host")
+        eq(req_header(rec, "X-Real-IP"), ["127.0.0.1"], "X-Real-IP")
+        eq(req_header(rec, "X-Request-Id"), [rid], "X-Request-Id")
+        for name in ("X-User-Id", "X-User-Tier", "X_User_Id", "X-Drop", "Proxy-Connection",
+                     "Trailer"):
+            eq(req_header(rec, name), [], "client's %s at the upstream" % name)
+        check("timeout=99" not in req_header(rec, "Keep-Alive"), "client's Keep-Alive forwarded")
+        check("gzip" not in req_header(rec, "TE"), "client's TE forwarded")
+        check(all("x-drop" not in v.lower() for v in req_header(rec, "Connection")),
+              "client's Connection tokens forwarded")
+        eq(req_header(rec, "X-Normal"), ["passes"], "an ordinary header")
+        eq(len(req_header(rec, "Host")), 1, "one Host")
+
+
+def test_upgrade_header_is_not_forwarded():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/u", headers=[("Connection", "Upgrade"), ("Upgrade", "h2c")])
+        check(r.status in (200, 400), "status %d" % r.status)
+        for rec in up.requests():
+            eq(req_header(rec, "Upgrade"), [], "Upgrade at the upstream")
+
+
+def test_trusted_proxy_forwarding_headers_and_request_id():
+    cfg = {"rate_limit": {
+        "redis": {"address": "127.0.0.1:1", "timeout_ms": 50},
+        "on_redis_failure": "allow",
+        "trusted_proxies": ["127.0.0.0/8"],
+        "tiers": {"anonymous": {"limit": 100000, "window": 60},
+                  "authenticated": {"limit": 100000, "window": 60},
+                  "premium": {"limit": 100000, "window": 60}},
+        "endpoints": (),
+    }}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        r = fg.get("/t", headers=[("X-Forwarded-For", "203.0.113.7"),
+                                  ("X-Request-Id", "lb-Req.42_x")])
+        eq(r.status, 200, "status")
+        eq(r.header("X-Request-Id"), "lb-Req.42_x", "a trusted proxy's X-Request-Id is kept")
+        rec = up.requests()[-1]
+        eq(req_header(rec, "X-Forwarded-For"), ["203.0.113.7, 127.0.0.1"],
+           "X-Forwarded-For appended for a trusted proxy")
+        eq(req_header(rec, "X-Real-IP"), ["203.0.113.7"], "X-Real-IP from a trusted proxy's list")
+        eq(req_header(rec, "X-Request-Id"), ["lb-Req.42_x"], "upstream X-Request-Id")
+        for bad in ("has space", "x" * 129, "semi;colon", ""):
+            r = fg.get("/t", headers=[("X-Request-Id", bad)])
+            eq(r.status, 200, "status")
+            assert_new_request_id(r)
+
+
+def test_untrusted_request_id_is_replaced():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/t", headers=[("X-Request-Id", "abcdef0123456789abcdef0123456789")])
+        rid = assert_new_request_id(r)
+        check(rid != "abcdef0123456789abcdef0123456789", "an untrusted client's id was kept")
+        eq(req_header(up.requests()[-1], "X-Request-Id"), [rid], "upstream X-Request-Id")
+
+
+def test_path_is_normalised_and_query_kept():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        for sent, seen in (("/a/./b/../c?x=%2e&y=1", "/a/c?x=%2e&y=1"),
+                           ("/%7Euser/%41b", "/~user/Ab"),
+                           ("/a/%2e%2e/b", "/b")):
+            r = fg.get(sent)
+            eq(r.status, 200, "status of %s" % sent)
+            eq(up.requests()[-1]["target"], seen, "upstream target for %s" % sent)
+
+
+def test_http_listener_redirects():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        for method in ("GET", "POST", "HEAD"):
+            c = fg.plain()
+            r = c.request(method, "/path/x?q=1&b=2", host="localhost:%d" % fg.http_port,
+                          body=b"data" if method == "POST" else None)
+            c.close()
+            eq(r.status, 308, "%s redirect status" % method)
+            eq(r.header("Location"), "https://localhost:%d/path/x?q=1&b=2" % fg.https_port,
+               "Location")
+            assert_security_headers(r, https=False)
+            if r.body and method != "HEAD":
+                r.json()
+        eq(up.requests(), [], "a plain-http request reached the upstream")
+
+
+def test_redirect_omits_port_443_and_uses_status():
+    with Upstream() as up, Flowgate({"redirect": {"https_port": 443, "status": 301}},
+                                    upstream=up) as fg:
+        r = plain_request(fg.http_port, "GET", "/a?b", host="Example.localhost")
+        eq(r.status, 301, "status")
+        loc = r.header("Location") or ""
+        check(loc.lower() == "https://example.localhost/a?b", "Location %r" % loc)
+        eq(up.requests(), [], "forwarded")
+
+
+def test_routing_by_prefix_host_and_methods():
+    with Upstream("A") as a, Upstream("B") as b, Upstream("C") as c:
+        cfg = {
+            "upstreams": {
+                "api": {"servers": [a.addr]},
+                "b": {"servers": [b.addr]},
+                "c": {"servers": [c.addr]},
+            },
+            "routes": (
+                {"host": "", "path": "/api/", "upstream": "api", "auth": "none"},
+                {"host": "", "path": "/", "upstream": "b", "auth": "none"},
+                {"host": "site.preview.localhost", "path": "/", "upstream": "c", "auth": "none"},
+                {"host": "", "path": "/ro", "upstream": "api", "auth": "none",
+                 "methods": ["GET", "HEAD"]},
+            ),
+        }
+        with Flowgate(cfg) as fg:
+            eq(fg.get("/api/x").json()["upstream"], "A", "/api/x")
+            eq(fg.get("/apix").json()["upstream"], "B", "/apix (segment boundary)")
+            eq(fg.get("/other").json()["upstream"], "B", "/other")
+            conn = fg.tls(server_hostname="site.preview.localhost")
+            r = conn.request("GET", "/api/x", host="SITE.Preview.LOCALHOST")
+            conn.close()
+            eq(r.json()["upstream"], "C", "host-specific route wins (case-insensitive host)")
+            eq(fg.get("/ro/x").json()["upstream"], "A", "GET on a methods route")
+            r = fg.post("/ro/x", b"x")
+            assert_error(r, 405, "method_not_allowed")
+            allow = {m.strip() for m in (r.header("Allow") or "").split(",")}
+            eq(allow, {"GET", "HEAD"}, "Allow")
+            for u in (a, b, c):
+                check(all(x["method"] != "POST" for x in u.requests()),
+                      "a refused method was forwarded")
+
+
+def test_stream_upload_5mb_content_length_and_chunked():
+    data = pattern(FIVE_MB)
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.post("/sha256", data, timeout=60)
+        eq(r.status, 200, "status")
+        eq(r.json(), {"len": FIVE_MB, "sha256": sha256(data)}, "upstream digest (Content-Length)")
+        c = fg.tls()
+        c.send(b"POST /sha256 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        step = 100000
+        for i in range(0, len(data), step):
+            piece = data[i:i + step]
+            c.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        c.send(b"0\r\n\r\n")
+        r = c.read_response(timeout=60)
+        c.close()
+        eq(r.status, 200, "status")
+        eq(r.json(), {"len": FIVE_MB, "sha256": sha256(data)}, "upstream digest (chunked)")
+
+
+def test_stream_download_5mb_content_length_and_chunked():
+    want = sha256(pattern(FIVE_MB))
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        for path in ("/bytes/%d" % FIVE_MB, "/bytes/%d?chunked=1" % FIVE_MB):
+            r = fg.get(path, timeout=60)
+            eq(r.status, 200, "status of %s" % path)
+            check(r.complete, "incomplete body for %s" % path)
+            eq(len(r.body), FIVE_MB, "length of %s" % path)
+            eq(sha256(r.body), want, "digest of %s" % path)
+            eq(r.header("X-Body-Sha256"), want, "X-Body-Sha256 of %s" % path)
+
+
+def test_keepalive_and_upstream_pool_reuse():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        eq(c.request("GET", "/k1").status, 200, "first")
+        eq(c.request("GET", "/k2").status, 200, "second on the same client connection")
+        c.close()
+        c = fg.tls()
+        eq(c.request("GET", "/k3").status, 200, "third, new client connection")
+        c.close()
+        recs = up.requests()
+        eq([x["target"] for x in recs], ["/k1", "/k2", "/k3"], "targets")
+        eq(len({x["conn"] for x in recs}), 1,
+           "upstream connections used (conn serials %r)" % [x["conn"] for x in recs])
+
+
+def test_pipelined_requests_answered_in_order():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        c.send(b"GET /p1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+               b"GET /bytes/100 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+               b"GET /p3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        r1, r2, r3 = c.read_response(), c.read_response(), c.read_response()
+        c.close()
+        eq(r1.json()["path"], "/p1", "first answer")
+        eq(r2.body, pattern(100), "second answer")
+        eq(r3.json()["path"], "/p3", "third answer")
+
+
+def test_head_and_204_keep_framing():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        r = c.request("HEAD", "/bytes/1000")
+        eq((r.status, r.body), (200, b""), "HEAD")
+        eq(c.request("GET", "/status/204").status, 204, "204")
+        r = c.request("GET", "/bytes/10")
+        eq(r.body, pattern(10), "a request after HEAD and 204 on one connection")
+        c.close()
+
+
+def test_upstream_refused_is_502():
+    with Flowgate(upstream=None) as fg:
+        assert_error(fg.get("/x"), 502, "bad_gateway")
+
+
+def test_upstream_close_before_response_is_502():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        assert_error(fg.get("/close-before"), 502, "bad_gateway")
+        assert_error(fg.get("/reset"), 502, "bad_gateway")
+        eq(fg.get("/after").status, 200, "flowgate serves after upstream failures")
+
+
+def test_upstream_read_timeout_is_504():
+    with Upstream() as up, Flowgate({"upstreams": {"api": {"read_timeout_ms": 500}}},
+                                    upstream=up) as fg:
+        assert_error(fg.get("/slow/3000"), 504, "gateway_timeout")
+
+
+def test_upstream_truncated_response_is_never_complete():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        try:
+            r = c.request("GET", "/truncate", timeout=20)
+            check(not r.complete, "a truncated upstream body reached the client as complete: %r"
+                  % (r,))
+            eq(r.status, 200, "status of the truncated response")
+        except ConnectionClosed:
+            pass
+        check(c.wait_closed(10), "client connection left open after a truncated body")
+        c.close()
+
+
+def test_slow_trickle_response_passes():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/trickle?ms=30")
+        eq((r.status, r.body), (200, b"trickle-" * 8), "trickled response")
+
+
+def test_expect_100_continue():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        c.send(b"POST /expect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        r = c.read_response(interim=True, timeout=10)
+        eq(r.status, 100, "interim response")
+        eq(r.raw_head.split(b"\r\n")[0], b"HTTP/1.1 100 Continue", "interim status line")
+        c.send(b"hello")
+        r = c.read_response(timeout=10)
+        c.close()
+        eq(r.status, 200, "final response")
+        recs = [x for x in up.requests() if x["target"] == "/expect"]
+        eq(len(recs), 1, "forwarded once")
+        eq((recs[0]["body_len"], recs[0]["body_sha256"]), (5, sha256(b"hello")), "body")
+
+
+def test_admin_health_and_ready():
+    with Flowgate() as fg:
+        r = plain_request(fg.admin_port, "GET", "/healthz", host="127.0.0.1")
+        eq(r.status, 200, "/healthz")
+        r = plain_request(fg.admin_port, "GET", "/readyz", host="127.0.0.1")
+        eq(r.status, 200, "/readyz")
+        check(isinstance(r.json(), dict), "/readyz body is a JSON object")
+
+
+def test_curl_through_flowgate():
+    from harness import curl
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        p = curl(["-i", "--http1.1", "https://localhost:%d/curl?a=b" % fg.https_port])
+        eq(p.returncode, 0, "curl exit (stderr %r)" % p.stderr)
+        head = p.stdout.split(b"\r\n\r\n")[0].decode("latin-1")
+        check(head.startswith("HTTP/1.1 200"), "curl status line: %r" % head[:40])
+        check(("strict-transport-security: " + HSTS).lower() in head.lower(), "HSTS via curl")
+        eq(up.targets(), ["/curl?a=b"], "upstream targets")
+
+
+def test_server_header_when_configured():
+    with Upstream() as up, Flowgate({"headers": {"server": "flowgate"}}, upstream=up) as fg:
+        r = fg.get("/headers")
+        eq(r.all("Server"), ["flowgate"], "Server header replaces the upstream's")
