@@ -362,6 +362,7 @@ static int take_head(struct conn *c, size_t len)
         r->head_cap = len;
     }
     evbuffer_remove(bufferevent_get_input(c->bev), r->head_buf, len);
+    r->head_len = len;
     return 0;
 }
 
@@ -624,7 +625,7 @@ static void log_request(struct req *r)
         .query = r->path_len ? r->h.query : NULL,
         .query_len = r->h.query_len,
         .status = r->status,
-        .bytes_in = r->h.method_str ? (uint64_t)(r->h.target_len) + r->body_seen : 0,
+        .bytes_in = r->head_len + r->body_seen,
         .bytes_out = r->bytes_out,
         .duration_ms = (now.tv_sec - r->start.tv_sec) * 1e3 + (now.tv_usec - r->start.tv_usec) / 1e3,
         .upstream = r->upstream_addr[0] ? r->upstream_addr : NULL,

@@ -57,6 +57,7 @@ struct req {
     struct h1_request h;          /* parsed head: slices into head_buf */
     char *head_buf;               /* the request head bytes (owned, reused) */
     size_t head_cap;
+    size_t head_len;              /* bytes of this request's head */
     struct h1_header *hdrs;       /* cfg->limits.max_headers entries (owned) */
     char path[4096 + 1];          /* normalised path */
     size_t path_len;
