@@ -630,7 +630,7 @@ static enum h1_status request_framing(struct h1_request *req)
 /*
  * RFC 9110 10.1.1. Only 100-continue is implemented; any other expectation
  * would deserve 417, which flowgate does not send: H1_UNSUPPORTED, which the
- * engine answers with 400.
+ * engine answers with 400. 100-continue from an HTTP/1.0 client is ignored.
  */
 static enum h1_status request_options(struct h1_request *req)
 {
@@ -644,7 +644,7 @@ static enum h1_status request_options(struct h1_request *req)
             req->reason = "unsupported expectation";
             return H1_UNSUPPORTED;
         }
-        req->expect_continue = true;
+        req->expect_continue = req->version_minor == 1;
     }
     req->keep_alive = keep_alive_of(req->version_minor, h, n);
     req->upgrade = connection_has(h, n, "upgrade") && h1_find(h, n, "upgrade") != NULL;
@@ -774,7 +774,8 @@ static enum h1_status response_framing(struct h1_response *resp, bool head_reque
                             ? H1_FRAMING_CHUNKED
                             : H1_FRAMING_EOF;
         resp->content_length = 0;
-        reuse = cl == 0;
+        /* RFC 9112 6.1, 6.3: faulty framing, close after this response */
+        reuse = cl == 0 && resp->version_minor == 1;
     } else {
         resp->framing = cl ? H1_FRAMING_LENGTH : H1_FRAMING_EOF;
     }

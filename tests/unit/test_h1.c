@@ -431,6 +431,8 @@ static void test_expect(void **state)
                                      "Content-Length: 3\r\n\r\n"),
                      H1_OK);
     assert_true(req.expect_continue);
+    assert_int_equal(parse_req(&req, "PUT / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"), H1_OK);
+    assert_false(req.expect_continue);
     assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
                      H1_UNSUPPORTED);
     assert_non_null(req.reason);
@@ -703,6 +705,14 @@ static void test_response_chunked(void **state)
                                 false),
                      H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_EOF);
+    assert_false(resp.keep_alive);
+
+    /* chunked on HTTP/1.0 is framed, but the connection is not reused */
+    assert_int_equal(parse_resp(&resp, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                       "Transfer-Encoding: chunked\r\n\r\n",
+                                false),
+                     H1_OK);
+    assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
     assert_false(resp.keep_alive);
 }
 
