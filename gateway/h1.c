@@ -27,17 +27,16 @@
 
 /* RFC 9110 5.6.2: tchar. */
 static const unsigned char tchar_map[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
-    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1,  ['|'] = 1,
-    ['~'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,  ['5'] = 1,
-    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['A'] = 1, ['B'] = 1,  ['C'] = 1,
-    ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,  ['J'] = 1,
-    ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,  ['Q'] = 1,
-    ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1,  ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1,  ['e'] = 1,
-    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1,
-    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,  ['s'] = 1,
-    ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,  ['z'] = 1,
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 static bool is_tchar(unsigned char c)
@@ -181,11 +180,11 @@ static ssize_t line_end(const char *buf, size_t len, size_t pos)
 
 /* The parts of the header block the framing rules need. */
 struct h1_fields {
-    struct h1_header *out;   /* caller's array */
-    size_t max;              /* its size; also the limit on header lines */
-    size_t n;                /* entries kept */
-    bool keep_underscores;   /* false: names with '_' are dropped */
-    const char *reason;      /* why the block was refused */
+    struct h1_header *out; /* caller's array */
+    size_t max;            /* its size; also the limit on header lines */
+    size_t n;              /* entries kept */
+    bool keep_underscores; /* false: names with '_' are dropped */
+    const char *reason;    /* why the block was refused */
 };
 
 /*
@@ -204,8 +203,8 @@ static enum h1_status parse_field_line(struct h1_fields *f, const char *line, si
         return H1_BAD_REQUEST;
     }
     if (line[i] != ':') {
-        f->reason = is_ows(line[i]) ? "whitespace before header colon"
-                                    : "invalid character in header name";
+        f->reason =
+            is_ows(line[i]) ? "whitespace before header colon" : "invalid character in header name";
         return H1_BAD_REQUEST;
     }
     if (i == 0) {
@@ -520,8 +519,7 @@ static enum h1_status parse_target(struct h1_request *req)
 /* "HTTP/" DIGIT "." DIGIT (RFC 9112 2.3); only 1.0 and 1.1 are spoken. */
 static enum h1_status parse_version(const char *v, size_t n, int *minor, const char **reason)
 {
-    if (n != 8 || memcmp(v, "HTTP/", 5) != 0 || !is_digit(v[5]) || v[6] != '.' ||
-        !is_digit(v[7])) {
+    if (n != 8 || memcmp(v, "HTTP/", 5) != 0 || !is_digit(v[5]) || v[6] != '.' || !is_digit(v[7])) {
         *reason = "malformed HTTP version";
         return H1_BAD_REQUEST;
     }
@@ -770,9 +768,8 @@ static enum h1_status response_framing(struct h1_response *resp, bool head_reque
         resp->framing = H1_FRAMING_NONE;
         resp->content_length = 0;
     } else if (te) {
-        resp->framing = final_coding_chunked(resp->headers, resp->nheaders)
-                            ? H1_FRAMING_CHUNKED
-                            : H1_FRAMING_EOF;
+        resp->framing = final_coding_chunked(resp->headers, resp->nheaders) ? H1_FRAMING_CHUNKED
+                                                                            : H1_FRAMING_EOF;
         resp->content_length = 0;
         /* RFC 9112 6.1, 6.3: faulty framing, close after this response */
         reuse = cl == 0 && resp->version_minor == 1;
@@ -911,10 +908,8 @@ static int chunk_trailer_byte(struct h1_parser *p, char c)
         if (c == '\r')
             return CS_TRAILER_LF;
         return is_field_ctl(u) ? -1 : CS_TRAILER_VALUE;
-    case CS_TRAILER_LF:
-        return c == '\n' ? CS_TRAILER_START : -1;
-    default: /* CS_FINAL_LF */
-        return c == '\n' ? CS_DONE : -1;
+    case CS_TRAILER_LF: return c == '\n' ? CS_TRAILER_START : -1;
+    default: /* CS_FINAL_LF */ return c == '\n' ? CS_DONE : -1;
     }
 }
 

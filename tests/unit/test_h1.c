@@ -18,7 +18,9 @@
 #include "h1.h"
 
 #define NSLOTS 4
+/* clang-format off */
 #define S(lit) {lit, sizeof(lit) - 1}
+/* clang-format on */
 
 struct guarded {
     char *map;   /* mapping: readable pages then one guard page */
@@ -141,17 +143,17 @@ static void test_head_end_rejects(void **state)
         const char *s;
         size_t len;
     } bad[] = {
-        S("GET / HTTP/1.1\nHost: a\r\n\r\n"),             /* bare LF */
-        S("GET / HTTP/1.1\r\nHost: a\n\r\n"),             /* bare LF */
-        S("GET / HTTP/1.1\r\nHost: a\r\n\n"),             /* bare LF at the end */
-        S("GET / HTTP/1.1\rHost: a\r\n\r\n"),             /* bare CR */
-        S("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"),        /* bare CR in a value */
-        S("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"),        /* NUL */
-        S("GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"),     /* obs-fold */
-        S("GET / HTTP/1.1\r\nHost: a\r\n\tb\r\n\r\n"),    /* obs-fold, HTAB */
-        S("GET / HTTP/1.1\r\n Host: a\r\n\r\n"),          /* space before first header */
-        S("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),       /* leading empty line */
-        S("GET / HTTP/1.1\r\n\r\r\n"),                    /* CR CR */
+        S("GET / HTTP/1.1\nHost: a\r\n\r\n"),          /* bare LF */
+        S("GET / HTTP/1.1\r\nHost: a\n\r\n"),          /* bare LF */
+        S("GET / HTTP/1.1\r\nHost: a\r\n\n"),          /* bare LF at the end */
+        S("GET / HTTP/1.1\rHost: a\r\n\r\n"),          /* bare CR */
+        S("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"),     /* bare CR in a value */
+        S("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"),     /* NUL */
+        S("GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n"),  /* obs-fold */
+        S("GET / HTTP/1.1\r\nHost: a\r\n\tb\r\n\r\n"), /* obs-fold, HTAB */
+        S("GET / HTTP/1.1\r\n Host: a\r\n\r\n"),       /* space before first header */
+        S("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),    /* leading empty line */
+        S("GET / HTTP/1.1\r\n\r\r\n"),                 /* CR CR */
     };
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -335,22 +337,14 @@ static void test_length_bytewise(void **state)
 static void test_bad_chunks(void **state)
 {
     static const char *bad[] = {
-        "zz\r\nhello\r\n0\r\n\r\n",
-        "-1\r\nhello\r\n0\r\n\r\n",
-        "0x10\r\nhello\r\n0\r\n\r\n",
-        "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
-        "5\r\nhelloXX0\r\n\r\n",
-        "5\r\nhello0\r\n\r\n",
-        " 5\r\nhello\r\n0\r\n\r\n",
-        "5\nhello\r\n0\r\n\r\n",
-        "5\rhello\r\n0\r\n\r\n",
-        "5\r\nhello\n0\r\n\r\n",
-        "5\r\nhello\r\n0\r\nX: y\n\r\n",
-        "5\r\nhello\r\n0\r\nX : y\r\n\r\n",
-        "5\r\nhello\r\n0\r\n\n",
-        "5\r\nhello\r\n0\r\n\rX",
-        "5;a\x01\r\nhello\r\n0\r\n\r\n",
-        "\r\n5\r\nhello\r\n0\r\n\r\n",
+        "zz\r\nhello\r\n0\r\n\r\n",      "-1\r\nhello\r\n0\r\n\r\n",
+        "0x10\r\nhello\r\n0\r\n\r\n",    "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",         "5\r\nhello0\r\n\r\n",
+        " 5\r\nhello\r\n0\r\n\r\n",      "5\nhello\r\n0\r\n\r\n",
+        "5\rhello\r\n0\r\n\r\n",         "5\r\nhello\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\nX: y\n\r\n", "5\r\nhello\r\n0\r\nX : y\r\n\r\n",
+        "5\r\nhello\r\n0\r\n\n",         "5\r\nhello\r\n0\r\n\rX",
+        "5;a\x01\r\nhello\r\n0\r\n\r\n", "\r\n5\r\nhello\r\n0\r\n\r\n",
     };
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -369,8 +363,7 @@ static void test_bad_chunks(void **state)
         assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
                                          "Transfer-Encoding: chunked\r\n\r\n"),
                          H1_OK);
-        assert_int_equal(feed_bytewise(&req.parser, bad[i], strlen(bad[i]), &total),
-                         H1_BODY_ERROR);
+        assert_int_equal(feed_bytewise(&req.parser, bad[i], strlen(bad[i]), &total), H1_BODY_ERROR);
     }
 }
 
@@ -436,8 +429,9 @@ static void test_expect(void **state)
     assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
                      H1_UNSUPPORTED);
     assert_non_null(req.reason);
-    assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n"),
-                     H1_UNSUPPORTED);
+    assert_int_equal(
+        parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n"),
+        H1_UNSUPPORTED);
 }
 
 static void test_underscores(void **state)
@@ -516,11 +510,12 @@ static const struct bad_case bad_requests[] = {
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
      H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", H1_BAD_REQUEST},
-    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x\r\n\r\n", H1_BAD_REQUEST},
-    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0b" "chunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0b"
+     "chunked\r\n\r\n",
+     H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
      "Transfer-Encoding: chunked\r\n\r\n",
@@ -540,8 +535,7 @@ static const struct bad_case bad_requests[] = {
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
      H1_BAD_REQUEST},
-    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
-     H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n", H1_BAD_REQUEST},
     /* header syntax */
     {"GET / HTTP/1.1\r\nHost : a\r\n\r\n", H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", H1_BAD_REQUEST},
@@ -549,7 +543,9 @@ static const struct bad_case bad_requests[] = {
     {"GET / HTTP/1.1\r\nHost: a\r\nX\x7fY: z\r\n\r\n", H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\nHost: a\r\nX\xc3\xa9: z\r\n\r\n", H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", H1_BAD_REQUEST},
-    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01" "b\r\n\r\n", H1_BAD_REQUEST},
+    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01"
+     "b\r\n\r\n",
+     H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\nHost: a\r\nX: \x1b[0m\r\n\r\n", H1_BAD_REQUEST},
     /* Host */
@@ -584,7 +580,7 @@ static const struct bad_case bad_requests[] = {
     {"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
     {"GET / HTTP/1.1\r\n", H1_BAD_REQUEST}, /* not a whole head */
     {"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
-    {"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST}, /* llhttp: unknown method */
+    {"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},  /* llhttp: unknown method */
     {"GET / HTTP/1.1\r\nHost: a\r\n\r\nX", H1_BAD_REQUEST}, /* bytes after the head */
     {"/ HTTP/1.1\r\nHost: a\r\n\r\n", H1_BAD_REQUEST},
     {"\r\n\r\n", H1_BAD_REQUEST},
@@ -616,8 +612,9 @@ static void test_response_length(void **state)
     struct h1_response resp;
     size_t used;
 
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"
-                                       "Content-Type: text/plain\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"
+                                "Content-Type: text/plain\r\n\r\n",
                                 false),
                      H1_OK);
     assert_int_equal(resp.status, 200);
@@ -646,9 +643,8 @@ static void test_response_no_body(void **state)
     assert_int_equal(feed(&resp.parser, "HTTP/1.1", 8, &used), H1_BODY_DONE);
     assert_int_equal(used, 0);
 
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
-                                false),
-                     H1_OK);
+    assert_int_equal(
+        parse_resp(&resp, "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", false), H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_NONE);
     assert_int_equal(feed(&resp.parser, "HTTP/1.1", 8, &used), H1_BODY_DONE);
     assert_int_equal(used, 0);
@@ -661,16 +657,16 @@ static void test_response_no_body(void **state)
     assert_int_equal(used, 0);
     assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_DONE);
 
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                                true),
-                     H1_OK);
+    assert_int_equal(
+        parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true), H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_NONE);
 
     assert_int_equal(parse_resp(&resp, "HTTP/1.1 100 Continue\r\n\r\n", false), H1_OK);
     assert_int_equal(resp.status, 100);
     assert_int_equal(resp.framing, H1_FRAMING_NONE);
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade"
-                                       "\r\nUpgrade: websocket\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade"
+                                "\r\nUpgrade: websocket\r\n\r\n",
                                 false),
                      H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_NONE);
@@ -681,9 +677,9 @@ static void test_response_chunked(void **state)
     struct h1_response resp;
     size_t total, used;
 
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                                false),
-                     H1_OK);
+    assert_int_equal(
+        parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false),
+        H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
     assert_true(resp.keep_alive);
     assert_int_equal(feed_bytewise(&resp.parser, chunked_body, sizeof(chunked_body) - 1, &total),
@@ -691,8 +687,9 @@ static void test_response_chunked(void **state)
     assert_int_equal(total, sizeof(chunked_body) - 1);
 
     /* TE wins over CL, but the connection is not reused */
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
-                                       "Transfer-Encoding: chunked\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n",
                                 false),
                      H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
@@ -701,15 +698,16 @@ static void test_response_chunked(void **state)
     assert_int_equal(used, 13);
 
     /* chunked not last: until close */
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                                false),
-                     H1_OK);
+    assert_int_equal(
+        parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", false),
+        H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_EOF);
     assert_false(resp.keep_alive);
 
     /* chunked on HTTP/1.0 is framed, but the connection is not reused */
-    assert_int_equal(parse_resp(&resp, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
-                                       "Transfer-Encoding: chunked\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n",
                                 false),
                      H1_OK);
     assert_int_equal(resp.framing, H1_FRAMING_CHUNKED);
@@ -735,13 +733,15 @@ static void test_response_eof(void **state)
     assert_int_equal(h1_body_eof(&resp.parser), H1_BODY_DONE);
 
     /* keep-alive on 1.0 needs a length */
-    assert_int_equal(parse_resp(&resp, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
-                                       "Content-Length: 0\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                "Content-Length: 0\r\n\r\n",
                                 false),
                      H1_OK);
     assert_true(resp.keep_alive);
-    assert_int_equal(parse_resp(&resp, "HTTP/1.1 200 OK\r\nConnection: close\r\n"
-                                       "Content-Length: 0\r\n\r\n",
+    assert_int_equal(parse_resp(&resp,
+                                "HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                "Content-Length: 0\r\n\r\n",
                                 false),
                      H1_OK);
     assert_false(resp.keep_alive);
@@ -782,7 +782,9 @@ static void test_helpers(void **state)
     assert_false(h1_list_has("closed, x", 9, "close"));
     assert_false(h1_list_has("", 0, "close"));
     /* the length bounds the scan, not a NUL */
-    assert_false(h1_list_has("clos" "e", 4, "close"));
+    assert_false(h1_list_has("clos"
+                             "e",
+                             4, "close"));
     assert_string_equal(h1_status_str(H1_HEAD_TOO_LARGE), "head_too_large");
     assert_string_equal(h1_status_str(H1_OK), "ok");
 }
