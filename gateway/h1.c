@@ -360,13 +360,22 @@ static int on_message_complete(llhttp_t *llh)
     return HPE_PAUSED; /* stop at the exact end: what follows is the next message */
 }
 
+static const llhttp_settings_t h1_llhttp_settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+/*
+ * llhttp is given the shared static settings, not P->settings (kept as a
+ * copy for debuggers), and h1_body_feed points llh.data at P before each
+ * call: a request that is moved or copied between its head and its body
+ * still frames correctly.
+ */
 static void parser_init(struct h1_parser *p, llhttp_type_t type, void *cur)
 {
     memset(p, 0, sizeof(*p));
-    llhttp_settings_init(&p->settings);
-    p->settings.on_headers_complete = on_headers_complete;
-    p->settings.on_message_complete = on_message_complete;
-    llhttp_init(&p->llh, type, &p->settings);
+    p->settings = h1_llhttp_settings;
+    llhttp_init(&p->llh, type, &h1_llhttp_settings);
     p->llh.data = p;
     p->cur = cur;
 }

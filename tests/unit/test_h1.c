@@ -322,6 +322,21 @@ static void test_chunked_bytewise(void **state)
     assert_int_equal(h1_body_eof(&req.parser), H1_BODY_ERROR);
 }
 
+/* The engine may copy a request between its head and its body. */
+static void test_moved_request(void **state)
+{
+    struct h1_request req, moved;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n"),
+                     H1_OK);
+    moved = req;
+    memset(&req, 0xa5, sizeof(req));
+    assert_int_equal(feed(&moved.parser, "3\r\nabc\r\n0\r\n\r\n", 13, &used), H1_BODY_DONE);
+    assert_int_equal(used, 13);
+}
+
 static void test_length_bytewise(void **state)
 {
     static const char body[] = "0123456789GET";
@@ -802,6 +817,7 @@ int main(void)
         cmocka_unit_test_teardown(test_chunked_whole, release_slots),
         cmocka_unit_test_teardown(test_chunked_bytewise, release_slots),
         cmocka_unit_test_teardown(test_length_bytewise, release_slots),
+        cmocka_unit_test_teardown(test_moved_request, release_slots),
         cmocka_unit_test_teardown(test_bad_chunks, release_slots),
         cmocka_unit_test_teardown(test_http10, release_slots),
         cmocka_unit_test_teardown(test_keep_alive, release_slots),
