@@ -452,7 +452,7 @@ class Flowgate:
             issues.append("flowgate exited with status %s after SIGTERM" % rc)
         p = self.problems()
         if p:
-            issues.append(p)
+            issues.insert(0, p)
         elif issues:
             issues.append("stderr tail:\n" + tail(self.stderr_path))
         self.proc = None
