@@ -11,12 +11,14 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -707,6 +709,46 @@ static void free_sockaddrs(struct fg_sockaddr *a, size_t n)
 }
 
 /* ---------------------------------------------------------------------------
+ * Files named by the configuration
+ */
+
+/* Open PATH for reading only when it is a regular file (symlinks followed):
+ * a FIFO or a device named by mistake would block the load or never end.
+ * Returns a stream, or NULL with errno (EINVAL: not a regular file). */
+static FILE *open_regular(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    struct stat st;
+    FILE *f;
+
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    if ((f = fdopen(fd, "rb")) == NULL)
+        close(fd);
+    return f;
+}
+
+static const char *file_error(int e)
+{
+    return e == EINVAL ? "not a regular file" : strerror(e);
+}
+
+static bool file_readable(const char *path)
+{
+    FILE *f = open_regular(path);
+
+    if (f == NULL)
+        return false;
+    fclose(f);
+    return true;
+}
+
+/* ---------------------------------------------------------------------------
  * Secrets
  */
 
@@ -722,7 +764,7 @@ static void secret_free(void *p, size_t len)
  * it). Returns the bytes (NUL-terminated, zeroed on free) or NULL with errno. */
 static char *read_secret_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     char *buf;
     size_t n;
 
@@ -764,7 +806,7 @@ static char *read_secret(struct cfg_ctx *ctx, const config_setting_t *s, bool is
     name = config_setting_get_string(s);
     if (is_file) {
         if ((v = read_secret_file(name, len)) == NULL) {
-            cfg_bad(ctx, s, "cannot read secret file \"%s\": %s", name, strerror(errno));
+            cfg_bad(ctx, s, "cannot read secret file \"%s\": %s", name, file_error(errno));
             return NULL;
         }
     } else {
@@ -839,16 +881,6 @@ static void parse_listen(struct cfg_ctx *ctx, const config_setting_t *root)
         cfg_error(ctx, g, "listen: at least one https or http listener is required");
 }
 
-static bool file_readable(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-
-    if (f == NULL)
-        return false;
-    fclose(f);
-    return true;
-}
-
 static char *get_readable_file(struct cfg_ctx *ctx, const config_setting_t *g, const char *name)
 {
     config_setting_t *s = member(g, name);
@@ -861,7 +893,7 @@ static char *get_readable_file(struct cfg_ctx *ctx, const config_setting_t *g, c
     if (path == NULL)
         return NULL;
     if (!file_readable(path)) {
-        cfg_bad(ctx, s, "cannot read \"%s\": %s", path, strerror(errno));
+        cfg_bad(ctx, s, "cannot read \"%s\": %s", path, file_error(errno));
         return NULL;
     }
     return cfg_strdup(ctx, path);
@@ -1671,7 +1703,7 @@ static void parse_resolver(struct cfg_ctx *ctx, const config_setting_t *root)
     r->hosts_file = get_str(ctx, g, "hosts_file", "");
     if (r->hosts_file != NULL && r->hosts_file[0] != '\0' && !file_readable(r->hosts_file))
         cfg_bad(ctx, member(g, "hosts_file"), "cannot read \"%s\": %s", r->hosts_file,
-                strerror(errno));
+                file_error(errno));
 }
 
 static void parse_log(struct cfg_ctx *ctx, const config_setting_t *root)

@@ -609,11 +609,18 @@ static void test_err_route(void **state)
 
 static void test_err_secret_missing(void **state)
 {
+    char text[512];
+
     expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_env = \"FG_TEST_UNSET\"; } );\n};\n",
                  "test.conf:5: jwt.keys[0].secret_env: environment variable FG_TEST_UNSET is "
                  "not set or empty");
     expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_file = \"/nonexistent/s\"; } );\n};\n",
                  "test.conf:5: jwt.keys[0].secret_file: cannot read secret file");
+    /* a directory (or FIFO, device) is refused before anything reads it */
+    snprintf(text, sizeof(text),
+             HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_file = \"%s\"; } );\n};\n", tmpdir);
+    expect_error(text, "test.conf:5: jwt.keys[0].secret_file: cannot read secret file");
+    assert_non_null(strstr(err, "not a regular file"));
     expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\"; } );\n};\n",
                  "test.conf:4: jwt.keys[0]: exactly one of 'secret_env' or 'secret_file'");
     expect_error(HEAD "rate_limit: { redis: {\n password_env = \"FG_TEST_UNSET\"; }; };\n",
