@@ -761,34 +761,40 @@ static void secret_free(void *p, size_t len)
 }
 
 /* Read a secret file whole, dropping one trailing newline (as `echo` leaves
- * it). Returns the bytes (NUL-terminated, zeroed on free) or NULL with errno. */
+ * it). Returns the bytes (NUL-terminated, zeroed on free) or NULL with errno.
+ * stdio is unbuffered and the scratch buffer zeroed, so no copy of the
+ * secret is left behind in freed memory. */
 static char *read_secret_file(const char *path, size_t *len)
 {
     FILE *f = open_regular(path);
-    char *buf;
+    char *buf, *secret = NULL;
     size_t n;
 
     if (f == NULL)
         return NULL;
+    setvbuf(f, NULL, _IONBF, 0);
     if ((buf = malloc(CFG_SECRET_MAX + 1)) == NULL) {
         fclose(f);
         return NULL;
     }
     n = fread(buf, 1, CFG_SECRET_MAX + 1, f);
     if (ferror(f) || n > CFG_SECRET_MAX) {
-        secret_free(buf, CFG_SECRET_MAX + 1);
-        fclose(f);
-        errno = EFBIG;
-        return NULL;
+        errno = ferror(f) ? EIO : EFBIG;
+        goto out;
     }
-    fclose(f);
     if (n > 0 && buf[n - 1] == '\n')
         n--;
     if (n > 0 && buf[n - 1] == '\r')
         n--;
-    buf[n] = '\0';
+    if ((secret = malloc(n + 1)) == NULL)
+        goto out;
+    memcpy(secret, buf, n);
+    secret[n] = '\0';
     *len = n;
-    return buf;
+out:
+    fclose(f);
+    secret_free(buf, CFG_SECRET_MAX + 1);
+    return secret;
 }
 
 /* Read the secret named by S (a *_env or *_file setting). Reports and returns

@@ -107,7 +107,8 @@ static char *full_config(void)
     snprintf(buf, sizeof(buf),
              "workers = 3;\n"
              "shutdown_timeout_ms = 5000;\n"
-             "listen: { https = [ \"0.0.0.0:8443\", \"[::1]:9443\" ]; http = [ \"127.0.0.1:8080\" ];\n"
+             "listen: { https = [ \"0.0.0.0:8443\", \"[::1]:9443\" ];\n"
+             "          http = [ \"127.0.0.1:8080\" ];\n"
              "          admin = \"127.0.0.1:9901\"; proxy_protocol = true; };\n"
              "tls: { certificates = ( { cert = \"%s\"; key = \"%s\"; } );\n"
              "       min_version = \"TLSv1.3\"; ciphers = \"ECDHE-RSA-AES128-GCM-SHA256\";\n"
@@ -134,13 +135,15 @@ static char *full_config(void)
              "           anonymous = { limit = 10; window = 30; }; };\n"
              "  endpoints = ( { path = \"/api/auth/login\"; methods = [ \"POST\" ]; limit = 10;\n"
              "                  window = 60; key = \"ip\"; },\n"
-             "                { path = \"/api/gen\"; limit = 2; window = 3600; key = \"user\"; } );\n"
+             "                { path = \"/api/gen\"; limit = 2; window = 3600;\n"
+             "                  key = \"user\"; } );\n"
              "};\n"
              "cors: { origins = [ \"https://App.Example.com\", \"http://localhost:3000\" ];\n"
              "        methods = [ \"GET\", \"POST\" ]; headers = [ \"Authorization\" ];\n"
              "        expose_headers = [ \"X-A\", \"X-B\", \"X-C\" ]; max_age = 60; };\n"
              "upstreams: {\n"
-             "  api = { servers = [ \"127.0.0.1:9001\", \"[::1]:9002\" ]; connect_timeout_ms = 100;\n"
+             "  api = { servers = [ \"127.0.0.1:9001\", \"[::1]:9002\" ];\n"
+             "          connect_timeout_ms = 100;\n"
              "          read_timeout_ms = 200; keepalive = 8; };\n"
              "  web = { servers = [ \"127.0.0.1:9003\" ]; };\n"
              "};\n"
@@ -156,7 +159,8 @@ static char *full_config(void)
              "            upstream = \"mvp-{name}.svc:9001\"; strip_credentials = false;\n"
              "            platform_cookies = [ \"sid\" ]; frame_ancestors = \"https://a\";\n"
              "            websocket = false; };\n"
-             "resolver: { nameservers = [ \"127.0.0.1\", \"[::1]:5353\" ]; hosts_file = \"%s\"; };\n"
+             "resolver: { nameservers = [ \"127.0.0.1\", \"[::1]:5353\" ];\n"
+             "            hosts_file = \"%s\"; };\n"
              "log: { access = \"\"; error = \"/var/log/fg.err\"; level = \"debug\"; };\n",
              cert_path, key_path, secret_path, hosts_path);
     return buf;
@@ -415,7 +419,8 @@ static void test_defaults(void **state)
                         "X-Content-Type-Options: nosniff\r\n"
                         "X-XSS-Protection: 1; mode=block\r\n"
                         "Referrer-Policy: strict-origin-when-cross-origin\r\n"
-                        "Content-Security-Policy: frame-src 'self' https://*.preview.example.com\r\n");
+                        "Content-Security-Policy: frame-src 'self' "
+                        "https://*.preview.example.com\r\n");
     assert_non_null(strstr(cfg->headers.block_https,
                            "Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n"));
     assert_null(strstr(cfg->headers.block_https, "Server:"));
@@ -457,7 +462,8 @@ static void test_group_defaults(void **state)
     assert_true(cfg->cors.enabled);
     assert_true(cfg->cors.credentials);
     assert_string_equal(cfg->cors.expose_headers,
-                        "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-Id");
+                        "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+                        "X-Request-Id");
     assert_int_equal(cfg->cors.nheaders, 3);
     assert_int_equal(cfg->cors.max_age, 600);
     assert_true(cfg->cors.methods == (BIT(0) | BIT(1) | BIT(2) | BIT(3) | BIT(4) | BIT(28)));
@@ -509,7 +515,8 @@ static void test_load_file(void **state)
 
     write_file(path, HEAD "\nworkers = \"two\";\n");
     assert_null(cfg_load(path, err, sizeof(err)));
-    if (strncmp(err, path, strlen(path)) != 0 || strstr(err, ":4: workers: must be an integer") == NULL)
+    if (strncmp(err, path, strlen(path)) != 0 ||
+        strstr(err, ":4: workers: must be an integer") == NULL)
         fail_msg("%s", err);
     unlink(path);
 
@@ -611,10 +618,12 @@ static void test_err_secret_missing(void **state)
 {
     char text[512];
 
-    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_env = \"FG_TEST_UNSET\"; } );\n};\n",
+    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n"
+                      " secret_env = \"FG_TEST_UNSET\"; } );\n};\n",
                  "test.conf:5: jwt.keys[0].secret_env: environment variable FG_TEST_UNSET is "
                  "not set or empty");
-    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_file = \"/nonexistent/s\"; } );\n};\n",
+    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n"
+                      " secret_file = \"/nonexistent/s\"; } );\n};\n",
                  "test.conf:5: jwt.keys[0].secret_file: cannot read secret file");
     /* a directory (or FIFO, device) is refused before anything reads it */
     snprintf(text, sizeof(text),
@@ -629,13 +638,15 @@ static void test_err_secret_missing(void **state)
 
 static void test_err_secret_short(void **state)
 {
-    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n secret_env = \"FG_TEST_JWT_SHORT\"; } );\n};\n",
+    expect_error(HEAD "jwt: {\n keys = ( { kid = \"a\";\n"
+                      " secret_env = \"FG_TEST_JWT_SHORT\"; } );\n};\n",
                  "test.conf:5: jwt.keys[0].secret_env: secret is 8 bytes; HS256 needs at least 32");
     assert_null(strstr(err, "tooshort"));
     /* 40 bytes are enough for HS256 but not for HS384 */
     expect_error(HEAD "jwt: { algorithm = \"HS384\";\n keys = ( { kid = \"a\";\n"
                       " secret_env = \"FG_TEST_JWT\"; } );\n};\n",
-                 "test.conf:5: jwt.keys[0].secret_env: secret is 40 bytes; HS384 needs at least 48");
+                 "test.conf:5: jwt.keys[0].secret_env: secret is 40 bytes; "
+                 "HS384 needs at least 48");
 }
 
 static void test_err_cors_star_credentials(void **state)
@@ -669,7 +680,8 @@ static void test_err_cert(void **state)
 
 static void test_err_previews(void **state)
 {
-    expect_error(HEAD "previews: {\n host = \"preview.example.com\";\n upstream = \"{name}:80\"; };\n",
+    expect_error(HEAD "previews: {\n host = \"preview.example.com\";\n"
+                      " upstream = \"{name}:80\"; };\n",
                  "test.conf:4: previews.host: \"preview.example.com\" must contain \"{name}\"");
     expect_error(HEAD "previews: {\n host = \"mvp-{name}\";\n upstream = \"{name}:80\"; };\n",
                  "test.conf:4: previews.host");
