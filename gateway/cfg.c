@@ -1572,7 +1572,7 @@ static void check_duplicate_route(struct cfg_ctx *ctx, const config_setting_t *s
         if (r->host && o->host && r->path && o->path && strcmp(r->host, o->host) == 0 &&
             strcmp(r->path, o->path) == 0)
             cfg_bad(ctx, s, "duplicate route (host \"%s\", path \"%s\" already in routes[%zu])",
-                    r->host, r->path, k);
+                    r->host, r->path, o->index);
     }
 }
 
