@@ -226,6 +226,18 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
     conn_set_timer(c, c->cfg->limits.header_timeout_ms);
 }
 
+static void req_reset(struct req *r);
+
+/* A request that failed before its head parsed still gets a request id, a
+ * client address and a start time for its error response and log line. */
+static void req_begin_unparsed(struct conn *c)
+{
+    req_reset(&c->r);
+    gettimeofday(&c->r.start, NULL);
+    snprintf(c->r.client_ip, sizeof(c->r.client_ip), "%s", c->peer_ip);
+    worker_request_id(c->w, c->r.request_id);
+}
+
 /* Bytes of the head seen so far decide: 408 when a partial head timed out,
  * a silent close when nothing was sent (idle keep-alive, preconnect). */
 static void head_timeout(struct conn *c)
@@ -236,6 +248,7 @@ static void head_timeout(struct conn *c)
         conn_close(c, false);
         return;
     }
+    req_begin_unparsed(c);
     c->r.close_after = true;
     respond_error(&c->r, FG_ERR_TIMEOUT, NULL);
 }
@@ -553,10 +566,7 @@ static void process_input(struct conn *c)
         return; /* wait for more, under the header timer */
     conn_clear_timer(c);
     if (end < 0) {
-        req_reset(&c->r);
-        gettimeofday(&c->r.start, NULL);
-        snprintf(c->r.client_ip, sizeof(c->r.client_ip), "%s", c->peer_ip);
-        worker_request_id(c->w, c->r.request_id);
+        req_begin_unparsed(c);
         c->r.error_code = end == -2 ? "head too large" : "malformed head";
         respond_error(&c->r, end == -2 ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST, NULL);
         return;

@@ -178,8 +178,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 static struct app *g_app; /* for the worker-exit hook only */
 
-void worker_exited_hook(void);
-void worker_exited_hook(void)
+static void worker_exited(void)
 {
     __atomic_add_fetch(&g_app->nexited, 1, __ATOMIC_RELEASE);
     event_active(g_app->exited_ev, EV_TIMEOUT, 1);
@@ -262,6 +261,7 @@ static int run(const char *path)
     if (err == NULL)
         return 1;
     g_app = &app;
+    worker_exit_hook = worker_exited;
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     app.cfg = cfg_load(path, err, ERRBUF);

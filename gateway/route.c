@@ -135,11 +135,15 @@ bool route_prefix_match(const char *prefix, size_t plen, const char *path, size_
 
 /* Does R beat BEST? Longer prefix first, then host-specific over host-less;
  * a full tie keeps the earlier route, as the file ordered them. */
+/* The host decides first, like nginx's server blocks: any matching route
+ * for this host beats every host-less one; then the longest prefix wins. */
 static bool route_better(const struct fg_route *r, const struct fg_route *best)
 {
-    if (best == NULL || r->path_len > best->path_len)
+    if (best == NULL)
         return true;
-    return r->path_len == best->path_len && r->host_len > 0 && best->host_len == 0;
+    if ((r->host_len > 0) != (best->host_len > 0))
+        return r->host_len > 0;
+    return r->path_len > best->path_len;
 }
 
 /*

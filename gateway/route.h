@@ -28,9 +28,10 @@ ssize_t route_host_normalize(const char *in, size_t len, char *out, size_t outca
 bool route_prefix_match(const char *prefix, size_t plen, const char *path, size_t len);
 
 /*
- * The route for a normalised host (lowercase, no port) and normalised path:
- * among routes whose host is "" or equal to HOST, the longest matching
- * prefix; at equal length a host-specific route beats a host-less one.
+ * The route for a normalised host (lowercase, no port) and normalised path.
+ * The host decides first (as nginx's server blocks do): the longest matching
+ * prefix among the routes for exactly HOST; only when none of them matches,
+ * the longest matching prefix among the host-less ("") routes.
  * NULL when none matches.
  */
 const struct fg_route *route_match(const struct fg_config *cfg, const char *host,

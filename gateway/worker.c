@@ -218,14 +218,15 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     return 0;
 }
 
-void worker_exited_hook(void); /* main.c */
+void (*worker_exit_hook)(void);
 
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
 
     event_base_dispatch(w->base);
-    worker_exited_hook();
+    if (worker_exit_hook)
+        worker_exit_hook();
     return NULL;
 }
 

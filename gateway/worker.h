@@ -60,6 +60,9 @@ struct worker {
     struct worker_stats stats;
 };
 
+/* Called on a worker's thread when its loop has ended (main sets it). */
+extern void (*worker_exit_hook)(void);
+
 /* Process-wide number of open client connections (max_connections). */
 extern int worker_nconns;
 

@@ -223,9 +223,12 @@ static void test_match_host_specific(void **state)
     /* equal length: host-specific beats host-less */
     assert_ptr_equal(match(unsorted, n, "api.example.com", "/api/x"), &unsorted[4]);
     assert_ptr_equal(match(unsorted, n, "admin.example.com", "/x"), &unsorted[3]);
-    /* a longer host-less prefix still beats a shorter host-specific one */
-    assert_ptr_equal(match(unsorted, n, "api.example.com", "/api/auth/x"), &unsorted[2]);
-    assert_ptr_equal(match(unsorted, n, "admin.example.com", "/api"), &unsorted[1]);
+    /* the host decides first (like nginx's server blocks): a matching
+     * host-specific route beats even a longer host-less prefix */
+    assert_ptr_equal(match(unsorted, n, "api.example.com", "/api/auth/x"), &unsorted[4]);
+    assert_ptr_equal(match(unsorted, n, "admin.example.com", "/api"), &unsorted[3]);
+    /* no host-specific route matches the path: host-less routes apply */
+    assert_ptr_equal(match(unsorted, n, "api.example.com", "/static/x"), &unsorted[5]);
     /* other hosts never get a host-specific route */
     assert_ptr_equal(match(unsorted, n, "evil.example.com", "/x"), &unsorted[0]);
     assert_ptr_equal(match(unsorted, n, "api.example.com.evil", "/api"), &unsorted[1]);
