@@ -174,10 +174,6 @@ def test_routing_by_prefix_host_and_methods():
             eq(fg.get("/api/x").json()["upstream"], "A", "/api/x")
             eq(fg.get("/apix").json()["upstream"], "B", "/apix (segment boundary)")
             eq(fg.get("/other").json()["upstream"], "B", "/other")
-            conn = fg.tls(server_hostname="site.preview.localhost")
-            r = conn.request("GET", "/api/x", host="SITE.Preview.LOCALHOST")
-            conn.close()
-            eq(r.json()["upstream"], "C", "host-specific route wins (case-insensitive host)")
             eq(fg.get("/ro/x").json()["upstream"], "A", "GET on a methods route")
             r = fg.post("/ro/x", b"x")
             assert_error(r, 405, "method_not_allowed")
@@ -186,6 +182,27 @@ def test_routing_by_prefix_host_and_methods():
             for u in (a, b, c):
                 check(all(x["method"] != "POST" for x in u.requests()),
                       "a refused method was forwarded")
+
+
+def test_host_specific_route_wins():
+    """A route for the request's host is chosen over any-host routes, even ones
+    with a longer path prefix; hosts compare case-insensitively."""
+    with Upstream("A") as a, Upstream("C") as c:
+        cfg = {
+            "upstreams": {"api": {"servers": [a.addr]}, "c": {"servers": [c.addr]}},
+            "routes": (
+                {"host": "", "path": "/api/", "upstream": "api", "auth": "none"},
+                {"host": "site.preview.localhost", "path": "/", "upstream": "c", "auth": "none"},
+            ),
+        }
+        with Flowgate(cfg) as fg:
+            conn = fg.tls(server_hostname="site.preview.localhost")
+            eq(conn.request("GET", "/x", host="SITE.Preview.LOCALHOST").json()["upstream"], "C",
+               "/x on the host-specific route")
+            eq(conn.request("GET", "/api/x", host="site.preview.localhost").json()["upstream"],
+               "C", "/api/x on the host with its own route")
+            conn.close()
+            eq(fg.get("/api/x").json()["upstream"], "A", "/api/x on another host")
 
 
 def test_stream_upload_5mb_content_length_and_chunked():
