@@ -922,6 +922,7 @@ static void parse_certs(struct cfg_ctx *ctx, const config_setting_t *tls)
             continue;
         }
         check_keys(ctx, c, cert_keys);
+        cert->line = config_setting_source_line(c);
         cert->cert_file = get_readable_file(ctx, c, "cert");
         cert->key_file = get_readable_file(ctx, c, "key");
         t->ncerts++;

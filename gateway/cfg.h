@@ -31,12 +31,14 @@ struct fg_sockaddr {
 struct fg_cert {
     char *cert_file; /* PEM chain, leaf first */
     char *key_file;  /* PEM private key */
+    int line;        /* where the entry is in the configuration file */
 };
 
 struct fg_tls {
     struct fg_cert *certs; /* first is the default when SNI matches none */
     size_t ncerts;         /* >= 1 when there is an https listener */
     int min_version;       /* TLS1_2_VERSION or TLS1_3_VERSION */
+    int line;              /* line of the tls group (0 when absent) */
     char *ciphers;         /* TLS 1.2 list; "" = built-in strong default */
     bool session_tickets;  /* false: no resumption at all */
 };

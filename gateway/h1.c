@@ -302,7 +302,7 @@ static int merged_content_length(const struct h1_header *h, size_t n, uint64_t *
     bool have = false;
 
     for (size_t i = 0; i < n; i++) {
-        uint64_t v;
+        uint64_t v = 0;
         if (!h1_token_eq(h[i].name, h[i].name_len, "content-length"))
             continue;
         if (parse_content_length(h[i].value, h[i].value_len, &v) < 0)

@@ -478,13 +478,30 @@ static void tls_set_destroy(struct tls_ctxset *set) {
     free(set);
 }
 
-static int tls_build_contexts(struct tls_ctxset *set, const struct fg_tls *tls, char *err,
+/* Prefix ERR with the configuration file and the certificate entry's line,
+ * so `flowgate -t` names the place to fix (FILE:LINE: message). */
+static void tls_err_at(const char *path, int line, char *err, size_t errlen)
+{
+    char *msg = strdup(err);
+
+    if (msg == NULL || path == NULL)
+        goto out;
+    snprintf(err, errlen, "%s:%d: %s", path, line, msg);
+out:
+    free(msg);
+}
+
+static int tls_build_contexts(struct tls_ctxset *set, const struct fg_config *cfg, char *err,
                               size_t errlen) {
+    const struct fg_tls *tls = &cfg->tls;
+
     for (size_t i = 0; i < tls->ncerts; i++) {
         SSL_CTX *ctx = tls_ctx_new(set, tls, &tls->certs[i], err, errlen);
 
-        if (ctx == NULL)
+        if (ctx == NULL) {
+            tls_err_at(cfg->path, tls->certs[i].line, err, errlen);
             return -1;
+        }
         set->ctxs[set->nctxs++] = ctx;
         if (tls_sni_collect(set, SSL_CTX_get0_certificate(ctx), i) != 0) {
             snprintf(err, errlen, "%s: out of memory", tls->certs[i].cert_file);
@@ -510,7 +527,7 @@ struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errl
         goto oom;
     if (tls->session_tickets && (set->keys = tls_ticket_keys_new()) == NULL)
         goto oom;
-    if (tls_build_contexts(set, tls, err, errlen) != 0)
+    if (tls_build_contexts(set, cfg, err, errlen) != 0)
         goto fail;
     SSL_CTX_set_ex_data(set->ctxs[0], tls_owner_index, set);
     return set;
