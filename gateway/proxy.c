@@ -278,11 +278,16 @@ static void connect_upstream(struct conn *c, bool allow_pooled)
     struct req *r = &c->r;
     struct upstream_pool *pool = &c->w->pools[r->route->upstream->index];
 
+    bool ready = false;
+
     r->attempts++;
-    c->up = NULL;
-    if (upstream_get(pool, on_upstream_ready, c, allow_pooled) == NULL && c->up == NULL &&
-        !c->closed && c->state == CONN_PROXYING)
+    /* Held while connecting too: a client that goes away mid-connect closes
+     * it through proxy_abort, so no callback can reach a freed connection. */
+    c->up = upstream_get(pool, on_upstream_ready, c, allow_pooled, &ready);
+    if (c->up == NULL)
         upstream_failed(c, false, "error");
+    else if (ready)
+        on_upstream_ready(c->up, 0, NULL, c);
 }
 
 void proxy_start(struct conn *c)

@@ -221,14 +221,13 @@ static struct upconn *pooled(struct upstream_pool *p)
 }
 
 struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled)
+                            bool allow_pooled, bool *ready)
 {
     struct upconn *uc = allow_pooled ? pooled(p) : NULL;
 
-    if (uc) {
-        cb(uc, 0, NULL, arg);
+    *ready = uc != NULL;
+    if (uc)
         return uc;
-    }
     if (p->u->nservers == 0)
         return NULL;
     uc = calloc(1, sizeof(*uc));

@@ -69,13 +69,14 @@ void upstream_pools_free(struct worker *w);
 void upstream_pools_close_idle(struct worker *w); /* shutting down */
 
 /*
- * Get a connection to one of POOL's servers: an idle pooled one (callback
- * runs before this returns, ok) or a new connect (callback later). Servers
- * marked down are skipped unless all are down. Returns the upconn (its
- * callback may already have run) or NULL when no socket could be made.
+ * Get a connection to one of POOL's servers: an idle pooled one (*READY set
+ * true: usable now, CB is never called) or a new connect (*READY false: CB
+ * runs from the loop when the connect ends). Servers marked down are skipped
+ * unless all are down. NULL when no socket could be made. The caller keeps
+ * the pointer so it can upstream_close() a connect it no longer wants.
  */
 struct upconn *upstream_get(struct upstream_pool *pool, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled);
+                            bool allow_pooled, bool *ready);
 
 /* Done with UC after a complete exchange: pool it when KEEP, else close. */
 void upstream_release(struct upconn *uc, bool keep);

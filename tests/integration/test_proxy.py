@@ -354,3 +354,58 @@ def test_server_header_when_configured():
     with Upstream() as up, Flowgate({"headers": {"server": "flowgate"}}, upstream=up) as fg:
         r = fg.get("/headers")
         eq(r.all("Server"), ["flowgate"], "Server header replaces the upstream's")
+
+
+def _blackhole_listener():
+    """A listening socket whose backlog is full: a connect to it hangs (the
+    kernel drops the SYN), which is how an unresponsive server looks."""
+    import socket
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(lsock.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    return lsock, fillers
+
+
+def test_upstream_connect_timeout_is_504_and_client_abort_mid_connect_is_safe():
+    import time
+    lsock, fillers = _blackhole_listener()
+    addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+    try:
+        with Upstream() as up, Flowgate({"upstreams": {"api": {
+                "servers": [addr], "connect_timeout_ms": 700}}}, upstream=up) as fg:
+            # A client that gives up while flowgate is still connecting: the
+            # pending connect must be dropped with it (ASan watches).
+            for _ in range(3):
+                c = fg.tls()
+                c.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                time.sleep(0.1)
+                c.close()
+            time.sleep(1.0)  # let the abandoned connects time out
+            assert_error(fg.get("/y"), 504, "gateway_timeout")
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
+def test_client_abort_while_upstream_is_slow_then_service_goes_on():
+    import time
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        for _ in range(3):
+            c = fg.tls()
+            c.send(b"GET /slow/800 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            time.sleep(0.1)
+            c.close()
+        time.sleep(1.2)
+        r = fg.get("/after")
+        eq(r.status, 200, "request after aborted ones")
+        eq(up.targets()[-1], "/after", "last request the upstream saw")
