@@ -88,6 +88,9 @@ struct req {
     void *stage_cancel_arg;
     char extra[1024];             /* response header lines added by stages */
     size_t extra_len;
+    char up_extra[2048];          /* upstream request header lines added by stages */
+    size_t up_extra_len;
+    bool up_extra_overflow;       /* a stage's header did not fit: refuse, never drop */
     /* identity, filled by the auth stage (later) */
     const char *user;
     size_t user_len;

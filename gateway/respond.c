@@ -64,6 +64,17 @@ void respond_add_header(struct req *r, const char *line, size_t len)
     }
 }
 
+int respond_add_upstream_header(struct req *r, const char *line, size_t len)
+{
+    if (r->up_extra_len + len > sizeof(r->up_extra)) {
+        r->up_extra_overflow = true;
+        return -1;
+    }
+    memcpy(r->up_extra + r->up_extra_len, line, len);
+    r->up_extra_len += len;
+    return 0;
+}
+
 void respond_common_headers(struct req *r, struct evbuffer *out)
 {
     const struct fg_headers *h = &r->cfg->headers;

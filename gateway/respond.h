@@ -51,4 +51,9 @@ void respond_common_headers(struct req *r, struct evbuffer *out);
  * it (upstream or flowgate): X-RateLimit-*, CORS. Copied into the request. */
 void respond_add_header(struct req *r, const char *line, size_t len);
 
+/* A header line ("Name: value\r\n") a stage wants on the upstream request
+ * (verified claims). Returns 0, or -1 when it does not fit (the caller
+ * must then refuse the request rather than forward it without the header). */
+int respond_add_upstream_header(struct req *r, const char *line, size_t len);
+
 #endif
