@@ -21,26 +21,31 @@
 #include <openssl/ssl.h>
 
 #include "conn.h"
+#include "jwtauth.h"
 #include "log.h"
 #include "proxy.h"
+#include "proxyproto.h"
 #include "respond.h"
 #include "route.h"
 #include "uri.h"
 #include "worker.h"
 
-/* No policy stages yet beyond routing; later stages (CORS, JWT, rate limit)
- * are added here in order. */
-const struct stage *const conn_stages[] = {NULL};
+/* The policy stages after routing, in order (CORS and the rate limit join
+ * around JWT: CORS before it, the rate limit after it). */
+const struct stage *const conn_stages[] = {&jwtauth_stage, NULL};
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void process_input(struct conn *c);
+static void conn_start(struct conn *c);
+static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg);
 
 const char *conn_state_str(enum conn_state st)
 {
     switch (st) {
+    case CONN_PROXY_HEADER: return "proxy_header";
     case CONN_HANDSHAKE: return "handshake";
     case CONN_READ_HEAD: return "read_head";
     case CONN_STAGES: return "stages";
@@ -67,6 +72,10 @@ static void conn_free(struct conn *c)
     proxy_abort(c);
     if (c->timer)
         event_free(c->timer);
+    if (c->pp_ev) {
+        event_free(c->pp_ev);
+        close(c->fd);
+    }
     if (c->bev)
         bufferevent_free(c->bev); /* closes the socket, frees the SSL */
     if (c->prev)
@@ -133,7 +142,7 @@ void conn_close(struct conn *c, bool flush)
     c->closed = true;
     if (c->refs == 0)
         conn_free(c);
-    else
+    else if (c->bev)
         bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -212,18 +221,83 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
         w->conns->prev = c;
     w->conns = c;
     c->timer = evtimer_new(w->base, conn_timer_cb, c);
-    if (c->timer == NULL || conn_alloc_buffers(c) < 0 || (c->bev = conn_make_bev(c, fd)) == NULL) {
-        if (c->bev == NULL)
-            close(fd);
+    if (c->timer == NULL || conn_alloc_buffers(c) < 0) {
+        close(fd);
         c->closed = true;
         conn_free(c);
+        return;
+    }
+    conn_set_timer(c, c->cfg->limits.header_timeout_ms);
+    if (c->cfg->proxy_protocol) {
+        /* The balancer's PROXY header comes before anything else, the TLS
+         * ClientHello included: read it from the socket first. */
+        c->state = CONN_PROXY_HEADER;
+        c->pp_ev = event_new(w->base, fd, EV_READ | EV_PERSIST, conn_proxy_header_cb, c);
+        if (c->pp_ev == NULL || event_add(c->pp_ev, NULL) < 0) {
+            close(fd);
+            c->closed = true;
+            conn_free(c);
+        }
+        return;
+    }
+    conn_start(c);
+}
+
+/* Wrap the socket in its bufferevent (TLS or plain) and start reading. */
+static void conn_start(struct conn *c)
+{
+    c->bev = conn_make_bev(c, c->fd);
+    if (c->bev == NULL) {
+        close(c->fd);
+        c->closed = true;
+        if (c->refs == 0)
+            conn_free(c);
         return;
     }
     c->state = c->tls ? CONN_HANDSHAKE : CONN_READ_HEAD;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_READ_HIGH);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    conn_set_timer(c, c->cfg->limits.header_timeout_ms);
+}
+
+/*
+ * The PROXY header (listen.proxy_protocol): peeked, parsed, then consumed
+ * exactly, so the bytes after it stay in the socket for TLS or HTTP. The
+ * address it gives replaces the peer's when the peer is a trusted proxy, or
+ * when no trusted_proxies are configured (every connection then comes from
+ * the balancer). A connection without a valid header is closed: it did not
+ * come through the balancer.
+ */
+static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    unsigned char buf[PROXYPROTO_MAX];
+    enum proxyproto_result res;
+    struct sockaddr_storage src;
+    socklen_t srclen = 0;
+
+    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    ssize_t len = n > 0 ? proxyproto_parse(buf, (size_t)n, &res, &src, &srclen) : -1;
+    if (len == -2 && n < (ssize_t)sizeof(buf))
+        return; /* wait for the rest, under the header timer */
+    event_free(c->pp_ev);
+    c->pp_ev = NULL;
+    if (len < 0 || recv(fd, buf, (size_t)len, 0) != len) {
+        close(fd);
+        c->closed = true;
+        conn_free(c);
+        return;
+    }
+    if (res == PROXYPROTO_ADDR &&
+        (c->cfg->trusted_proxies.n == 0 ||
+         cidr_set_contains(&c->cfg->trusted_proxies, (const struct sockaddr *)&c->peer))) {
+        memcpy(&c->peer, &src, srclen);
+        c->peer_len = srclen;
+        peer_text(c);
+    }
+    conn_start(c);
 }
 
 static void req_reset(struct req *r);
@@ -259,6 +333,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
     conn_hold(c);
     switch (c->state) {
+    case CONN_PROXY_HEADER:
+        conn_close(c, false);
+        break;
     case CONN_HANDSHAKE:
     case CONN_READ_HEAD:
         head_timeout(c);

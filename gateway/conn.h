@@ -4,7 +4,7 @@
  * A connection serves one request at a time (pipelined requests wait in its
  * input buffer). Its life:
  *
- *   accept -> [TLS handshake] -> READ_HEAD --head parsed--> STAGES
+ *   accept -> [PROXY header] -> [TLS handshake] -> READ_HEAD --head parsed--> STAGES
  *      ^                          |  (400/431/408: ERROR -> CLOSING)
  *      |                          v
  *      |                       STAGES --answered--> RESPONDING
@@ -36,6 +36,7 @@ struct listener;
 struct upconn;
 
 enum conn_state {
+    CONN_PROXY_HEADER = 6, /* waiting for the balancer's PROXY header */
     CONN_HANDSHAKE = 0,  /* TLS handshake in progress */
     CONN_READ_HEAD = 1,  /* waiting for (the rest of) a request head */
     CONN_STAGES = 2,     /* running request stages (may wait) */
@@ -91,10 +92,12 @@ struct req {
     char up_extra[2048];          /* upstream request header lines added by stages */
     size_t up_extra_len;
     bool up_extra_overflow;       /* a stage's header did not fit: refuse, never drop */
-    /* identity, filled by the auth stage (later) */
-    const char *user;
+    /* identity, filled by the JWT stage; NULL when anonymous */
+    const char *user;             /* points into user_buf */
     size_t user_len;
-    const char *tier;
+    const char *tier;             /* tier_buf, or "authenticated" when the token has none */
+    char user_buf[256];           /* verified sub, copied: valid for the request's life */
+    char tier_buf[64];            /* verified tier claim, copied */
 };
 
 struct conn {
@@ -111,6 +114,7 @@ struct conn {
     bool read_paused;             /* backpressure: read disabled */
     bool idle;                    /* between requests (keep-alive timer runs) */
     struct event *timer;          /* header / body / keep-alive deadline */
+    struct event *pp_ev;          /* PROXY header read, before the bufferevent exists */
     struct sockaddr_storage peer;
     socklen_t peer_len;
     char peer_ip[INET6_ADDRSTRLEN];

@@ -21,6 +21,7 @@
 #include <event2/thread.h>
 
 #include "conn.h"
+#include "jwtauth.h"
 #include "log.h"
 #include "upstream.h"
 #include "worker.h"
@@ -251,7 +252,7 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
-        if (c->idle || (c->state == CONN_READ_HEAD &&
+        if (c->idle || c->state == CONN_PROXY_HEADER || (c->state == CONN_READ_HEAD &&
                         evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
             conn_close(c, false);
     }
@@ -283,6 +284,8 @@ void worker_free(struct worker *w)
     }
     free(w->listeners);
     upstream_pools_free(w);
+    jwtauth_cache_free(w->jwt_cache);
+    w->jwt_cache = NULL;
     if (w->resume_ev)
         event_free(w->resume_ev);
     if (w->stop_ev)
