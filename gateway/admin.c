@@ -17,6 +17,7 @@
 
 #include "admin.h"
 #include "h1.h"
+#include "jwtauth.h"
 
 #define ADMIN_HEAD_MAX 8192
 
@@ -47,11 +48,34 @@ static uint64_t sum(const struct admin *a, size_t offset)
     return total;
 }
 
+/* JWT outcomes: verified (and how many from the cache) and each rejection
+ * reason, appended at BODY + LEN. Returns the new length. */
+static size_t jwt_metrics(const struct admin *a, char *body, size_t len, size_t cap)
+{
+    len += (size_t)snprintf(body + len, cap - len,
+                            "# TYPE flowgate_jwt_verified_total counter\n"
+                            "flowgate_jwt_verified_total %llu\n"
+                            "# TYPE flowgate_jwt_cache_hits_total counter\n"
+                            "flowgate_jwt_cache_hits_total %llu\n"
+                            "# TYPE flowgate_jwt_rejections_total counter\n",
+                            (unsigned long long)sum(a, offsetof(struct worker_stats, jwt_verified)),
+                            (unsigned long long)sum(a, offsetof(struct worker_stats,
+                                                                jwt_cache_hits)));
+    for (int i = JWTAUTH_OK + 1; i < JWTAUTH__COUNT && len < cap; i++) {
+        size_t off = offsetof(struct worker_stats, jwt_rejections) + (size_t)i * sizeof(uint64_t);
+        len += (size_t)snprintf(body + len, cap - len,
+                                "flowgate_jwt_rejections_total{reason=\"%s\"} %llu\n",
+                                jwtauth_result_str((enum jwtauth_result)i),
+                                (unsigned long long)sum(a, off));
+    }
+    return len;
+}
+
 static void metrics(struct admin *a, struct bufferevent *bev)
 {
-    char body[2048];
+    char body[8192];
 
-    snprintf(body, sizeof(body),
+    int n = snprintf(body, sizeof(body),
              "# TYPE flowgate_connections_open gauge\n"
              "flowgate_connections_open %d\n"
              "# TYPE flowgate_connections_accepted_total counter\n"
@@ -70,6 +94,7 @@ static void metrics(struct admin *a, struct bufferevent *bev)
              (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
+    jwt_metrics(a, body, (size_t)n, sizeof(body));
     reply(bev, 200, "text/plain; version=0.0.4", body);
 }
 

@@ -18,6 +18,10 @@
 
 struct upstream_pool;
 struct conn;
+struct jwtauth_cache;
+
+/* Reasons a token is refused: jwtauth.h enum jwtauth_result, counted by value. */
+#define WORKER_JWT_REASONS 24
 
 enum listener_kind {
     LISTENER_HTTPS = 0, /* TLS, full proxy */
@@ -39,6 +43,9 @@ struct worker_stats {
     uint64_t upstream_errors;
     uint64_t tls_handshakes;
     uint64_t tls_failures;
+    uint64_t jwt_verified;      /* requests admitted with a verified token */
+    uint64_t jwt_cache_hits;    /* ... of which the token cache answered */
+    uint64_t jwt_rejections[WORKER_JWT_REASONS]; /* 401s by enum jwtauth_result */
 };
 
 struct worker {
@@ -58,6 +65,7 @@ struct worker {
     uint64_t conn_serial;
     bool stopping;
     struct worker_stats stats;
+    struct jwtauth_cache *jwt_cache; /* verified tokens; created on first use */
 };
 
 /* Called on a worker's thread when its loop has ended (main sets it). */

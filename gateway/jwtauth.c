@@ -1,0 +1,789 @@
+/*
+ * jwtauth.c - the JWT request stage (see jwtauth.h for the contract).
+ *
+ * Why the signature is checked here with OpenSSL and not by libjwt's
+ * jwt_decode(): libjwt 1.10 takes the algorithm from the token's own header
+ * and verifies nothing at all when it is given no key, offers no way to pin
+ * the algorithm or pick a key by kid before it verifies, and hands claims
+ * back only as a re-serialised JSON string (a second parse per request).
+ * RFC 8725 section 3.1 wants the algorithm fixed by the verifier; that is
+ * one HMAC (RFC 2104) over "header.payload" and a constant-time comparison
+ * (CRYPTO_memcmp), with jansson parsing the two JSON objects once. libjwt
+ * remains the independent oracle of the unit tests and the fuzz target:
+ * tokens it signs must verify here, and every token accepted here must
+ * verify with it.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "conn.h"
+#include "h1.h"
+#include "jwtauth.h"
+#include "respond.h"
+#include "worker.h"
+
+_Static_assert(sizeof(((struct req *)0)->user_buf) == JWTAUTH_USER_MAX, "user buffer size");
+_Static_assert(sizeof(((struct req *)0)->tier_buf) == JWTAUTH_TIER_MAX, "tier buffer size");
+
+/* Decoded header or payload up to this size live on the stack. */
+#define JWTAUTH_STACK_JSON 4096
+
+struct reason_desc {
+    const char *label; /* metrics reason="..." */
+    const char *log;   /* access log error field */
+};
+
+static const struct reason_desc reasons[JWTAUTH__COUNT] = {
+    [JWTAUTH_OK] = {"ok", NULL},
+    [JWTAUTH_MISSING] = {"missing", "jwt_missing"},
+    [JWTAUTH_BAD_SCHEME] = {"bad_scheme", "jwt_bad_scheme"},
+    [JWTAUTH_AMBIGUOUS] = {"ambiguous", "jwt_ambiguous"},
+    [JWTAUTH_TOO_LONG] = {"too_long", "jwt_too_long"},
+    [JWTAUTH_MALFORMED] = {"malformed", "jwt_malformed"},
+    [JWTAUTH_BAD_HEADER] = {"bad_header", "jwt_bad_header"},
+    [JWTAUTH_BAD_ALG] = {"bad_alg", "jwt_bad_alg"},
+    [JWTAUTH_CRIT] = {"crit", "jwt_crit"},
+    [JWTAUTH_KEY_HEADER] = {"key_header", "jwt_key_header"},
+    [JWTAUTH_UNKNOWN_KID] = {"unknown_kid", "jwt_unknown_kid"},
+    [JWTAUTH_BAD_SIGNATURE] = {"bad_signature", "jwt_bad_signature"},
+    [JWTAUTH_BAD_PAYLOAD] = {"bad_payload", "jwt_bad_payload"},
+    [JWTAUTH_NO_EXP] = {"no_exp", "jwt_no_exp"},
+    [JWTAUTH_BAD_TIME] = {"bad_time", "jwt_bad_time"},
+    [JWTAUTH_EXPIRED] = {"expired", "jwt_expired"},
+    [JWTAUTH_NOT_YET] = {"not_yet_valid", "jwt_not_yet_valid"},
+    [JWTAUTH_IAT_FUTURE] = {"iat_future", "jwt_iat_future"},
+    [JWTAUTH_BAD_ISSUER] = {"bad_issuer", "jwt_bad_issuer"},
+    [JWTAUTH_BAD_AUDIENCE] = {"bad_audience", "jwt_bad_audience"},
+    [JWTAUTH_BAD_TYPE] = {"bad_type", "jwt_bad_type"},
+    [JWTAUTH_BAD_SUBJECT] = {"bad_subject", "jwt_bad_subject"},
+    [JWTAUTH_BAD_CLAIM] = {"bad_claim", "jwt_bad_claim"},
+    [JWTAUTH_INTERNAL] = {"internal", "jwt_internal"},
+};
+
+const char *jwtauth_result_str(enum jwtauth_result res)
+{
+    return res < JWTAUTH__COUNT ? reasons[res].label : "?";
+}
+
+/* ---- token sources ------------------------------------------------------ */
+
+int jwtauth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len)
+{
+    /* RFC 6750 section 2.1: credentials = "Bearer" 1*SP b64token. One SP
+     * only: anything looser lets two parsers disagree on where it starts. */
+    if (len <= 7 || strncasecmp(value, "bearer ", 7) != 0)
+        return -1;
+    for (size_t i = 7; i < len; i++)
+        if (value[i] == ' ' || value[i] == '\t')
+            return -1;
+    *tok = value + 7;
+    *tok_len = len - 7;
+    return 0;
+}
+
+static size_t skip_ws(const char *s, size_t i, size_t end)
+{
+    while (i < end && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    return i;
+}
+
+int jwtauth_cookie(const char *value, size_t len, const char *name, const char **tok,
+                   size_t *tok_len)
+{
+    size_t nlen = strlen(name);
+    int found = 0;
+
+    for (size_t i = 0; i < len;) {
+        size_t start = skip_ws(value, i, len), end = start;
+        while (end < len && value[end] != ';')
+            end++;
+        size_t vend = end;
+        while (vend > start && (value[vend - 1] == ' ' || value[vend - 1] == '\t'))
+            vend--;
+        if (vend - start > nlen && memcmp(value + start, name, nlen) == 0 &&
+            value[start + nlen] == '=') {
+            const char *v = value + start + nlen + 1;
+            size_t vlen = vend - start - nlen - 1;
+            if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') /* RFC 6265 4.1.1 */
+                v++, vlen -= 2;
+            if (found++)
+                return -1;
+            *tok = v;
+            *tok_len = vlen;
+        }
+        i = end + 1;
+    }
+    return found;
+}
+
+static bool b64url_char(unsigned char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_';
+}
+
+enum jwtauth_result jwtauth_shape(const char *tok, size_t len, size_t max)
+{
+    size_t dots = 0, seg = 0;
+
+    if (len > max)
+        return JWTAUTH_TOO_LONG;
+    for (size_t i = 0; i < len; i++) {
+        if (tok[i] == '.') {
+            /* Empty header or payload: nothing to decode. */
+            if (seg == 0 || ++dots > 2)
+                return JWTAUTH_MALFORMED;
+            seg = 0;
+        } else if (b64url_char((unsigned char)tok[i])) {
+            seg++;
+        } else {
+            return JWTAUTH_MALFORMED;
+        }
+    }
+    return dots == 2 ? JWTAUTH_OK : JWTAUTH_MALFORMED;
+}
+
+/* ---- base64url ---------------------------------------------------------- */
+
+static int b64url_value(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    if (ch == '-')
+        return 62;
+    if (ch == '_')
+        return 63;
+    return -1;
+}
+
+ssize_t jwtauth_b64url_decode(const char *in, size_t len, unsigned char *out)
+{
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t n = 0;
+
+    if (len % 4 == 1)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64url_value((unsigned char)in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[n++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* Leftover bits must be zero: one byte string, one spelling. */
+    return acc == 0 ? (ssize_t)n : -1;
+}
+
+static size_t b64url_encode(const unsigned char *in, size_t len, char *out)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t n = 0, i = 0;
+
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[n++] = alphabet[v >> 18];
+        out[n++] = alphabet[(v >> 12) & 63];
+        out[n++] = alphabet[(v >> 6) & 63];
+        out[n++] = alphabet[v & 63];
+    }
+    if (len - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[n++] = alphabet[v >> 18];
+        out[n++] = alphabet[(v >> 12) & 63];
+    } else if (len - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[n++] = alphabet[v >> 18];
+        out[n++] = alphabet[(v >> 12) & 63];
+        out[n++] = alphabet[(v >> 6) & 63];
+    }
+    return n;
+}
+
+/* Decode one base64url segment and parse it as a JSON object. Duplicate
+ * member names are refused (RFC 7515 section 4: either refuse or take the
+ * last; refusing leaves no room for two parsers to disagree). */
+static json_t *decode_object(const char *seg, size_t len)
+{
+    unsigned char stack[JWTAUTH_STACK_JSON];
+    size_t need = len / 4 * 3 + 3;
+    unsigned char *buf = need <= sizeof(stack) ? stack : malloc(need);
+    json_t *obj = NULL;
+
+    if (buf == NULL)
+        return NULL;
+    ssize_t n = jwtauth_b64url_decode(seg, len, buf);
+    if (n > 0)
+        obj = json_loadb((const char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
+    if (buf != stack)
+        free(buf);
+    if (obj != NULL && !json_is_object(obj)) {
+        json_decref(obj);
+        obj = NULL;
+    }
+    return obj;
+}
+
+/* ---- header ------------------------------------------------------------- */
+
+static const char *const alg_name[] = {
+    [FG_JWT_HS256] = "HS256", [FG_JWT_HS384] = "HS384", [FG_JWT_HS512] = "HS512"};
+
+static const EVP_MD *alg_md(enum fg_jwt_alg alg)
+{
+    switch (alg) {
+    case FG_JWT_HS256: return EVP_sha256();
+    case FG_JWT_HS384: return EVP_sha384();
+    case FG_JWT_HS512: return EVP_sha512();
+    }
+    return NULL;
+}
+
+enum jwtauth_result jwtauth_check_header(const struct fg_jwt *jc, json_t *hdr, size_t *first,
+                                         size_t *count)
+{
+    static const char *const key_headers[] = {"jku", "jwk", "x5u", "x5c", NULL};
+    json_t *alg = json_object_get(hdr, "alg");
+    json_t *kid = json_object_get(hdr, "kid");
+
+    /* RFC 8725 section 3.1: the verifier decides the algorithm; "none",
+     * "None", another HMAC size or an asymmetric one all end here. */
+    if (!json_is_string(alg) || strcmp(json_string_value(alg), alg_name[jc->algorithm]) != 0)
+        return JWTAUTH_BAD_ALG;
+    /* RFC 7515 section 4.1.11: no extension is understood, so crit fails. */
+    if (json_object_get(hdr, "crit") != NULL)
+        return JWTAUTH_CRIT;
+    /* RFC 8725 section 3.10: key locations are never followed; an HMAC
+     * token has no business carrying one, so it is refused outright. */
+    for (size_t i = 0; key_headers[i]; i++)
+        if (json_object_get(hdr, key_headers[i]) != NULL)
+            return JWTAUTH_KEY_HEADER;
+    if (kid == NULL) {
+        *first = 0;
+        *count = jc->nkeys;
+        return jc->nkeys ? JWTAUTH_OK : JWTAUTH_UNKNOWN_KID;
+    }
+    if (!json_is_string(kid))
+        return JWTAUTH_BAD_HEADER;
+    for (size_t i = 0; i < jc->nkeys; i++) {
+        const char *k = jc->keys[i].kid;
+        if (k && strlen(k) == json_string_length(kid) &&
+            memcmp(k, json_string_value(kid), json_string_length(kid)) == 0) {
+            *first = i;
+            *count = 1;
+            return JWTAUTH_OK;
+        }
+    }
+    return JWTAUTH_UNKNOWN_KID;
+}
+
+/* ---- signature ---------------------------------------------------------- */
+
+/* RFC 7515 section 5.2: the signature over the ASCII "header.payload" must
+ * be the HMAC under one of the candidate keys. Comparing the encoded forms
+ * (canonical on our side) refuses any other spelling of the same bytes. */
+static enum jwtauth_result check_signature(const struct fg_jwt *jc, const char *tok,
+                                           size_t signed_len, const char *sig, size_t sig_len,
+                                           size_t first, size_t count)
+{
+    const EVP_MD *md = alg_md(jc->algorithm);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    char enc[EVP_MAX_MD_SIZE * 2];
+    unsigned int mac_len = 0;
+
+    for (size_t i = first; i < first + count; i++) {
+        const struct fg_jwt_key *k = &jc->keys[i];
+        if (HMAC(md, k->secret, (int)k->secret_len, (const unsigned char *)tok, signed_len, mac,
+                 &mac_len) == NULL)
+            return JWTAUTH_INTERNAL;
+        size_t enc_len = b64url_encode(mac, mac_len, enc);
+        if (enc_len == sig_len && CRYPTO_memcmp(enc, sig, sig_len) == 0)
+            return JWTAUTH_OK;
+    }
+    return JWTAUTH_BAD_SIGNATURE;
+}
+
+/* ---- claims ------------------------------------------------------------- */
+
+/* A claim value fit for an HTTP header value and a log field: no control
+ * bytes (no header injection, RFC 9110 section 5.5) and no whitespace at
+ * either end (an upstream would trim it, so " admin" would become "admin"). */
+static bool header_safe(const char *s, size_t n)
+{
+    if (n > 0 && (s[0] == ' ' || s[n - 1] == ' '))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* exp, nbf, iat (RFC 7519 sections 4.1.4-4.1.6): NumericDate, each with the
+ * leeway. Fractional seconds are allowed by the RFC and kept. */
+static enum jwtauth_result check_times(const struct fg_jwt *jc, json_t *claims, time_t now,
+                                       struct jwtauth_identity *id)
+{
+    json_t *exp = json_object_get(claims, "exp");
+    json_t *nbf = json_object_get(claims, "nbf");
+    json_t *iat = json_object_get(claims, "iat");
+    double t = (double)now, leeway = (double)jc->leeway_seconds;
+
+    if ((exp && !json_is_number(exp)) || (nbf && !json_is_number(nbf)) ||
+        (iat && !json_is_number(iat)))
+        return JWTAUTH_BAD_TIME;
+    id->has_deadline = false;
+    if (exp == NULL && jc->require_exp)
+        return JWTAUTH_NO_EXP;
+    if (exp != NULL) {
+        double deadline = ceil(json_number_value(exp) + leeway);
+        if (t >= deadline)
+            return JWTAUTH_EXPIRED;
+        id->has_deadline = true;
+        id->deadline = deadline >= 9.2e18 ? INT64_MAX : (int64_t)deadline;
+    }
+    if (nbf != NULL && t + leeway < json_number_value(nbf))
+        return JWTAUTH_NOT_YET;
+    if (iat != NULL && json_number_value(iat) > t + leeway)
+        return JWTAUTH_IAT_FUTURE;
+    return JWTAUTH_OK;
+}
+
+static bool string_is(json_t *v, const char *want)
+{
+    return json_is_string(v) && json_string_length(v) == strlen(want) &&
+           memcmp(json_string_value(v), want, json_string_length(v)) == 0;
+}
+
+/* aud (RFC 7519 section 4.1.3): a string or an array of strings, one of
+ * which must be ours. */
+static bool audience_ok(json_t *aud, const char *want)
+{
+    size_t i;
+    json_t *v;
+
+    if (json_is_string(aud))
+        return string_is(aud, want);
+    if (!json_is_array(aud))
+        return false;
+    json_array_foreach(aud, i, v)
+    {
+        if (string_is(v, want))
+            return true;
+    }
+    return false;
+}
+
+/* Render a forwarded claim's value: strings as they are (header_safe),
+ * integers in decimal, whole reals within 2^53 as integers. Anything else
+ * (fractions, booleans, null, objects, arrays) has no single header form:
+ * the token is refused rather than forwarded with a guessed rendering or
+ * silently without the header. Returns the length or -1. */
+static int render_claim(json_t *v, char *out, size_t cap)
+{
+    if (json_is_string(v)) {
+        size_t n = json_string_length(v);
+        if (!header_safe(json_string_value(v), n) || n >= cap)
+            return -1;
+        memcpy(out, json_string_value(v), n);
+        return (int)n;
+    }
+    if (json_is_integer(v))
+        return snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d != floor(d) || fabs(d) > 9007199254740992.0)
+            return -1;
+        return snprintf(out, cap, "%.0f", d);
+    }
+    return -1;
+}
+
+static enum jwtauth_result forward_claims(const struct fg_jwt *jc, json_t *claims,
+                                          struct jwtauth_identity *id)
+{
+    char val[JWTAUTH_HEADERS_MAX];
+
+    id->headers_len = 0;
+    for (size_t i = 0; i < jc->nforward_claims; i++) {
+        const struct fg_claim_header *fc = &jc->forward_claims[i];
+        json_t *v = json_object_get(claims, fc->claim);
+        if (v == NULL)
+            continue; /* absent claim: no header (client copies are dropped anyway) */
+        int n = render_claim(v, val, sizeof(val));
+        if (n < 0)
+            return JWTAUTH_BAD_CLAIM;
+        size_t left = sizeof(id->headers) - id->headers_len;
+        int w = snprintf(id->headers + id->headers_len, left, "%s: %.*s\r\n", fc->header, n, val);
+        if (w < 0 || (size_t)w >= left)
+            return JWTAUTH_BAD_CLAIM;
+        id->headers_len += (size_t)w;
+    }
+    return JWTAUTH_OK;
+}
+
+/* sub and the tier claim, copied into ID (never a pointer into CLAIMS). */
+static enum jwtauth_result take_identity(const struct fg_jwt *jc, json_t *claims,
+                                         struct jwtauth_identity *id)
+{
+    json_t *sub = json_object_get(claims, "sub");
+    json_t *tier = jc->tier_claim[0] ? json_object_get(claims, jc->tier_claim) : NULL;
+
+    /* An access token names its subject (RFC 9068 section 2.2). */
+    if (!json_is_string(sub) || json_string_length(sub) == 0 ||
+        json_string_length(sub) >= sizeof(id->user) ||
+        !header_safe(json_string_value(sub), json_string_length(sub)))
+        return JWTAUTH_BAD_SUBJECT;
+    id->user_len = json_string_length(sub);
+    memcpy(id->user, json_string_value(sub), id->user_len + 1);
+    id->tier_len = 0;
+    id->tier[0] = '\0';
+    if (tier != NULL) {
+        if (!json_is_string(tier) || json_string_length(tier) == 0 ||
+            json_string_length(tier) >= sizeof(id->tier) ||
+            !header_safe(json_string_value(tier), json_string_length(tier)))
+            return JWTAUTH_BAD_CLAIM;
+        id->tier_len = json_string_length(tier);
+        memcpy(id->tier, json_string_value(tier), id->tier_len + 1);
+    }
+    return forward_claims(jc, claims, id);
+}
+
+enum jwtauth_result jwtauth_check_claims(const struct fg_jwt *jc, json_t *claims, time_t now,
+                                         struct jwtauth_identity *id)
+{
+    enum jwtauth_result res = check_times(jc, claims, now, id);
+
+    if (res != JWTAUTH_OK)
+        return res;
+    if (jc->issuer[0] && !string_is(json_object_get(claims, "iss"), jc->issuer))
+        return JWTAUTH_BAD_ISSUER;
+    if (jc->audience[0] && !audience_ok(json_object_get(claims, "aud"), jc->audience))
+        return JWTAUTH_BAD_AUDIENCE;
+    /* RFC 8725 section 3.11: a refresh token must never pass as an access
+     * token, so the type claim is required whenever token_type is set. */
+    if (jc->token_type[0] && !string_is(json_object_get(claims, jc->type_claim), jc->token_type))
+        return JWTAUTH_BAD_TYPE;
+    return take_identity(jc, claims, id);
+}
+
+/* ---- the whole verification -------------------------------------------- */
+
+enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len,
+                                   time_t now, struct jwtauth_identity *id)
+{
+    enum jwtauth_result res = jwtauth_shape(tok, len, jc->max_token_bytes);
+    size_t first = 0, count = 0;
+
+    if (res != JWTAUTH_OK)
+        return res;
+    const char *dot1 = memchr(tok, '.', len);
+    const char *pay = dot1 + 1;
+    const char *dot2 = memchr(pay, '.', len - (size_t)(pay - tok));
+    const char *sig = dot2 + 1;
+
+    json_t *hdr = decode_object(tok, (size_t)(dot1 - tok));
+    if (hdr == NULL)
+        return JWTAUTH_BAD_HEADER;
+    res = jwtauth_check_header(jc, hdr, &first, &count);
+    json_decref(hdr);
+    if (res != JWTAUTH_OK)
+        return res;
+    /* Only a signed payload is ever parsed. */
+    res = check_signature(jc, tok, (size_t)(dot2 - tok), sig, len - (size_t)(sig - tok), first,
+                          count);
+    if (res != JWTAUTH_OK)
+        return res;
+    json_t *claims = decode_object(pay, (size_t)(dot2 - pay));
+    if (claims == NULL)
+        return JWTAUTH_BAD_PAYLOAD;
+    res = jwtauth_check_claims(jc, claims, now, id);
+    json_decref(claims);
+    return res;
+}
+
+/* ---- cache -------------------------------------------------------------- */
+
+#define CACHE_WAYS 4
+
+/* One verified token. BLOB holds the token, then user, tier and the header
+ * lines, in one allocation owned by the entry. */
+struct cache_entry {
+    uint64_t hash;     /* 0 = empty slot */
+    uint64_t stamp;    /* last use, for eviction within the set */
+    char *blob;
+    uint32_t tok_len;
+    uint16_t user_len;
+    uint16_t tier_len;
+    uint16_t headers_len;
+    bool has_deadline;
+    int64_t deadline;  /* see struct jwtauth_identity */
+};
+
+struct jwtauth_cache {
+    struct fg_config *cfg;       /* entries were verified under it (ref held) */
+    uint64_t seed;               /* per cache: collisions cannot be planned */
+    uint64_t clock;              /* use counter for stamps */
+    size_t nsets;                /* power of two */
+    struct cache_entry *entries; /* nsets * CACHE_WAYS */
+};
+
+struct jwtauth_cache *jwtauth_cache_new(size_t nentries)
+{
+    struct jwtauth_cache *c = calloc(1, sizeof(*c));
+    size_t nsets = 1;
+
+    if (c == NULL)
+        return NULL;
+    while (nsets * CACHE_WAYS < nentries)
+        nsets <<= 1;
+    c->nsets = nsets;
+    c->entries = calloc(nsets * CACHE_WAYS, sizeof(*c->entries));
+    if (c->entries == NULL || RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1) {
+        free(c->entries);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void entry_clear(struct cache_entry *e)
+{
+    free(e->blob);
+    memset(e, 0, sizeof(*e));
+}
+
+static void cache_flush(struct jwtauth_cache *c)
+{
+    for (size_t i = 0; i < c->nsets * CACHE_WAYS; i++)
+        if (c->entries[i].hash)
+            entry_clear(&c->entries[i]);
+}
+
+void jwtauth_cache_free(struct jwtauth_cache *cache)
+{
+    if (cache == NULL)
+        return;
+    cache_flush(cache);
+    cfg_unref(cache->cfg);
+    free(cache->entries);
+    free(cache);
+}
+
+/* FNV-1a, seeded. The whole token is compared on a hit, so the hash only
+ * spreads entries; the seed keeps anyone from aiming at one set. */
+static uint64_t token_hash(const struct jwtauth_cache *c, const char *tok, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL ^ c->seed;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)tok[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h ? h : 1;
+}
+
+static struct cache_entry *cache_find(struct jwtauth_cache *c, uint64_t h, const char *tok,
+                                      size_t len)
+{
+    struct cache_entry *set = &c->entries[(h & (c->nsets - 1)) * CACHE_WAYS];
+
+    for (size_t i = 0; i < CACHE_WAYS; i++)
+        if (set[i].hash == h && set[i].tok_len == len && memcmp(set[i].blob, tok, len) == 0)
+            return &set[i];
+    return NULL;
+}
+
+static void entry_copy_out(const struct cache_entry *e, struct jwtauth_identity *id)
+{
+    const char *p = e->blob + e->tok_len;
+
+    memcpy(id->user, p, e->user_len);
+    id->user[e->user_len] = '\0';
+    id->user_len = e->user_len;
+    p += e->user_len;
+    memcpy(id->tier, p, e->tier_len);
+    id->tier[e->tier_len] = '\0';
+    id->tier_len = e->tier_len;
+    p += e->tier_len;
+    memcpy(id->headers, p, e->headers_len);
+    id->headers_len = e->headers_len;
+    id->has_deadline = e->has_deadline;
+    id->deadline = e->deadline;
+}
+
+/* Store a fresh success in the empty or least recently used way. A failed
+ * allocation only means no caching for this token. */
+static void cache_store(struct jwtauth_cache *c, uint64_t h, const char *tok, size_t len,
+                        const struct jwtauth_identity *id)
+{
+    struct cache_entry *set = &c->entries[(h & (c->nsets - 1)) * CACHE_WAYS];
+    struct cache_entry *victim = &set[0];
+    char *blob = malloc(len + id->user_len + id->tier_len + id->headers_len);
+
+    if (blob == NULL || len > UINT32_MAX) {
+        free(blob);
+        return;
+    }
+    for (size_t i = 0; i < CACHE_WAYS && victim->hash; i++)
+        if (set[i].hash == 0 || set[i].stamp < victim->stamp)
+            victim = &set[i];
+    entry_clear(victim);
+    memcpy(blob, tok, len);
+    memcpy(blob + len, id->user, id->user_len);
+    memcpy(blob + len + id->user_len, id->tier, id->tier_len);
+    memcpy(blob + len + id->user_len + id->tier_len, id->headers, id->headers_len);
+    *victim = (struct cache_entry){
+        .hash = h, .stamp = ++c->clock, .blob = blob, .tok_len = (uint32_t)len,
+        .user_len = (uint16_t)id->user_len, .tier_len = (uint16_t)id->tier_len,
+        .headers_len = (uint16_t)id->headers_len, .has_deadline = id->has_deadline,
+        .deadline = id->deadline};
+}
+
+enum jwtauth_result jwtauth_cached_verify(struct jwtauth_cache *cache, struct fg_config *cfg,
+                                          const char *tok, size_t len, time_t now,
+                                          struct jwtauth_identity *id, bool *hit)
+{
+    if (hit)
+        *hit = false;
+    if (cache == NULL || len > cfg->jwt.max_token_bytes)
+        return jwtauth_verify(&cfg->jwt, tok, len, now, id);
+    if (cache->cfg != cfg) {
+        /* Keys or claim rules may differ under another snapshot. */
+        cache_flush(cache);
+        cfg_unref(cache->cfg);
+        cache->cfg = cfg_ref(cfg);
+    }
+    uint64_t h = token_hash(cache, tok, len);
+    struct cache_entry *e = cache_find(cache, h, tok, len);
+    if (e != NULL) {
+        if (!e->has_deadline || now < e->deadline) {
+            e->stamp = ++cache->clock;
+            entry_copy_out(e, id);
+            if (hit)
+                *hit = true;
+            return JWTAUTH_OK;
+        }
+        entry_clear(e); /* expired since: verify again to report why */
+    }
+    enum jwtauth_result res = jwtauth_verify(&cfg->jwt, tok, len, now, id);
+    if (res == JWTAUTH_OK)
+        cache_store(cache, h, tok, len, id);
+    return res;
+}
+
+/* ---- the stage ---------------------------------------------------------- */
+
+/* Where the token is: Authorization first (it alone counts when sent, even
+ * when malformed), then the configured cookie. */
+static enum jwtauth_result find_token(const struct req *r, const char **tok, size_t *len)
+{
+    const struct h1_request *h = &r->h;
+    const struct h1_header *auth = NULL;
+    const char *cookie = r->cfg->jwt.cookie;
+    int found = 0;
+
+    for (size_t i = 0; i < h->nheaders; i++) {
+        if (!h1_token_eq(h->headers[i].name, h->headers[i].name_len, "Authorization"))
+            continue;
+        if (auth != NULL)
+            return JWTAUTH_AMBIGUOUS;
+        auth = &h->headers[i];
+    }
+    if (auth != NULL)
+        return jwtauth_bearer(auth->value, auth->value_len, tok, len) == 0 ? JWTAUTH_OK
+                                                                            : JWTAUTH_BAD_SCHEME;
+    for (size_t i = 0; cookie[0] && i < h->nheaders; i++) {
+        const char *v;
+        size_t vlen;
+        if (!h1_token_eq(h->headers[i].name, h->headers[i].name_len, "Cookie"))
+            continue;
+        int n = jwtauth_cookie(h->headers[i].value, h->headers[i].value_len, cookie, &v, &vlen);
+        if (n < 0 || (n > 0 && found++))
+            return JWTAUTH_AMBIGUOUS;
+        if (n > 0)
+            *tok = v, *len = vlen;
+    }
+    /* An emptied cookie (a logout) carries no token. */
+    return found && *len > 0 ? JWTAUTH_OK : JWTAUTH_MISSING;
+}
+
+/* 401 with the RFC 6750 section 3 challenge; which check failed goes only to
+ * the access log and the counters (SPEC section 3). */
+static enum stage_verdict reject(struct req *r, enum jwtauth_result res)
+{
+    r->c->w->stats.jwt_rejections[res]++;
+    r->error_code = reasons[res].log;
+    if (res == JWTAUTH_MISSING) /* section 3.1: no error code without a token */
+        respond_error(r, FG_ERR_UNAUTHORIZED, "WWW-Authenticate: Bearer realm=\"flowgate\"\r\n");
+    else
+        respond_error(r, FG_ERR_INVALID_TOKEN,
+                      "WWW-Authenticate: Bearer realm=\"flowgate\", error=\"invalid_token\"\r\n");
+    return STAGE_ANSWERED;
+}
+
+/* The verified identity is copied into the request: it stays valid for the
+ * request's whole life whatever happens to the cache meanwhile. */
+static enum stage_verdict accept_identity(struct req *r, const struct jwtauth_identity *id)
+{
+    if (respond_add_upstream_header(r, id->headers, id->headers_len) < 0)
+        return reject(r, JWTAUTH_BAD_CLAIM);
+    memcpy(r->user_buf, id->user, id->user_len + 1);
+    r->user = r->user_buf;
+    r->user_len = id->user_len;
+    memcpy(r->tier_buf, id->tier, id->tier_len + 1);
+    r->tier = id->tier_len ? r->tier_buf : "authenticated";
+    return STAGE_NEXT;
+}
+
+static struct jwtauth_cache *worker_cache(struct worker *w)
+{
+    if (w->jwt_cache == NULL)
+        w->jwt_cache = jwtauth_cache_new(4096);
+    return w->jwt_cache; /* NULL on OOM: verification goes on uncached */
+}
+
+static enum stage_verdict jwtauth_run(struct req *r)
+{
+    enum fg_auth_mode mode = r->route ? r->route->auth : FG_AUTH_NONE;
+    struct worker *w = r->c->w;
+    struct jwtauth_identity id;
+    const char *tok = NULL;
+    size_t len = 0;
+    bool hit;
+
+    if (mode == FG_AUTH_NONE)
+        return STAGE_NEXT; /* the token is not even looked at */
+    enum jwtauth_result res = find_token(r, &tok, &len);
+    if (res == JWTAUTH_MISSING && mode == FG_AUTH_OPTIONAL)
+        return STAGE_NEXT;
+    if (res != JWTAUTH_OK)
+        return reject(r, res);
+    res = jwtauth_cached_verify(worker_cache(w), r->cfg, tok, len, time(NULL), &id, &hit);
+    if (res != JWTAUTH_OK)
+        return reject(r, res);
+    w->stats.jwt_verified++;
+    if (hit)
+        w->stats.jwt_cache_hits++;
+    return accept_identity(r, &id);
+}
+
+const struct stage jwtauth_stage = {"jwt", jwtauth_run};
