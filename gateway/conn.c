@@ -21,6 +21,7 @@
 #include <openssl/ssl.h>
 
 #include "conn.h"
+#include "cors.h"
 #include "jwtauth.h"
 #include "log.h"
 #include "proxy.h"
@@ -30,9 +31,14 @@
 #include "uri.h"
 #include "worker.h"
 
-/* The policy stages after routing, in order (CORS and the rate limit join
- * around JWT: CORS before it, the rate limit after it). */
-const struct stage *const conn_stages[] = {&jwtauth_stage, NULL};
+static enum stage_verdict route_checks(struct req *r);
+static const struct stage route_stage = {"route", route_checks};
+
+/* The stages after routing, in order (the rate limit joins after JWT).
+ * CORS comes first, before the route's own checks: a preflight is answered
+ * before a method list, a token or a limit is looked at, and flowgate's 404
+ * and 405 carry the CORS headers like every other response. */
+const struct stage *const conn_stages[] = {&cors_stage, &route_stage, &jwtauth_stage, NULL};
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -557,25 +563,32 @@ static int normalise_target(struct req *r)
 
 static void run_stages(struct req *r);
 
-/* Route, method and size checks, then the stages. */
+/* Choose the route (NULL when none), then run the stages. */
 static void dispatch(struct req *r)
 {
-    const struct fg_route *rt = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+    r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+    r->c->state = CONN_STAGES;
+    run_stages(r);
+}
+
+/* No route: 404. A method the route does not list: 405 with the route's
+ * Allow (RFC 9110 section 15.5.6). Later stages always have a route. */
+static enum stage_verdict route_checks(struct req *r)
+{
+    const struct fg_route *rt = r->route;
 
     if (rt == NULL) {
         respond_error(r, FG_ERR_NOT_FOUND, NULL);
-        return;
+        return STAGE_ANSWERED;
     }
-    r->route = rt;
     if (rt->methods && (r->h.method < 0 || r->h.method > 63 ||
                         !(rt->methods & (UINT64_C(1) << r->h.method)))) {
         char allow[512];
         snprintf(allow, sizeof(allow), "Allow: %s\r\n", rt->allow);
         respond_error(r, FG_ERR_METHOD, allow);
-        return;
+        return STAGE_ANSWERED;
     }
-    r->c->state = CONN_STAGES;
-    run_stages(r);
+    return STAGE_NEXT;
 }
 
 static void handle_head(struct conn *c, size_t head_len)

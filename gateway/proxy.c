@@ -21,6 +21,7 @@
 #include <event2/buffer.h>
 
 #include "conn.h"
+#include "cors.h"
 #include "log.h"
 #include "proxy.h"
 #include "respond.h"
@@ -324,6 +325,9 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
     for (size_t i = 0; fixed[i]; i++)
         if (h1_token_eq(h->name, h->name_len, fixed[i]))
             return true;
+    /* The CORS policy is flowgate's: Access-Control-* and Vary are rewritten. */
+    if (cors_owns_response_header(r->cfg, h->name, h->name_len))
+        return true;
     /* flowgate's configured value replaces the upstream's. */
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         if (own[i].value[0] && h1_token_eq(h->name, h->name_len, own[i].name))
@@ -351,6 +355,7 @@ static void write_response_head(struct conn *c, const struct h1_response *resp)
         evbuffer_add(out, hd->value, hd->value_len);
         evbuffer_add(out, "\r\n", 2);
     }
+    cors_write_vary(r->cfg, resp->headers, resp->nheaders, out);
     respond_common_headers(r, out);
     evbuffer_add(out, "\r\n", 2);
     r->bytes_out += evbuffer_get_length(out) - before;

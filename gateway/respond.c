@@ -13,6 +13,7 @@
 #include <event2/bufferevent.h>
 
 #include "conn.h"
+#include "cors.h"
 #include "respond.h"
 #include "worker.h"
 
@@ -108,11 +109,16 @@ static void send_own(struct req *r, int status, const char *reason, const char *
     r->status = status;
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, reason);
     respond_common_headers(r, out);
+    cors_write_vary(r->cfg, NULL, 0, out);
     if (extra)
         evbuffer_add(out, extra, strlen(extra));
     if (ctype)
         evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
-    evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", body_len);
+    /* RFC 9110 section 8.6: no Content-Length in a 204. */
+    if (status == 204)
+        evbuffer_add(out, "\r\n", 2);
+    else
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", body_len);
     if (!head && body_len)
         evbuffer_add(out, body, body_len);
     r->bytes_out += evbuffer_get_length(out) - before;
@@ -135,6 +141,11 @@ void respond_error(struct req *r, enum fg_error e, const char *extra)
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}",
                      d->code, d->message, r->request_id);
     send_own(r, d->status, d->reason, extra, "application/json", body, (size_t)n);
+}
+
+void respond_preflight(struct req *r, const char *extra)
+{
+    send_own(r, 204, "No Content", extra, NULL, NULL, 0);
 }
 
 static const char *redirect_reason(int status)

@@ -38,6 +38,10 @@ const char *respond_code(enum fg_error e);
  */
 void respond_error(struct req *r, enum fg_error e, const char *extra);
 
+/* 204 to a CORS preflight; EXTRA holds the Access-Control-Allow-* lines
+ * (Allow-Origin and -Credentials come from the request's extra lines). */
+void respond_preflight(struct req *r, const char *extra);
+
 /* The plain-listener redirect to https (redirect.status, Location). */
 void respond_redirect(struct req *r);
 

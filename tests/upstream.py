@@ -30,6 +30,7 @@ Paths:
   /reset            close with RST (SO_LINGER 0)
   /headers          hop-by-hop and security headers of its own
   /expect           a normal answer (Expect: 100-continue is answered for any path)
+  /cors-headers     Vary: Accept-Encoding and a wide-open Access-Control-* policy of its own
 """
 
 import argparse
@@ -285,6 +286,13 @@ class Conn:
                     ("X-Content-Type-Options", "upstream"), ("Server", "upstream/1.0"),
                     ("X-Upstream-Own", "kept")]
             return await self.send(200, b"headers\n", hdrs, close, head_only)
+        if path == "/cors-headers":
+            hdrs = [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding"),
+                    ("Access-Control-Allow-Origin", "*"),
+                    ("Access-Control-Allow-Credentials", "true"),
+                    ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, PATCH"),
+                    ("Access-Control-Expose-Headers", "X-Secret"), ("X-Secret", "s")]
+            return await self.send(200, b"cors\n", hdrs, close, head_only)
 
         merged = {}
         for n, v in req["headers"]:
