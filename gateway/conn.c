@@ -571,12 +571,17 @@ static void dispatch(struct req *r)
     run_stages(r);
 }
 
-/* No route: 404. A method the route does not list: 405 with the route's
- * Allow (RFC 9110 section 15.5.6). Later stages always have a route. */
+/* A declared body over the limit: 413 before a byte of it is read. No
+ * route: 404. A method the route does not list: 405 with the route's Allow
+ * (RFC 9110 section 15.5.6). Later stages always have a route. */
 static enum stage_verdict route_checks(struct req *r)
 {
     const struct fg_route *rt = r->route;
 
+    if (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length > r->cfg->limits.max_body_bytes) {
+        respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
+        return STAGE_ANSWERED;
+    }
     if (rt == NULL) {
         respond_error(r, FG_ERR_NOT_FOUND, NULL);
         return STAGE_ANSWERED;
@@ -625,10 +630,6 @@ static void handle_head(struct conn *c, size_t head_len)
     }
     if (c->l->kind == LISTENER_HTTP) {
         respond_redirect(r);
-        return;
-    }
-    if (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length > c->cfg->limits.max_body_bytes) {
-        respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
         return;
     }
     dispatch(r);

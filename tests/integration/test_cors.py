@@ -284,6 +284,12 @@ def test_own_errors_carry_cors_headers():
         assert_error(r, 404, "not_found")
         assert_no_grant(r)
         eq(up.requests(), [], "upstream requests")
+    with Upstream() as up, Flowgate(dict(config(), limits={"max_body_bytes": 100}),
+                                    upstream=up) as fg:
+        r = fg.post("/open", b"x" * 101, headers=[("Origin", APP)])
+        assert_error(r, 413, "body_too_large")
+        assert_allowed(r, APP)
+        eq(up.requests(), [], "upstream requests")
     with Flowgate(config()) as fg:  # the api upstream is a closed port
         r = fg.get("/open", headers=[("Origin", APP)])
         assert_error(r, 502, "bad_gateway")
