@@ -126,6 +126,8 @@ CASES = [
      bearer(sign({"alg": "HS384"}, claims(), digest=hashlib.sha384)), "bad"),
     ("HS512 with the same secret",
      bearer(sign({"alg": "HS512"}, claims(), digest=hashlib.sha512)), "bad"),
+    ("HS384 header, HS256 signature", bearer(sign({"alg": "HS384"}, claims())), "bad"),
+    ("HS512 header, HS256 signature", bearer(sign({"alg": "HS512"}, claims())), "bad"),
     ("RS256 header, HMAC with the secret", bearer(sign({"alg": "RS256"}, claims())), "bad"),
     ("ES256 header, HMAC with the secret", bearer(sign({"alg": "ES256"}, claims())), "bad"),
     ("no alg", bearer(sign({"typ": "JWT"}, claims())), "bad"),
