@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "h1.h"
 #include "jwtauth.h"
+#include "ratelimit.h"
 
 #define ADMIN_HEAD_MAX 8192
 
@@ -73,7 +74,7 @@ static size_t jwt_metrics(const struct admin *a, char *body, size_t len, size_t 
 
 static void metrics(struct admin *a, struct bufferevent *bev)
 {
-    char body[8192];
+    char body[16384];
 
     int n = snprintf(body, sizeof(body),
              "# TYPE flowgate_connections_open gauge\n"
@@ -94,8 +95,23 @@ static void metrics(struct admin *a, struct bufferevent *bev)
              (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
-    jwt_metrics(a, body, (size_t)n, sizeof(body));
+    size_t len = jwt_metrics(a, body, (size_t)n, sizeof(body));
+    if (len < sizeof(body))
+        ratelimit_metrics(a->workers, a->nworkers, body + len, sizeof(body) - len);
     reply(bev, 200, "text/plain; version=0.0.4", body);
+}
+
+/* Ready once listening with a configuration; Redis's state is reported but
+ * does not decide readiness: every instance shares the one Redis, so taking
+ * instances out of rotation could not route around it, and each mode has a
+ * defined answer without it (local limits, admit, or 503 unavailable). */
+static void readyz(struct admin *a, struct bufferevent *bev)
+{
+    char body[128];
+
+    snprintf(body, sizeof(body), "{\"status\":\"ready\",\"listeners\":\"up\",\"redis\":\"%s\"}",
+             ratelimit_redis_state(a->workers, a->nworkers));
+    reply(bev, 200, "application/json", body);
 }
 
 static void route(struct admin *a, struct bufferevent *bev, const struct h1_request *h)
@@ -103,8 +119,7 @@ static void route(struct admin *a, struct bufferevent *bev, const struct h1_requ
     if (h1_token_eq(h->path, h->path_len, "/healthz"))
         reply(bev, 200, "application/json", "{\"status\":\"ok\"}");
     else if (h1_token_eq(h->path, h->path_len, "/readyz"))
-        reply(bev, 200, "application/json",
-              "{\"status\":\"ready\",\"listeners\":\"up\",\"redis\":\"disabled\"}");
+        readyz(a, bev);
     else if (h1_token_eq(h->path, h->path_len, "/metrics"))
         metrics(a, bev);
     else

@@ -26,6 +26,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "proxyproto.h"
+#include "ratelimit.h"
 #include "respond.h"
 #include "route.h"
 #include "uri.h"
@@ -34,11 +35,12 @@
 static enum stage_verdict route_checks(struct req *r);
 static const struct stage route_stage = {"route", route_checks};
 
-/* The stages after routing, in order (the rate limit joins after JWT).
+/* The stages after routing, in order.
  * CORS comes first, before the route's own checks: a preflight is answered
  * before a method list, a token or a limit is looked at, and flowgate's 404
  * and 405 carry the CORS headers like every other response. */
-const struct stage *const conn_stages[] = {&cors_stage, &route_stage, &jwtauth_stage, NULL};
+const struct stage *const conn_stages[] = {&cors_stage, &route_stage, &jwtauth_stage,
+                                           &ratelimit_stage, NULL};
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);

@@ -23,6 +23,7 @@
 #include "conn.h"
 #include "jwtauth.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -216,7 +217,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    return 0;
+    return ratelimit_worker_init(w, err, errlen);
 }
 
 void (*worker_exit_hook)(void);
@@ -257,6 +258,7 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c, false);
     }
     upstream_pools_close_idle(w);
+    ratelimit_worker_stop(w);
 }
 
 void worker_stop(struct worker *w)
@@ -286,6 +288,7 @@ void worker_free(struct worker *w)
     upstream_pools_free(w);
     jwtauth_cache_free(w->jwt_cache);
     w->jwt_cache = NULL;
+    ratelimit_worker_free(w); /* after the connections: their Redis calls are detached */
     if (w->resume_ev)
         event_free(w->resume_ev);
     if (w->stop_ev)

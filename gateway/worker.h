@@ -19,6 +19,7 @@
 struct upstream_pool;
 struct conn;
 struct jwtauth_cache;
+struct rl_worker;
 
 /* Reasons a token is refused: jwtauth.h enum jwtauth_result, counted by value. */
 #define WORKER_JWT_REASONS 24
@@ -66,6 +67,7 @@ struct worker {
     bool stopping;
     struct worker_stats stats;
     struct jwtauth_cache *jwt_cache; /* verified tokens; created on first use */
+    struct rl_worker *rl;           /* rate-limit state and Redis link; NULL when off */
 };
 
 /* Called on a worker's thread when its loop has ended (main sets it). */

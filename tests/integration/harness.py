@@ -924,3 +924,109 @@ def sentinel(fg, up):
     eq(r.status, 200, "status of a valid request after the hostile one")
     check(path in up.targets(), "the valid request did not reach the upstream")
     return path
+
+
+# ---------------------------------------------------------------- redis
+
+class RedisServer:
+    """redis-server on a free loopback port, nothing persisted, stopped by PID.
+
+    pause()/resume() stop and continue it (SIGSTOP/SIGCONT: connections are
+    still accepted by the kernel, nothing is answered); kill() ends it and
+    start() brings it back on the same port, empty.
+    """
+
+    EXE = "/usr/bin/redis-server"
+
+    def __init__(self, password=None):
+        self.password = password
+        self.port = None
+        self.proc = None
+        self.paused = False
+
+    @property
+    def addr(self):
+        return "%s:%d" % (LOOPBACK, self.port)
+
+    def __enter__(self):
+        if not os.path.isfile(self.EXE):
+            raise Skip("redis-server is not installed")
+        self.port = free_port()
+        self.start()
+        return self
+
+    def start(self):
+        cmd = [self.EXE, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
+               "--appendonly", "no", "--dir", tmpdir(), "--protected-mode", "no"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        log = open(os.path.join(tmpdir(), "redis-%d.log" % self.port), "ab")
+        with log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        register_pid(self.proc.pid, "redis-server")
+        self.paused = False
+        wait_port(self.port, 10, self.proc, "redis-server")
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            if self.paused:
+                self.resume()
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def command(self, *args, timeout=5.0):
+        """One command over RESP; returns the decoded reply (errors raise TestFailure)."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if self.password:
+                s.sendall(_resp(("AUTH", self.password)))
+                _resp_read(f)
+            s.sendall(_resp(args))
+            return _resp_read(f)
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            if self.paused:
+                self.resume()
+            stop_process(self.proc)
+        return False
+
+
+def _resp(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line:
+        fail("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        fail("redis error: %s" % rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode("latin-1")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    fail("bad redis reply %r" % line)

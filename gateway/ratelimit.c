@@ -1,0 +1,742 @@
+/*
+ * ratelimit.c - the rate-limit stage (SPEC sections 2 and 3).
+ *
+ * One request: build the plan (every limit that applies and its key), ask
+ * the refusal cache (an identity Redis refused until T is refused here until
+ * T), then run the GCRA script on Redis in one round trip and wait; when the
+ * link is down, the call fails or its deadline passes, on_redis_failure
+ * decides (local limiter, allow, or 503). The answer adds X-RateLimit-*
+ * (and optionally the IETF draft headers) to whatever response follows.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/random.h>
+
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+
+#include "conn.h"
+#include "log.h"
+#include "ratelimit.h"
+#include "respond.h"
+#include "rl_redis.h"
+#include "route.h"
+#include "worker.h"
+
+#define RL_LOCAL_SLOTS 16384 /* local limiter keys per worker (power of two) */
+#define RL_REFUSED_SLOTS 4096 /* refusal cache keys per worker (power of two) */
+#define RL_PROBE 8            /* slots looked at per key before evicting */
+
+/* ---- GCRA, in C and in Lua: keep these two in step ----------------------- */
+
+void rl_gcra_init(struct rl_gcra *g, uint32_t limit, uint32_t window)
+{
+    g->limit = limit > 0 ? limit : 1;
+    g->window = window;
+    g->interval = (int64_t)window * 1000000 / g->limit;
+    if (g->interval < 1)
+        g->interval = 1;
+    g->tolerance = g->interval * (g->limit - 1);
+}
+
+/* Requests one limit admits now when its TAT is TAT_NOW (>= NOW). */
+static uint32_t gcra_remaining(const struct rl_gcra *g, int64_t tat_now, int64_t now)
+{
+    int64_t room = g->tolerance + g->interval - (tat_now - now);
+
+    if (room <= 0)
+        return 0;
+    return room / g->interval > g->limit ? g->limit : (uint32_t)(room / g->interval);
+}
+
+bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64_t now,
+                    int64_t *tat_after, struct rl_result *res)
+{
+    bool all = true;
+
+    for (size_t i = 0; i < n; i++) {
+        int64_t t = tat[i] > now ? tat[i] : now;
+        res[i].admits = t - now <= g[i].tolerance;
+        res[i].retry_us = res[i].admits ? 0 : t - now - g[i].tolerance;
+        tat_after[i] = t;
+        all = all && res[i].admits;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (all)
+            tat_after[i] += g[i].interval;
+        res[i].remaining = gcra_remaining(&g[i], tat_after[i], now);
+        res[i].reset_us = tat_after[i] - now;
+    }
+    return all;
+}
+
+/*
+ * The same decision on Redis's clock, for every limit of a request in one
+ * atomic step. KEYS[i] is limit i's key, ARGV[2i-1] its interval T and
+ * ARGV[2i] its limit (both integers; times in microseconds, exact in Lua's
+ * doubles below 2^53). Each key holds its TAT and expires when the TAT is
+ * reached (a key past its TAT means the same as no key). Returns, per limit:
+ * admits (0/1), remaining, reset (ms, rounded up), retry-after (ms, rounded up).
+ */
+static const char rl_script[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local n = #KEYS\n"
+    "local tat, admits, all = {}, {}, true\n"
+    "for i = 1, n do\n"
+    "  local T = tonumber(ARGV[2 * i - 1])\n"
+    "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
+    "  local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n"
+    "  if v < now then v = now end\n"
+    "  tat[i] = v\n"
+    "  admits[i] = v - now <= tau\n"
+    "  if not admits[i] then all = false end\n"
+    "end\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "  local T = tonumber(ARGV[2 * i - 1])\n"
+    "  local limit = tonumber(ARGV[2 * i])\n"
+    "  local tau = T * (limit - 1)\n"
+    "  local after = tat[i]\n"
+    "  if all then\n"
+    "    after = after + T\n"
+    "    redis.call('SET', KEYS[i], string.format('%d', after), 'PX',\n"
+    "               math.ceil((after - now) / 1000))\n"
+    "  end\n"
+    "  local rem = math.floor((tau + T - (after - now)) / T)\n"
+    "  if rem < 0 then rem = 0 end\n"
+    "  if rem > limit then rem = limit end\n"
+    "  local retry = 0\n"
+    "  if not admits[i] then retry = tat[i] - now - tau end\n"
+    "  out[#out + 1] = admits[i] and 1 or 0\n"
+    "  out[#out + 1] = rem\n"
+    "  out[#out + 1] = math.ceil((after - now) / 1000)\n"
+    "  out[#out + 1] = math.ceil(retry / 1000)\n"
+    "end\n"
+    "return out\n";
+
+/* ---- identities and keys ------------------------------------------------- */
+
+int rl_ip_ident(const char *ip, unsigned v6prefix, char *out, size_t cap)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+    char text[INET6_ADDRSTRLEN];
+    int n;
+
+    if (inet_pton(AF_INET, ip, &a4) == 1) {
+        inet_ntop(AF_INET, &a4, text, sizeof(text));
+        n = snprintf(out, cap, "ip:%s", text);
+    } else if (inet_pton(AF_INET6, ip, &a6) == 1) {
+        if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+            inet_ntop(AF_INET, &a6.s6_addr[12], text, sizeof(text));
+            n = snprintf(out, cap, "ip:%s", text);
+        } else {
+            unsigned bits = v6prefix > 128 ? 128 : v6prefix;
+            for (unsigned i = 0; i < 16; i++) {
+                unsigned keep = bits >= 8 * (i + 1) ? 8 : bits > 8 * i ? bits - 8 * i : 0;
+                a6.s6_addr[i] &= (uint8_t)(0xff00 >> keep);
+            }
+            inet_ntop(AF_INET6, &a6, text, sizeof(text));
+            n = snprintf(out, cap, "ip:%s/%u", text, bits);
+        }
+    } else {
+        return -1;
+    }
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+int rl_user_ident(const char *user, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "u:%s", user);
+
+    return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+static void sha256_hex(const char *const *parts, size_t nparts, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+    memset(md, 0, sizeof(md));
+    if (ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
+        for (size_t i = 0; i < nparts; i++)
+            EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]) + 1); /* NUL separates parts */
+        EVP_DigestFinal_ex(ctx, md, &mdlen);
+    }
+    EVP_MD_CTX_free(ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+size_t rl_limit_key(const char *prefix, const char *scope, const char *ident,
+                    char out[RL_KEY_MAX])
+{
+    int n = snprintf(out, RL_KEY_MAX, "%srl:%s:%s", prefix, scope, ident);
+
+    if (n >= 0 && n < RL_KEY_MAX)
+        return (size_t)n;
+    const char *parts[] = {prefix, scope, ident};
+    char hex[65];
+    sha256_hex(parts, 3, hex);
+    return (size_t)snprintf(out, RL_KEY_MAX, "rl:h:%s", hex);
+}
+
+size_t rl_tier_index(const struct fg_ratelimit *rl, const char *user, const char *tier)
+{
+    if (user == NULL)
+        return 0;
+    if (tier != NULL)
+        for (size_t i = 0; i < rl->ntiers; i++)
+            if (strcmp(rl->tiers[i].name, tier) == 0)
+                return i;
+    return 1;
+}
+
+static void plan_add(struct rl_plan *p, const char *prefix, const char *scope, const char *ident,
+                     uint32_t limit, uint32_t window)
+{
+    if (p->n == RL_MAX_LIMITS)
+        return; /* bounded: more overlapping endpoint limits than this are ignored */
+    rl_gcra_init(&p->g[p->n], limit, window);
+    p->key_len[p->n] = rl_limit_key(prefix, scope, ident, p->key[p->n]);
+    p->n++;
+}
+
+static bool endpoint_applies(const struct fg_endpoint *e, const struct rl_subject *s)
+{
+    if (e->methods != 0 &&
+        (s->method < 0 || s->method > 63 || !(e->methods & (UINT64_C(1) << s->method))))
+        return false;
+    return route_prefix_match(e->path, e->path_len, s->path, s->path_len);
+}
+
+int rl_plan_build(const struct fg_ratelimit *rl, const struct rl_subject *s, struct rl_plan *p)
+{
+    char ip[INET6_ADDRSTRLEN + 16], user[300], scope[300];
+    const char *prefix = rl->redis.key_prefix ? rl->redis.key_prefix : "";
+
+    p->n = 0;
+    p->tier = rl_tier_index(rl, s->user, s->tier);
+    if (rl_ip_ident(s->client_ip, rl->ipv6_prefix, ip, sizeof(ip)) < 0)
+        return -1;
+    if (s->user != NULL && rl_user_ident(s->user, user, sizeof(user)) < 0)
+        return -1;
+    if (s->tier_limited) {
+        const struct fg_tier *t = &rl->tiers[p->tier];
+        snprintf(scope, sizeof(scope), "t:%s", t->name);
+        plan_add(p, prefix, scope, s->user ? user : ip, t->limit, t->window);
+    }
+    for (size_t i = 0; i < rl->nendpoints; i++) {
+        const struct fg_endpoint *e = &rl->endpoints[i];
+        if (!endpoint_applies(e, s))
+            continue;
+        snprintf(scope, sizeof(scope), "e%zu", i);
+        plan_add(p, prefix, scope, e->key == FG_RL_KEY_USER && s->user ? user : ip, e->limit,
+                 e->window);
+    }
+    return 0;
+}
+
+/* ---- bounded tables: the local limiter and the refusal cache ------------- */
+
+struct rl_slot {
+    char *key;        /* owned copy; NULL = empty */
+    size_t key_len;
+    uint64_t hash;
+    int64_t until;    /* monotonic us: local TAT, or refused until; free once past */
+    int64_t reset_at; /* refusal cache: the quota is whole again */
+    uint32_t limit;   /* refusal cache: for the headers */
+    uint32_t window;
+};
+
+struct rl_table {
+    struct rl_slot *slots;
+    size_t mask;   /* slots - 1 */
+    uint64_t seed; /* random: a client cannot aim keys at one probe window */
+};
+
+static int table_init(struct rl_table *t, size_t slots)
+{
+    t->slots = calloc(slots, sizeof(*t->slots));
+    t->mask = slots - 1;
+    if (getrandom(&t->seed, sizeof(t->seed), 0) != sizeof(t->seed))
+        t->seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL;
+    return t->slots ? 0 : -1;
+}
+
+static void table_free(struct rl_table *t)
+{
+    for (size_t i = 0; t->slots != NULL && i <= t->mask; i++)
+        free(t->slots[i].key);
+    free(t->slots);
+    t->slots = NULL;
+}
+
+static uint64_t table_hash(const struct rl_table *t, const char *key, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL ^ t->seed; /* FNV-1a, seeded */
+
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
+    return h ^ (h >> 29);
+}
+
+static bool slot_is(const struct rl_slot *s, uint64_t h, const char *key, size_t len)
+{
+    return s->key != NULL && s->hash == h && s->key_len == len && memcmp(s->key, key, len) == 0;
+}
+
+/* The live slot for KEY, or NULL. */
+static struct rl_slot *table_find(struct rl_table *t, const char *key, size_t len, int64_t now)
+{
+    uint64_t h = table_hash(t, key, len);
+
+    for (size_t i = 0; i < RL_PROBE; i++) {
+        struct rl_slot *s = &t->slots[(h + i) & t->mask];
+        if (slot_is(s, h, key, len))
+            return s->until > now ? s : NULL;
+    }
+    return NULL;
+}
+
+/* KEY's slot, taking a free or expired one, else evicting the one that
+ * expires first in the probe window. NULL when out of memory. */
+static struct rl_slot *table_put(struct rl_table *t, const char *key, size_t len, int64_t now)
+{
+    uint64_t h = table_hash(t, key, len);
+    struct rl_slot *victim = NULL;
+
+    for (size_t i = 0; i < RL_PROBE; i++) {
+        struct rl_slot *s = &t->slots[(h + i) & t->mask];
+        if (slot_is(s, h, key, len))
+            return s;
+        bool s_free = s->key == NULL || s->until <= now;
+        bool v_free = victim != NULL && (victim->key == NULL || victim->until <= now);
+        if (victim == NULL || (!v_free && (s_free || s->until < victim->until)))
+            victim = s;
+    }
+    char *copy = malloc(len);
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy, key, len);
+    free(victim->key);
+    memset(victim, 0, sizeof(*victim));
+    victim->key = copy;
+    victim->key_len = len;
+    victim->hash = h;
+    return victim;
+}
+
+/* ---- per-worker state ---------------------------------------------------- */
+
+struct rl_worker {
+    struct rl_link *link;     /* the worker's Redis link */
+    struct rl_table local;    /* on_redis_failure = "local" */
+    struct rl_table refused;  /* identities Redis refused, until when */
+    size_t ntiers;
+    uint64_t *decisions;      /* [tier * RL_OUT__COUNT + outcome], atomic */
+};
+
+const char *rl_outcome_str(enum rl_outcome o)
+{
+    switch (o) {
+    case RL_OUT_ALLOWED: return "allowed";
+    case RL_OUT_LIMITED: return "limited";
+    case RL_OUT_LOCAL_ALLOWED: return "local_allowed";
+    case RL_OUT_LOCAL_LIMITED: return "local_limited";
+    case RL_OUT_FAIL_OPEN: return "failed_open";
+    case RL_OUT_FAIL_CLOSED: return "failed_closed";
+    case RL_OUT__COUNT: break;
+    }
+    return "?";
+}
+
+int ratelimit_worker_init(struct worker *w, char *err, size_t errlen)
+{
+    const struct fg_ratelimit *rl = &w->cfg->rate_limit;
+    struct rl_worker *st;
+
+    if (!rl->enabled)
+        return 0;
+    if ((st = calloc(1, sizeof(*st))) == NULL)
+        goto oom;
+    w->rl = st;
+    st->ntiers = rl->ntiers;
+    st->decisions = calloc(rl->ntiers * RL_OUT__COUNT, sizeof(*st->decisions));
+    if (st->decisions == NULL || table_init(&st->local, RL_LOCAL_SLOTS) < 0 ||
+        table_init(&st->refused, RL_REFUSED_SLOTS) < 0)
+        goto oom;
+    if ((st->link = rl_link_new(w->base, &rl->redis, rl_script)) == NULL)
+        goto oom;
+    return 0;
+oom:
+    snprintf(err, errlen, "rate limit: out of memory");
+    return -1;
+}
+
+void ratelimit_worker_stop(struct worker *w)
+{
+    if (w->rl != NULL)
+        rl_link_stop(w->rl->link);
+}
+
+void ratelimit_worker_free(struct worker *w)
+{
+    struct rl_worker *st = w->rl;
+
+    if (st == NULL)
+        return;
+    rl_link_free(st->link); /* pending calls are all detached by now */
+    table_free(&st->local);
+    table_free(&st->refused);
+    free(st->decisions);
+    free(st);
+    w->rl = NULL;
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void count_decision(struct rl_worker *st, size_t tier, enum rl_outcome o)
+{
+    __atomic_fetch_add(&st->decisions[tier * RL_OUT__COUNT + o], 1, __ATOMIC_RELAXED);
+}
+
+/* ---- the stage ------------------------------------------------------------ */
+
+/* A request's decision in progress; owned by the request while it waits. */
+struct rl_ask {
+    struct req *r;
+    struct rl_call *call;  /* pending Redis call, or NULL */
+    struct rl_plan plan;
+};
+
+static int64_t ceil_s(int64_t us)
+{
+    return (us + 999999) / 1000000;
+}
+
+/* The limit the headers describe: when admitted, the one with the fewest
+ * requests remaining; when refused, the refusing one that waits longest. */
+static size_t headline(const struct rl_plan *p, bool admitted, const struct rl_result *res)
+{
+    size_t best = 0;
+
+    for (size_t i = 1; i < p->n; i++) {
+        if (admitted ? res[i].remaining < res[best].remaining
+                     : !res[i].admits && (res[best].admits || res[i].retry_us > res[best].retry_us))
+            best = i;
+    }
+    return best;
+}
+
+static void add_headers(struct req *r, const struct rl_gcra *g, const struct rl_result *res)
+{
+    char line[256];
+    int n;
+
+    n = snprintf(line, sizeof(line),
+                 "X-RateLimit-Limit: %u\r\nX-RateLimit-Remaining: %u\r\nX-RateLimit-Reset: %lld\r\n",
+                 g->limit, res->remaining, (long long)ceil_s(res->reset_us));
+    respond_add_header(r, line, (size_t)n);
+    if (!r->cfg->rate_limit.ietf_headers)
+        return;
+    /* draft-ietf-httpapi-ratelimit-headers-07, sections 4 and 5 */
+    n = snprintf(line, sizeof(line),
+                 "RateLimit-Policy: %u;w=%u\r\nRateLimit: limit=%u, remaining=%u, reset=%lld\r\n",
+                 g->limit, g->window, g->limit, res->remaining,
+                 (long long)ceil_s(res->reset_us));
+    respond_add_header(r, line, (size_t)n);
+}
+
+/* Answer or pass the request on a decision, with the rate-limit headers. */
+static enum stage_verdict apply(struct req *r, const struct rl_plan *p, bool admitted,
+                                const struct rl_result *res, enum rl_outcome out)
+{
+    size_t h = headline(p, admitted, res);
+
+    count_decision(r->c->w->rl, p->tier, out);
+    add_headers(r, &p->g[h], &res[h]);
+    if (admitted)
+        return STAGE_NEXT;
+    char extra[64];
+    int64_t retry = ceil_s(res[h].retry_us);
+    snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (long long)(retry > 0 ? retry : 1));
+    respond_error(r, FG_ERR_RATE_LIMITED, extra);
+    return STAGE_ANSWERED;
+}
+
+/* on_redis_failure = "local": the same limits in this worker alone. */
+static enum stage_verdict decide_local(struct req *r, const struct rl_plan *p)
+{
+    struct rl_worker *st = r->c->w->rl;
+    int64_t now = mono_us(), tat[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
+    struct rl_result res[RL_MAX_LIMITS];
+
+    for (size_t i = 0; i < p->n; i++) {
+        struct rl_slot *s = table_find(&st->local, p->key[i], p->key_len[i], now);
+        tat[i] = s ? s->until : 0;
+    }
+    bool admitted = rl_gcra_decide(p->g, tat, p->n, now, after, res);
+    for (size_t i = 0; admitted && i < p->n; i++) {
+        struct rl_slot *s = table_put(&st->local, p->key[i], p->key_len[i], now);
+        if (s != NULL)
+            s->until = after[i];
+    }
+    return apply(r, p, admitted, res, admitted ? RL_OUT_LOCAL_ALLOWED : RL_OUT_LOCAL_LIMITED);
+}
+
+static enum stage_verdict decide_without_redis(struct req *r, const struct rl_plan *p)
+{
+    switch (r->cfg->rate_limit.on_redis_failure) {
+    case FG_REDIS_FAIL_LOCAL:
+        return decide_local(r, p);
+    case FG_REDIS_FAIL_ALLOW:
+        count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_OPEN);
+        return STAGE_NEXT;
+    case FG_REDIS_FAIL_DENY:
+        break;
+    }
+    count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_CLOSED);
+    r->error_code = "rate limit store unavailable";
+    respond_error(r, FG_ERR_UNAVAILABLE, NULL);
+    return STAGE_ANSWERED;
+}
+
+/* An identity Redis refused until T is refused here until T, without asking. */
+static bool refused_by_cache(struct req *r, const struct rl_plan *p, enum stage_verdict *v)
+{
+    struct rl_worker *st = r->c->w->rl;
+    struct rl_result res[RL_MAX_LIMITS];
+    int64_t now = mono_us();
+    bool hit = false;
+
+    for (size_t i = 0; i < p->n; i++) {
+        struct rl_slot *s = table_find(&st->refused, p->key[i], p->key_len[i], now);
+        res[i] = (struct rl_result){.admits = true, .remaining = p->g[i].limit};
+        if (s != NULL) {
+            res[i] = (struct rl_result){.retry_us = s->until - now, .reset_us = s->reset_at - now};
+            hit = true;
+        }
+    }
+    if (hit)
+        *v = apply(r, p, false, res, RL_OUT_LIMITED);
+    return hit;
+}
+
+static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
+                              const struct rl_result *res)
+{
+    int64_t now = mono_us();
+
+    for (size_t i = 0; i < p->n; i++) {
+        if (res[i].admits || res[i].retry_us <= 0)
+            continue;
+        struct rl_slot *s = table_put(&st->refused, p->key[i], p->key_len[i], now);
+        if (s == NULL)
+            continue;
+        s->until = now + res[i].retry_us;
+        s->reset_at = now + res[i].reset_us;
+        s->limit = p->g[i].limit;
+        s->window = p->g[i].window;
+    }
+}
+
+/* The script's reply: 4 integers per limit (see rl_script). 0 or -1. */
+static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res, bool *admitted)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 * n)
+        return -1;
+    for (size_t i = 0; i < 4 * n; i++)
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER || reply->element[i]->integer < 0)
+            return -1;
+    *admitted = true;
+    for (size_t i = 0; i < n; i++) {
+        redisReply **e = &reply->element[4 * i];
+        res[i].admits = e[0]->integer == 1;
+        res[i].remaining = e[1]->integer > UINT32_MAX ? UINT32_MAX : (uint32_t)e[1]->integer;
+        res[i].reset_us = e[2]->integer * 1000;
+        res[i].retry_us = e[3]->integer * 1000;
+        *admitted = *admitted && res[i].admits;
+    }
+    return 0;
+}
+
+/* The request ended while waiting: let go of the call, then of the ask. */
+static void ask_cancel(void *arg)
+{
+    struct rl_ask *q = arg;
+
+    if (q->call != NULL)
+        rl_call_detach(q->call);
+    free(q);
+}
+
+static void ask_done(void *arg, enum rl_call_status status, const redisReply *reply)
+{
+    struct rl_ask *q = arg;
+    struct req *r = q->r;
+    struct conn *c = r->c;
+    struct rl_result res[RL_MAX_LIMITS];
+    enum stage_verdict v;
+    bool admitted;
+
+    q->call = NULL;
+    stage_set_cancel(r, NULL, NULL); /* the response below may end the request */
+    conn_hold(c);
+    if (status == RL_CALL_OK && parse_reply(reply, q->plan.n, res, &admitted) == 0) {
+        if (!admitted)
+            remember_refusals(c->w->rl, &q->plan, res);
+        v = apply(r, &q->plan, admitted, res, admitted ? RL_OUT_ALLOWED : RL_OUT_LIMITED);
+    } else {
+        if (status == RL_CALL_OK)
+            log_warn("redis: unexpected reply to the rate-limit script%s%s",
+                     reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                     reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        v = decide_without_redis(r, &q->plan);
+    }
+    free(q);
+    stage_resume(r, v);
+    conn_release(c);
+}
+
+/* Ask Redis; STAGE_WAIT when the call is on its way. */
+static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q)
+{
+    const char *argv[3 * RL_MAX_LIMITS];
+    size_t argvlen[3 * RL_MAX_LIMITS];
+    char num[2 * RL_MAX_LIMITS][24];
+    size_t n = q->plan.n;
+
+    for (size_t i = 0; i < n; i++) {
+        argv[i] = q->plan.key[i];
+        argvlen[i] = q->plan.key_len[i];
+        argvlen[n + 2 * i] = (size_t)snprintf(num[2 * i], sizeof(num[0]), "%lld",
+                                              (long long)q->plan.g[i].interval);
+        argvlen[n + 2 * i + 1] =
+            (size_t)snprintf(num[2 * i + 1], sizeof(num[0]), "%u", q->plan.g[i].limit);
+        argv[n + 2 * i] = num[2 * i];
+        argv[n + 2 * i + 1] = num[2 * i + 1];
+    }
+    q->r = r;
+    q->call = rl_link_eval(r->c->w->rl->link, (int)n, (int)(2 * n), argv, argvlen, ask_done, q);
+    if (q->call == NULL)
+        return STAGE_NEXT;
+    stage_set_cancel(r, ask_cancel, q);
+    return STAGE_WAIT;
+}
+
+static enum stage_verdict ratelimit_run(struct req *r)
+{
+    const struct fg_ratelimit *rl = &r->cfg->rate_limit;
+    struct rl_worker *st = r->c->w->rl;
+    enum stage_verdict v;
+
+    if (!rl->enabled || st == NULL)
+        return STAGE_NEXT;
+    struct rl_ask *q = malloc(sizeof(*q));
+    struct rl_subject s = {
+        .client_ip = r->client_ip, .user = r->user, .tier = r->tier,
+        .path = r->path, .path_len = r->path_len, .method = r->h.method,
+        .tier_limited = r->route == NULL || r->route->rate_limit,
+    };
+    if (q == NULL || rl_plan_build(rl, &s, &q->plan) < 0 || q->plan.n == 0) {
+        free(q);
+        return STAGE_NEXT;
+    }
+    if (refused_by_cache(r, &q->plan, &v)) {
+        free(q);
+        return v;
+    }
+    if (rl_link_state(st->link) == RL_LINK_UP && ask_redis(r, q) == STAGE_WAIT)
+        return STAGE_WAIT;
+    v = decide_without_redis(r, &q->plan);
+    free(q);
+    return v;
+}
+
+const struct stage ratelimit_stage = {"ratelimit", ratelimit_run};
+
+/* ---- admin ---------------------------------------------------------------- */
+
+const char *ratelimit_redis_state(const struct worker *workers, unsigned n)
+{
+    if (n == 0 || !workers[0].cfg->rate_limit.enabled)
+        return "disabled";
+    for (unsigned i = 0; i < n; i++)
+        if (workers[i].rl == NULL || rl_link_state(workers[i].rl->link) != RL_LINK_UP)
+            return "down";
+    return "up";
+}
+
+static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_link_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (unsigned i = 0; i < n; i++) {
+        struct rl_link_stats s;
+        if (workers[i].rl == NULL)
+            continue;
+        rl_link_stats(workers[i].rl->link, &s);
+        out->calls += s.calls;
+        out->errors += s.errors;
+        out->lat_sum_us += s.lat_sum_us;
+        for (size_t b = 0; b <= RL_LAT_BUCKETS; b++)
+            out->lat_buckets[b] += s.lat_buckets[b];
+    }
+}
+
+static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t idx)
+{
+    uint64_t total = 0;
+
+    for (unsigned i = 0; i < n; i++)
+        if (workers[i].rl != NULL)
+            total += __atomic_load_n(&workers[i].rl->decisions[idx], __ATOMIC_RELAXED);
+    return total;
+}
+
+#define APPEND(...)                                                                                \
+    (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
+
+size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, size_t cap)
+{
+    const struct fg_ratelimit *rl = n ? &workers[0].cfg->rate_limit : NULL;
+    struct rl_link_stats s;
+    size_t len = 0;
+    uint64_t cum = 0;
+
+    APPEND("# TYPE flowgate_ratelimit_decisions_total counter\n");
+    for (size_t t = 0; rl != NULL && rl->enabled && t < rl->ntiers; t++)
+        for (size_t o = 0; o < RL_OUT__COUNT; o++)
+            APPEND("flowgate_ratelimit_decisions_total{tier=\"%s\",outcome=\"%s\"} %llu\n",
+                   rl->tiers[t].name, rl_outcome_str((enum rl_outcome)o),
+                   (unsigned long long)sum_decisions(workers, n, t * RL_OUT__COUNT + o));
+    sum_link_stats(workers, n, &s);
+    APPEND("# TYPE flowgate_redis_up gauge\nflowgate_redis_up %d\n",
+           strcmp(ratelimit_redis_state(workers, n), "up") == 0);
+    APPEND("# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
+           (unsigned long long)s.errors);
+    APPEND("# TYPE flowgate_redis_call_duration_seconds histogram\n");
+    for (size_t b = 0; b < RL_LAT_BUCKETS; b++) {
+        cum += s.lat_buckets[b];
+        APPEND("flowgate_redis_call_duration_seconds_bucket{le=\"%g\"} %llu\n",
+               rl_lat_bounds_us[b] / 1e6, (unsigned long long)cum);
+    }
+    cum += s.lat_buckets[RL_LAT_BUCKETS];
+    APPEND("flowgate_redis_call_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+           "flowgate_redis_call_duration_seconds_sum %.6f\n"
+           "flowgate_redis_call_duration_seconds_count %llu\n",
+           (unsigned long long)cum, s.lat_sum_us / 1e6, (unsigned long long)s.calls);
+    return len;
+}

@@ -1,0 +1,374 @@
+"""Redis-backed tiered rate limits (SPEC sections 2, 3 and 5): exact bursts per
+tier and endpoint, the 429 and its headers, limits shared by instances through
+one Redis, the steady admitted rate, and each on_redis_failure mode while
+Redis is killed, paused and restarted.
+
+Every test starts its own redis-server (harness.RedisServer). Tokens are
+HS256 JWTs made here with the standard library, signed with the secret the
+harness gives flowgate.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+
+from harness import (JWT_SECRET, Flowgate, RedisServer, Upstream, assert_error, check, eq,
+                     fail, plain_request)
+
+TIMEOUT = 90
+
+REDIS_PASSWORD = "redis-test-password-0123"
+
+
+# ------------------------------------------------------------------ helpers
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt(sub, tier=None):
+    claims = {"sub": sub, "type": "access", "iat": int(time.time()) - 5,
+              "exp": int(time.time()) + 600}
+    if tier is not None:
+        claims["tier"] = tier
+    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64u(json.dumps(claims).encode())
+    mac = hmac.new(JWT_SECRET.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
+    return head + "." + body + "." + b64u(mac)
+
+
+def bearer(sub, tier=None):
+    return [("Authorization", "Bearer " + jwt(sub, tier))]
+
+
+def rl_config(server, tiers=None, endpoints=(), routes=None, env_password=False, **over):
+    rl = {
+        "redis": {"address": server.addr, "timeout_ms": 250, "key_prefix": "fgtest:"},
+        "on_redis_failure": "local",
+        "trusted_proxies": ["127.0.0.1/32"],
+        "tiers": tiers or {"anonymous": {"limit": 5, "window": 60}},
+        "endpoints": tuple(endpoints),
+    }
+    if env_password:
+        rl["redis"]["password_env"] = "FG_REDIS_PASSWORD"
+    rl.update(over)
+    cfg = {"rate_limit": rl}
+    if routes is not None:
+        cfg["routes"] = routes
+    return cfg
+
+
+def readyz(fg):
+    r = plain_request(fg.admin_port, "GET", "/readyz", host="127.0.0.1", timeout=5.0)
+    eq(r.status, 200, "/readyz status")
+    return r.json()
+
+
+def wait_redis(fg, state, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = readyz(fg).get("redis")
+        if last == state:
+            return
+        time.sleep(0.05)
+    fail("/readyz did not report redis %r within %.0f s (last %r)" % (state, timeout, last))
+
+
+def metrics(fg):
+    r = plain_request(fg.admin_port, "GET", "/metrics", host="127.0.0.1", timeout=5.0)
+    eq(r.status, 200, "/metrics status")
+    return r.body.decode()
+
+
+def metric(text, name, labels=""):
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def from_ip(ip):
+    return [("X-Forwarded-For", ip)]
+
+
+def burst(fg, n, path="/", headers=(), method="GET", body=None):
+    """N requests on keep-alive connections (a new one after a response that
+    closes, e.g. a 429 to a request whose body was not read); returns the responses."""
+    out = []
+    c = fg.tls()
+    try:
+        for _ in range(n):
+            r = c.request(method, path, headers=list(headers), body=body)
+            out.append(r)
+            if "close" in (r.header("Connection") or "").lower():
+                c.close()
+                c = fg.tls()
+    finally:
+        c.close()
+    return out
+
+
+def rl_headers(r):
+    vals = []
+    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        eq(len(r.all(name)), 1, "number of %s headers on a %d" % (name, r.status))
+        v = r.header(name)
+        check(v.isdigit(), "%s is not an integer: %r" % (name, v))
+        vals.append(int(v))
+    return tuple(vals)
+
+
+def assert_exact_burst(rs, limit, window):
+    """RS: LIMIT admitted with Remaining counting down, then 429s."""
+    for i, r in enumerate(rs[:limit]):
+        eq(r.status, 200, "status of request %d of a burst of %d" % (i + 1, limit))
+        lim, rem, reset = rl_headers(r)
+        eq(lim, limit, "X-RateLimit-Limit")
+        eq(rem, limit - 1 - i, "X-RateLimit-Remaining after request %d" % (i + 1))
+        check(1 <= reset <= window, "X-RateLimit-Reset %d outside 1..%d" % (reset, window))
+    for r in rs[limit:]:
+        assert_limited(r, limit, window)
+
+
+def assert_limited(r, limit, window):
+    assert_error(r, 429, "rate_limited")
+    lim, rem, reset = rl_headers(r)
+    eq(lim, limit, "X-RateLimit-Limit on the 429")
+    eq(rem, 0, "X-RateLimit-Remaining on the 429")
+    retry = r.header("Retry-After")
+    check(retry is not None and retry.isdigit(), "Retry-After missing or not seconds: %r" % retry)
+    interval = -(-window // limit)
+    check(1 <= int(retry) <= interval,
+          "Retry-After %s outside 1..%d (one emission interval)" % (retry, interval))
+    check(int(retry) <= reset <= window, "X-RateLimit-Reset %d not in Retry-After..window" % reset)
+
+
+# ------------------------------------------------------------------ tests
+
+def test_ratelimit_anonymous_burst_is_exact():
+    """Anonymous by IP: LIMIT admitted, LIMIT+1 refused with consistent headers;
+    AUTH and SELECT on the way; later refusals come from the refusal cache;
+    a flushed script cache is reloaded (NOSCRIPT) without failing a request."""
+    with RedisServer(password=REDIS_PASSWORD) as redis, Upstream() as up, \
+            Flowgate(rl_config(redis, env_password=True,
+                               redis={"address": redis.addr, "database": 3, "timeout_ms": 250,
+                                      "key_prefix": "fgtest:",
+                                      "password_env": "FG_REDIS_PASSWORD"}),
+                     upstream=up, env={"FG_REDIS_PASSWORD": REDIS_PASSWORD}) as fg:
+        wait_redis(fg, "up")
+        rs = burst(fg, 7, "/a")
+        assert_exact_burst(rs, 5, 60)
+        eq(len(up.requests()), 5, "requests that reached the upstream")
+        for r in rs:
+            check(not r.has("RateLimit-Policy"), "IETF headers sent while ietf_headers is off")
+        stats = redis.command("INFO", "commandstats")
+        m = re.search(r"cmdstat_evalsha:calls=(\d+)", stats)
+        eq(int(m.group(1)) if m else 0, 6, "EVALSHA calls (the 7th is refused from the cache)")
+        check("db3:keys=1" in redis.command("INFO", "keyspace"), "the key is not in database 3")
+        # another identity (a trusted proxy's client), after SCRIPT FLUSH
+        redis.command("SCRIPT", "FLUSH")
+        rs = burst(fg, 6, "/b", headers=from_ip("203.0.113.50"))
+        assert_exact_burst(rs, 5, 60)
+        text = metrics(fg)
+        eq(metric(text, "flowgate_ratelimit_decisions_total",
+                  '{tier="anonymous",outcome="allowed"}'), 10.0, "allowed decisions")
+        eq(metric(text, "flowgate_ratelimit_decisions_total",
+                  '{tier="anonymous",outcome="limited"}'), 3.0, "limited decisions")
+        eq(metric(text, "flowgate_redis_errors_total"), 0.0, "redis errors")
+        check((metric(text, "flowgate_redis_call_duration_seconds_count") or 0) >= 10,
+              "redis call latency not counted")
+        eq(readyz(fg)["redis"], "up", "readyz redis")
+
+
+def test_ratelimit_tiers_by_token():
+    """Authenticated by sub, premium and named tiers by the tier claim, an
+    unknown claim value as authenticated; each burst exact and independent."""
+    tiers = {"anonymous": {"limit": 2, "window": 60}, "authenticated": {"limit": 4, "window": 60},
+             "premium": {"limit": 6, "window": 60}, "gold": {"limit": 3, "window": 60}}
+    routes = ({"host": "", "path": "/", "upstream": "api", "auth": "optional"},)
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers, routes=routes), upstream=up) as fg:
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 3, "/x"), 2, 60)
+        assert_exact_burst(burst(fg, 5, "/x", bearer("alice")), 4, 60)
+        assert_exact_burst(burst(fg, 7, "/x", bearer("bob", "premium")), 6, 60)
+        assert_exact_burst(burst(fg, 4, "/x", bearer("carol", "gold")), 3, 60)
+        assert_exact_burst(burst(fg, 5, "/x", bearer("dave", "platinum")), 4, 60)
+        # alice's quota is hers alone, whatever her address
+        assert_limited(burst(fg, 1, "/x", bearer("alice") + from_ip("198.51.100.7"))[0], 4, 60)
+        text = metrics(fg)
+        eq(metric(text, "flowgate_ratelimit_decisions_total",
+                  '{tier="premium",outcome="allowed"}'), 6.0, "premium admitted")
+        eq(metric(text, "flowgate_ratelimit_decisions_total",
+                  '{tier="authenticated",outcome="limited"}'), 3.0, "authenticated refused")
+
+
+def test_ratelimit_endpoint_limits():
+    """Endpoint limits by path prefix and method, with the tier limit: the
+    headers describe the tighter one; a refused request uses no tier quota;
+    rate_limit = false drops the tier limit but not endpoint limits; key
+    "user" without a user keys by IP; IETF headers when enabled."""
+    endpoints = (
+        {"path": "/api/auth/login", "methods": ["POST"], "limit": 3, "window": 60, "key": "ip"},
+        {"path": "/gen", "limit": 2, "window": 60, "key": "user"},
+        {"path": "/health/deep", "limit": 1, "window": 60, "key": "ip"},
+    )
+    routes = ({"host": "", "path": "/", "upstream": "api", "auth": "optional"},
+              {"host": "", "path": "/health", "upstream": "api", "auth": "none",
+               "rate_limit": False})
+    tiers = {"anonymous": {"limit": 50, "window": 60}, "authenticated": {"limit": 50, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers, endpoints=endpoints, routes=routes,
+                               ietf_headers=True), upstream=up) as fg:
+        wait_redis(fg, "up")
+        rs = burst(fg, 5, "/api/auth/login", method="POST", body="{}")
+        assert_exact_burst(rs, 3, 60)
+        eq(rs[0].header("RateLimit-Policy"), "3;w=60", "RateLimit-Policy")
+        check(re.match(r"^limit=3, remaining=2, reset=\d+$", rs[0].header("RateLimit") or ""),
+              "RateLimit header: %r" % rs[0].header("RateLimit"))
+        # GET is not limited by the POST endpoint; the two refused POSTs used no tier quota
+        r = burst(fg, 1, "/api/auth/login")[0]
+        eq(r.status, 200, "GET on the login path")
+        eq(rl_headers(r)[:2], (50, 50 - 3 - 1), "tier limit after 3 admitted POSTs and 1 GET")
+        eq(burst(fg, 1, "/api/auth/loginx", method="POST", body="{}")[0].status, 200,
+           "a path that only shares a prefix string")
+        # rate_limit = false: no tier limit, no headers; the endpoint limit still applies
+        r = burst(fg, 1, "/health")[0]
+        eq(r.status, 200, "/health")
+        check(not r.has("X-RateLimit-Limit"), "rate-limit headers on a rate_limit = false route")
+        assert_exact_burst(burst(fg, 2, "/health/deep"), 1, 60)
+        # key "user": anonymous clients by IP, users by sub
+        assert_exact_burst(burst(fg, 3, "/gen", headers=from_ip("192.0.2.1")), 2, 60)
+        assert_exact_burst(burst(fg, 3, "/gen", headers=bearer("erin")), 2, 60)
+        eq(burst(fg, 1, "/gen", headers=bearer("frank"))[0].status, 200, "another user on /gen")
+
+
+def test_ratelimit_three_instances_share_one_redis():
+    """One identity's burst spread over three instances: exactly LIMIT in total."""
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis), upstream=up) as a, \
+            Flowgate(rl_config(redis), upstream=up) as b, \
+            Flowgate(rl_config(redis), upstream=up) as c:
+        for fg in (a, b, c):
+            wait_redis(fg, "up")
+        conns = [fg.tls() for fg in (a, b, c)]
+        try:
+            statuses = []
+            for i in range(12):
+                r = conns[i % 3].request("GET", "/shared", headers=from_ip("203.0.113.77"))
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert_limited(r, 5, 60)
+        finally:
+            for conn in conns:
+                conn.close()
+        eq(statuses, [200] * 5 + [429] * 7, "statuses across three instances")
+        # concurrently, from three threads at once, for a fresh identity
+        results = []
+        lock = threading.Lock()
+
+        def hammer(fg):
+            with fg.tls() as conn:
+                for _ in range(6):
+                    s = conn.request("GET", "/race", headers=from_ip("203.0.113.78")).status
+                    with lock:
+                        results.append(s)
+
+        threads = [threading.Thread(target=hammer, args=(fg,)) for fg in (a, b, c)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        eq(len(results), 18, "responses from the concurrent burst")
+        eq(results.count(200), 5, "admitted in total across three instances")
+
+
+def test_ratelimit_steady_rate():
+    """limit 5 per 1 s, hammered for 3 s: 5 + 3 * 5 admitted (GCRA steady rate)."""
+    tiers = {"anonymous": {"limit": 5, "window": 1}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers), upstream=up) as fg:
+        wait_redis(fg, "up")
+        admitted = 0
+        sent = 0
+        with fg.tls() as conn:
+            start = time.monotonic()
+            while time.monotonic() - start < 3.0:
+                r = conn.request("GET", "/steady")
+                sent += 1
+                admitted += r.status == 200
+                check(r.status in (200, 429), "status %d" % r.status)
+            elapsed = time.monotonic() - start
+        expected = 5 + elapsed * 5
+        check(sent > 3 * expected, "too few requests to saturate the limit (%d sent)" % sent)
+        check(abs(admitted - expected) <= 2,
+              "admitted %d in %.2f s, expected %.1f (limit 5 + 5/s)" % (admitted, elapsed, expected))
+
+
+def redis_failure_phases(mode, expect_down, expect_paused):
+    """Redis killed, restarted, paused and resumed under on_redis_failure MODE.
+    EXPECT_DOWN(fg, ip) and EXPECT_PAUSED(fg, ip) check what clients get."""
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers, on_redis_failure=mode), upstream=up) as fg:
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/p", from_ip("198.51.100.1")), 3, 60)
+        redis.kill()
+        wait_redis(fg, "down")
+        expect_down(fg, "198.51.100.2")
+        redis.start()
+        wait_redis(fg, "up")
+        # recovered without a restart of flowgate: Redis decides again
+        assert_exact_burst(burst(fg, 4, "/p", from_ip("198.51.100.5")), 3, 60)
+        redis.pause()
+        t0 = time.monotonic()
+        expect_paused(fg, "198.51.100.3")
+        check(time.monotonic() - t0 < 10, "requests stalled behind a paused Redis")
+        check(readyz(fg)["redis"] == "down", "readyz while Redis is paused")
+        redis.resume()
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/p", from_ip("198.51.100.4")), 3, 60)
+        text = metrics(fg)
+        check(metric(text, "flowgate_redis_errors_total") >= 2, "redis errors not counted")
+        return text
+
+
+def test_ratelimit_redis_failure_local():
+    def limited_here(fg, ip):
+        assert_exact_burst(burst(fg, 4, "/p", from_ip(ip)), 3, 60)
+
+    text = redis_failure_phases("local", limited_here, limited_here)
+    eq(metric(text, "flowgate_ratelimit_decisions_total",
+              '{tier="anonymous",outcome="local_allowed"}'), 6.0, "local admissions")
+
+
+def test_ratelimit_redis_failure_allow():
+    def admitted(fg, ip):
+        for r in burst(fg, 5, "/p", from_ip(ip)):
+            eq(r.status, 200, "status with Redis unavailable and on_redis_failure = allow")
+
+    text = redis_failure_phases("allow", admitted, admitted)
+    eq(metric(text, "flowgate_ratelimit_decisions_total",
+              '{tier="anonymous",outcome="failed_open"}'), 10.0, "fail-open admissions")
+
+
+def test_ratelimit_redis_failure_deny():
+    def denied(fg, ip):
+        for r in burst(fg, 2, "/p", from_ip(ip)):
+            assert_error(r, 503, "unavailable")
+
+    text = redis_failure_phases("deny", denied, denied)
+    eq(metric(text, "flowgate_ratelimit_decisions_total",
+              '{tier="anonymous",outcome="failed_closed"}'), 4.0, "503 answers")
+
+
+def test_ratelimit_off_without_group():
+    """No rate_limit group: no headers, and /readyz says redis is disabled."""
+    with Upstream(record=False) as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/")
+        eq(r.status, 200, "status")
+        check(not r.has("X-RateLimit-Limit"), "rate-limit headers without a rate_limit group")
+        eq(readyz(fg)["redis"], "disabled", "readyz redis")
