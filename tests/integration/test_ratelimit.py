@@ -372,3 +372,50 @@ def test_ratelimit_off_without_group():
         eq(r.status, 200, "status")
         check(not r.has("X-RateLimit-Limit"), "rate-limit headers without a rate_limit group")
         eq(readyz(fg)["redis"], "disabled", "readyz redis")
+
+
+def gcra_script():
+    """The Lua source, read from the C string literal in gateway/ratelimit.c."""
+    import codecs
+    import os
+    src = open(os.path.join(os.path.dirname(__file__), "..", "..", "gateway",
+                            "ratelimit.c")).read()
+    body = src.split("static const char rl_script[] =", 1)[1].split(";\n", 1)[0]
+    return "".join(codecs.decode(p, "unicode_escape") for p in re.findall(r'"((?:[^"\\]|\\.)*)"',
+                                                                             body))
+
+
+def test_ratelimit_script_matches_c_cases():
+    """The script's arithmetic on Redis's clock, with the cases the C unit tests
+    (tests/unit/test_ratelimit.c) give the local limiter: exact burst,
+    retry-after of one interval, reset of the whole window, all-or-nothing."""
+    script = gcra_script()
+    with RedisServer() as redis:
+        sha = redis.command("SCRIPT", "LOAD", script)
+        rs = [redis.command("EVALSHA", sha, 1, "k", 12000000, 5) for _ in range(6)]
+        for i, r in enumerate(rs[:5]):
+            eq(r[:2], [1, 4 - i], "admits, remaining of request %d" % (i + 1))
+            check((i + 1) * 12000 - 1000 <= r[2] <= (i + 1) * 12000, "reset ms %r" % r)
+            eq(r[3], 0, "retry-after of an admitted request")
+        eq(rs[0][2], 12000, "reset after the first request: one interval")
+        eq(rs[5][:2], [0, 0], "request 6 of a burst of 5")
+        check(59000 <= rs[5][2] <= 60000, "reset on refusal %r" % rs[5])
+        check(11000 <= rs[5][3] <= 12000, "retry-after on refusal %r" % rs[5])
+        check(59000 <= redis.command("PTTL", "k") <= 60000, "key expires at its TAT")
+        check(redis.command("GET", "k").isdigit(), "TAT stored as an integer")
+        # all or nothing: limit b refuses, limit a keeps its quota
+        for _ in range(2):
+            r = redis.command("EVALSHA", sha, 2, "a", "b", 6000000, 10, 30000000, 2)
+            eq([r[0], r[4]], [1, 1], "both admit")
+        before = redis.command("GET", "a")
+        r = redis.command("EVALSHA", sha, 2, "a", "b", 6000000, 10, 30000000, 2)
+        eq(r[0:2], [1, 8], "limit a admits, remaining unchanged")
+        eq(r[4:6], [0, 0], "limit b refuses")
+        eq(r[3], 0, "no retry-after for the admitting limit")
+        check(29000 <= r[7] <= 30000, "retry-after of b %r" % r)
+        eq(redis.command("GET", "a"), before, "a refused request consumed limit a's quota")
+        # a limit of one per window
+        r = [redis.command("EVALSHA", sha, 1, "one", 60000000, 1) for _ in range(2)]
+        eq(r[0][:2], [1, 0], "limit 1: first admitted")
+        eq(r[1][:2], [0, 0], "limit 1: second refused")
+        check(59000 <= r[1][3] <= 60000, "limit 1: retry-after %r" % r[1])
