@@ -40,7 +40,8 @@ UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps run test unit fuzz-replay fuzz integration install clean certs asan format bench
+.PHONY: all deps run test unit fuzz-replay fuzz integration install clean certs asan format bench \
+	bench-jwt
 
 all: build/flowgate
 
@@ -106,6 +107,13 @@ run: deps
 
 bench: build/flowgate certs
 	@sh bench/run
+
+# CPU per token verification, uncached and cached (bench/jwt_bench.c).
+bench-jwt: build/bench/jwt_bench
+
+build/bench/jwt_bench: bench/jwt_bench.c $(filter-out build/obj/main.o,$(OBJS)) $(LLHTTP_OBJS)
+	@mkdir -p build/bench
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 install: build/flowgate
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/flowgate $(DESTDIR)/lib/systemd/system

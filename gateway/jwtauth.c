@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -125,11 +126,21 @@ int jwtauth_cookie(const char *value, size_t len, const char *name, const char *
     return found;
 }
 
-static bool b64url_char(unsigned char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '_';
-}
+/* ---- base64url ---------------------------------------------------------- */
+
+/* Value of each base64url character plus one; 0 for every other byte. */
+static const unsigned char b64url_table[256] = {
+    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,
+    ['H'] = 8,  ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14,
+    ['O'] = 15, ['P'] = 16, ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21,
+    ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28,
+    ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33, ['h'] = 34, ['i'] = 35,
+    ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41, ['p'] = 42,
+    ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
+    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['-'] = 63,
+    ['_'] = 64,
+};
 
 enum jwtauth_result jwtauth_shape(const char *tok, size_t len, size_t max)
 {
@@ -143,30 +154,13 @@ enum jwtauth_result jwtauth_shape(const char *tok, size_t len, size_t max)
             if (seg == 0 || ++dots > 2)
                 return JWTAUTH_MALFORMED;
             seg = 0;
-        } else if (b64url_char((unsigned char)tok[i])) {
+        } else if (b64url_table[(unsigned char)tok[i]]) {
             seg++;
         } else {
             return JWTAUTH_MALFORMED;
         }
     }
     return dots == 2 ? JWTAUTH_OK : JWTAUTH_MALFORMED;
-}
-
-/* ---- base64url ---------------------------------------------------------- */
-
-static int b64url_value(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '-')
-        return 62;
-    if (ch == '_')
-        return 63;
-    return -1;
 }
 
 ssize_t jwtauth_b64url_decode(const char *in, size_t len, unsigned char *out)
@@ -178,10 +172,10 @@ ssize_t jwtauth_b64url_decode(const char *in, size_t len, unsigned char *out)
     if (len % 4 == 1)
         return -1;
     for (size_t i = 0; i < len; i++) {
-        int v = b64url_value((unsigned char)in[i]);
-        if (v < 0)
+        unsigned v = b64url_table[(unsigned char)in[i]];
+        if (v == 0)
             return -1;
-        acc = (acc << 6) | (uint32_t)v;
+        acc = (acc << 6) | (v - 1);
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
@@ -248,6 +242,9 @@ static json_t *decode_object(const char *seg, size_t len)
 static const char *const alg_name[] = {
     [FG_JWT_HS256] = "HS256", [FG_JWT_HS384] = "HS384", [FG_JWT_HS512] = "HS512"};
 
+static const char *const alg_digest[] = {
+    [FG_JWT_HS256] = "SHA256", [FG_JWT_HS384] = "SHA384", [FG_JWT_HS512] = "SHA512"};
+
 static const EVP_MD *alg_md(enum fg_jwt_alg alg)
 {
     switch (alg) {
@@ -298,22 +295,38 @@ enum jwtauth_result jwtauth_check_header(const struct fg_jwt *jc, json_t *hdr, s
 
 /* ---- signature ---------------------------------------------------------- */
 
+/* HMAC of DATA under key I: with the thread's pre-keyed context when there
+ * is one (no key schedule, no algorithm fetch per request), else one-shot. */
+static int hmac_key(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed, size_t i,
+                    const char *data, size_t len, unsigned char *mac, size_t *mac_len)
+{
+    const struct fg_jwt_key *k = &jc->keys[i];
+    unsigned int n = 0;
+
+    if (keyed && keyed[i] && EVP_MAC_init(keyed[i], NULL, 0, NULL) &&
+        EVP_MAC_update(keyed[i], (const unsigned char *)data, len) &&
+        EVP_MAC_final(keyed[i], mac, mac_len, EVP_MAX_MD_SIZE))
+        return 0;
+    if (HMAC(alg_md(jc->algorithm), k->secret, (int)k->secret_len, (const unsigned char *)data,
+             len, mac, &n) == NULL)
+        return -1;
+    *mac_len = n;
+    return 0;
+}
+
 /* RFC 7515 section 5.2: the signature over the ASCII "header.payload" must
  * be the HMAC under one of the candidate keys. Comparing the encoded forms
  * (canonical on our side) refuses any other spelling of the same bytes. */
-static enum jwtauth_result check_signature(const struct fg_jwt *jc, const char *tok,
-                                           size_t signed_len, const char *sig, size_t sig_len,
-                                           size_t first, size_t count)
+static enum jwtauth_result check_signature(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed,
+                                           const char *tok, size_t signed_len, const char *sig,
+                                           size_t sig_len, size_t first, size_t count)
 {
-    const EVP_MD *md = alg_md(jc->algorithm);
     unsigned char mac[EVP_MAX_MD_SIZE];
     char enc[EVP_MAX_MD_SIZE * 2];
-    unsigned int mac_len = 0;
+    size_t mac_len = 0;
 
     for (size_t i = first; i < first + count; i++) {
-        const struct fg_jwt_key *k = &jc->keys[i];
-        if (HMAC(md, k->secret, (int)k->secret_len, (const unsigned char *)tok, signed_len, mac,
-                 &mac_len) == NULL)
+        if (hmac_key(jc, keyed, i, tok, signed_len, mac, &mac_len) < 0)
             return JWTAUTH_INTERNAL;
         size_t enc_len = b64url_encode(mac, mac_len, enc);
         if (enc_len == sig_len && CRYPTO_memcmp(enc, sig, sig_len) == 0)
@@ -487,8 +500,9 @@ enum jwtauth_result jwtauth_check_claims(const struct fg_jwt *jc, json_t *claims
 
 /* ---- the whole verification -------------------------------------------- */
 
-enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len,
-                                   time_t now, struct jwtauth_identity *id)
+static enum jwtauth_result verify_keyed(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed,
+                                        const char *tok, size_t len, time_t now,
+                                        struct jwtauth_identity *id)
 {
     enum jwtauth_result res = jwtauth_shape(tok, len, jc->max_token_bytes);
     size_t first = 0, count = 0;
@@ -508,8 +522,8 @@ enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, siz
     if (res != JWTAUTH_OK)
         return res;
     /* Only a signed payload is ever parsed. */
-    res = check_signature(jc, tok, (size_t)(dot2 - tok), sig, len - (size_t)(sig - tok), first,
-                          count);
+    res = check_signature(jc, keyed, tok, (size_t)(dot2 - tok), sig, len - (size_t)(sig - tok),
+                          first, count);
     if (res != JWTAUTH_OK)
         return res;
     json_t *claims = decode_object(pay, (size_t)(dot2 - pay));
@@ -518,6 +532,12 @@ enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, siz
     res = jwtauth_check_claims(jc, claims, now, id);
     json_decref(claims);
     return res;
+}
+
+enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len,
+                                   time_t now, struct jwtauth_identity *id)
+{
+    return verify_keyed(jc, NULL, tok, len, now, id);
 }
 
 /* ---- cache -------------------------------------------------------------- */
@@ -540,6 +560,9 @@ struct cache_entry {
 
 struct jwtauth_cache {
     struct fg_config *cfg;       /* entries were verified under it (ref held) */
+    EVP_MAC *hmac;               /* fetched once */
+    EVP_MAC_CTX **keyed;         /* one per cfg->jwt key, keyed once; NULL entries allowed */
+    size_t nkeyed;
     uint64_t seed;               /* per cache: collisions cannot be planned */
     uint64_t clock;              /* use counter for stamps */
     size_t nsets;                /* power of two */
@@ -557,12 +580,47 @@ struct jwtauth_cache *jwtauth_cache_new(size_t nentries)
         nsets <<= 1;
     c->nsets = nsets;
     c->entries = calloc(nsets * CACHE_WAYS, sizeof(*c->entries));
+    c->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     if (c->entries == NULL || RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1) {
+        EVP_MAC_free(c->hmac);
         free(c->entries);
         free(c);
         return NULL;
     }
     return c;
+}
+
+static void unkey(struct jwtauth_cache *c)
+{
+    for (size_t i = 0; i < c->nkeyed; i++)
+        EVP_MAC_CTX_free(c->keyed[i]);
+    free(c->keyed);
+    c->keyed = NULL;
+    c->nkeyed = 0;
+}
+
+/* Key one HMAC context per configured key. A context that cannot be made
+ * stays NULL: that key is then computed one-shot (slower, same result). */
+static void key_contexts(struct jwtauth_cache *c, const struct fg_jwt *jc)
+{
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                         (char *)alg_digest[jc->algorithm], 0),
+        OSSL_PARAM_construct_end(),
+    };
+
+    unkey(c);
+    if (c->hmac == NULL || jc->nkeys == 0 ||
+        (c->keyed = calloc(jc->nkeys, sizeof(*c->keyed))) == NULL)
+        return;
+    c->nkeyed = jc->nkeys;
+    for (size_t i = 0; i < jc->nkeys; i++) {
+        EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(c->hmac);
+        if (ctx && EVP_MAC_init(ctx, jc->keys[i].secret, jc->keys[i].secret_len, params))
+            c->keyed[i] = ctx;
+        else
+            EVP_MAC_CTX_free(ctx);
+    }
 }
 
 static void entry_clear(struct cache_entry *e)
@@ -583,6 +641,8 @@ void jwtauth_cache_free(struct jwtauth_cache *cache)
     if (cache == NULL)
         return;
     cache_flush(cache);
+    unkey(cache);
+    EVP_MAC_free(cache->hmac);
     cfg_unref(cache->cfg);
     free(cache->entries);
     free(cache);
@@ -671,6 +731,7 @@ enum jwtauth_result jwtauth_cached_verify(struct jwtauth_cache *cache, struct fg
         cache_flush(cache);
         cfg_unref(cache->cfg);
         cache->cfg = cfg_ref(cfg);
+        key_contexts(cache, &cfg->jwt);
     }
     uint64_t h = token_hash(cache, tok, len);
     struct cache_entry *e = cache_find(cache, h, tok, len);
@@ -684,7 +745,7 @@ enum jwtauth_result jwtauth_cached_verify(struct jwtauth_cache *cache, struct fg
         }
         entry_clear(e); /* expired since: verify again to report why */
     }
-    enum jwtauth_result res = jwtauth_verify(&cfg->jwt, tok, len, now, id);
+    enum jwtauth_result res = verify_keyed(&cfg->jwt, cache->keyed, tok, len, now, id);
     if (res == JWTAUTH_OK)
         cache_store(cache, h, tok, len, id);
     return res;

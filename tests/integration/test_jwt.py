@@ -239,7 +239,7 @@ def metrics(fg):
     for line in r.body.decode().splitlines():
         if line and not line.startswith("#"):
             k, v = line.rsplit(" ", 1)
-            out[k] = int(v)
+            out[k] = float(v)
     return out
 
 
