@@ -83,8 +83,7 @@ bool cors_origin_allowed(const struct fg_cors *c, const char *origin, size_t len
     return c->any_origin && cors_origin_wellformed(origin, len);
 }
 
-bool cors_same_origin(const char *origin, size_t len, bool tls, const char *host,
-                      size_t host_len)
+bool cors_same_origin(const char *origin, size_t len, bool tls, const char *host, size_t host_len)
 {
     size_t slen = tls ? 8 : 7;
 
@@ -244,15 +243,15 @@ void cors_write_vary(const struct fg_config *cfg, const struct h1_header *hs, si
 static void add_allow_headers(struct req *r, const struct h1_header *origin, bool preflight)
 {
     const struct fg_cors *c = &r->cfg->cors;
+    const char *cred = c->credentials ? "Access-Control-Allow-Credentials: true\r\n" : "";
+    const char *expose = preflight ? "" : c->expose_headers;
     char buf[1024];
     int n;
 
     n = snprintf(buf, sizeof(buf), "Access-Control-Allow-Origin: %.*s\r\n%s%s%s%s",
-                 (int)origin->value_len, origin->value,
-                 c->credentials ? "Access-Control-Allow-Credentials: true\r\n" : "",
-                 !preflight && c->expose_headers[0] ? "Access-Control-Expose-Headers: " : "",
-                 !preflight ? c->expose_headers : "",
-                 !preflight && c->expose_headers[0] ? "\r\n" : "");
+                 (int)origin->value_len, origin->value, cred,
+                 expose[0] ? "Access-Control-Expose-Headers: " : "", expose,
+                 expose[0] ? "\r\n" : "");
     if (n > 0 && (size_t)n < sizeof(buf))
         respond_add_header(r, buf, (size_t)n);
 }
@@ -298,8 +297,8 @@ static enum stage_verdict refuse(struct req *r, const char *why)
 static enum stage_verdict preflight(struct req *r, enum cors_origin o, const struct h1_header *acrm)
 {
     const struct fg_cors *c = &r->cfg->cors;
-    const struct h1_header *acrh = h1_find(r->h.headers, r->h.nheaders,
-                                           "Access-Control-Request-Headers");
+    const struct h1_header *acrh =
+        h1_find(r->h.headers, r->h.nheaders, "Access-Control-Request-Headers");
     char methods[640], headers[1024], extra[2048];
     size_t hlen = 0;
 
@@ -311,8 +310,8 @@ static enum stage_verdict preflight(struct req *r, enum cors_origin o, const str
     int m = cors_method_number(acrm->value, acrm->value_len);
     if (m < 0 || !(mask & (UINT64_C(1) << m)))
         return refuse(r, "cors_method");
-    if (acrh && cors_allow_headers(c, acrh->value, acrh->value_len, headers, sizeof(headers),
-                                   &hlen) < 0)
+    if (acrh &&
+        cors_allow_headers(c, acrh->value, acrh->value_len, headers, sizeof(headers), &hlen) < 0)
         return refuse(r, "cors_header");
     if (cors_render_methods(mask, methods, sizeof(methods)) < 0)
         return refuse(r, "cors_method");

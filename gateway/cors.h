@@ -72,8 +72,7 @@ bool cors_origin_wellformed(const char *origin, size_t len);
  * Host header value as sent, compared case-insensitively? Such a request is
  * not cross-origin (Fetch section 3.2), so it is never stopped as one.
  */
-bool cors_same_origin(const char *origin, size_t len, bool tls, const char *host,
-                      size_t host_len);
+bool cors_same_origin(const char *origin, size_t len, bool tls, const char *host, size_t host_len);
 
 /*
  * Check an Access-Control-Request-Headers value (Fetch section 3.2.2: a

@@ -30,8 +30,8 @@ static struct fg_cors policy(void)
         .origins = origins,
         .norigins = 3,
         .credentials = true,
-        .methods = BIT(HTTP_GET) | BIT(HTTP_HEAD) | BIT(HTTP_POST) | BIT(HTTP_PUT) |
-                   BIT(HTTP_DELETE),
+        .methods =
+            BIT(HTTP_GET) | BIT(HTTP_HEAD) | BIT(HTTP_POST) | BIT(HTTP_PUT) | BIT(HTTP_DELETE),
         .headers = headers,
         .nheaders = 3,
         .expose_headers = "X-Request-Id",
@@ -64,19 +64,19 @@ static void test_origin_lookalikes(void **state)
         "https://app.example.com.evil.test", /* suffix */
         "https://evil-app.example.com",      /* prefix */
         "https://evilapp.example.com",
-        "https://app.example.co",            /* truncated */
+        "https://app.example.co", /* truncated */
         "https://xapp.example.com",
         "https://app.example.comx",
-        "http://app.example.com",            /* scheme */
+        "http://app.example.com", /* scheme */
         "wss://app.example.com",
-        "https://app.example.com:443",       /* explicit default port: not listed */
-        "https://app.example.com:8443",      /* port */
-        "https://explicit.example.com",      /* listed only with its port */
+        "https://app.example.com:443",  /* explicit default port: not listed */
+        "https://app.example.com:8443", /* port */
+        "https://explicit.example.com", /* listed only with its port */
         "http://localhost",
         "http://localhost:30000",
-        "https://app.example.com/",          /* trailing slash */
-        "https://app.example.com/path",      /* path */
-        "https://user@app.example.com",      /* userinfo */
+        "https://app.example.com/",     /* trailing slash */
+        "https://app.example.com/path", /* path */
+        "https://user@app.example.com", /* userinfo */
         "https://app.example.com@evil.test",
         "null",
         "",
@@ -173,9 +173,8 @@ static void test_request_headers_allowed(void **state)
     assert_int_equal(allow_headers("authorization,content-type", out, sizeof(out)), 0);
     assert_string_equal(out, "Authorization, Content-Type");
     /* case variants, OWS, empty elements, repeats */
-    assert_int_equal(allow_headers(" X-REQUEST-ID ,\t,, AUTHORIZATION\t, x-request-id,", out,
-                                   sizeof(out)),
-                     0);
+    assert_int_equal(
+        allow_headers(" X-REQUEST-ID ,\t,, AUTHORIZATION\t, x-request-id,", out, sizeof(out)), 0);
     assert_string_equal(out, "Authorization, X-Request-Id");
     assert_int_equal(allow_headers("", out, sizeof(out)), 0);
     assert_string_equal(out, "");
@@ -191,7 +190,7 @@ static void test_request_headers_refused(void **state)
         "content-type, x-evil",
         "x-evil, content-type",
         "authorization, content-type, cookie",
-        "content-type x-request-id",  /* not a list of tokens */
+        "content-type x-request-id", /* not a list of tokens */
         "content-type;q=1",
         "content-typ",
         "content-type-x",
@@ -241,9 +240,9 @@ static void test_render_methods(void **state)
 {
     char out[64];
 
-    assert_int_equal(cors_render_methods(BIT(HTTP_GET) | BIT(HTTP_POST) | BIT(HTTP_DELETE), out,
-                                         sizeof(out)),
-                     17);
+    assert_int_equal(
+        cors_render_methods(BIT(HTTP_GET) | BIT(HTTP_POST) | BIT(HTTP_DELETE), out, sizeof(out)),
+        17);
     assert_string_equal(out, "DELETE, GET, POST");
     assert_int_equal(cors_render_methods(0, out, sizeof(out)), 0);
     assert_string_equal(out, "");
@@ -268,7 +267,10 @@ static void vary_of(const struct fg_config *cfg, const struct h1_header *hs, siz
     free(got);
 }
 
-#define H(n, v) {n, sizeof(n) - 1, v, sizeof(v) - 1}
+#define H(n, v)                                                                                    \
+    {                                                                                              \
+        n, sizeof(n) - 1, v, sizeof(v) - 1                                                         \
+    }
 
 static void test_vary_merge(void **state)
 {
@@ -311,7 +313,7 @@ static void test_owned_response_headers(void **state)
 /* ---- configuration the policy relies on ---------------------------------- */
 
 #define HEAD                                                                                       \
-    "listen: { https = [ ]; http = [ \"127.0.0.1:8080\" ]; admin = \"\"; };\n"                    \
+    "listen: { https = [ ]; http = [ \"127.0.0.1:8080\" ]; admin = \"\"; };\n"                     \
     "upstreams: { api = { servers = [ \"127.0.0.1:9001\" ]; }; };\n"
 
 static char err[4096];
@@ -330,7 +332,8 @@ static void expect_refused(const char *text, const char *needle)
 
 static void test_cfg_star_with_credentials_refused(void **state)
 {
-    expect_refused(HEAD "cors: { origins = [ \"*\" ]; };\n", "test.conf:3: cors.origins[0]: \"*\" cannot");
+    expect_refused(HEAD "cors: { origins = [ \"*\" ]; };\n",
+                   "test.conf:3: cors.origins[0]: \"*\" cannot");
     expect_refused(HEAD "cors: { origins = [ \"*\" ]; credentials = true; };\n",
                    "cannot be used with credentials");
 }
@@ -354,8 +357,7 @@ static void test_cfg_refuses_non_origins(void **state)
 {
     expect_refused(HEAD "cors: { origins = [ \"null\" ]; };\n", "\"null\" is not an origin");
     expect_refused(HEAD "cors: { origins = [ \"https://a.example/\" ]; };\n", "is not an origin");
-    expect_refused(HEAD "cors: { origins = [ \"https://u@a.example\" ]; };\n",
-                   "is not an origin");
+    expect_refused(HEAD "cors: { origins = [ \"https://u@a.example\" ]; };\n", "is not an origin");
     expect_refused(HEAD "cors: { origins = [ \"a.example\" ]; };\n", "is not an origin");
 }
 
