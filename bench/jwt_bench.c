@@ -90,18 +90,27 @@ int main(int argc, char **argv)
     long iters = argc > 1 ? atol(argv[1]) : 200000;
     struct fg_config cfg = {
         .refcount = 1,
-        .jwt = {.algorithm = FG_JWT_HS256, .keys = keys, .nkeys = 2,
-                .issuer = "https://auth.example.com", .audience = "flowgate-api",
-                .leeway_seconds = 30, .require_exp = true, .token_type = "access",
-                .type_claim = "type", .tier_claim = "tier", .cookie = "",
-                .max_token_bytes = 8192, .forward_claims = fwd, .nforward_claims = 2},
+        .jwt = {.algorithm = FG_JWT_HS256,
+                .keys = keys,
+                .nkeys = 2,
+                .issuer = "https://auth.example.com",
+                .audience = "flowgate-api",
+                .leeway_seconds = 30,
+                .require_exp = true,
+                .token_type = "access",
+                .type_claim = "type",
+                .tier_claim = "tier",
+                .cookie = "",
+                .max_token_bytes = 8192,
+                .forward_claims = fwd,
+                .nforward_claims = 2},
     };
     struct jwtauth_cache *cache = jwtauth_cache_new(4096);
     struct jwtauth_identity id;
     time_t now = time(NULL);
     char tok[TOKEN_MAX];
     size_t len = make_token(tok, now, 0);
-    char (*ring)[TOKEN_MAX] = malloc(sizeof(*ring) * MISS_RING);
+    char(*ring)[TOKEN_MAX] = malloc(sizeof(*ring) * MISS_RING);
     size_t *ring_len = malloc(sizeof(*ring_len) * MISS_RING);
     long ok = 0, misses = 0;
     bool hit = false;
@@ -116,8 +125,8 @@ int main(int argc, char **argv)
     double t1 = cpu_seconds();
     for (long i = 0; i < iters; i++) {
         size_t k = (size_t)i % MISS_RING;
-        ok += jwtauth_cached_verify(cache, &cfg, ring[k], ring_len[k], now, &id, &hit) ==
-              JWTAUTH_OK;
+        ok +=
+            jwtauth_cached_verify(cache, &cfg, ring[k], ring_len[k], now, &id, &hit) == JWTAUTH_OK;
         misses += !hit;
     }
     double t2 = cpu_seconds();

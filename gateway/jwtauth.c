@@ -130,16 +130,14 @@ int jwtauth_cookie(const char *value, size_t len, const char *name, const char *
 
 /* Value of each base64url character plus one; 0 for every other byte. */
 static const unsigned char b64url_table[256] = {
-    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,
-    ['H'] = 8,  ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14,
-    ['O'] = 15, ['P'] = 16, ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21,
-    ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28,
-    ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33, ['h'] = 34, ['i'] = 35,
-    ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41, ['p'] = 42,
-    ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
-    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
-    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['-'] = 63,
-    ['_'] = 64,
+    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,  ['H'] = 8,
+    ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14, ['O'] = 15, ['P'] = 16,
+    ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21, ['V'] = 22, ['W'] = 23, ['X'] = 24,
+    ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28, ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32,
+    ['g'] = 33, ['h'] = 34, ['i'] = 35, ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40,
+    ['o'] = 41, ['p'] = 42, ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48,
+    ['w'] = 49, ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['-'] = 63, ['_'] = 64,
 };
 
 enum jwtauth_result jwtauth_shape(const char *tok, size_t len, size_t max)
@@ -297,8 +295,8 @@ enum jwtauth_result jwtauth_check_header(const struct fg_jwt *jc, json_t *hdr, s
 
 /* HMAC of DATA under key I: with the thread's pre-keyed context when there
  * is one (no key schedule, no algorithm fetch per request), else one-shot. */
-static int hmac_key(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed, size_t i,
-                    const char *data, size_t len, unsigned char *mac, size_t *mac_len)
+static int hmac_key(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed, size_t i, const char *data,
+                    size_t len, unsigned char *mac, size_t *mac_len)
 {
     const struct fg_jwt_key *k = &jc->keys[i];
     unsigned int n = 0;
@@ -307,8 +305,8 @@ static int hmac_key(const struct fg_jwt *jc, EVP_MAC_CTX *const *keyed, size_t i
         EVP_MAC_update(keyed[i], (const unsigned char *)data, len) &&
         EVP_MAC_final(keyed[i], mac, mac_len, EVP_MAX_MD_SIZE))
         return 0;
-    if (HMAC(alg_md(jc->algorithm), k->secret, (int)k->secret_len, (const unsigned char *)data,
-             len, mac, &n) == NULL)
+    if (HMAC(alg_md(jc->algorithm), k->secret, (int)k->secret_len, (const unsigned char *)data, len,
+             mac, &n) == NULL)
         return -1;
     *mac_len = n;
     return 0;
@@ -534,8 +532,8 @@ static enum jwtauth_result verify_keyed(const struct fg_jwt *jc, EVP_MAC_CTX *co
     return res;
 }
 
-enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len,
-                                   time_t now, struct jwtauth_identity *id)
+enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len, time_t now,
+                                   struct jwtauth_identity *id)
 {
     return verify_keyed(jc, NULL, tok, len, now, id);
 }
@@ -547,21 +545,21 @@ enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, siz
 /* One verified token. BLOB holds the token, then user, tier and the header
  * lines, in one allocation owned by the entry. */
 struct cache_entry {
-    uint64_t hash;     /* 0 = empty slot */
-    uint64_t stamp;    /* last use, for eviction within the set */
+    uint64_t hash;  /* 0 = empty slot */
+    uint64_t stamp; /* last use, for eviction within the set */
     char *blob;
     uint32_t tok_len;
     uint16_t user_len;
     uint16_t tier_len;
     uint16_t headers_len;
     bool has_deadline;
-    int64_t deadline;  /* see struct jwtauth_identity */
+    int64_t deadline; /* see struct jwtauth_identity */
 };
 
 struct jwtauth_cache {
-    struct fg_config *cfg;       /* entries were verified under it (ref held) */
-    EVP_MAC *hmac;               /* fetched once */
-    EVP_MAC_CTX **keyed;         /* one per cfg->jwt key, keyed once; NULL entries allowed */
+    struct fg_config *cfg; /* entries were verified under it (ref held) */
+    EVP_MAC *hmac;         /* fetched once */
+    EVP_MAC_CTX **keyed;   /* one per cfg->jwt key, keyed once; NULL entries allowed */
     size_t nkeyed;
     uint64_t seed;               /* per cache: collisions cannot be planned */
     uint64_t clock;              /* use counter for stamps */
@@ -604,8 +602,8 @@ static void unkey(struct jwtauth_cache *c)
 static void key_contexts(struct jwtauth_cache *c, const struct fg_jwt *jc)
 {
     OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                         (char *)alg_digest[jc->algorithm], 0),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)alg_digest[jc->algorithm],
+                                         0),
         OSSL_PARAM_construct_end(),
     };
 
@@ -711,11 +709,15 @@ static void cache_store(struct jwtauth_cache *c, uint64_t h, const char *tok, si
     memcpy(blob + len, id->user, id->user_len);
     memcpy(blob + len + id->user_len, id->tier, id->tier_len);
     memcpy(blob + len + id->user_len + id->tier_len, id->headers, id->headers_len);
-    *victim = (struct cache_entry){
-        .hash = h, .stamp = ++c->clock, .blob = blob, .tok_len = (uint32_t)len,
-        .user_len = (uint16_t)id->user_len, .tier_len = (uint16_t)id->tier_len,
-        .headers_len = (uint16_t)id->headers_len, .has_deadline = id->has_deadline,
-        .deadline = id->deadline};
+    *victim = (struct cache_entry){.hash = h,
+                                   .stamp = ++c->clock,
+                                   .blob = blob,
+                                   .tok_len = (uint32_t)len,
+                                   .user_len = (uint16_t)id->user_len,
+                                   .tier_len = (uint16_t)id->tier_len,
+                                   .headers_len = (uint16_t)id->headers_len,
+                                   .has_deadline = id->has_deadline,
+                                   .deadline = id->deadline};
 }
 
 enum jwtauth_result jwtauth_cached_verify(struct jwtauth_cache *cache, struct fg_config *cfg,
@@ -771,7 +773,7 @@ static enum jwtauth_result find_token(const struct req *r, const char **tok, siz
     }
     if (auth != NULL)
         return jwtauth_bearer(auth->value, auth->value_len, tok, len) == 0 ? JWTAUTH_OK
-                                                                            : JWTAUTH_BAD_SCHEME;
+                                                                           : JWTAUTH_BAD_SCHEME;
     for (size_t i = 0; cookie[0] && i < h->nheaders; i++) {
         const char *v;
         size_t vlen;

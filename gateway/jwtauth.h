@@ -49,30 +49,30 @@
  * The client is never told which one (SPEC section 3).
  */
 enum jwtauth_result {
-    JWTAUTH_OK = 0,            /* verified */
-    JWTAUTH_MISSING = 1,       /* no Authorization header, no token cookie */
-    JWTAUTH_BAD_SCHEME = 2,    /* Authorization is not exactly one Bearer token */
-    JWTAUTH_AMBIGUOUS = 3,     /* two Authorization headers or two token cookies */
-    JWTAUTH_TOO_LONG = 4,      /* longer than max_token_bytes */
-    JWTAUTH_MALFORMED = 5,     /* not base64url.base64url.base64url */
-    JWTAUTH_BAD_HEADER = 6,    /* JOSE header not a JSON object / bad member types */
-    JWTAUTH_BAD_ALG = 7,       /* alg is not the configured algorithm */
-    JWTAUTH_CRIT = 8,          /* crit present (RFC 7515 section 4.1.11) */
-    JWTAUTH_KEY_HEADER = 9,    /* jku, jwk, x5u or x5c present (RFC 8725 section 3.10) */
-    JWTAUTH_UNKNOWN_KID = 10,  /* kid names no configured key */
-    JWTAUTH_BAD_SIGNATURE = 11,/* no configured key produced the signature */
-    JWTAUTH_BAD_PAYLOAD = 12,  /* claims not a JSON object */
-    JWTAUTH_NO_EXP = 13,       /* exp absent while require_exp */
-    JWTAUTH_BAD_TIME = 14,     /* exp, nbf or iat present but not a number */
-    JWTAUTH_EXPIRED = 15,      /* exp passed (beyond leeway) */
-    JWTAUTH_NOT_YET = 16,      /* nbf in the future (beyond leeway) */
-    JWTAUTH_IAT_FUTURE = 17,   /* iat in the future (beyond leeway) */
-    JWTAUTH_BAD_ISSUER = 18,   /* iss differs from jwt.issuer */
-    JWTAUTH_BAD_AUDIENCE = 19, /* aud does not contain jwt.audience */
-    JWTAUTH_BAD_TYPE = 20,     /* type_claim differs from token_type (a refresh token) */
-    JWTAUTH_BAD_SUBJECT = 21,  /* sub absent, not a string, too long or not printable */
-    JWTAUTH_BAD_CLAIM = 22,    /* tier or a forwarded claim unusable as a header value */
-    JWTAUTH_INTERNAL = 23,     /* out of memory, crypto failure */
+    JWTAUTH_OK = 0,             /* verified */
+    JWTAUTH_MISSING = 1,        /* no Authorization header, no token cookie */
+    JWTAUTH_BAD_SCHEME = 2,     /* Authorization is not exactly one Bearer token */
+    JWTAUTH_AMBIGUOUS = 3,      /* two Authorization headers or two token cookies */
+    JWTAUTH_TOO_LONG = 4,       /* longer than max_token_bytes */
+    JWTAUTH_MALFORMED = 5,      /* not base64url.base64url.base64url */
+    JWTAUTH_BAD_HEADER = 6,     /* JOSE header not a JSON object / bad member types */
+    JWTAUTH_BAD_ALG = 7,        /* alg is not the configured algorithm */
+    JWTAUTH_CRIT = 8,           /* crit present (RFC 7515 section 4.1.11) */
+    JWTAUTH_KEY_HEADER = 9,     /* jku, jwk, x5u or x5c present (RFC 8725 section 3.10) */
+    JWTAUTH_UNKNOWN_KID = 10,   /* kid names no configured key */
+    JWTAUTH_BAD_SIGNATURE = 11, /* no configured key produced the signature */
+    JWTAUTH_BAD_PAYLOAD = 12,   /* claims not a JSON object */
+    JWTAUTH_NO_EXP = 13,        /* exp absent while require_exp */
+    JWTAUTH_BAD_TIME = 14,      /* exp, nbf or iat present but not a number */
+    JWTAUTH_EXPIRED = 15,       /* exp passed (beyond leeway) */
+    JWTAUTH_NOT_YET = 16,       /* nbf in the future (beyond leeway) */
+    JWTAUTH_IAT_FUTURE = 17,    /* iat in the future (beyond leeway) */
+    JWTAUTH_BAD_ISSUER = 18,    /* iss differs from jwt.issuer */
+    JWTAUTH_BAD_AUDIENCE = 19,  /* aud does not contain jwt.audience */
+    JWTAUTH_BAD_TYPE = 20,      /* type_claim differs from token_type (a refresh token) */
+    JWTAUTH_BAD_SUBJECT = 21,   /* sub absent, not a string, too long or not printable */
+    JWTAUTH_BAD_CLAIM = 22,     /* tier or a forwarded claim unusable as a header value */
+    JWTAUTH_INTERNAL = 23,      /* out of memory, crypto failure */
     JWTAUTH__COUNT
 };
 _Static_assert(JWTAUTH__COUNT == WORKER_JWT_REASONS, "worker_stats.jwt_rejections size");
@@ -83,14 +83,14 @@ const char *jwtauth_result_str(enum jwtauth_result res);
 /* A verified identity, owned by the caller's buffers (no pointer into the
  * token or a cache entry survives the call). */
 struct jwtauth_identity {
-    char user[JWTAUTH_USER_MAX];          /* sub, NUL-terminated */
+    char user[JWTAUTH_USER_MAX]; /* sub, NUL-terminated */
     size_t user_len;
-    char tier[JWTAUTH_TIER_MAX];          /* tier claim, "" when absent */
+    char tier[JWTAUTH_TIER_MAX]; /* tier claim, "" when absent */
     size_t tier_len;
-    char headers[JWTAUTH_HEADERS_MAX];    /* "Name: value\r\n" per forwarded claim */
+    char headers[JWTAUTH_HEADERS_MAX]; /* "Name: value\r\n" per forwarded claim */
     size_t headers_len;
-    int64_t deadline;                     /* first second refused: ceil(exp + leeway) */
-    bool has_deadline;                    /* false when the token has no exp */
+    int64_t deadline;  /* first second refused: ceil(exp + leeway) */
+    bool has_deadline; /* false when the token has no exp */
 };
 
 /* ---- pieces, exposed for the unit tests and the fuzzer ------------------ */
@@ -145,8 +145,8 @@ enum jwtauth_result jwtauth_check_claims(const struct fg_jwt *jc, json_t *claims
  * The whole verification of token TOK (shape already checked or not): header,
  * signature with the configured key(s), claims. Fills ID on JWTAUTH_OK.
  */
-enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len,
-                                   time_t now, struct jwtauth_identity *id);
+enum jwtauth_result jwtauth_verify(const struct fg_jwt *jc, const char *tok, size_t len, time_t now,
+                                   struct jwtauth_identity *id);
 
 /* ---- the per-worker cache of verified tokens ---------------------------- */
 

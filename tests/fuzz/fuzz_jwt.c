@@ -42,10 +42,19 @@ static struct fg_claim_header fwd[] = {
 };
 static struct fg_config cfg = {
     .refcount = 1,
-    .jwt = {.algorithm = FG_JWT_HS256, .keys = keys, .nkeys = 2, .issuer = "iss",
-            .audience = "aud", .leeway_seconds = 30, .require_exp = true,
-            .token_type = "access", .type_claim = "type", .tier_claim = "tier",
-            .cookie = "access_token", .max_token_bytes = 4096, .forward_claims = fwd,
+    .jwt = {.algorithm = FG_JWT_HS256,
+            .keys = keys,
+            .nkeys = 2,
+            .issuer = "iss",
+            .audience = "aud",
+            .leeway_seconds = 30,
+            .require_exp = true,
+            .token_type = "access",
+            .type_claim = "type",
+            .tier_claim = "tier",
+            .cookie = "access_token",
+            .max_token_bytes = 4096,
+            .forward_claims = fwd,
             .nforward_claims = 3},
 };
 static struct jwtauth_cache *cache;

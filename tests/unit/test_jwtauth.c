@@ -62,8 +62,8 @@ static struct fg_jwt base_jwt(void)
 static int setup(void **state)
 {
     guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base = mmap(NULL, 3 * guard_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+    guard_base =
+        mmap(NULL, 3 * guard_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (guard_base == MAP_FAILED)
         return -1;
     return mprotect(guard_base + 2 * guard_page, guard_page, PROT_NONE);
@@ -255,7 +255,7 @@ static void test_b64url(void **state)
     assert_memory_equal(out, "{}", 2);
     assert_int_equal(jwtauth_b64url_decode("YWJj", 4, out), 3);
     assert_int_equal(jwtauth_b64url_decode("YQ", 2, out), 1);
-    assert_int_equal(jwtauth_b64url_decode("YR", 2, out), -1);  /* non-zero trailing bits */
+    assert_int_equal(jwtauth_b64url_decode("YR", 2, out), -1); /* non-zero trailing bits */
     assert_int_equal(jwtauth_b64url_decode("YWI", 3, out), 2);
     assert_int_equal(jwtauth_b64url_decode("YWJ", 3, out), -1); /* non-zero trailing bits */
     assert_int_equal(jwtauth_b64url_decode("Y", 1, out), -1);
@@ -283,10 +283,10 @@ static void test_header_alg(void **state)
     struct fg_jwt j = base_jwt();
     size_t f, c;
     static const char *const refused[] = {
-        "{\"alg\":\"none\"}",  "{\"alg\":\"None\"}",  "{\"alg\":\"NONE\"}",
-        "{\"alg\":\"HS384\"}", "{\"alg\":\"HS512\"}", "{\"alg\":\"hs256\"}",
-        "{\"alg\":\"RS256\"}", "{\"alg\":\"ES256\"}", "{\"alg\":\"HS256 \"}",
-        "{\"alg\":\"\"}",      "{\"alg\":256}",       "{\"typ\":\"JWT\"}",
+        "{\"alg\":\"none\"}",    "{\"alg\":\"None\"}",  "{\"alg\":\"NONE\"}",
+        "{\"alg\":\"HS384\"}",   "{\"alg\":\"HS512\"}", "{\"alg\":\"hs256\"}",
+        "{\"alg\":\"RS256\"}",   "{\"alg\":\"ES256\"}", "{\"alg\":\"HS256 \"}",
+        "{\"alg\":\"\"}",        "{\"alg\":256}",       "{\"typ\":\"JWT\"}",
         "{\"alg\":[\"HS256\"]}",
     };
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
@@ -328,12 +328,9 @@ static void test_header_kid(void **state)
     assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"a\"}", &f, &c), JWTAUTH_OK);
     assert_int_equal(f, 0);
     assert_int_equal(c, 1);
-    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"A\"}", &f, &c),
-                     JWTAUTH_UNKNOWN_KID);
-    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"b \"}", &f, &c),
-                     JWTAUTH_UNKNOWN_KID);
-    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"\"}", &f, &c),
-                     JWTAUTH_UNKNOWN_KID);
+    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"A\"}", &f, &c), JWTAUTH_UNKNOWN_KID);
+    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"b \"}", &f, &c), JWTAUTH_UNKNOWN_KID);
+    assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"\"}", &f, &c), JWTAUTH_UNKNOWN_KID);
     assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":\"a\\u0000\"}", &f, &c),
                      JWTAUTH_UNKNOWN_KID);
     assert_int_equal(header(&j, "{\"alg\":\"HS256\",\"kid\":1}", &f, &c), JWTAUTH_BAD_HEADER);
@@ -457,9 +454,17 @@ static void test_claims_identity(void **state)
     assert_memory_equal(id.headers, "X-User-Id: u1\r\nX-Org: -7\r\n", id.headers_len);
     assert_int_equal(claims_at(&j, "{" BASE ",\"org\":3.0" EXP "}", NOW, &id), JWTAUTH_OK);
     assert_memory_equal(id.headers, "X-User-Id: u1\r\nX-Org: 3\r\n", id.headers_len);
-    static const char *const bad_org[] = {"1.5", "true", "null", "{}", "[1]", "1e300",
-                                          "\"a\\r\\nX-Admin: 1\"", "\"a\\u0000\"",
-                                          "\"\\u007f\"", "\" lead\"", "\"trail \""};
+    static const char *const bad_org[] = {"1.5",
+                                          "true",
+                                          "null",
+                                          "{}",
+                                          "[1]",
+                                          "1e300",
+                                          "\"a\\r\\nX-Admin: 1\"",
+                                          "\"a\\u0000\"",
+                                          "\"\\u007f\"",
+                                          "\" lead\"",
+                                          "\"trail \""};
     for (size_t i = 0; i < sizeof(bad_org) / sizeof(bad_org[0]); i++) {
         snprintf(json, sizeof(json), "{" BASE ",\"org\":%s" EXP "}", bad_org[i]);
         json_t *c = json_loads(json, JSON_ALLOW_NUL, NULL);
@@ -482,12 +487,16 @@ static void test_claims_identity(void **state)
                      JWTAUTH_BAD_SUBJECT);
     memset(big, 'x', 256);
     big[256] = '\0';
-    snprintf(json, sizeof(json), "{\"sub\":\"%s\",\"type\":\"access\",\"iss\":\"iss-x\","
-                                 "\"aud\":\"aud-x\"" EXP "}", big);
+    snprintf(json, sizeof(json),
+             "{\"sub\":\"%s\",\"type\":\"access\",\"iss\":\"iss-x\","
+             "\"aud\":\"aud-x\"" EXP "}",
+             big);
     assert_int_equal(claims(&j, json), JWTAUTH_BAD_SUBJECT);
     big[255] = '\0';
-    snprintf(json, sizeof(json), "{\"sub\":\"%s\",\"type\":\"access\",\"iss\":\"iss-x\","
-                                 "\"aud\":\"aud-x\"" EXP "}", big);
+    snprintf(json, sizeof(json),
+             "{\"sub\":\"%s\",\"type\":\"access\",\"iss\":\"iss-x\","
+             "\"aud\":\"aud-x\"" EXP "}",
+             big);
     assert_int_equal(claims(&j, json), JWTAUTH_OK);
     /* tier: a string that fits */
     assert_int_equal(claims(&j, "{" BASE ",\"tier\":1" EXP "}"), JWTAUTH_BAD_CLAIM);
@@ -603,8 +612,7 @@ static void test_cache(void **state)
     assert_int_not_equal(jwtauth_cached_verify(cache, &cfg, tok, n - 1, NOW, &id, &hit),
                          JWTAUTH_OK);
     /* exp rechecked on every hit: exp 1700000600 + leeway 30 */
-    assert_int_equal(jwtauth_cached_verify(cache, &cfg, tok, n, 1700000629, &id, &hit),
-                     JWTAUTH_OK);
+    assert_int_equal(jwtauth_cached_verify(cache, &cfg, tok, n, 1700000629, &id, &hit), JWTAUTH_OK);
     assert_true(hit);
     assert_int_equal(jwtauth_cached_verify(cache, &cfg, tok, n, 1700000630, &id, &hit),
                      JWTAUTH_EXPIRED);
@@ -622,8 +630,7 @@ static void test_cache(void **state)
                  "{\"sub\":\"u%d\",\"type\":\"access\",\"iss\":\"iss-x\",\"aud\":\"aud-x\","
                  "\"exp\":1700000600}",
                  i);
-        make_token(tok, "{\"alg\":\"HS256\"}", claims_json, EVP_sha256(), key_a,
-                   sizeof(key_a) - 1);
+        make_token(tok, "{\"alg\":\"HS256\"}", claims_json, EVP_sha256(), key_a, sizeof(key_a) - 1);
         assert_int_equal(jwtauth_cached_verify(cache, &cfg2, tok, strlen(tok), NOW, &id, &hit),
                          JWTAUTH_OK);
         assert_int_equal(jwtauth_cached_verify(cache, &cfg2, tok, strlen(tok), NOW, &id, &hit),
