@@ -27,7 +27,7 @@
 #include "route.h"
 #include "worker.h"
 
-#define RL_LOCAL_SLOTS 16384 /* local limiter keys per worker (power of two) */
+#define RL_LOCAL_SLOTS 16384  /* local limiter keys per worker (power of two) */
 #define RL_REFUSED_SLOTS 4096 /* refusal cache keys per worker (power of two) */
 #define RL_PROBE 8            /* slots looked at per key before evicting */
 
@@ -82,42 +82,41 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
  * reached (a key past its TAT means the same as no key). Returns, per limit:
  * admits (0/1), remaining, reset (ms, rounded up), retry-after (ms, rounded up).
  */
-static const char rl_script[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local n = #KEYS\n"
-    "local tat, admits, all = {}, {}, true\n"
-    "for i = 1, n do\n"
-    "  local T = tonumber(ARGV[2 * i - 1])\n"
-    "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
-    "  local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n"
-    "  if v < now then v = now end\n"
-    "  tat[i] = v\n"
-    "  admits[i] = v - now <= tau\n"
-    "  if not admits[i] then all = false end\n"
-    "end\n"
-    "local out = {}\n"
-    "for i = 1, n do\n"
-    "  local T = tonumber(ARGV[2 * i - 1])\n"
-    "  local limit = tonumber(ARGV[2 * i])\n"
-    "  local tau = T * (limit - 1)\n"
-    "  local after = tat[i]\n"
-    "  if all then\n"
-    "    after = after + T\n"
-    "    redis.call('SET', KEYS[i], string.format('%d', after), 'PX',\n"
-    "               math.ceil((after - now) / 1000))\n"
-    "  end\n"
-    "  local rem = math.floor((tau + T - (after - now)) / T)\n"
-    "  if rem < 0 then rem = 0 end\n"
-    "  if rem > limit then rem = limit end\n"
-    "  local retry = 0\n"
-    "  if not admits[i] then retry = tat[i] - now - tau end\n"
-    "  out[#out + 1] = admits[i] and 1 or 0\n"
-    "  out[#out + 1] = rem\n"
-    "  out[#out + 1] = math.ceil((after - now) / 1000)\n"
-    "  out[#out + 1] = math.ceil(retry / 1000)\n"
-    "end\n"
-    "return out\n";
+static const char rl_script[] = "local t = redis.call('TIME')\n"
+                                "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+                                "local n = #KEYS\n"
+                                "local tat, admits, all = {}, {}, true\n"
+                                "for i = 1, n do\n"
+                                "  local T = tonumber(ARGV[2 * i - 1])\n"
+                                "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
+                                "  local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n"
+                                "  if v < now then v = now end\n"
+                                "  tat[i] = v\n"
+                                "  admits[i] = v - now <= tau\n"
+                                "  if not admits[i] then all = false end\n"
+                                "end\n"
+                                "local out = {}\n"
+                                "for i = 1, n do\n"
+                                "  local T = tonumber(ARGV[2 * i - 1])\n"
+                                "  local limit = tonumber(ARGV[2 * i])\n"
+                                "  local tau = T * (limit - 1)\n"
+                                "  local after = tat[i]\n"
+                                "  if all then\n"
+                                "    after = after + T\n"
+                                "    redis.call('SET', KEYS[i], string.format('%d', after), 'PX',\n"
+                                "               math.ceil((after - now) / 1000))\n"
+                                "  end\n"
+                                "  local rem = math.floor((tau + T - (after - now)) / T)\n"
+                                "  if rem < 0 then rem = 0 end\n"
+                                "  if rem > limit then rem = limit end\n"
+                                "  local retry = 0\n"
+                                "  if not admits[i] then retry = tat[i] - now - tau end\n"
+                                "  out[#out + 1] = admits[i] and 1 or 0\n"
+                                "  out[#out + 1] = rem\n"
+                                "  out[#out + 1] = math.ceil((after - now) / 1000)\n"
+                                "  out[#out + 1] = math.ceil(retry / 1000)\n"
+                                "end\n"
+                                "return out\n";
 
 /* ---- identities and keys ------------------------------------------------- */
 
@@ -174,8 +173,7 @@ static void sha256_hex(const char *const *parts, size_t nparts, char out[65])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-size_t rl_limit_key(const char *prefix, const char *scope, const char *ident,
-                    char out[RL_KEY_MAX])
+size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX])
 {
     int n = snprintf(out, RL_KEY_MAX, "%srl:%s:%s", prefix, scope, ident);
 
@@ -246,7 +244,7 @@ int rl_plan_build(const struct fg_ratelimit *rl, const struct rl_subject *s, str
 /* ---- bounded tables: the local limiter and the refusal cache ------------- */
 
 struct rl_slot {
-    char *key;        /* owned copy; NULL = empty */
+    char *key; /* owned copy; NULL = empty */
     size_t key_len;
     uint64_t hash;
     int64_t until;    /* monotonic us: local TAT, or refused until; free once past */
@@ -336,11 +334,11 @@ static struct rl_slot *table_put(struct rl_table *t, const char *key, size_t len
 /* ---- per-worker state ---------------------------------------------------- */
 
 struct rl_worker {
-    struct rl_link *link;     /* the worker's Redis link */
-    struct rl_table local;    /* on_redis_failure = "local" */
-    struct rl_table refused;  /* identities Redis refused, until when */
+    struct rl_link *link;    /* the worker's Redis link */
+    struct rl_table local;   /* on_redis_failure = "local" */
+    struct rl_table refused; /* identities Redis refused, until when */
     size_t ntiers;
-    uint64_t *decisions;      /* [tier * RL_OUT__COUNT + outcome], atomic */
+    uint64_t *decisions; /* [tier * RL_OUT__COUNT + outcome], atomic */
 };
 
 const char *rl_outcome_str(enum rl_outcome o)
@@ -418,7 +416,7 @@ static void count_decision(struct rl_worker *st, size_t tier, enum rl_outcome o)
 /* A request's decision in progress; owned by the request while it waits. */
 struct rl_ask {
     struct req *r;
-    struct rl_call *call;  /* pending Redis call, or NULL */
+    struct rl_call *call; /* pending Redis call, or NULL */
     struct rl_plan plan;
 };
 
@@ -446,17 +444,17 @@ static void add_headers(struct req *r, const struct rl_gcra *g, const struct rl_
     char line[256];
     int n;
 
-    n = snprintf(line, sizeof(line),
-                 "X-RateLimit-Limit: %u\r\nX-RateLimit-Remaining: %u\r\nX-RateLimit-Reset: %lld\r\n",
-                 g->limit, res->remaining, (long long)ceil_s(res->reset_us));
+    n = snprintf(
+        line, sizeof(line),
+        "X-RateLimit-Limit: %u\r\nX-RateLimit-Remaining: %u\r\nX-RateLimit-Reset: %lld\r\n",
+        g->limit, res->remaining, (long long)ceil_s(res->reset_us));
     respond_add_header(r, line, (size_t)n);
     if (!r->cfg->rate_limit.ietf_headers)
         return;
     /* draft-ietf-httpapi-ratelimit-headers-07, sections 4 and 5 */
     n = snprintf(line, sizeof(line),
                  "RateLimit-Policy: %u;w=%u\r\nRateLimit: limit=%u, remaining=%u, reset=%lld\r\n",
-                 g->limit, g->window, g->limit, res->remaining,
-                 (long long)ceil_s(res->reset_us));
+                 g->limit, g->window, g->limit, res->remaining, (long long)ceil_s(res->reset_us));
     respond_add_header(r, line, (size_t)n);
 }
 
@@ -500,13 +498,11 @@ static enum stage_verdict decide_local(struct req *r, const struct rl_plan *p)
 static enum stage_verdict decide_without_redis(struct req *r, const struct rl_plan *p)
 {
     switch (r->cfg->rate_limit.on_redis_failure) {
-    case FG_REDIS_FAIL_LOCAL:
-        return decide_local(r, p);
+    case FG_REDIS_FAIL_LOCAL: return decide_local(r, p);
     case FG_REDIS_FAIL_ALLOW:
         count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_OPEN);
         return STAGE_NEXT;
-    case FG_REDIS_FAIL_DENY:
-        break;
+    case FG_REDIS_FAIL_DENY: break;
     }
     count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_CLOSED);
     r->error_code = "rate limit store unavailable";
@@ -600,11 +596,7 @@ static void ask_done(void *arg, enum rl_call_status status, const redisReply *re
             remember_refusals(c->w->rl, &q->plan, res);
         v = apply(r, &q->plan, admitted, res, admitted ? RL_OUT_ALLOWED : RL_OUT_LIMITED);
     } else {
-        if (status == RL_CALL_OK)
-            log_warn("redis: unexpected reply to the rate-limit script%s%s",
-                     reply->type == REDIS_REPLY_ERROR ? ": " : "",
-                     reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-        v = decide_without_redis(r, &q->plan);
+        v = decide_without_redis(r, &q->plan); /* rl_redis.c counted and logged it */
     }
     free(q);
     stage_resume(r, v);
@@ -622,8 +614,8 @@ static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q)
     for (size_t i = 0; i < n; i++) {
         argv[i] = q->plan.key[i];
         argvlen[i] = q->plan.key_len[i];
-        argvlen[n + 2 * i] = (size_t)snprintf(num[2 * i], sizeof(num[0]), "%lld",
-                                              (long long)q->plan.g[i].interval);
+        argvlen[n + 2 * i] =
+            (size_t)snprintf(num[2 * i], sizeof(num[0]), "%lld", (long long)q->plan.g[i].interval);
         argvlen[n + 2 * i + 1] =
             (size_t)snprintf(num[2 * i + 1], sizeof(num[0]), "%u", q->plan.g[i].limit);
         argv[n + 2 * i] = num[2 * i];
@@ -647,8 +639,12 @@ static enum stage_verdict ratelimit_run(struct req *r)
         return STAGE_NEXT;
     struct rl_ask *q = malloc(sizeof(*q));
     struct rl_subject s = {
-        .client_ip = r->client_ip, .user = r->user, .tier = r->tier,
-        .path = r->path, .path_len = r->path_len, .method = r->h.method,
+        .client_ip = r->client_ip,
+        .user = r->user,
+        .tier = r->tier,
+        .path = r->path,
+        .path_len = r->path_len,
+        .method = r->h.method,
         .tier_limited = r->route == NULL || r->route->rate_limit,
     };
     if (q == NULL || rl_plan_build(rl, &s, &q->plan) < 0 || q->plan.n == 0) {

@@ -71,8 +71,7 @@ int rl_user_ident(const char *user, char *out, size_t cap);
  * "t:<tier name>" or "e<endpoint index>". A key longer than RL_KEY_MAX - 1
  * becomes PREFIX-less "rl:h:<sha256 hex of the whole key>". Returns the length.
  */
-size_t rl_limit_key(const char *prefix, const char *scope, const char *ident,
-                    char out[RL_KEY_MAX]);
+size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX]);
 
 /*
  * The tier for an identity: USER NULL is anonymous (tiers[0]); otherwise the
@@ -83,8 +82,8 @@ size_t rl_tier_index(const struct fg_ratelimit *rl, const char *user, const char
 
 /* The limits that apply to one request. */
 struct rl_plan {
-    size_t tier;                        /* index into rl->tiers (metrics label) */
-    size_t n;                           /* limits below */
+    size_t tier; /* index into rl->tiers (metrics label) */
+    size_t n;    /* limits below */
     struct rl_gcra g[RL_MAX_LIMITS];
     char key[RL_MAX_LIMITS][RL_KEY_MAX];
     size_t key_len[RL_MAX_LIMITS];
@@ -93,12 +92,12 @@ struct rl_plan {
 /* What rl_plan_build needs to know of a request. */
 struct rl_subject {
     const char *client_ip;
-    const char *user;   /* NULL: anonymous */
-    const char *tier;   /* tier claim value, or NULL */
-    const char *path;   /* normalised */
+    const char *user; /* NULL: anonymous */
+    const char *tier; /* tier claim value, or NULL */
+    const char *path; /* normalised */
     size_t path_len;
-    int method;         /* llhttp method number */
-    bool tier_limited;  /* the route has rate_limit = true */
+    int method;        /* llhttp method number */
+    bool tier_limited; /* the route has rate_limit = true */
 };
 
 /*

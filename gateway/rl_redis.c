@@ -43,6 +43,7 @@ struct rl_link {
     struct event *retry_ev;     /* reconnect after backoff_ms */
     struct event *handshake_ev; /* the handshake's deadline */
     bool logged_down;           /* "down" already logged since the last "up" */
+    bool logged_reply_error;    /* an error reply logged since the last good one */
     bool stopping;              /* worker stopping: no reconnect, close when idle */
     unsigned pending;           /* calls queued on the connection, detached or not */
     struct rl_link_stats stats; /* atomic counters (read by admin) */
@@ -52,11 +53,11 @@ struct rl_call {
     struct rl_link *link;
     rl_call_done_fn *done; /* NULL once detached or answered */
     void *arg;
-    struct event *deadline;  /* timeout_ms after the call was queued */
-    char *cmd;               /* formatted EVALSHA, kept for a NOSCRIPT retry */
+    struct event *deadline; /* timeout_ms after the call was queued */
+    char *cmd;              /* formatted EVALSHA, kept for a NOSCRIPT retry */
     size_t cmd_len;
-    int64_t start_us;        /* monotonic, for the latency histogram */
-    bool retried;            /* already re-sent once after NOSCRIPT */
+    int64_t start_us; /* monotonic, for the latency histogram */
+    bool retried;     /* already re-sent once after NOSCRIPT */
 };
 
 static void link_connect(struct rl_link *l);
@@ -286,8 +287,7 @@ static void handshake_timeout_cb(evutil_socket_t fd, short what, void *arg)
         link_fail(l, "no answer to the handshake in time");
 }
 
-struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
-                            const char *script)
+struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg, const char *script)
 {
     struct rl_link *l = calloc(1, sizeof(*l));
     unsigned char md[SHA_DIGEST_LENGTH];
@@ -353,6 +353,20 @@ static bool is_noscript(const redisReply *reply)
     return reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
+/* An error reply (script error, OOM, BUSY) is a failed call: counted, and
+ * logged once until a call succeeds again. */
+static void note_reply(struct rl_link *l, const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ERROR) {
+        l->logged_reply_error = false;
+        return;
+    }
+    count(&l->stats.errors, 1);
+    if (!l->logged_reply_error)
+        log_warn("redis %s: the rate-limit script failed: %.200s", l->cfg->address, reply->str);
+    l->logged_reply_error = true;
+}
+
 /* hiredis's one callback for a call (see the ownership note on top). */
 static void call_reply_cb(redisAsyncContext *ac, void *r, void *priv)
 {
@@ -378,6 +392,7 @@ static void call_reply_cb(redisAsyncContext *ac, void *r, void *priv)
         if (reply != NULL) {
             record_latency(l, mono_us() - c->start_us);
             l->backoff_ms = RL_BACKOFF_MIN_MS;
+            note_reply(l, reply);
         } else {
             count(&l->stats.errors, 1);
         }

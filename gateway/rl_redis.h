@@ -47,9 +47,9 @@ const char *rl_call_status_str(enum rl_call_status st);
 extern const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS];
 
 struct rl_link_stats {
-    uint64_t calls;                    /* calls answered with a reply */
-    uint64_t errors;                   /* failed calls, timeouts, failed connects */
-    uint64_t lat_sum_us;               /* sum of answered calls' latency */
+    uint64_t calls;                           /* calls answered with a reply */
+    uint64_t errors;                          /* failed calls, timeouts, failed connects */
+    uint64_t lat_sum_us;                      /* sum of answered calls' latency */
     uint64_t lat_buckets[RL_LAT_BUCKETS + 1]; /* not cumulative; last = +Inf */
 };
 
@@ -75,9 +75,9 @@ void rl_link_stop(struct rl_link *l);
 /* Free the link: pending calls end with RL_CALL_ERROR (detached ones silently). */
 void rl_link_free(struct rl_link *l);
 
-enum rl_link_state rl_link_state(const struct rl_link *l); /* any thread */
+enum rl_link_state rl_link_state(const struct rl_link *l);              /* any thread */
 void rl_link_stats(const struct rl_link *l, struct rl_link_stats *out); /* any thread */
-const char *rl_link_sha(const struct rl_link *l); /* hex SHA1 of the script */
+const char *rl_link_sha(const struct rl_link *l);                       /* hex SHA1 of the script */
 
 /*
  * EVALSHA the script with NKEYS keys then NARGS arguments (ARGV/ARGVLEN

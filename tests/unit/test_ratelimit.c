@@ -15,7 +15,7 @@
 
 #include "ratelimit.h"
 
-#define S 1000000LL /* one second in microseconds */
+#define S 1000000LL           /* one second in microseconds */
 #define T0 (1700000000LL * S) /* an arbitrary "now", like Redis TIME */
 
 /* N requests at NOW against one limit; returns how many were admitted. */
@@ -235,7 +235,10 @@ static void test_user_ident_and_keys(void **state)
 /* ---- tiers and plans ----------------------------------------------------- */
 
 static struct fg_tier tiers[] = {
-    {"anonymous", 100, 60}, {"authenticated", 1000, 60}, {"premium", 5000, 60}, {"gold", 7, 10},
+    {"anonymous", 100, 60},
+    {"authenticated", 1000, 60},
+    {"premium", 5000, 60},
+    {"gold", 7, 10},
 };
 
 static struct fg_endpoint endpoints[] = {
@@ -269,8 +272,12 @@ static void test_tier_index(void **state)
 static void plan(struct rl_plan *p, const char *ip, const char *user, const char *tier,
                  const char *path, int method, bool tier_limited)
 {
-    struct rl_subject s = {.client_ip = ip, .user = user, .tier = tier, .path = path,
-                           .path_len = strlen(path), .method = method,
+    struct rl_subject s = {.client_ip = ip,
+                           .user = user,
+                           .tier = tier,
+                           .path = path,
+                           .path_len = strlen(path),
+                           .method = method,
                            .tier_limited = tier_limited};
 
     assert_int_equal(rl_plan_build(&rl, &s, p), 0);
@@ -329,16 +336,11 @@ static void test_outcome_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gcra_params),
-        cmocka_unit_test(test_gcra_burst_exact),
-        cmocka_unit_test(test_gcra_first_request),
-        cmocka_unit_test(test_gcra_refill),
-        cmocka_unit_test(test_gcra_steady_rate),
-        cmocka_unit_test(test_gcra_all_or_nothing),
-        cmocka_unit_test(test_ip_ident),
-        cmocka_unit_test(test_user_ident_and_keys),
-        cmocka_unit_test(test_tier_index),
-        cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_gcra_params),        cmocka_unit_test(test_gcra_burst_exact),
+        cmocka_unit_test(test_gcra_first_request), cmocka_unit_test(test_gcra_refill),
+        cmocka_unit_test(test_gcra_steady_rate),   cmocka_unit_test(test_gcra_all_or_nothing),
+        cmocka_unit_test(test_ip_ident),           cmocka_unit_test(test_user_ident_and_keys),
+        cmocka_unit_test(test_tier_index),         cmocka_unit_test(test_plan),
         cmocka_unit_test(test_outcome_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
