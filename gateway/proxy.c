@@ -186,7 +186,9 @@ static void pump_request(struct conn *c)
     struct req *r = &c->r;
     struct evbuffer *in = bufferevent_get_input(c->bev);
 
-    if (r->body != BODY_PENDING || c->up == NULL)
+    /* While connecting, c->up is held but not yet ours (owner unset): body
+     * bytes written now would reach the upstream before the request head. */
+    if (r->body != BODY_PENDING || c->up == NULL || c->up->owner != c)
         return;
     struct evbuffer *out = bufferevent_get_output(c->up->bev);
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH && evbuffer_get_length(in) > 0) {
