@@ -224,7 +224,9 @@ static json_t *decode_object(const char *seg, size_t len)
     if (buf == NULL)
         return NULL;
     ssize_t n = jwtauth_b64url_decode(seg, len, buf);
-    if (n > 0)
+    /* jansson skips a raw NUL between tokens; RFC 8259 allows none there,
+     * and a C-string parser downstream would stop at it: refuse. */
+    if (n > 0 && memchr(buf, '\0', (size_t)n) == NULL)
         obj = json_loadb((const char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
     if (buf != stack)
         free(buf);
