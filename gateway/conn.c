@@ -7,6 +7,7 @@
  * stack ever touches freed memory.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -437,7 +438,11 @@ static void req_reset(struct req *r)
     size_t head_cap = r->head_cap;
     struct h1_header *hdrs = r->hdrs;
 
-    memset(r, 0, sizeof(*r));
+    /* Only the scalar part: the ~8 KB of buffers after it are reset by
+     * their length fields, not rewritten on every request. */
+    memset(r, 0, offsetof(struct req, path));
+    r->path[0] = r->host[0] = r->request_id[0] = r->client_ip[0] = '\0';
+    r->upstream_addr[0] = r->user_buf[0] = r->tier_buf[0] = '\0';
     r->c = c;
     r->cfg = c->cfg;
     r->head_buf = head_buf;

@@ -60,13 +60,9 @@ struct req {
     size_t head_cap;
     size_t head_len;              /* bytes of this request's head */
     struct h1_header *hdrs;       /* cfg->limits.max_headers entries (owned) */
-    char path[4096 + 1];          /* normalised path */
     size_t path_len;
-    char host[256];               /* normalised host (lowercase, no port) */
     size_t host_len;
     const struct fg_route *route; /* chosen route, NULL for previews/redirect */
-    char request_id[129];         /* sent upstream and to the client */
-    char client_ip[INET6_ADDRSTRLEN]; /* the real client (after trusted proxies) */
     const char *xff_prior;        /* trusted proxy's X-Forwarded-For list, or NULL */
     size_t xff_prior_len;
     enum req_body_state body;
@@ -79,7 +75,6 @@ struct req {
     uint64_t bytes_out;
     struct timeval start;         /* head complete */
     double upstream_ms;
-    char upstream_addr[64];
     unsigned attempts;            /* upstream connection attempts */
     bool resp_head_done;          /* the upstream's final response head was relayed */
     bool up_eof;                  /* the upstream closed; drain what it sent */
@@ -87,15 +82,22 @@ struct req {
     size_t stage_idx;             /* next stage to run */
     void (*stage_cancel)(void *); /* see stage_set_cancel */
     void *stage_cancel_arg;
-    char extra[1024];             /* response header lines added by stages */
     size_t extra_len;
-    char up_extra[2048];          /* upstream request header lines added by stages */
     size_t up_extra_len;
     bool up_extra_overflow;       /* a stage's header did not fit: refuse, never drop */
     /* identity, filled by the JWT stage; NULL when anonymous */
     const char *user;             /* points into user_buf */
     size_t user_len;
     const char *tier;             /* tier_buf, or "authenticated" when the token has none */
+    /* The buffers below are not cleared between requests (req_reset clears
+     * only what is above): each is valid up to its length field or NUL. */
+    char path[4096 + 1];          /* normalised path (path_len) */
+    char host[256];               /* normalised host, lowercase, no port (host_len) */
+    char request_id[129];         /* sent upstream and to the client (NUL-terminated) */
+    char client_ip[INET6_ADDRSTRLEN]; /* the real client, after trusted proxies */
+    char upstream_addr[64];       /* server used, for the log ("" = none) */
+    char extra[1024];             /* response header lines added by stages (extra_len) */
+    char up_extra[2048];          /* upstream request lines added by stages (up_extra_len) */
     char user_buf[256];           /* verified sub, copied: valid for the request's life */
     char tier_buf[64];            /* verified tier claim, copied */
 };

@@ -453,6 +453,23 @@ static void response_truncated(struct conn *c, const char *why)
     conn_close(c, true);
 }
 
+/*
+ * Move USED bytes (the first of which are at DATA) from IN to OUT. Small
+ * pieces are copied so they join the response head's chain: the TLS layer
+ * writes one record per chain, and a head with a small body in one record is
+ * one write(2) and one encryption instead of two. Large pieces are moved
+ * chain by chain, never copied.
+ */
+static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
+{
+    if (used <= 4096) {
+        evbuffer_add(out, data, used);
+        evbuffer_drain(in, used);
+    } else {
+        evbuffer_remove_buffer(in, out, used);
+    }
+}
+
 static void pump_response(struct conn *c)
 {
     struct upconn *uc = c->up;
@@ -478,7 +495,7 @@ static void pump_response(struct conn *c)
             response_truncated(c, "bad upstream response framing");
             return;
         }
-        evbuffer_remove_buffer(in, out, used);
+        move_bytes(in, out, v.iov_base, used);
         c->r.bytes_out += used;
         if (st == H1_BODY_DONE) {
             response_complete(c);

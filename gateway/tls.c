@@ -452,6 +452,9 @@ static SSL_CTX *tls_ctx_new(struct tls_ctxset *set, const struct fg_tls *tls,
      * The other two are what bufferevent_openssl's write path requires. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* No SSL_CTX_set_read_ahead: bytes it pulls in with the handshake sit in
+     * OpenSSL's buffer where bufferevent_openssl never looks (no socket
+     * event follows), and a request sent with the Finished would stall. */
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, NULL);
     if (tls_ctx_protocol(ctx, tls, err, errlen) != 0 ||
         tls_ctx_certificate(ctx, cert, err, errlen) != 0)
