@@ -459,9 +459,11 @@ struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char
     return c;
 }
 
+/* The deadline stays armed: a detached call that Redis never answers still
+ * marks the link failed, so a stalled Redis is noticed and a stopping worker
+ * is not held open by a call nobody waits for. */
 void rl_call_detach(struct rl_call *c)
 {
     c->done = NULL;
     c->arg = NULL;
-    evtimer_del(c->deadline);
 }

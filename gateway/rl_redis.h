@@ -88,7 +88,8 @@ struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char
                              const size_t *argvlen, rl_call_done_fn *done, void *arg);
 
 /* The caller no longer wants the answer: DONE will not be called, and the
- * call record is freed when Redis answers or the connection goes. */
+ * call record is freed when Redis answers or the connection goes. Its
+ * deadline still runs: unanswered in timeout_ms, it fails the link. */
 void rl_call_detach(struct rl_call *c);
 
 #endif

@@ -419,3 +419,98 @@ def test_ratelimit_script_matches_c_cases():
         eq(r[0][:2], [1, 0], "limit 1: first admitted")
         eq(r[1][:2], [0, 0], "limit 1: second refused")
         check(59000 <= r[1][3] <= 60000, "limit 1: retry-after %r" % r[1])
+
+
+# ------------------------------------------------------------------ lifecycle
+#
+# A request dies while its Redis call is pending; Redis goes away with calls
+# pending; the worker stops with calls pending. Each must leave nothing for a
+# late reply or a NULL callback to touch (the harness fails on any sanitizer
+# report), and must not keep the worker from stopping.
+
+def send_and_wait(fg, n, ip_base, path="/p"):
+    """N connections, each with one request sent and no answer read yet."""
+    from harness import build_request
+    conns = []
+    for i in range(n):
+        c = fg.tls()
+        c.send(build_request("GET", path, headers=from_ip("%s.%d" % (ip_base, i + 1))))
+        conns.append(c)
+    time.sleep(0.3)  # let the requests reach the rate-limit stage (not an assertion)
+    return conns
+
+
+def test_ratelimit_client_gone_then_late_reply():
+    """Clients close while Redis is paused; Redis then answers the detached calls."""
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 3000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        redis.pause()
+        for c in send_and_wait(fg, 4, "198.51.100"):
+            c.close()
+        time.sleep(0.2)
+        redis.resume()
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/p", from_ip("203.0.113.9")), 3, 60)
+        check(fg.alive(), "flowgate died")
+
+
+def test_ratelimit_redis_killed_with_calls_pending():
+    """Redis dies while requests wait: each is decided locally, once."""
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 5000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        redis.pause()
+        conns = send_and_wait(fg, 3, "198.51.100")
+        gone = send_and_wait(fg, 2, "192.0.2")
+        for c in gone:
+            c.close()
+        redis.kill()
+        for c in conns:
+            r = c.read_response()
+            eq(r.status, 200, "status of a request whose Redis call died with the link")
+            eq(r.header("X-RateLimit-Remaining"), "2", "local decision after the link died")
+            c.close()
+        redis.start()
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/p", from_ip("203.0.113.9")), 3, 60)
+
+
+def test_ratelimit_stop_with_calls_pending():
+    """SIGTERM while requests wait on a stalled Redis: the waiting request is
+    answered (its deadline), and the process exits, also when the only pending
+    call is one whose client has gone."""
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up:
+        cfg = rl_config(redis, tiers=tiers,
+                        redis={"address": redis.addr, "timeout_ms": 1000,
+                               "key_prefix": "fgtest:"})
+        cfg["shutdown_timeout_ms"] = 60000
+        fg = Flowgate(cfg, upstream=up)
+        with fg:
+            wait_redis(fg, "up")
+            redis.pause()
+            for c in send_and_wait(fg, 2, "198.51.100"):
+                c.close()
+            issues = fg.stop()
+            check(not issues, "stop with detached calls on a stalled Redis:\n" + "\n".join(issues))
+        redis.resume()
+        fg = Flowgate(cfg, upstream=up)
+        with fg:
+            wait_redis(fg, "up")
+            redis.pause()
+            conns = send_and_wait(fg, 2, "198.51.100")
+            fg.proc.send_signal(__import__("signal").SIGTERM)
+            for c in conns:
+                r = c.read_response()
+                eq(r.status, 200, "a request waiting on Redis when the worker stops")
+                c.close()
+            issues = fg.stop()
+            check(not issues, "stop with calls pending on a stalled Redis:\n" + "\n".join(issues))
+        redis.resume()
