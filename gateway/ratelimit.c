@@ -549,13 +549,19 @@ static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
     }
 }
 
-/* The script's reply: 4 integers per limit (see rl_script). 0 or -1. */
+/* Largest time (ms) taken from a reply: exact in the script's doubles, and
+ * small enough that microseconds plus a monotonic now never overflow. */
+#define RL_REPLY_MS_MAX (INT64_C(1) << 53)
+
+/* The script's reply: 4 integers per limit (see rl_script). 0 or -1; a
+ * reply out of range (not from our script) is a failed call. */
 static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res, bool *admitted)
 {
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 * n)
         return -1;
     for (size_t i = 0; i < 4 * n; i++)
-        if (reply->element[i]->type != REDIS_REPLY_INTEGER || reply->element[i]->integer < 0)
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER || reply->element[i]->integer < 0 ||
+            reply->element[i]->integer > RL_REPLY_MS_MAX)
             return -1;
     *admitted = true;
     for (size_t i = 0; i < n; i++) {

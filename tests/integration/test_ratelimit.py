@@ -514,3 +514,72 @@ def test_ratelimit_stop_with_calls_pending():
             issues = fg.stop()
             check(not issues, "stop with calls pending on a stalled Redis:\n" + "\n".join(issues))
         redis.resume()
+
+
+class FakeRedis:
+    """A RESP server on a free loopback port that loads the script like Redis
+    and answers every EVALSHA with REPLY (a list of integers)."""
+
+    def __init__(self, reply):
+        import socket
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.sha = hashlib.sha1(gcra_script().encode()).hexdigest()
+        self.evals = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.client, args=(s,), daemon=True).start()
+
+    def client(self, s):
+        f = s.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                args = []
+                for _ in range(int(line[1:])):
+                    n = int(f.readline()[1:])
+                    args.append(f.read(n + 2)[:-2])
+                cmd = args[0].upper()
+                if cmd == b"SCRIPT":
+                    s.sendall(b"$40\r\n%s\r\n" % self.sha.encode())
+                elif cmd == b"EVALSHA":
+                    self.evals += 1
+                    s.sendall(b"*%d\r\n" % len(self.reply) +
+                              b"".join(b":%d\r\n" % v for v in self.reply))
+                else:
+                    s.sendall(b"+OK\r\n")
+        except OSError:
+            return
+        finally:
+            s.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_ratelimit_hostile_redis_numbers():
+    """Integers from Redis too large for microseconds are a failed call (the
+    local limiter decides), never an arithmetic overflow."""
+    fake = FakeRedis([0, 0, 2 ** 62, 2 ** 62])
+    try:
+        cfg = rl_config(fake, tiers={"anonymous": {"limit": 3, "window": 60}},
+                        redis={"address": fake.addr, "timeout_ms": 1000, "key_prefix": "fgtest:"})
+        with Upstream(record=False) as up, Flowgate(cfg, upstream=up) as fg:
+            wait_redis(fg, "up")
+            rs = burst(fg, 2, "/p", from_ip("198.51.100.1"))
+            check(fake.evals >= 1, "no EVALSHA reached the fake Redis")
+            for r in rs:
+                eq(r.status, 200, "status after an unusable Redis reply (local limiter)")
+    finally:
+        fake.close()
