@@ -1,0 +1,78 @@
+/*
+ * resolver.h - per-worker asynchronous name resolution for preview upstreams.
+ *
+ * One evdns_base per worker (no blocking getaddrinfo on a worker). Names are
+ * looked up first in resolver.hosts_file, parsed by this module into a table
+ * that is re-read when the file changes (its mtime/size/inode looked at no
+ * more than once a second); its answers are cached for RESOLVER_HOSTS_TTL_MS.
+ * Other names go to DNS (A records): answers are cached for their TTL (at
+ * most RESOLVER_MAX_TTL_MS), a name that does not exist for
+ * RESOLVER_NEGATIVE_TTL_MS, a failure (timeout, SERVFAIL) for
+ * RESOLVER_FAILED_TTL_MS. Concurrent lookups of one name wait on one query.
+ *
+ *   entry: (none) --lookup--> PENDING --answer--> OK | NOT_FOUND | FAILED
+ *                                ^                        |
+ *                                +------expired, lookup---+
+ */
+#ifndef FG_RESOLVER_H
+#define FG_RESOLVER_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "cfg.h"
+
+#define RESOLVER_HOSTS_TTL_MS 2000
+#define RESOLVER_MAX_TTL_MS 300000
+#define RESOLVER_MIN_TTL_MS 1000     /* a TTL of 0 still serves the requests of a second */
+#define RESOLVER_NEGATIVE_TTL_MS 5000
+#define RESOLVER_FAILED_TTL_MS 1000
+#define RESOLVER_MAX_ENTRIES 4096    /* per worker; least recently used out */
+
+enum resolver_status {
+    RESOLVER_OK = 0,        /* an address */
+    RESOLVER_NOT_FOUND = 1, /* NXDOMAIN, no A record, not in the hosts file */
+    RESOLVER_FAILED = 2,    /* timeout, SERVFAIL, no nameserver answered */
+    RESOLVER_PENDING = 3,   /* the waiter's callback will be called */
+};
+const char *resolver_status_str(enum resolver_status st);
+
+struct resolver;
+struct resolver_entry;
+struct resolver_wait;
+
+/* Called once with the answer; ADDR (port 0) only for RESOLVER_OK. */
+typedef void (*resolver_cb)(struct resolver_wait *wt, enum resolver_status st,
+                            const struct sockaddr_storage *addr);
+
+/* A lookup's waiter, embedded in its owner (a request). */
+struct resolver_wait {
+    struct resolver_entry *e;         /* NULL when not waiting */
+    struct resolver_wait *next, *prev;
+    resolver_cb cb;
+};
+
+/* A name's answer moved away from OLD (changed address, or gone): the
+ * caller's pools to OLD hold connections to what is no longer that MVP. */
+typedef void (*resolver_moved_cb)(void *arg, const struct sockaddr_storage *old);
+
+/* 0 or -1 with ERR. */
+struct resolver *resolver_new(struct event_base *base, const struct fg_resolver *cfg,
+                              resolver_moved_cb moved, void *arg, char *err, size_t errlen);
+void resolver_free(struct resolver *rs); /* pending queries are dropped, no callback */
+
+/*
+ * Look NAME (lowercase) up. A cached answer returns at once (RESOLVER_OK
+ * fills *ADDR); otherwise RESOLVER_PENDING and WT->cb is called later from
+ * the loop, unless resolver_cancel(WT) is called first.
+ */
+enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
+                                     struct resolver_wait *wt, resolver_cb cb,
+                                     struct sockaddr_storage *addr);
+
+/* Stop waiting: the callback will not be called. Idempotent. */
+void resolver_cancel(struct resolver_wait *wt);
+
+#endif
