@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 
 #include <event2/buffer.h>
 
@@ -47,8 +48,20 @@ int upstream_pools_init(struct worker *w, const struct fg_config *cfg)
     return 0;
 }
 
+/* The worker's preview pools, keyed by address and port. */
+#define DYN_BUCKETS 1024
+
+struct upstream_dyn {
+    struct upstream_pool *buckets[DYN_BUCKETS];
+    struct upstream_pool *lru_head, *lru_tail;
+    size_t npools;
+    uint32_t nidle; /* idle connections over every preview pool */
+};
+
 static void upconn_free(struct upconn *uc)
 {
+    struct upstream_pool *p = uc->pool;
+
     if (uc->timer)
         event_free(uc->timer);
     if (uc->bev)
@@ -56,20 +69,47 @@ static void upconn_free(struct upconn *uc)
     free(uc->hdrs);
     free(uc->head_buf);
     free(uc);
+    /* A preview pool evicted while this connection was in use goes with it. */
+    if (p && --p->nconns == 0 && p->forgotten)
+        free(p);
+}
+
+/* Take the first idle connection out of P's list (NULL when none). */
+static struct upconn *pool_pop(struct upstream_pool *p)
+{
+    struct upconn *uc = p->idle;
+
+    if (uc == NULL)
+        return NULL;
+    p->idle = uc->next_idle;
+    p->nidle--;
+    if (p->dyn)
+        p->dyn->nidle--;
+    uc->next_idle = NULL;
+    return uc;
+}
+
+static void pool_close_idle(struct upstream_pool *p)
+{
+    struct upconn *uc;
+
+    while ((uc = pool_pop(p)) != NULL)
+        upconn_free(uc);
 }
 
 void upstream_pools_close_idle(struct worker *w)
 {
-    for (size_t i = 0; i < w->npools; i++) {
-        struct upstream_pool *p = &w->pools[i];
-        while (p->idle) {
-            struct upconn *uc = p->idle;
-            p->idle = uc->next_idle;
-            p->nidle--;
-            upconn_free(uc);
-        }
-    }
+    for (size_t i = 0; i < w->npools; i++)
+        pool_close_idle(&w->pools[i]);
+    if (w->dyn == NULL)
+        return;
+    /* Closing a pool's last idle connection never frees it: it is still in
+     * the table (not forgotten). */
+    for (struct upstream_pool *p = w->dyn->lru_head; p; p = p->lru_next)
+        pool_close_idle(p);
 }
+
+static void dyn_forget(struct upstream_dyn *d, struct upstream_pool *p);
 
 void upstream_pools_free(struct worker *w)
 {
@@ -79,6 +119,183 @@ void upstream_pools_free(struct worker *w)
     free(w->pools);
     w->pools = NULL;
     w->npools = 0;
+    if (w->dyn) {
+        while (w->dyn->lru_head)
+            dyn_forget(w->dyn, w->dyn->lru_head);
+        free(w->dyn);
+        w->dyn = NULL;
+    }
+}
+
+/* ---- preview pools ---------------------------------------------------------- */
+
+static bool same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b,
+                          bool with_port)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_addr.s_addr == y->sin_addr.s_addr && (!with_port || x->sin_port == y->sin_port);
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 &&
+           (!with_port || x->sin6_port == y->sin6_port);
+}
+
+static uint32_t endpoint_hash(const struct sockaddr_storage *a)
+{
+    const unsigned char *b;
+    size_t n;
+    uint32_t h = 2166136261u;
+
+    if (a->ss_family == AF_INET) {
+        b = (const unsigned char *)&((const struct sockaddr_in *)a)->sin_addr;
+        n = 4;
+    } else {
+        b = (const unsigned char *)&((const struct sockaddr_in6 *)a)->sin6_addr;
+        n = 16;
+    }
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h; /* by address only: forgetting an address finds every port */
+}
+
+static void dyn_lru_unlink(struct upstream_dyn *d, struct upstream_pool *p)
+{
+    if (p->lru_prev)
+        p->lru_prev->lru_next = p->lru_next;
+    else
+        d->lru_head = p->lru_next;
+    if (p->lru_next)
+        p->lru_next->lru_prev = p->lru_prev;
+    else
+        d->lru_tail = p->lru_prev;
+    p->lru_prev = p->lru_next = NULL;
+}
+
+static void dyn_lru_push(struct upstream_dyn *d, struct upstream_pool *p)
+{
+    p->lru_next = d->lru_head;
+    p->lru_prev = NULL;
+    if (d->lru_head)
+        d->lru_head->lru_prev = p;
+    d->lru_head = p;
+    if (d->lru_tail == NULL)
+        d->lru_tail = p;
+}
+
+/* Out of the table, its idle connections closed; connections in use keep
+ * the pool alive until they end (upconn_free). */
+static void dyn_forget(struct upstream_dyn *d, struct upstream_pool *p)
+{
+    struct upstream_pool **pp = &d->buckets[endpoint_hash(&p->dyn_server.ss) % DYN_BUCKETS];
+
+    while (*pp && *pp != p)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = p->hnext;
+    dyn_lru_unlink(d, p);
+    d->npools--;
+    pool_close_idle(p);
+    p->dyn = NULL;
+    p->forgotten = true;
+    if (p->nconns == 0)
+        free(p);
+}
+
+static struct upstream_pool *dyn_new_pool(struct worker *w, const struct sockaddr_storage *addr)
+{
+    struct upstream_pool *p = calloc(1, sizeof(*p));
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port;
+
+    if (p == NULL)
+        return NULL;
+    p->dyn_server.ss = *addr;
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const void *)addr;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        port = ntohs(s4->sin_port);
+        p->dyn_server.len = sizeof(struct sockaddr_in);
+        snprintf(p->dyn_text, sizeof(p->dyn_text), "%s:%d", ip, port);
+    } else {
+        const struct sockaddr_in6 *s6 = (const void *)addr;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s6->sin6_port);
+        p->dyn_server.len = sizeof(struct sockaddr_in6);
+        snprintf(p->dyn_text, sizeof(p->dyn_text), "[%s]:%d", ip, port);
+    }
+    p->dyn_server.text = p->dyn_text;
+    p->dyn_u.name = "preview";
+    p->dyn_u.servers = &p->dyn_server;
+    p->dyn_u.nservers = 1;
+    p->dyn_u.connect_timeout_ms = UPSTREAM_PREVIEW_CONNECT_MS;
+    p->dyn_u.read_timeout_ms = UPSTREAM_PREVIEW_READ_MS;
+    p->dyn_u.keepalive = UPSTREAM_PREVIEW_KEEPALIVE;
+    p->u = &p->dyn_u;
+    p->servers = &p->dyn_state;
+    p->base = w->base;
+    p->dyn = w->dyn;
+    return p;
+}
+
+struct upstream_pool *upstream_preview_pool(struct worker *w, const struct sockaddr_storage *addr)
+{
+    struct upstream_dyn *d = w->dyn;
+    struct upstream_pool *p;
+
+    if (d == NULL && (d = w->dyn = calloc(1, sizeof(*d))) == NULL)
+        return NULL;
+    uint32_t h = endpoint_hash(addr) % DYN_BUCKETS;
+    for (p = d->buckets[h]; p; p = p->hnext) {
+        if (same_endpoint(&p->dyn_server.ss, addr, true)) {
+            if (d->lru_head != p) {
+                dyn_lru_unlink(d, p);
+                dyn_lru_push(d, p);
+            }
+            return p;
+        }
+    }
+    if (d->npools >= UPSTREAM_PREVIEW_POOLS_MAX)
+        dyn_forget(d, d->lru_tail);
+    if ((p = dyn_new_pool(w, addr)) == NULL)
+        return NULL;
+    p->hnext = d->buckets[h];
+    d->buckets[h] = p;
+    dyn_lru_push(d, p);
+    d->npools++;
+    return p;
+}
+
+void upstream_preview_forget(struct worker *w, const struct sockaddr_storage *addr)
+{
+    struct upstream_dyn *d = w->dyn;
+
+    if (d == NULL)
+        return;
+    struct upstream_pool *p = d->buckets[endpoint_hash(addr) % DYN_BUCKETS], *next;
+    for (; p; p = next) {
+        next = p->hnext;
+        if (same_endpoint(&p->dyn_server.ss, addr, false))
+            dyn_forget(d, p);
+    }
+}
+
+/* The shared bound on idle preview connections: make room by closing one
+ * idle connection of the least recently used pool that has one. */
+static bool dyn_make_room(struct upstream_dyn *d)
+{
+    if (d->nidle < UPSTREAM_PREVIEW_IDLE_MAX)
+        return true;
+    for (struct upstream_pool *p = d->lru_tail; p; p = p->lru_prev) {
+        struct upconn *uc = pool_pop(p);
+        if (uc) {
+            upconn_free(uc);
+            return true;
+        }
+    }
+    return false;
 }
 
 const char *upstream_server_text(const struct upconn *uc)
@@ -99,6 +316,8 @@ static void pool_unlink(struct upconn *uc)
     if (*pp) {
         *pp = uc->next_idle;
         uc->pool->nidle--;
+        if (uc->pool->dyn)
+            uc->pool->dyn->nidle--;
     }
     uc->next_idle = NULL;
 }
@@ -135,8 +354,9 @@ void upstream_release(struct upconn *uc, bool keep)
 
     uc->owner = NULL;
     uc->ready_cb = NULL;
-    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive ||
-        evbuffer_get_length(bufferevent_get_input(uc->bev)) > 0) {
+    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten ||
+        evbuffer_get_length(bufferevent_get_input(uc->bev)) > 0 ||
+        (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);
         return;
     }
@@ -153,6 +373,8 @@ void upstream_release(struct upconn *uc, bool keep)
     uc->next_idle = p->idle;
     p->idle = uc;
     p->nidle++;
+    if (p->dyn)
+        p->dyn->nidle++;
 }
 
 static size_t pick_server(struct upstream_pool *p)
@@ -206,13 +428,10 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static struct upconn *pooled(struct upstream_pool *p)
 {
-    struct upconn *uc = p->idle;
+    struct upconn *uc = pool_pop(p);
 
     if (uc == NULL)
         return NULL;
-    p->idle = uc->next_idle;
-    p->nidle--;
-    uc->next_idle = NULL;
     uc->state = UPCONN_ACTIVE;
     uc->reused = true;
     event_del(uc->timer);
@@ -234,6 +453,7 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
     if (uc == NULL)
         return NULL;
     uc->pool = p;
+    p->nconns++;
     uc->server = pick_server(p);
     uc->ready_cb = cb;
     uc->ready_arg = arg;

@@ -27,13 +27,30 @@ struct upstream_server_state {
 };
 
 struct upstream_pool {
-    const struct fg_upstream *u;        /* config (the worker's snapshot) */
+    const struct fg_upstream *u;        /* config (the worker's snapshot), or &dyn_u */
     struct event_base *base;            /* the worker's loop */
     struct upstream_server_state *servers;
     size_t next;                        /* round-robin cursor */
     struct upconn *idle;                /* idle keep-alive connections (LIFO) */
     uint32_t nidle;
+    /* Preview pools only (one per resolved address, see upstream_preview_pool). */
+    struct upstream_dyn *dyn;           /* the worker's table; NULL for configured upstreams */
+    struct upstream_pool *hnext;        /* hash chain in dyn */
+    struct upstream_pool *lru_prev, *lru_next; /* most recently used first */
+    uint32_t nconns;                    /* connections of this pool alive (any state) */
+    bool forgotten;                     /* out of the table: freed when nconns drops to 0 */
+    struct fg_upstream dyn_u;           /* one server: the address */
+    struct fg_sockaddr dyn_server;
+    struct upstream_server_state dyn_state;
+    char dyn_text[64];                  /* "127.0.0.2:8080", for logs */
 };
+
+/* Preview pools: defaults, since no configuration names them. */
+#define UPSTREAM_PREVIEW_CONNECT_MS 2000
+#define UPSTREAM_PREVIEW_READ_MS 60000  /* also the idle bound of a WebSocket tunnel */
+#define UPSTREAM_PREVIEW_KEEPALIVE 8    /* idle connections per MVP address */
+#define UPSTREAM_PREVIEW_IDLE_MAX 1024  /* idle preview connections per worker, in all */
+#define UPSTREAM_PREVIEW_POOLS_MAX 4096 /* preview pools per worker; least recently used out */
 
 enum upconn_state {
     UPCONN_CONNECTING = 0,
@@ -91,5 +108,16 @@ const char *upstream_server_text(const struct upconn *uc);
 void upstream_mark_down(struct upconn *uc);
 
 uint64_t upstream_now_ms(void);
+
+/*
+ * The keep-alive pool for a preview upstream at ADDR (address and port),
+ * created on first use. Pools are per worker, bounded in number (the least
+ * recently used goes, its idle connections closed) and share one bound on
+ * idle connections. NULL when out of memory.
+ */
+struct upstream_pool *upstream_preview_pool(struct worker *w, const struct sockaddr_storage *addr);
+
+/* Close the idle connections to ADDR (any port): no MVP is known there now. */
+void upstream_preview_forget(struct worker *w, const struct sockaddr_storage *addr);
 
 #endif

@@ -24,6 +24,7 @@
 #include "jwtauth.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "resolver.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -189,6 +190,13 @@ void worker_request_id(struct worker *w, char out[33])
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg);
 
+/* A preview name no longer resolves to OLD: its idle connections there
+ * would reach whatever now listens at that address. */
+static void preview_moved(void *arg, const struct sockaddr_storage *old)
+{
+    upstream_preview_forget(arg, old);
+}
+
 int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls_ctxset *tls,
                 char *err, size_t errlen)
 {
@@ -217,6 +225,9 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (cfg->previews.enabled &&
+        (w->resolver = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen)) == NULL)
+        return -1;
     return ratelimit_worker_init(w, err, errlen);
 }
 
@@ -285,6 +296,8 @@ void worker_free(struct worker *w)
             close(w->listeners[i].fd);
     }
     free(w->listeners);
+    resolver_free(w->resolver); /* after the connections: their lookups are cancelled */
+    w->resolver = NULL;
     upstream_pools_free(w);
     jwtauth_cache_free(w->jwt_cache);
     w->jwt_cache = NULL;

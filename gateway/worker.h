@@ -17,6 +17,8 @@
 #include "tls.h"
 
 struct upstream_pool;
+struct upstream_dyn;
+struct resolver;
 struct conn;
 struct jwtauth_cache;
 struct rl_worker;
@@ -59,6 +61,8 @@ struct worker {
     size_t nlisteners;
     struct upstream_pool *pools;    /* one per cfg->upstreams entry */
     size_t npools;
+    struct upstream_dyn *dyn;       /* preview pools by address; created on first use */
+    struct resolver *resolver;      /* preview upstream names; NULL without previews */
     struct event *resume_ev;        /* re-arms paused listeners */
     struct event *stop_ev;          /* manual-activated: begin graceful stop */
     struct conn *conns;             /* every open client connection (list) */
