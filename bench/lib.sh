@@ -7,6 +7,13 @@
 #
 # Every server gets the same certificate, generated for the run by
 # certs/gen-dev-certs.sh into $BENCH_TMP/certs.
+#
+# Knobs read by the start_* functions (unset: the core.sh setup):
+#   FG_WORKERS=1 FG_TICKETS=true FG_ADMIN=PORT FG_ROUTES=... FG_EXTRA=...
+#   NGX_RESUME=1 (0: no tickets, no session cache) NGX_STREAM=0 (1: no
+#   request/response buffering)  HAP_RESUME=1 (0: no-tls-tickets, cache 0)
+#   HAP_FRONTEND=... (lines before default_backend) HAP_EXTRA=... (sections)
+# measure appends to ${RUNS_FILE:-$BENCH_TMP/runs.tsv}; WRK_SCRIPT=FILE adds -s.
 
 BENCH_ROOT=${BENCH_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 BENCH_PIDS=""
@@ -65,6 +72,24 @@ bench_cleanup() {
             rm -rf "$BENCH_TMP"
         fi
     fi
+}
+
+# stop_pid PID: stop one recorded process (SIGTERM, bounded wait, SIGKILL)
+# and forget it.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || true
+    _i=0
+    while kill -0 "$1" 2>/dev/null && [ $_i -lt 50 ]; do
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    _left=""
+    for _p in $BENCH_PIDS; do
+        [ "$_p" = "$1" ] || _left="$_left $_p"
+    done
+    BENCH_PIDS=$_left
 }
 
 # free_port: a TCP port on 127.0.0.1 that was free a moment ago.
@@ -134,25 +159,54 @@ build_flowgate() {
 
 # ---------------------------------------------------------------- servers
 
-# start_backend PORT: nginx, plain HTTP, a fixed 12-byte body, keep-alive.
+# start_backend PORT: nginx, plain HTTP, keep-alive. GET / (and any other
+# path): 200 "hello world\n" (12 bytes); GET /big: a 1 MiB file; POST /upload
+# (up to 2 MiB): the whole body is read into memory, then a bodiless request
+# to /ok on itself gives 200 "ok\n"; so the answer comes only after a proxy
+# has streamed the whole body.
 start_backend() {
     _d=$BENCH_TMP/backend
-    mkdir -p "$_d/logs"
+    mkdir -p "$_d/logs" "$_d/www"
+    head -c 1048576 /dev/zero | tr '\0' 'x' >"$_d/www/big"
+    printf 'ok\n' >"$_d/www/ok"
+    # The nginx worker may run as another user (www-data under root): let it
+    # reach the files it serves, nothing else in the temp dir.
+    chmod 711 "$BENCH_TMP" "$_d"
+    chmod 755 "$_d/www"
+    chmod 644 "$_d/www/big" "$_d/www/ok"
     cat >"$_d/nginx.conf" <<EOF
 worker_processes 1;
 pid $_d/nginx.pid;
 error_log $_d/logs/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 8192; }
 http {
     access_log off;
     client_body_temp_path $_d/body; proxy_temp_path $_d/proxy;
     fastcgi_temp_path $_d/fastcgi; uwsgi_temp_path $_d/uwsgi; scgi_temp_path $_d/scgi;
     keepalive_timeout 120s;
     keepalive_requests 100000000;
+    sendfile on;
+    upstream self {
+        server 127.0.0.1:$1;
+        keepalive 32;
+    }
     server {
         listen 127.0.0.1:$1 backlog=4096;
         default_type text/plain;
+        root $_d/www;
         location / { return 200 "hello world\n"; }
+        location = /big { }
+        location = /upload {
+            client_max_body_size 2m;
+            client_body_buffer_size 2m;
+            proxy_request_buffering on;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+            proxy_pass http://self/ok;
+        }
+        location = /ok { return 200 "ok\n"; }
     }
 }
 EOF
@@ -161,22 +215,27 @@ EOF
     wait_port "$1" "$BACKEND_PID" backend
 }
 
-# start_flowgate PORT BACKEND_PORT: build/flowgate (a copy), one worker.
+# start_flowgate PORT BACKEND_PORT [NAME]: build/flowgate (a copy), FG_WORKERS
+# (1) workers; NAME (flowgate) names its directory and its PIN_ variable.
 start_flowgate() {
-    _d=$BENCH_TMP/flowgate
+    _n=${3:-flowgate}
+    _d=$BENCH_TMP/$_n
     mkdir -p "$_d"
+    _admin=""
+    [ -n "${FG_ADMIN:-}" ] && _admin=127.0.0.1:$FG_ADMIN
+    _routes=${FG_ROUTES:-'{ host = ""; path = "/"; upstream = "backend"; auth = "none"; }'}
     cat >"$_d/flowgate.conf" <<EOF
-workers = 1;
+workers = ${FG_WORKERS:-1};
 shutdown_timeout_ms = 2000;
 listen: {
   https = [ "127.0.0.1:$1" ];
   http = [ ];
-  admin = "";
+  admin = "$_admin";
 };
 tls: {
   certificates = ( { cert = "$CERT"; key = "$KEY"; } );
   min_version = "TLSv1.2";
-  session_tickets = true;
+  session_tickets = ${FG_TICKETS:-true};
 };
 headers: {
   hsts = "$HDR_HSTS";
@@ -192,15 +251,16 @@ upstreams: {
               read_timeout_ms = 30000; keepalive = 64; };
 };
 routes = (
-  { host = ""; path = "/"; upstream = "backend"; auth = "none"; }
+  $_routes
 );
+${FG_EXTRA:-}
 log: { access = ""; error = "$_d/error.log"; level = "warn"; };
 EOF
     "$FLOWGATE_BIN" -t -c "$_d/flowgate.conf" >"$_d/check.out" 2>&1 ||
-        die "flowgate configuration rejected: $(cat "$_d/check.out")"
-    spawn flowgate "$FLOWGATE_BIN" -c "$_d/flowgate.conf"
+        die "$_n configuration rejected: $(cat "$_d/check.out")"
+    spawn "$_n" "$FLOWGATE_BIN" -c "$_d/flowgate.conf"
     FLOWGATE_PID=$SPAWNED_PID
-    wait_port "$1" "$FLOWGATE_PID" flowgate
+    wait_port "$1" "$FLOWGATE_PID" "$_n"
 }
 
 # start_nginx_proxy PORT BACKEND_PORT: nginx as the same TLS proxy.
@@ -231,7 +291,19 @@ http {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
         ssl_prefer_server_ciphers on;
-        ssl_session_tickets on;
+$(if [ "${NGX_RESUME:-1}" = 0 ]; then
+        echo "        ssl_session_tickets off;"
+        echo "        ssl_session_cache off;"
+    else
+        echo "        ssl_session_tickets on;"
+    fi)
+        client_max_body_size 2m;
+$(if [ "${NGX_STREAM:-0}" = 1 ]; then
+        echo "        proxy_request_buffering off;"
+        echo "        proxy_buffering off;"
+        echo "        proxy_buffer_size 16k;"
+        echo "        proxy_buffers 8 16k;"
+    fi)
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -267,7 +339,8 @@ start_haproxy() {
     cat >"$_d/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 4096
+    maxconn 8192
+$([ "${HAP_RESUME:-1}" = 0 ] && echo "    tune.ssl.cachesize 0")
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-bind-ciphers ECDHE+AESGCM:ECDHE+CHACHA20
 
@@ -281,7 +354,7 @@ defaults
     http-reuse always
 
 frontend tls
-    bind 127.0.0.1:$1 ssl crt $BENCH_TMP/certs/server.pem alpn http/1.1
+    bind 127.0.0.1:$1 ssl crt $BENCH_TMP/certs/server.pem alpn http/1.1$([ "${HAP_RESUME:-1}" = 0 ] && echo " no-tls-tickets")
     unique-id-format %[rand,hex]%[rand,hex]%[rand,hex]%[rand,hex]
     http-request del-header X-Request-Id
     http-request set-header X-Request-Id %[unique-id]
@@ -297,10 +370,12 @@ frontend tls
     http-after-response set-header X-XSS-Protection "$HDR_XXSS"
     http-after-response set-header Referrer-Policy "$HDR_REFERRER"
     http-after-response set-header Content-Security-Policy "$HDR_CSP"
+${HAP_FRONTEND:-}
     default_backend backend
 
 backend backend
     server s1 127.0.0.1:$2
+${HAP_EXTRA:-}
 EOF
     /usr/sbin/haproxy -c -q -f "$_d/haproxy.cfg" >"$_d/check.out" 2>&1 ||
         die "haproxy configuration rejected: $(cat "$_d/check.out")"
@@ -352,24 +427,34 @@ hwm_kib() {
     echo "$_m"
 }
 
-# wrk_run OUT URL: wrk with the run's settings, output into OUT.
+# wrk_run OUT URL: wrk with the run's settings (WRK_SCRIPT: -s FILE), output
+# into OUT.
 wrk_run() {
     set -- "$1" "$2"
+    if [ -n "${WRK_SCRIPT:-}" ]; then
+        set -- "$1" "$2" -s "$WRK_SCRIPT"
+    fi
+    _o=$1
+    shift
     if [ -n "${PIN_WRK:-}" ]; then
         taskset -c "$PIN_WRK" wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" \
-            --timeout 10s --latency "$2" >"$1" 2>&1
+            --timeout 10s --latency "$@" >"$_o" 2>&1
     else
         wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" \
-            --timeout 10s --latency "$2" >"$1" 2>&1
+            --timeout 10s --latency "$@" >"$_o" 2>&1
     fi
 }
 
-# measure TARGET ROUND URL PID: one wrk run; appends a line to runs.tsv:
-# target round wrk-output-file cpu-ticks hwm-kib
+# measure TARGET ROUND URL PID [OTHER_PID]: one wrk run; appends a line to
+# ${RUNS_FILE:-$BENCH_TMP/runs.tsv}:
+# target round wrk-output-file cpu-ticks hwm-kib [other-pid-cpu-ticks]
+# (OTHER_PID: a helper whose CPU is reported apart, e.g. redis-server).
 measure() {
-    _out=$BENCH_TMP/wrk-$1-$2.txt
+    _out=$BENCH_TMP/wrk-${RUN_TAG:-}$1-$2.txt
     _before=0
     [ -n "$4" ] && _before=$(cpu_ticks "$4")
+    _obefore=0
+    [ -n "${5:-}" ] && _obefore=$(cpu_ticks "$5")
     wrk_run "$_out" "$3" || log "bench: wrk exited non-zero for $1 (see $_out)"
     _ticks=""
     _hwm=""
@@ -378,7 +463,10 @@ measure() {
         _ticks=$((_after - _before))
         _hwm=$(hwm_kib "$4")
     fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$_out" "$_ticks" "$_hwm" >>"$BENCH_TMP/runs.tsv"
+    _other=""
+    [ -n "${5:-}" ] && _other=$(printf '\t%s' $(($(cpu_ticks "$5") - _obefore)))
+    printf '%s\t%s\t%s\t%s\t%s%s\n' "$1" "$2" "$_out" "$_ticks" "$_hwm" "$_other" \
+        >>"${RUNS_FILE:-$BENCH_TMP/runs.tsv}"
 }
 
 # bench_report NAME [BASE OTHER...]: table on stdout, JSON in
@@ -426,7 +514,7 @@ def parse_wrk(path):
 clk = int(os.environ["CLK_TCK"])
 order, runs = [], {}
 for line in open(os.environ["RUNS"]):
-    target, rnd, path, ticks, hwm = line.rstrip("\n").split("\t")
+    target, rnd, path, ticks, hwm = line.rstrip("\n").split("\t")[:5]
     r = parse_wrk(path)
     r["round"] = int(rnd)
     r["cpu_ticks"] = int(ticks) if ticks else None
