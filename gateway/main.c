@@ -281,6 +281,10 @@ static int run(const char *path)
     log_info("flowgate %s started: %u workers", FG_VERSION, app.nworkers);
     notify_systemd("READY=1");
     event_base_dispatch(app.base);
+    /* The signal events go with the base below: a second SIGTERM during
+     * teardown must not kill the process before it exits 0. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     for (unsigned i = 0; i < app.nworkers; i++)
         worker_join(&app.workers[i]);
     log_info("stopped");
