@@ -1663,6 +1663,32 @@ static void parse_preview_upstream(struct cfg_ctx *ctx, const config_setting_t *
             "\"%s\" must contain \"{name}\" once and end in \":port\"", up);
 }
 
+/* The preview block: the platform's headers minus the two that would stop
+ * its app from framing a preview, plus the preview's own frame-ancestors. */
+static void render_preview_blocks(struct cfg_ctx *ctx, struct fg_previews *p,
+                                  const struct fg_headers *h)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct cfg_buf b = {0};
+
+        if (tls)
+            block_add(&b, "Strict-Transport-Security", h->hsts);
+        block_add(&b, "X-Content-Type-Options", h->content_type_options);
+        block_add(&b, "X-XSS-Protection", h->xss_protection);
+        block_add(&b, "Referrer-Policy", h->referrer_policy);
+        if (p->frame_ancestors && p->frame_ancestors[0]) {
+            buf_adds(&b, "Content-Security-Policy: frame-ancestors ");
+            buf_adds(&b, p->frame_ancestors);
+            buf_adds(&b, "\r\n");
+        }
+        block_add(&b, "Server", h->server);
+        if (tls)
+            p->block_https = buf_finish(ctx, &b, &p->block_https_len);
+        else
+            p->block_http = buf_finish(ctx, &b, &p->block_http_len);
+    }
+}
+
 static void parse_previews(struct cfg_ctx *ctx, const config_setting_t *root)
 {
     struct fg_previews *p = &ctx->cfg->previews;
@@ -1680,6 +1706,11 @@ static void parse_previews(struct cfg_ctx *ctx, const config_setting_t *root)
     p->auth = get_auth(ctx, g, FG_AUTH_NONE);
     parse_preview_host(ctx, g);
     parse_preview_upstream(ctx, g);
+    render_preview_blocks(ctx, p, &ctx->cfg->headers);
+    ctx->cfg->preview_route = (struct fg_route){
+        .host = "", .path = "/", .path_len = 1, .auth = p->auth, .rate_limit = true,
+        .index = ctx->cfg->nroutes,
+    };
 }
 
 /* "IP", "IP:port" or "[IPv6]:port". */
@@ -1812,6 +1843,8 @@ static void free_routing(struct fg_config *cfg)
     free(cfg->previews.upstream_suffix);
     free_strv(cfg->previews.platform_cookies, cfg->previews.nplatform_cookies);
     free(cfg->previews.frame_ancestors);
+    free(cfg->previews.block_https);
+    free(cfg->previews.block_http);
 }
 
 static void cfg_free(struct fg_config *cfg)

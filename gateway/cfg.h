@@ -204,6 +204,13 @@ struct fg_previews {
     size_t nplatform_cookies;
     char *frame_ancestors;
     bool websocket;
+    /* Security headers of a preview response: the headers group without
+     * X-Frame-Options and the platform's CSP (previews are framed by the
+     * platform's app), plus "Content-Security-Policy: frame-ancestors ...". */
+    char *block_https;
+    size_t block_https_len;
+    char *block_http;
+    size_t block_http_len;
 };
 
 struct fg_resolver {
@@ -248,6 +255,9 @@ struct fg_config {
     size_t nroutes;
 
     struct fg_previews previews;
+    struct fg_route preview_route;  /* what the stages see for a preview request: host "",
+                                       path "/", auth = previews.auth, tier limits on, no
+                                       method list, no configured upstream (DNS decides) */
     struct fg_resolver resolver;
     struct fg_log log;
 };

@@ -25,11 +25,13 @@
 #include "cors.h"
 #include "jwtauth.h"
 #include "log.h"
+#include "preview.h"
 #include "proxy.h"
 #include "proxyproto.h"
 #include "ratelimit.h"
 #include "respond.h"
 #include "route.h"
+#include "upstream.h"
 #include "uri.h"
 #include "worker.h"
 
@@ -40,8 +42,11 @@ static const struct stage route_stage = {"route", route_checks};
  * CORS comes first, before the route's own checks: a preflight is answered
  * before a method list, a token or a limit is looked at, and flowgate's 404
  * and 405 carry the CORS headers like every other response. */
-const struct stage *const conn_stages[] = {&cors_stage, &route_stage, &jwtauth_stage,
-                                           &ratelimit_stage, NULL};
+/* The preview stage comes last: a request refused by a token or a limit
+ * never costs a DNS query (random preview names cannot flood the resolver
+ * past the rate limit). */
+const struct stage *const conn_stages[] = {&cors_stage,      &route_stage,   &jwtauth_stage,
+                                           &ratelimit_stage, &preview_stage, NULL};
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -61,6 +66,7 @@ const char *conn_state_str(enum conn_state st)
     case CONN_PROXYING: return "proxying";
     case CONN_RESPONDING: return "responding";
     case CONN_CLOSING: return "closing";
+    case CONN_TUNNEL: return "tunnel";
     }
     return "?";
 }
@@ -68,6 +74,15 @@ const char *conn_state_str(enum conn_state st)
 void conn_hold(struct conn *c)
 {
     c->refs++;
+}
+
+static void req_release_pool(struct req *r)
+{
+    if (r->pool_held) {
+        r->pool_held = false;
+        upstream_pool_release(r->pool);
+    }
+    r->pool = NULL;
 }
 
 static void conn_free(struct conn *c)
@@ -79,6 +94,7 @@ static void conn_free(struct conn *c)
         c->r.stage_cancel = NULL;
     }
     proxy_abort(c);
+    req_release_pool(&c->r);
     if (c->timer)
         event_free(c->timer);
     if (c->pp_ev) {
@@ -359,6 +375,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c, true);
         }
         break;
+    case CONN_TUNNEL:
+        proxy_tunnel_timeout(c);
+        break;
     case CONN_RESPONDING:
     case CONN_CLOSING:
         conn_close(c, false);
@@ -377,6 +396,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         c->w->stats.tls_handshakes++;
         c->state = CONN_READ_HEAD;
         process_input(c);
+    } else if (c->state == CONN_TUNNEL && (what & BEV_EVENT_EOF)) {
+        proxy_tunnel_client_eof(c);
     } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
             c->w->stats.tls_failures++;
@@ -402,6 +423,9 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     case CONN_PROXYING:
         proxy_client_readable(c);
         break;
+    case CONN_TUNNEL:
+        proxy_tunnel_pump(c);
+        break;
     case CONN_CLOSING:
         evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
         break;
@@ -423,6 +447,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
             conn_close(c, false);
     } else if (c->state == CONN_PROXYING) {
         proxy_client_writable(c);
+    } else if (c->state == CONN_TUNNEL) {
+        proxy_tunnel_pump(c);
     } else if (c->state == CONN_READ_HEAD) {
         process_input(c);
     }
@@ -561,6 +587,7 @@ static int normalise_target(struct req *r)
             return -1;
         r->host_len = (size_t)n;
     }
+    r->host_port = port;
     ssize_t n = uri_normalize_path(r->h.path, r->h.path_len, r->path, sizeof(r->path));
     if (n < 0)
         return -1;
@@ -570,10 +597,32 @@ static int normalise_target(struct req *r)
 
 static void run_stages(struct req *r);
 
-/* Choose the route (NULL when none), then run the stages. */
+/*
+ * A preview host: the whole pattern, a valid {name}, and no port other than
+ * the listener's own (a Host naming another port is not addressed to us as
+ * a preview). Only the validated name is kept for the upstream template.
+ */
+static bool match_preview(struct req *r)
+{
+    if (r->host_len == 0 || (r->host_port != -1 && r->host_port != r->c->l->port))
+        return false;
+    return route_preview_name(&r->cfg->previews, r->host, r->host_len, r->preview_name,
+                              sizeof(r->preview_name)) >= 0;
+}
+
+/* Choose the route (NULL when none), then run the stages. The preview
+ * pattern comes first: it is more specific than any host-less route. Its
+ * pool is chosen by the preview stage once the name resolves. */
 static void dispatch(struct req *r)
 {
-    r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+    if (match_preview(r)) {
+        r->preview = true;
+        r->route = &r->cfg->preview_route;
+    } else {
+        r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+        if (r->route)
+            r->pool = &r->c->w->pools[r->route->upstream->index];
+    }
     r->c->state = CONN_STAGES;
     run_stages(r);
 }
@@ -751,7 +800,13 @@ void conn_finish_request(struct conn *c)
 {
     struct req *r = &c->r;
 
+    if (r->stage_cancel) {
+        /* Answered while a stage still waited (a timeout): detach it. */
+        r->stage_cancel(r->stage_cancel_arg);
+        r->stage_cancel = NULL;
+    }
     log_request(r);
+    req_release_pool(r);
     c->w->stats.requests++;
     c->requests++;
     if (r->close_after || r->body == BODY_PENDING || c->w->stopping) {

@@ -9,7 +9,9 @@
  *      |                          v
  *      |                       STAGES --answered--> RESPONDING
  *      |                          |--all passed--> PROXYING (upstream.c/proxy.c)
- *      |                          v
+ *      |                          |                   |--101 to a WebSocket upgrade--> TUNNEL
+ *      |                          v                   (bytes both ways until a side closes,
+ *      |                                               then finish with close)
  *      +--keep-alive------- response complete (finish) --close--> CLOSING -> freed
  *
  * A connection is never freed inside one of its own callbacks while something
@@ -29,11 +31,13 @@
 
 #include "cfg.h"
 #include "h1.h"
+#include "resolver.h"
 #include "stage.h"
 
 struct worker;
 struct listener;
 struct upconn;
+struct upstream_pool;
 
 enum conn_state {
     CONN_PROXY_HEADER = 6, /* waiting for the balancer's PROXY header */
@@ -43,6 +47,7 @@ enum conn_state {
     CONN_PROXYING = 3,   /* request going upstream, response coming back */
     CONN_RESPONDING = 4, /* flowgate's own response being written */
     CONN_CLOSING = 5,    /* flushing the last bytes, then close */
+    CONN_TUNNEL = 7,     /* WebSocket: bytes relayed both ways as they are */
 };
 const char *conn_state_str(enum conn_state st);
 
@@ -62,7 +67,14 @@ struct req {
     struct h1_header *hdrs;       /* cfg->limits.max_headers entries (owned) */
     size_t path_len;
     size_t host_len;
-    const struct fg_route *route; /* chosen route, NULL for previews/redirect */
+    const struct fg_route *route; /* chosen route (cfg->preview_route for previews), or NULL */
+    struct upstream_pool *pool;   /* where it goes: the route's pool, or the preview's */
+    bool pool_held;               /* a preview pool, held (upstream_pool_hold) until finish */
+    bool preview;                 /* Host is a preview host; preview_name holds {name} */
+    bool tunnel;                  /* a WebSocket upgrade that may be tunnelled */
+    bool tunnel_half;             /* tunnel: the client closed; flushing to the upstream */
+    int host_port;                /* port in Host, -1 when none */
+    struct resolver_wait dns_wait; /* preview stage waiting for its upstream's address */
     const char *xff_prior;        /* trusted proxy's X-Forwarded-For list, or NULL */
     size_t xff_prior_len;
     enum req_body_state body;
@@ -93,6 +105,7 @@ struct req {
      * only what is above): each is valid up to its length field or NUL. */
     char path[4096 + 1];          /* normalised path (path_len) */
     char host[256];               /* normalised host, lowercase, no port (host_len) */
+    char preview_name[64];        /* validated {name} when preview (NUL-terminated) */
     char request_id[129];         /* sent upstream and to the client (NUL-terminated) */
     char client_ip[INET6_ADDRSTRLEN]; /* the real client, after trusted proxies */
     char upstream_addr[64];       /* server used, for the log ("" = none) */

@@ -12,6 +12,12 @@
  *   proxy_start -> connect/reuse -> head + body up -> response head down
  *        ^  (reused connection died before answering: retry once fresh)
  *        +-- refused: next server --+      -> body down -> finish
+ *                                          -> 101 to a WebSocket upgrade: tunnel
+ *
+ * A tunnel (RFC 6455 4.1) relays bytes as they come in both directions with
+ * the same watermarks, until a side closes (the other is then flushed and
+ * closed) or no byte moved either way for the upstream's read_timeout_ms.
+ * Its upstream connection is never pooled again.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +29,14 @@
 #include "conn.h"
 #include "cors.h"
 #include "log.h"
+#include "preview.h"
 #include "proxy.h"
 #include "respond.h"
 #include "upstream.h"
 #include "worker.h"
 
 #define UP_HEAD_MAX (64 * 1024) /* largest response head accepted from an upstream */
+#define UPGRADE_LINES "Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
 static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_write_cb(struct bufferevent *bev, void *arg);
@@ -36,6 +44,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_upstream(struct conn *c, bool allow_pooled);
 static void pump_response(struct conn *c);
+static void tunnel_start(struct conn *c, struct upconn *uc);
 
 static void set_up_timer(struct upconn *uc, uint32_t ms)
 {
@@ -68,7 +77,37 @@ static bool drop_request_header(const struct req *r, const struct h1_header *h)
     for (size_t i = 0; i < r->cfg->jwt.nforward_claims; i++)
         if (h1_token_eq(h->name, h->name_len, r->cfg->jwt.forward_claims[i].header))
             return true;
+    /* A preview is untrusted code: the platform's credentials never reach it. */
+    if (r->preview && r->cfg->previews.strip_credentials &&
+        h1_token_eq(h->name, h->name_len, "Authorization"))
+        return true;
     return false;
+}
+
+/* Cookie on a preview request: the platform's cookies (platform_cookies and
+ * jwt.cookie) are removed, the others kept in order; nothing left, no
+ * header. Written straight into OUT's free space. */
+static void write_preview_cookie(const struct req *r, const struct h1_header *h,
+                                 struct evbuffer *out)
+{
+    const struct fg_previews *pv = &r->cfg->previews;
+    struct evbuffer_iovec v;
+    size_t need = h->name_len + 2 + 2 * h->value_len + 2;
+
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1 || v.iov_len < need)
+        return; /* out of memory: the header is dropped, never passed whole */
+    char *p = v.iov_base;
+    size_t n = preview_strip_cookies(h->value, h->value_len, pv->platform_cookies,
+                                     pv->nplatform_cookies, r->cfg->jwt.cookie, p + h->name_len + 2);
+    if (n == 0) {
+        v.iov_len = 0;
+    } else {
+        memcpy(p, h->name, h->name_len);
+        memcpy(p + h->name_len, ": ", 2);
+        memcpy(p + h->name_len + 2 + n, "\r\n", 2);
+        v.iov_len = h->name_len + 2 + n + 2;
+    }
+    evbuffer_commit_space(out, &v, 1);
 }
 
 /* Is NAME listed in one of the message's Connection headers? Framing and
@@ -104,6 +143,11 @@ static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffe
         const struct h1_header *hd = &h->headers[i];
         if (drop_request_header(r, hd) || named_by_connection(h->headers, h->nheaders, hd))
             continue;
+        if (r->preview && r->cfg->previews.strip_credentials &&
+            h1_token_eq(hd->name, hd->name_len, "Cookie")) {
+            write_preview_cookie(r, hd, out);
+            continue;
+        }
         evbuffer_add(out, hd->name, hd->name_len);
         evbuffer_add(out, ": ", 2);
         evbuffer_add(out, hd->value, hd->value_len);
@@ -126,6 +170,8 @@ static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffe
         evbuffer_add(out, r->up_extra, r->up_extra_len);
     if (h->version_minor == 0)
         evbuffer_add(out, "Connection: close\r\n", 19);
+    if (r->tunnel)
+        evbuffer_add(out, UPGRADE_LINES, sizeof(UPGRADE_LINES) - 1);
     evbuffer_add(out, "\r\n", 2);
 }
 
@@ -134,7 +180,7 @@ static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffe
 static bool may_retry(const struct conn *c, bool was_reused, const char *kind)
 {
     const struct req *r = &c->r;
-    size_t nservers = r->route->upstream->nservers;
+    size_t nservers = r->pool->u->nservers;
 
     if (r->body_seen > 0 || r->resp_head_done)
         return false; /* body bytes are gone upstream: cannot replay them */
@@ -152,7 +198,7 @@ static void upstream_failed(struct conn *c, bool was_reused, const char *kind)
         connect_upstream(c, false);
         return;
     }
-    log_warn("upstream %s: %s (request %s)", r->route->upstream->name, kind, r->request_id);
+    log_warn("upstream %s: %s (request %s)", r->pool->u->name, kind, r->request_id);
     r->error_code = kind;
     if (r->response_started) {
         conn_close(c, true);
@@ -281,8 +327,7 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
 static void connect_upstream(struct conn *c, bool allow_pooled)
 {
     struct req *r = &c->r;
-    struct upstream_pool *pool = &c->w->pools[r->route->upstream->index];
-
+    struct upstream_pool *pool = r->pool;
     bool ready = false;
 
     r->attempts++;
@@ -295,8 +340,26 @@ static void connect_upstream(struct conn *c, bool allow_pooled)
         on_upstream_ready(c->up, 0, NULL, c);
 }
 
+/*
+ * RFC 6455 4.1 / RFC 9110 7.8: a GET over HTTP/1.1 without a body, with
+ * Connection: upgrade and Upgrade: websocket. Any other upgrade is not
+ * tunnelled (its Upgrade header is dropped like any hop-by-hop header);
+ * previews tunnel only with previews.websocket.
+ */
+static bool wants_websocket(const struct req *r)
+{
+    const struct h1_request *h = &r->h;
+    const struct h1_header *up = h1_find(h->headers, h->nheaders, "Upgrade");
+
+    if (!h->upgrade || up == NULL || h->method != HTTP_GET || h->version_minor != 1 ||
+        h->framing != H1_FRAMING_NONE || !h1_list_has(up->value, up->value_len, "websocket"))
+        return false;
+    return !r->preview || r->cfg->previews.websocket;
+}
+
 void proxy_start(struct conn *c)
 {
+    c->r.tunnel = wants_websocket(&c->r);
     c->state = CONN_PROXYING;
     c->r.attempts = 0;
     bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_WRITE_LOW, 0);
@@ -304,6 +367,19 @@ void proxy_start(struct conn *c)
 }
 
 /* ---- the response head sent to the client ------------------------------ */
+
+/* On a preview: the platform frames previews, so no X-Frame-Options ever;
+ * the preview's own CSP passes (every CSP a response carries is enforced, so
+ * it can only narrow flowgate's frame-ancestors); a Set-Cookie for a wider
+ * domain than the preview's own host is dropped. */
+static bool drop_preview_response_header(const struct req *r, const struct h1_header *h)
+{
+    if (h1_token_eq(h->name, h->name_len, "X-Frame-Options"))
+        return true;
+    if (h1_token_eq(h->name, h->name_len, "Set-Cookie"))
+        return !preview_set_cookie_allowed(h->value, h->value_len, r->host, r->host_len);
+    return false;
+}
 
 static bool drop_response_header(const struct req *r, const struct h1_header *h)
 {
@@ -327,6 +403,12 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
     for (size_t i = 0; fixed[i]; i++)
         if (h1_token_eq(h->name, h->name_len, fixed[i]))
             return true;
+    if (r->preview) {
+        if (drop_preview_response_header(r, h))
+            return true;
+        if (h1_token_eq(h->name, h->name_len, "Content-Security-Policy"))
+            return false;
+    }
     /* The CORS policy is flowgate's: Access-Control-* and Vary are rewritten. */
     if (cors_owns_response_header(r->cfg, h->name, h->name_len))
         return true;
@@ -343,7 +425,10 @@ static void write_response_head(struct conn *c, const struct h1_response *resp)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
 
-    if (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF || r->body == BODY_PENDING)
+    bool upgrade = resp->status == 101;
+
+    if (!upgrade &&
+        (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF || r->body == BODY_PENDING))
         r->close_after = true;
     r->status = resp->status;
     evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason_len,
@@ -359,6 +444,8 @@ static void write_response_head(struct conn *c, const struct h1_response *resp)
     }
     cors_write_vary(r->cfg, resp->headers, resp->nheaders, out);
     respond_common_headers(r, out);
+    if (upgrade)
+        evbuffer_add(out, UPGRADE_LINES, sizeof(UPGRADE_LINES) - 1);
     evbuffer_add(out, "\r\n", 2);
     r->bytes_out += evbuffer_get_length(out) - before;
     r->response_started = true;
@@ -383,9 +470,19 @@ static int take_response_head(struct upconn *uc, size_t len)
     return 0;
 }
 
+/* A 101 is believed only for a WebSocket upgrade flowgate forwarded, and
+ * only when it names websocket (RFC 6455 4.1: the client fails otherwise). */
+static bool accept_switch(const struct conn *c, const struct h1_response *resp)
+{
+    const struct h1_header *up = h1_find(resp->headers, resp->nheaders, "Upgrade");
+
+    return c->r.tunnel && up != NULL && h1_list_has(up->value, up->value_len, "websocket");
+}
+
 /* Parse response heads until a final one (1xx are swallowed: flowgate
- * already said 100 itself). Returns 1 when a final head was relayed, 0 when
- * more bytes are needed, -1 after failing the request. */
+ * already said 100 itself). Returns 1 when a final head was relayed, 2 when
+ * a 101 was relayed and the tunnel started, 0 when more bytes are needed,
+ * -1 after failing the request. */
 static int read_response_head(struct conn *c, struct upconn *uc)
 {
     struct evbuffer *in = bufferevent_get_input(uc->bev);
@@ -406,9 +503,9 @@ static int read_response_head(struct conn *c, struct upconn *uc)
         if (h1_parse_response(&uc->resp, uc->head_buf, (size_t)end,
                               c->r.h.method == HTTP_HEAD) != H1_OK)
             goto bad;
-        if (uc->resp.status == 101)
+        if (uc->resp.status == 101 && !accept_switch(c, &uc->resp))
             goto bad; /* no upgrade was asked for: a 101 cannot be trusted */
-        if (uc->resp.status >= 200)
+        if (uc->resp.status >= 200 || uc->resp.status == 101)
             break;
     }
     struct timeval now;
@@ -417,6 +514,10 @@ static int read_response_head(struct conn *c, struct upconn *uc)
                        (now.tv_usec - c->r.up_start.tv_usec) / 1e3;
     c->r.resp_head_done = true;
     write_response_head(c, &uc->resp);
+    if (uc->resp.status == 101) {
+        tunnel_start(c, uc);
+        return 2;
+    }
     return 1;
 
 bad:
@@ -434,7 +535,9 @@ bad:
 static void response_complete(struct conn *c)
 {
     struct upconn *uc = c->up;
-    bool keep = uc->resp.keep_alive && c->r.body == BODY_NONE && !c->r.up_eof && !c->w->stopping;
+    /* A declined upgrade leaves a connection that was asked to switch. */
+    bool keep = uc->resp.keep_alive && c->r.body == BODY_NONE && !c->r.up_eof &&
+                !c->w->stopping && !c->r.tunnel;
 
     c->up = NULL;
     event_del(uc->timer);
@@ -518,7 +621,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     } else {
         pump_response(c);
     }
-    if (c->up == uc && !c->closed)
+    if (c->up == uc && !c->closed && c->state == CONN_PROXYING)
         set_up_timer(uc, uc->pool->u->read_timeout_ms);
     conn_release(c);
 }
@@ -566,4 +669,121 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
         response_truncated(c, "upstream read timeout");
     }
     conn_release(c);
+}
+
+/* ---- WebSocket tunnel ------------------------------------------------------ */
+
+#define TUNNEL_FLUSH_MS 5000 /* the client left: its last bytes get this long to reach the upstream */
+
+/* Move what IN holds to OUT unless OUT is over the high watermark. IN is
+ * bounded by its read watermark, so OUT stays bounded too. Returns the bytes moved. */
+static size_t tunnel_move(struct evbuffer *in, struct evbuffer *out)
+{
+    size_t n = evbuffer_get_length(in);
+
+    if (n == 0 || evbuffer_get_length(out) >= PROXY_WRITE_HIGH)
+        return 0;
+    evbuffer_remove_buffer(in, out, n);
+    return n;
+}
+
+/* The tunnel is over: the upstream link goes (never pooled), the request is
+ * logged, and the client connection closes once its output is flushed. */
+static void tunnel_end(struct conn *c, const char *why)
+{
+    if (why && c->r.error_code == NULL)
+        c->r.error_code = why;
+    proxy_abort(c);
+    c->r.close_after = true;
+    conn_finish_request(c);
+}
+
+void proxy_tunnel_pump(struct conn *c)
+{
+    struct upconn *uc = c->up;
+    struct req *r = &c->r;
+    size_t up = 0, down;
+
+    if (uc == NULL || c->state != CONN_TUNNEL)
+        return;
+    if (!r->tunnel_half)
+        up = tunnel_move(bufferevent_get_input(c->bev), bufferevent_get_output(uc->bev));
+    down = tunnel_move(bufferevent_get_input(uc->bev), bufferevent_get_output(c->bev));
+    r->body_seen += up;
+    r->bytes_out += down;
+    if (up + down > 0 && !r->tunnel_half)
+        conn_set_timer(c, uc->pool->u->read_timeout_ms);
+}
+
+void proxy_tunnel_client_eof(struct conn *c)
+{
+    struct upconn *uc = c->up;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    if (uc == NULL) {
+        conn_close(c, false);
+        return;
+    }
+    c->r.body_seen += evbuffer_get_length(in);
+    evbuffer_remove_buffer(in, bufferevent_get_output(uc->bev), evbuffer_get_length(in));
+    if (evbuffer_get_length(bufferevent_get_output(uc->bev)) == 0) {
+        tunnel_end(c, NULL);
+        return;
+    }
+    c->r.tunnel_half = true;
+    conn_pause_read(c);
+    conn_set_timer(c, TUNNEL_FLUSH_MS);
+}
+
+void proxy_tunnel_timeout(struct conn *c)
+{
+    tunnel_end(c, c->r.tunnel_half ? NULL : "tunnel idle timeout");
+}
+
+static void tunnel_up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = ((struct upconn *)arg)->owner;
+
+    conn_hold(c);
+    proxy_tunnel_pump(c);
+    conn_release(c);
+}
+
+static void tunnel_up_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = ((struct upconn *)arg)->owner;
+
+    conn_hold(c);
+    if (c->r.tunnel_half && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        tunnel_end(c, NULL);
+    else
+        proxy_tunnel_pump(c);
+    conn_release(c);
+}
+
+/* The upstream closed: what it sent still goes to the client, whatever the
+ * watermark (the client connection is flushed before it closes). */
+static void tunnel_up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = ((struct upconn *)arg)->owner;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+        return;
+    conn_hold(c);
+    c->r.bytes_out += evbuffer_get_length(in);
+    evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), evbuffer_get_length(in));
+    tunnel_end(c, (what & BEV_EVENT_ERROR) ? "upstream error in tunnel" : NULL);
+    conn_release(c);
+}
+
+/* The 101 went to the client: from now on both sides are byte streams. */
+static void tunnel_start(struct conn *c, struct upconn *uc)
+{
+    c->state = CONN_TUNNEL;
+    c->r.close_after = true; /* after a tunnel, no more HTTP on this connection */
+    event_del(uc->timer);
+    bufferevent_setcb(uc->bev, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
+    conn_set_timer(c, uc->pool->u->read_timeout_ms);
+    proxy_tunnel_pump(c);
 }

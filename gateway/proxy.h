@@ -13,6 +13,12 @@ void proxy_start(struct conn *c);
 void proxy_client_readable(struct conn *c);
 void proxy_client_writable(struct conn *c);
 
+/* A WebSocket tunnel (CONN_TUNNEL): move what can move both ways; the
+ * client closed its side; no byte moved for the idle bound. */
+void proxy_tunnel_pump(struct conn *c);
+void proxy_tunnel_client_eof(struct conn *c);
+void proxy_tunnel_timeout(struct conn *c);
+
 /* The client connection is going away: drop the upstream link. */
 void proxy_abort(struct conn *c);
 

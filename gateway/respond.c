@@ -2,7 +2,8 @@
  * respond.c - flowgate's own responses.
  *
  * Every response, whoever produced it, carries the same common headers:
- * the pre-rendered security block of the snapshot (HSTS only over TLS),
+ * the pre-rendered security block of the snapshot (HSTS only over TLS; on
+ * preview hosts the preview block, with frame-ancestors for X-Frame-Options),
  * X-Request-Id, the stages' extra lines, and Connection.
  */
 #include <stdio.h>
@@ -79,8 +80,13 @@ int respond_add_upstream_header(struct req *r, const char *line, size_t len)
 void respond_common_headers(struct req *r, struct evbuffer *out)
 {
     const struct fg_headers *h = &r->cfg->headers;
+    const struct fg_previews *pv = &r->cfg->previews;
 
-    if (r->c->tls)
+    if (r->preview && r->c->tls)
+        evbuffer_add(out, pv->block_https, pv->block_https_len);
+    else if (r->preview)
+        evbuffer_add(out, pv->block_http, pv->block_http_len);
+    else if (r->c->tls)
         evbuffer_add(out, h->block_https, h->block_https_len);
     else
         evbuffer_add(out, h->block_http, h->block_http_len);

@@ -69,8 +69,19 @@ static void upconn_free(struct upconn *uc)
     free(uc->hdrs);
     free(uc->head_buf);
     free(uc);
-    /* A preview pool evicted while this connection was in use goes with it. */
-    if (p && --p->nconns == 0 && p->forgotten)
+    if (p)
+        upstream_pool_release(p);
+}
+
+void upstream_pool_hold(struct upstream_pool *p)
+{
+    p->refs++;
+}
+
+/* A preview pool evicted while in use goes with its last user. */
+void upstream_pool_release(struct upstream_pool *p)
+{
+    if (--p->refs == 0 && p->forgotten)
         free(p);
 }
 
@@ -200,7 +211,7 @@ static void dyn_forget(struct upstream_dyn *d, struct upstream_pool *p)
     pool_close_idle(p);
     p->dyn = NULL;
     p->forgotten = true;
-    if (p->nconns == 0)
+    if (p->refs == 0)
         free(p);
 }
 
@@ -453,7 +464,7 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
     if (uc == NULL)
         return NULL;
     uc->pool = p;
-    p->nconns++;
+    upstream_pool_hold(p);
     uc->server = pick_server(p);
     uc->ready_cb = cb;
     uc->ready_arg = arg;

@@ -37,8 +37,9 @@ struct upstream_pool {
     struct upstream_dyn *dyn;           /* the worker's table; NULL for configured upstreams */
     struct upstream_pool *hnext;        /* hash chain in dyn */
     struct upstream_pool *lru_prev, *lru_next; /* most recently used first */
-    uint32_t nconns;                    /* connections of this pool alive (any state) */
-    bool forgotten;                     /* out of the table: freed when nconns drops to 0 */
+    uint32_t refs;                      /* its connections (any state) and the requests
+                                           holding it (upstream_pool_hold) */
+    bool forgotten;                     /* out of the table: freed when refs drops to 0 */
     struct fg_upstream dyn_u;           /* one server: the address */
     struct fg_sockaddr dyn_server;
     struct upstream_server_state dyn_state;
@@ -116,6 +117,11 @@ uint64_t upstream_now_ms(void);
  * idle connections. NULL when out of memory.
  */
 struct upstream_pool *upstream_preview_pool(struct worker *w, const struct sockaddr_storage *addr);
+
+/* A request keeps the pool it was given alive across retries, even when
+ * the pool is evicted meanwhile. */
+void upstream_pool_hold(struct upstream_pool *p);
+void upstream_pool_release(struct upstream_pool *p);
 
 /* Close the idle connections to ADDR (any port): no MVP is known there now. */
 void upstream_preview_forget(struct worker *w, const struct sockaddr_storage *addr);

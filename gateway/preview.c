@@ -1,0 +1,228 @@
+/*
+ * preview.c - MVP preview hosts: credential stripping, cookie scope, and the
+ * stage that resolves a preview's upstream.
+ *
+ * Previews run untrusted code on subdomains of the platform. What keeps
+ * them apart from the platform and from each other: they never see the
+ * platform's credentials (Authorization, its cookies), they cannot set a
+ * cookie for a parent domain (which would reach every preview and the
+ * platform), and each is reached through its own DNS name and its own pool,
+ * so one MVP that is down or slow only fails its own requests.
+ */
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <netinet/in.h>
+
+#include "conn.h"
+#include "preview.h"
+#include "respond.h"
+#include "resolver.h"
+#include "upstream.h"
+#include "worker.h"
+
+#define PREVIEW_DNS_NAME_MAX 253
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static bool ascii_ieq(const char *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+
+    if (alen != blen)
+        return false;
+    for (size_t i = 0; i < alen; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z')
+            y = (char)(y - 'A' + 'a');
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/* [*S, *E) trimmed of optional whitespace at both ends. */
+static void trim(const char **s, const char **e)
+{
+    while (*s < *e && is_ows(**s))
+        (*s)++;
+    while (*e > *s && is_ows((*e)[-1]))
+        (*e)--;
+}
+
+static bool cookie_named(const char *name, size_t len, char *const *names, size_t nnames,
+                         const char *extra)
+{
+    for (size_t i = 0; i < nnames; i++)
+        if (ascii_ieq(name, len, names[i]))
+            return true;
+    return extra && extra[0] && ascii_ieq(name, len, extra);
+}
+
+size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names,
+                             size_t nnames, const char *extra_name, char *out)
+{
+    const char *p = value, *end = value + value_len;
+    size_t n = 0;
+
+    while (p < end) {
+        const char *semi = memchr(p, ';', (size_t)(end - p));
+        const char *s = p, *e = semi ? semi : end;
+        p = semi ? semi + 1 : end;
+        trim(&s, &e);
+        if (s == e)
+            continue;
+        /* The name is what comes before '='; a piece without '=' is judged
+         * by all of it, so "session" alone cannot slip through either. */
+        const char *eq = memchr(s, '=', (size_t)(e - s));
+        const char *ns = s, *ne = eq ? eq : e;
+        trim(&ns, &ne);
+        if (cookie_named(ns, (size_t)(ne - ns), names, nnames, extra_name))
+            continue;
+        if (n > 0) {
+            memcpy(out + n, "; ", 2);
+            n += 2;
+        }
+        memcpy(out + n, s, (size_t)(e - s));
+        n += (size_t)(e - s);
+    }
+    return n;
+}
+
+/* One Domain attribute value (RFC 6265 5.2.3): an empty one is ignored by
+ * user agents (host-only cookie), a leading '.' is dropped; anything else
+ * must name HOST itself (a trailing dot is another name: refused). */
+static bool domain_ok(const char *s, const char *e, const char *host, size_t host_len)
+{
+    trim(&s, &e);
+    if (s < e && *s == '.')
+        s++;
+    if (s == e)
+        return true;
+    return (size_t)(e - s) == host_len && strncasecmp(s, host, host_len) == 0;
+}
+
+bool preview_set_cookie_allowed(const char *value, size_t value_len, const char *host,
+                                size_t host_len)
+{
+    const char *end = value + value_len;
+    const char *p = memchr(value, ';', value_len);
+
+    while (p != NULL && p < end) {
+        const char *s = p + 1;
+        const char *semi = memchr(s, ';', (size_t)(end - s));
+        const char *e = semi ? semi : end;
+        const char *eq = memchr(s, '=', (size_t)(e - s));
+        const char *ns = s, *ne = eq ? eq : e;
+        trim(&ns, &ne);
+        if (ascii_ieq(ns, (size_t)(ne - ns), "domain") &&
+            !domain_ok(eq ? eq + 1 : e, e, host, host_len))
+            return false;
+        p = semi;
+    }
+    return true;
+}
+
+ssize_t preview_upstream_host(const char *prefix, const char *name, const char *suffix, char *out,
+                              size_t outcap)
+{
+    int n = snprintf(out, outcap, "%s%s%s", prefix, name, suffix);
+
+    if (n < 0 || (size_t)n >= outcap || n > PREVIEW_DNS_NAME_MAX)
+        return -1;
+    return n;
+}
+
+/* ---- the stage ------------------------------------------------------------- */
+
+/* Pick the pool for the resolved ADDR (the template's port), or answer. */
+static enum stage_verdict preview_use(struct req *r, enum resolver_status st,
+                                      const struct sockaddr_storage *addr)
+{
+    struct sockaddr_storage ss;
+    uint16_t port = htons((uint16_t)r->cfg->previews.upstream_port);
+
+    switch (st) {
+    case RESOLVER_OK:
+        ss = *addr;
+        if (ss.ss_family == AF_INET)
+            ((struct sockaddr_in *)&ss)->sin_port = port;
+        else
+            ((struct sockaddr_in6 *)&ss)->sin6_port = port;
+        r->pool = upstream_preview_pool(r->c->w, &ss);
+        if (r->pool != NULL) {
+            /* Retries reach for it again later: a name that moves meanwhile
+             * may evict it from the table, never from under this request. */
+            upstream_pool_hold(r->pool);
+            r->pool_held = true;
+            return STAGE_NEXT;
+        }
+        r->error_code = "out of memory";
+        respond_error(r, FG_ERR_BAD_GATEWAY, NULL);
+        return STAGE_ANSWERED;
+    case RESOLVER_NOT_FOUND:
+        r->error_code = "unknown preview";
+        respond_error(r, FG_ERR_NOT_FOUND, NULL);
+        return STAGE_ANSWERED;
+    case RESOLVER_FAILED:
+    case RESOLVER_PENDING:
+        break;
+    }
+    r->error_code = "preview resolver failure";
+    r->c->w->stats.upstream_errors++;
+    respond_error(r, FG_ERR_BAD_GATEWAY, NULL);
+    return STAGE_ANSWERED;
+}
+
+static void preview_cancel(void *arg)
+{
+    struct req *r = arg;
+
+    resolver_cancel(&r->dns_wait);
+}
+
+static void preview_resolved(struct resolver_wait *wt, enum resolver_status st,
+                             const struct sockaddr_storage *addr)
+{
+    struct req *r = (struct req *)((char *)wt - offsetof(struct req, dns_wait));
+    struct conn *c = r->c;
+
+    stage_set_cancel(r, NULL, NULL); /* the response below may end the request */
+    conn_hold(c);
+    stage_resume(r, preview_use(r, st, addr));
+    conn_release(c);
+}
+
+/* Previews only: the MVP's upstream name from the validated name alone,
+ * resolved (cached, or waited for), then its pool. */
+static enum stage_verdict preview_run(struct req *r)
+{
+    const struct fg_previews *pv = &r->cfg->previews;
+    struct worker *w = r->c->w;
+    struct sockaddr_storage addr;
+    char host[PREVIEW_DNS_NAME_MAX + 1];
+
+    if (!r->preview)
+        return STAGE_NEXT;
+    if (w->resolver == NULL ||
+        preview_upstream_host(pv->upstream_prefix, r->preview_name, pv->upstream_suffix, host,
+                              sizeof(host)) < 0) {
+        r->error_code = "preview upstream name too long";
+        respond_error(r, FG_ERR_NOT_FOUND, NULL);
+        return STAGE_ANSWERED;
+    }
+    enum resolver_status st = resolver_lookup(w->resolver, host, &r->dns_wait, preview_resolved,
+                                              &addr);
+    if (st != RESOLVER_PENDING)
+        return preview_use(r, st, &addr);
+    stage_set_cancel(r, preview_cancel, r);
+    return STAGE_WAIT;
+}
+
+const struct stage preview_stage = {"preview", preview_run};
