@@ -31,10 +31,15 @@ Paths:
   /headers          hop-by-hop and security headers of its own
   /expect           a normal answer (Expect: 100-continue is answered for any path)
   /cors-headers     Vary: Accept-Encoding and a wide-open Access-Control-* policy of its own
+  /set-cookie       one Set-Cookie header per ?c= value, in order
+  /ws               WebSocket (RFC 6455): 101 with Sec-WebSocket-Accept, then every text,
+                    binary or continuation frame echoed back unmasked, ping answered
+                    with pong, close answered with close (then the connection ends)
 """
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import signal
@@ -286,6 +291,11 @@ class Conn:
                     ("X-Content-Type-Options", "upstream"), ("Server", "upstream/1.0"),
                     ("X-Upstream-Own", "kept")]
             return await self.send(200, b"headers\n", hdrs, close, head_only)
+        if path == "/set-cookie":
+            hdrs = [("Content-Type", "text/plain")] + [("Set-Cookie", c) for c in query.get("c", [])]
+            return await self.send(200, b"cookies\n", hdrs, close, head_only)
+        if path == "/ws":
+            return await self.websocket(req)
         if path == "/cors-headers":
             hdrs = [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding"),
                     ("Access-Control-Allow-Origin", "*"),
@@ -301,6 +311,33 @@ class Conn:
                            "headers": merged, "body_len": len(req["body"])}, indent=1).encode()
         return await self.send(200, body + b"\n", [("Content-Type", "application/json")],
                                close, head_only)
+
+    async def websocket(self, req):
+        key = header(req["headers"], "sec-websocket-key")
+        if ((header(req["headers"], "upgrade") or "").lower() != "websocket" or key is None
+                or "upgrade" not in (header(req["headers"], "connection") or "").lower()):
+            return await self.send(400, b"not a websocket handshake\n", [], close=True)
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                           "X-Frame-Options: DENY\r\n\r\n" % accept).encode())
+        await self.writer.drain()
+        try:
+            while True:
+                fin_op, payload = await ws_read_frame(self.reader)
+                op = fin_op & 0x0F
+                if op == 0x8:
+                    self.writer.write(ws_frame(0x88, payload[:2]))
+                    await self.writer.drain()
+                    return False
+                if op == 0x9:
+                    self.writer.write(ws_frame(0x8A, payload))
+                elif op in (0x0, 0x1, 0x2):
+                    self.writer.write(ws_frame(fin_op, payload))
+                await self.writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
 
     async def send_chunked(self, data, hdrs, close, head_only):
         head = "HTTP/1.1 200 OK\r\n" + "".join("%s: %s\r\n" % h for h in hdrs)
@@ -334,8 +371,43 @@ class Conn:
         return not close
 
 
+def ws_frame(fin_op, payload, mask=None):
+    """One RFC 6455 frame; MASK (4 bytes) masks it, as a client must."""
+    n = len(payload)
+    head = bytes([fin_op])
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mbit | n])
+    elif n < 1 << 16:
+        head += bytes([mbit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mbit | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+            (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+             ).to_bytes(n, "big")
+        head += mask
+    return head + payload
+
+
+async def ws_read_frame(reader):
+    """(first byte, unmasked payload) of the next frame."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    mask = await reader.readexactly(4) if b1 & 0x80 else None
+    data = await reader.readexactly(n)
+    if mask and n:
+        data = (int.from_bytes(data, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+                ).to_bytes(n, "big")
+    return b0, data
+
+
 REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently",
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently",
     302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 418: "I'm a teapot", 429: "Too Many Requests",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
