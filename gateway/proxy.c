@@ -783,6 +783,14 @@ static void tunnel_start(struct conn *c, struct upconn *uc)
     c->state = CONN_TUNNEL;
     c->r.close_after = true; /* after a tunnel, no more HTTP on this connection */
     event_del(uc->timer);
+    /* No response head will be parsed on this link again: an idle tunnel
+     * should not keep the 8 KB of header slots and the head copy. */
+    free(uc->hdrs);
+    free(uc->head_buf);
+    uc->hdrs = NULL;
+    uc->head_buf = NULL;
+    uc->head_cap = 0;
+    memset(&uc->resp, 0, sizeof(uc->resp));
     bufferevent_setcb(uc->bev, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
     conn_set_timer(c, uc->pool->u->read_timeout_ms);
     proxy_tunnel_pump(c);
