@@ -568,7 +568,7 @@ def test_websocket_refused_on_previews_when_disabled():
         eq(r.status, 101, "ordinary routes still tunnel")
 
 
-def test_websocket_peer_closes_and_idle_tunnels_time_out():
+def test_websocket_either_side_closing_closes_the_other():
     with Setup(names=("alpha",)) as s:
         # The client goes away in the middle: the MVP's side is closed too.
         c, r, _ = ws_open(s.fg, host_of("alpha"))
@@ -585,3 +585,25 @@ def test_websocket_peer_closes_and_idle_tunnels_time_out():
         s.mvps["alpha"].stop()
         check(c.wait_closed(5), "client side closed after the MVP stopped")
         c.close()
+
+
+def test_idle_tunnel_times_out_but_a_busy_one_does_not():
+    with Upstream() as up, Flowgate({"upstreams": {"api": {"read_timeout_ms": 1000}}},
+                                    upstream=up) as fg:
+        busy, r, _ = ws_open(fg, "localhost")
+        idle, r2, _ = ws_open(fg, "localhost")
+        try:
+            eq((r.status, r2.status), (101, 101), "upgrades")
+            for _ in range(6):  # 1.8 s of traffic, more than the idle bound
+                ws_send(busy, 0x81, b"ping")
+                eq(ws_recv(busy), (0x81, b"ping"), "echo on the busy tunnel")
+                time.sleep(0.3)
+            check(idle.wait_closed(3), "idle tunnel still open past read_timeout_ms")
+            ws_send(busy, 0x81, b"still")
+            eq(ws_recv(busy), (0x81, b"still"), "busy tunnel still open")
+        finally:
+            busy.close()
+            idle.close()
+        log = [e for e in fg.access_log() if e.get("status") == 101]
+        check(any(e.get("error") == "tunnel idle timeout" for e in log),
+              "access log names the idle timeout: %r" % log)
