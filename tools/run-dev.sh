@@ -30,6 +30,7 @@ Try:
   curl --cacert certs/dev/ca.crt https://localhost:8443/
   curl -i http://localhost:8080/some/path
   curl --cacert certs/dev/ca.crt -H "Authorization: Bearer $token" https://localhost:8443/api/hello
+  curl --cacert certs/dev/ca.crt -H "Host: mvp-demo.preview.localhost" https://localhost:8443/
   curl http://127.0.0.1:9901/healthz
 
 MSG
