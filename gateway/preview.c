@@ -65,8 +65,8 @@ static bool cookie_named(const char *name, size_t len, char *const *names, size_
     return extra && extra[0] && ascii_ieq(name, len, extra);
 }
 
-size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names,
-                             size_t nnames, const char *extra_name, char *out)
+size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names, size_t nnames,
+                             const char *extra_name, char *out)
 {
     const char *p = value, *end = value + value_len;
     size_t n = 0;
@@ -171,8 +171,7 @@ static enum stage_verdict preview_use(struct req *r, enum resolver_status st,
         respond_error(r, FG_ERR_NOT_FOUND, NULL);
         return STAGE_ANSWERED;
     case RESOLVER_FAILED:
-    case RESOLVER_PENDING:
-        break;
+    case RESOLVER_PENDING: break;
     }
     r->error_code = "preview resolver failure";
     r->c->w->stats.upstream_errors++;
@@ -210,15 +209,14 @@ static enum stage_verdict preview_run(struct req *r)
 
     if (!r->preview)
         return STAGE_NEXT;
-    if (w->resolver == NULL ||
-        preview_upstream_host(pv->upstream_prefix, r->preview_name, pv->upstream_suffix, host,
-                              sizeof(host)) < 0) {
+    if (w->resolver == NULL || preview_upstream_host(pv->upstream_prefix, r->preview_name,
+                                                     pv->upstream_suffix, host, sizeof(host)) < 0) {
         r->error_code = "preview upstream name too long";
         respond_error(r, FG_ERR_NOT_FOUND, NULL);
         return STAGE_ANSWERED;
     }
-    enum resolver_status st = resolver_lookup(w->resolver, host, &r->dns_wait, preview_resolved,
-                                              &addr);
+    enum resolver_status st =
+        resolver_lookup(w->resolver, host, &r->dns_wait, preview_resolved, &addr);
     if (st != RESOLVER_PENDING)
         return preview_use(r, st, &addr);
     stage_set_cancel(r, preview_cancel, r);

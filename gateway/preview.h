@@ -24,8 +24,8 @@
  * OUT needs 2 * VALUE_LEN bytes (a bare ';' becomes "; "). Returns the
  * length written; 0 means no cookie is left (drop the header).
  */
-size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names,
-                             size_t nnames, const char *extra_name, char *out);
+size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names, size_t nnames,
+                             const char *extra_name, char *out);
 
 /*
  * May a preview at HOST (normalised, lowercase) set the cookie in this

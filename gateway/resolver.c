@@ -26,19 +26,19 @@
 #define HOSTS_CHECK_MS 1000
 
 struct resolver_entry {
-    struct resolver_entry *hnext;             /* hash chain */
+    struct resolver_entry *hnext;               /* hash chain */
     struct resolver_entry *lru_prev, *lru_next; /* most recently used first */
-    struct evdns_request *query;              /* DNS query in flight, or NULL */
-    bool querying;                            /* a lookup is on its way (query may be NULL while evdns starts it) */
-    struct resolver_wait *waiters;            /* requests waiting for the answer */
-    enum resolver_status st;                  /* last answer; PENDING before the first */
-    bool have_addr;                           /* addr holds the last OK answer */
-    struct sockaddr_storage addr;             /* port 0 */
-    uint64_t expires_ms;                      /* monotonic: the answer is stale from then */
-    unsigned notifying;                       /* answering waiters: never evicted now */
+    struct evdns_request *query;                /* DNS query in flight, or NULL */
+    bool querying;                              /* a lookup is under way (query may lag) */
+    struct resolver_wait *waiters;              /* requests waiting for the answer */
+    enum resolver_status st;                    /* last answer; PENDING before the first */
+    bool have_addr;                             /* addr holds the last OK answer */
+    struct sockaddr_storage addr;               /* port 0 */
+    uint64_t expires_ms;                        /* monotonic: the answer is stale from then */
+    unsigned notifying;                         /* answering waiters: never evicted now */
     uint32_t hash;
     struct resolver *rs;
-    char name[];                              /* lowercase, NUL-terminated */
+    char name[]; /* lowercase, NUL-terminated */
 };
 
 struct hosts_rec {
@@ -50,12 +50,12 @@ struct hosts_rec {
 struct resolver {
     struct event_base *base;
     struct evdns_base *dns;
-    char *hosts_file;            /* NULL when none */
-    struct hosts_rec *hosts;     /* sorted by name */
+    char *hosts_file;        /* NULL when none */
+    struct hosts_rec *hosts; /* sorted by name */
     size_t nhosts;
-    struct stat hosts_st;        /* what the table was read from */
+    struct stat hosts_st; /* what the table was read from */
     bool hosts_loaded;
-    uint64_t hosts_checked_ms;   /* last stat() */
+    uint64_t hosts_checked_ms; /* last stat() */
     struct resolver_entry *buckets[RESOLVER_BUCKETS];
     struct resolver_entry *lru_head, *lru_tail;
     size_t nentries;
@@ -212,8 +212,8 @@ static void hosts_refresh(struct resolver *rs, uint64_t now)
         rs->hosts_loaded = true;
         return;
     }
-    if (rs->hosts_loaded && st.st_ino == rs->hosts_st.st_ino && st.st_size == rs->hosts_st.st_size &&
-        st.st_mtim.tv_sec == rs->hosts_st.st_mtim.tv_sec &&
+    if (rs->hosts_loaded && st.st_ino == rs->hosts_st.st_ino &&
+        st.st_size == rs->hosts_st.st_size && st.st_mtim.tv_sec == rs->hosts_st.st_mtim.tv_sec &&
         st.st_mtim.tv_nsec == rs->hosts_st.st_mtim.tv_nsec)
         return;
     hosts_load(rs, &st);
@@ -329,8 +329,8 @@ static void entry_set(struct resolver_entry *e, enum resolver_status st,
                       const struct sockaddr_storage *addr, uint64_t ttl_ms)
 {
     struct resolver *rs = e->rs;
-    bool moved = e->have_addr && st != RESOLVER_FAILED &&
-                 (st != RESOLVER_OK || !same_addr(&e->addr, addr));
+    bool moved =
+        e->have_addr && st != RESOLVER_FAILED && (st != RESOLVER_OK || !same_addr(&e->addr, addr));
     struct sockaddr_storage old = e->addr;
 
     e->st = st;
@@ -497,7 +497,8 @@ struct resolver *resolver_new(struct event_base *base, const struct fg_resolver 
     /* A preview request waits at most about timeout * attempts for DNS. */
     evdns_base_set_option(rs->dns, "timeout:", "2");
     evdns_base_set_option(rs->dns, "attempts:", "2");
-    if (cfg->hosts_file && cfg->hosts_file[0] && (rs->hosts_file = strdup(cfg->hosts_file)) == NULL) {
+    if (cfg->hosts_file && cfg->hosts_file[0] &&
+        (rs->hosts_file = strdup(cfg->hosts_file)) == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }

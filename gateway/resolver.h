@@ -26,10 +26,10 @@
 
 #define RESOLVER_HOSTS_TTL_MS 2000
 #define RESOLVER_MAX_TTL_MS 300000
-#define RESOLVER_MIN_TTL_MS 1000     /* a TTL of 0 still serves the requests of a second */
+#define RESOLVER_MIN_TTL_MS 1000 /* a TTL of 0 still serves the requests of a second */
 #define RESOLVER_NEGATIVE_TTL_MS 5000
 #define RESOLVER_FAILED_TTL_MS 1000
-#define RESOLVER_MAX_ENTRIES 4096    /* per worker; least recently used out */
+#define RESOLVER_MAX_ENTRIES 4096 /* per worker; least recently used out */
 
 enum resolver_status {
     RESOLVER_OK = 0,        /* an address */
@@ -49,7 +49,7 @@ typedef void (*resolver_cb)(struct resolver_wait *wt, enum resolver_status st,
 
 /* A lookup's waiter, embedded in its owner (a request). */
 struct resolver_wait {
-    struct resolver_entry *e;         /* NULL when not waiting */
+    struct resolver_entry *e; /* NULL when not waiting */
     struct resolver_wait *next, *prev;
     resolver_cb cb;
 };

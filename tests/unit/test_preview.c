@@ -62,12 +62,12 @@ static const struct cookie_case cookie_cases[] = {
     {"a=1; refresh_token=r", NULL, "a=1"},
     {"a=1;session=s;b=2", NULL, "a=1; b=2"},
     {"  a=1 ;  b=2  ", NULL, "a=1; b=2"},
-    {"Session=s; a=1", NULL, "a=1"},             /* names compared case-insensitively */
-    {"session =s; a=1", NULL, "a=1"},            /* whitespace before '=' */
-    {"session; a=1", NULL, "a=1"},               /* a piece without '=' */
+    {"Session=s; a=1", NULL, "a=1"},                /* names compared case-insensitively */
+    {"session =s; a=1", NULL, "a=1"},               /* whitespace before '=' */
+    {"session; a=1", NULL, "a=1"},                  /* a piece without '=' */
     {"sessionid=1; a=1", NULL, "sessionid=1; a=1"}, /* a longer name is another cookie */
     {"xsession=1", NULL, "xsession=1"},
-    {"a=session", NULL, "a=session"},            /* the value does not matter */
+    {"a=session", NULL, "a=session"}, /* the value does not matter */
     {";;a=1;;", NULL, "a=1"},
     {"", NULL, ""},
     {"fg_jwt=t; a=1; fg_jwt=u", "fg_jwt", "a=1"},
@@ -80,8 +80,8 @@ static void test_strip_cookies(void **state)
     for (size_t i = 0; i < sizeof(cookie_cases) / sizeof(cookie_cases[0]); i++) {
         const struct cookie_case *t = &cookie_cases[i];
         char out[256];
-        size_t n = preview_strip_cookies(guarded(t->in), strlen(t->in), platform, 3,
-                                         t->jwt_cookie, out);
+        size_t n =
+            preview_strip_cookies(guarded(t->in), strlen(t->in), platform, 3, t->jwt_cookie, out);
         out[n] = '\0';
         if (strcmp(out, t->want) != 0)
             fail_msg("case %zu \"%s\": got \"%s\", want \"%s\"", i, t->in, out, t->want);
@@ -114,7 +114,7 @@ static const struct setcookie_case setcookie_cases[] = {
     {"a=1; Path=/; HttpOnly; Secure", true},
     {"a=1; Domain=mvp-shop.preview.example.com", true},
     {"a=1; domain=.MVP-shop.preview.example.com; Path=/", true},
-    {"a=1; Domain=", true},                           /* ignored by user agents: host-only */
+    {"a=1; Domain=", true}, /* ignored by user agents: host-only */
     {"a=1; Domain=preview.example.com", false},
     {"a=1; Domain=.preview.example.com", false},
     {"a=1; Domain=example.com", false},
@@ -125,7 +125,7 @@ static const struct setcookie_case setcookie_cases[] = {
     {"a=1; Domain=mvp-shop.preview.example.com.", false},
     {"a=1; Domain=mvp-shop.preview.example.com; Domain=example.com", false},
     {"a=1; Domain=example.com; Domain=mvp-shop.preview.example.com", false},
-    {"a=Domain=example.com", true},                   /* in the value, not an attribute */
+    {"a=Domain=example.com", true}, /* in the value, not an attribute */
     {"a=1; Path=/Domain=example.com", true},
     {"a=1; xDomain=example.com", true},
 };
@@ -134,8 +134,8 @@ static void test_set_cookie_domain(void **state)
 {
     for (size_t i = 0; i < sizeof(setcookie_cases) / sizeof(setcookie_cases[0]); i++) {
         const struct setcookie_case *t = &setcookie_cases[i];
-        bool got = preview_set_cookie_allowed(guarded(t->value), strlen(t->value), host,
-                                              strlen(host));
+        bool got =
+            preview_set_cookie_allowed(guarded(t->value), strlen(t->value), host, strlen(host));
         if (got != t->allowed)
             fail_msg("case %zu \"%s\": got %d", i, t->value, got);
     }
@@ -147,9 +147,9 @@ static void test_upstream_host(void **state)
 {
     char out[300], name[64];
 
-    assert_int_equal(preview_upstream_host("mvp-", "shop", ".previews.svc.cluster.local", out,
-                                           sizeof(out)),
-                     strlen("mvp-shop.previews.svc.cluster.local"));
+    assert_int_equal(
+        preview_upstream_host("mvp-", "shop", ".previews.svc.cluster.local", out, sizeof(out)),
+        strlen("mvp-shop.previews.svc.cluster.local"));
     assert_string_equal(out, "mvp-shop.previews.svc.cluster.local");
     memset(name, 'a', 59);
     name[59] = '\0';
