@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 
@@ -609,11 +610,51 @@ static void pump_response(struct conn *c)
 
 /* ---- upstream callbacks -------------------------------------------------- */
 
+/*
+ * libevent 2.1 reads a socket 4 KiB at a time (EVBUFFER_MAX_READ), one loop
+ * iteration each: a 1 MiB response would cost 256 reads, 256 epoll rounds
+ * and 256 small TLS records. Once the socket is known readable, read on in
+ * 64 KiB pieces straight into the input buffer, up to its high watermark.
+ * EOF and errors are left for the bufferevent's own next read to report.
+ */
+static void up_fill(struct upconn *uc)
+{
+    struct evbuffer *in = bufferevent_get_input(uc->bev);
+    int fd = bufferevent_getfd(uc->bev);
+
+    /* A socket bufferevent keeps its input's end frozen between its own
+     * reads; open it for ours and close it again after. */
+    evbuffer_unfreeze(in, 0);
+    while (evbuffer_get_length(in) < PROXY_READ_HIGH) {
+        struct evbuffer_iovec v[2];
+        int n = evbuffer_reserve_space(in, 65536, v, 2);
+        if (n <= 0)
+            break;
+        ssize_t r = readv(fd, (struct iovec *)v, n);
+        if (r <= 0) {
+            evbuffer_commit_space(in, v, 0);
+            break;
+        }
+        size_t left = (size_t)r;
+        int used = 0;
+        for (; used < n && left > 0; used++) {
+            if (v[used].iov_len > left)
+                v[used].iov_len = left;
+            left -= v[used].iov_len;
+        }
+        evbuffer_commit_space(in, v, used);
+        if ((size_t)r < 65536)
+            break;
+    }
+    evbuffer_freeze(in, 0);
+}
+
 static void up_read_cb(struct bufferevent *bev, void *arg)
 {
     struct upconn *uc = arg;
     struct conn *c = uc->owner;
 
+    up_fill(uc);
     conn_hold(c);
     if (!c->r.resp_head_done) {
         if (read_response_head(c, uc) == 1 && c->up == uc)
