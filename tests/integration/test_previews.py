@@ -169,7 +169,8 @@ def preview_config(port, dns, hosts_path, **previews):
 class Setup:
     """MVP upstreams on their addresses, the DNS server, a hosts file and flowgate."""
 
-    def __init__(self, names=("alpha", "beta"), zone=None, hosts=None, **previews):
+    def __init__(self, names=("alpha", "beta"), zone=None, hosts=None, extra=None, **previews):
+        self.extra = extra or {}
         self.names = names
         self.zone = zone or {}
         self.hosts = hosts if hosts is not None else {n: ADDRS[n] for n in ("alpha", "beta", "down")}
@@ -185,8 +186,9 @@ class Setup:
             self.dns = Dns(self.zone).__enter__()
             self.hosts_path = os.path.join(tmpdir(), "hosts")
             write_hosts(self.hosts_path, self.hosts)
-            self.fg = Flowgate(preview_config(self.port, self.dns, self.hosts_path,
-                                              **self.previews), upstream=self.api).__enter__()
+            cfg = preview_config(self.port, self.dns, self.hosts_path, **self.previews)
+            cfg.update(self.extra)
+            self.fg = Flowgate(cfg, upstream=self.api).__enter__()
         except BaseException:
             self._stop_peers()
             raise
@@ -607,3 +609,20 @@ def test_idle_tunnel_times_out_but_a_busy_one_does_not():
         log = [e for e in fg.access_log() if e.get("status") == 101]
         check(any(e.get("error") == "tunnel idle timeout" for e in log),
               "access log names the idle timeout: %r" % log)
+
+
+def test_cors_preflight_to_a_preview_is_answered_and_never_forwarded():
+    cors = {"cors": {"origins": ["https://app.example.com"], "credentials": True}}
+    with Setup(extra=cors) as s:
+        hdrs = [("Origin", "https://app.example.com"), ("Access-Control-Request-Method", "PUT")]
+        r = s.fg.request("OPTIONS", "/x", headers=hdrs, host=host_of("alpha"))
+        eq(r.status, 204, "preflight to a preview")
+        eq(r.header("Access-Control-Allow-Origin"), "https://app.example.com", "allowed origin")
+        r = s.fg.request("OPTIONS", "/x", host=host_of("alpha"),
+                         headers=[("Origin", "https://evil.test"),
+                                  ("Access-Control-Request-Method", "PUT")])
+        assert_preview_error(r, 403, "cors_rejected")
+        r = s.fg.request("POST", "/x", body=b"{}", host=host_of("alpha"),
+                         headers=[("Origin", "https://evil.test")])
+        assert_preview_error(r, 403, "cors_rejected")
+        eq(s.mvps["alpha"].requests(), [], "requests that reached the preview")
