@@ -791,6 +791,7 @@ static void log_request(struct req *r)
         .user_len = r->user_len,
         .tier = r->tier,
         .tls_version = c->tls ? tls_ver : NULL,
+        .ratelimit = r->ratelimit,
         .error = r->error_code,
     };
     log_access(&rec);

@@ -84,6 +84,7 @@ struct req {
     bool close_after;             /* close the connection after this response */
     int status;                   /* final status sent, for the log */
     const char *error_code;       /* flowgate error code, for the log */
+    const char *ratelimit;        /* rate-limit outcome (rl_outcome_str), for the log */
     uint64_t bytes_out;
     struct timeval start;         /* head complete */
     double upstream_ms;

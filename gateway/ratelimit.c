@@ -406,8 +406,11 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void count_decision(struct rl_worker *st, size_t tier, enum rl_outcome o)
+static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
 {
+    struct rl_worker *st = r->c->w->rl;
+
+    r->ratelimit = rl_outcome_str(o); /* for the access log */
     __atomic_fetch_add(&st->decisions[tier * RL_OUT__COUNT + o], 1, __ATOMIC_RELAXED);
 }
 
@@ -464,7 +467,7 @@ static enum stage_verdict apply(struct req *r, const struct rl_plan *p, bool adm
 {
     size_t h = headline(p, admitted, res);
 
-    count_decision(r->c->w->rl, p->tier, out);
+    count_decision(r, p->tier, out);
     add_headers(r, &p->g[h], &res[h]);
     if (admitted)
         return STAGE_NEXT;
@@ -500,11 +503,11 @@ static enum stage_verdict decide_without_redis(struct req *r, const struct rl_pl
     switch (r->cfg->rate_limit.on_redis_failure) {
     case FG_REDIS_FAIL_LOCAL: return decide_local(r, p);
     case FG_REDIS_FAIL_ALLOW:
-        count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_OPEN);
+        count_decision(r, p->tier, RL_OUT_FAIL_OPEN);
         return STAGE_NEXT;
     case FG_REDIS_FAIL_DENY: break;
     }
-    count_decision(r->c->w->rl, p->tier, RL_OUT_FAIL_CLOSED);
+    count_decision(r, p->tier, RL_OUT_FAIL_CLOSED);
     r->error_code = "rate limit store unavailable";
     respond_error(r, FG_ERR_UNAVAILABLE, NULL);
     return STAGE_ANSWERED;

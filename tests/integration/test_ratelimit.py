@@ -181,6 +181,9 @@ def test_ratelimit_anonymous_burst_is_exact():
         check((metric(text, "flowgate_redis_call_duration_seconds_count") or 0) >= 10,
               "redis call latency not counted")
         eq(readyz(fg)["redis"], "up", "readyz redis")
+        outcomes = [e.get("ratelimit") for e in fg.access_log()]
+        eq((outcomes.count("allowed"), outcomes.count("limited")), (10, 3),
+           "rate-limit outcomes in the access log")
 
 
 def test_ratelimit_tiers_by_token():
