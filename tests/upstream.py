@@ -173,6 +173,8 @@ class Conn:
                     return
         except (ConnectionError, OSError):
             return
+        except asyncio.CancelledError:
+            return  # shutting down with a keep-alive connection open
         finally:
             if not self.writer.is_closing():
                 self.writer.close()
