@@ -109,8 +109,7 @@ static void conn_free(struct conn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    free(c->r.head_buf);
-    free(c->r.hdrs);
+    reqbuf_put(w, c->r.rb);
     cfg_unref(c->cfg);
     free(c);
     worker_conn_closed(w);
@@ -171,14 +170,63 @@ void conn_close(struct conn *c, bool flush)
         bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 }
 
-static int conn_alloc_buffers(struct conn *c)
-{
-    const struct fg_limits *lim = &c->cfg->limits;
+#define REQBUF_KEEP 64 /* free request buffers a worker keeps */
 
-    c->r.hdrs = calloc(lim->max_headers + 1, sizeof(*c->r.hdrs));
-    c->r.head_cap = 1024;
-    c->r.head_buf = malloc(c->r.head_cap);
-    return c->r.hdrs && c->r.head_buf ? 0 : -1;
+struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers)
+{
+    struct reqbuf **pp = &w->reqbufs;
+
+    for (; *pp; pp = &(*pp)->next) {
+        if ((*pp)->max_headers >= max_headers) {
+            struct reqbuf *rb = *pp;
+            *pp = rb->next;
+            w->nreqbufs--;
+            rb->next = NULL;
+            return rb;
+        }
+    }
+    struct reqbuf *rb = malloc(sizeof(*rb) + (max_headers + 1) * sizeof(rb->hdrs[0]));
+    if (rb == NULL)
+        return NULL;
+    rb->next = NULL;
+    rb->max_headers = max_headers;
+    rb->head_cap = 2048;
+    rb->head = malloc(rb->head_cap);
+    if (rb->head == NULL) {
+        free(rb);
+        return NULL;
+    }
+    return rb;
+}
+
+static void reqbuf_destroy(struct reqbuf *rb)
+{
+    free(rb->head);
+    free(rb);
+}
+
+void reqbuf_put(struct worker *w, struct reqbuf *rb)
+{
+    if (rb == NULL)
+        return;
+    /* A buffer grown for one huge head is not kept for everyone. */
+    if (w->nreqbufs >= REQBUF_KEEP || rb->head_cap > 8192) {
+        reqbuf_destroy(rb);
+        return;
+    }
+    rb->next = w->reqbufs;
+    w->reqbufs = rb;
+    w->nreqbufs++;
+}
+
+void reqbuf_free_all(struct worker *w)
+{
+    while (w->reqbufs) {
+        struct reqbuf *rb = w->reqbufs;
+        w->reqbufs = rb->next;
+        reqbuf_destroy(rb);
+    }
+    w->nreqbufs = 0;
 }
 
 static struct bufferevent *conn_make_bev(struct conn *c, int fd)
@@ -246,7 +294,7 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
         w->conns->prev = c;
     w->conns = c;
     c->timer = evtimer_new(w->base, conn_timer_cb, c);
-    if (c->timer == NULL || conn_alloc_buffers(c) < 0) {
+    if (c->timer == NULL) {
         close(fd);
         c->closed = true;
         conn_free(c);
@@ -460,20 +508,16 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 static void req_reset(struct req *r)
 {
     struct conn *c = r->c;
-    char *head_buf = r->head_buf;
-    size_t head_cap = r->head_cap;
-    struct h1_header *hdrs = r->hdrs;
+    struct reqbuf *rb = r->rb;
 
-    /* Only the scalar part: the ~8 KB of buffers after it are reset by
-     * their length fields, not rewritten on every request. */
-    memset(r, 0, offsetof(struct req, path));
-    r->path[0] = r->host[0] = r->request_id[0] = r->client_ip[0] = '\0';
+    /* Only the scalar part: the buffers after it are reset by their length
+     * fields, not rewritten on every request. */
+    memset(r, 0, offsetof(struct req, scratch_begin));
+    r->host[0] = r->request_id[0] = r->client_ip[0] = '\0';
     r->upstream_addr[0] = r->user_buf[0] = r->tier_buf[0] = '\0';
     r->c = c;
     r->cfg = c->cfg;
-    r->head_buf = head_buf;
-    r->head_cap = head_cap;
-    r->hdrs = hdrs;
+    r->rb = rb;
     r->upstream_ms = -1;
 }
 
@@ -483,15 +527,20 @@ static int take_head(struct conn *c, size_t len)
 {
     struct req *r = &c->r;
 
-    if (len > r->head_cap) {
-        char *p = realloc(r->head_buf, len);
+    if (r->rb == NULL && (r->rb = reqbuf_get(c->w, c->cfg->limits.max_headers)) == NULL)
+        return -1;
+    /* The normalised path follows the head: it is never longer than the
+     * raw target, which is inside the head. */
+    if (2 * len + 1 > r->rb->head_cap) {
+        char *p = realloc(r->rb->head, 2 * len + 1);
         if (p == NULL)
             return -1;
-        r->head_buf = p;
-        r->head_cap = len;
+        r->rb->head = p;
+        r->rb->head_cap = 2 * len + 1;
     }
-    evbuffer_remove(bufferevent_get_input(c->bev), r->head_buf, len);
+    evbuffer_remove(bufferevent_get_input(c->bev), r->rb->head, len);
     r->head_len = len;
+    r->path = r->rb->head + len;
     return 0;
 }
 
@@ -588,7 +637,7 @@ static int normalise_target(struct req *r)
         r->host_len = (size_t)n;
     }
     r->host_port = port;
-    ssize_t n = uri_normalize_path(r->h.path, r->h.path_len, r->path, sizeof(r->path));
+    ssize_t n = uri_normalize_path(r->h.path, r->h.path_len, r->path, r->head_len + 1);
     if (n < 0)
         return -1;
     r->path_len = (size_t)n;
@@ -658,13 +707,14 @@ static void handle_head(struct conn *c, size_t head_len)
 
     req_reset(r);
     gettimeofday(&r->start, NULL);
-    r->h.headers = r->hdrs;
+    r->h.headers = NULL;
     r->h.max_headers = c->cfg->limits.max_headers;
     if (take_head(c, head_len) < 0) {
         conn_close(c, false);
         return;
     }
-    enum h1_status st = h1_parse_request(&r->h, r->head_buf, head_len,
+    r->h.headers = r->rb->hdrs;
+    enum h1_status st = h1_parse_request(&r->h, r->rb->head, head_len,
                                          c->cfg->limits.underscores_in_headers);
     bool trusted = is_trusted(c, NULL, 0);
     if (st == H1_OK) {
@@ -823,6 +873,12 @@ void conn_finish_request(struct conn *c)
         conn_set_timer(c, c->cfg->limits.header_timeout_ms);
         bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
     } else {
+        /* Idle: the request buffers go back to the worker until the next
+         * request arrives, so an idle connection holds none. */
+        reqbuf_put(c->w, r->rb);
+        r->rb = NULL;
+        r->path = NULL;
+        r->path_len = 0;
         c->idle = true;
         conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
     }

@@ -56,15 +56,36 @@ enum req_body_state {
     BODY_PENDING = 1,   /* body bytes still to come from the client */
 };
 
+/*
+ * The bulky part of a request: its head bytes (and normalised path after
+ * them), the header slots and the stages' header lines. A connection holds
+ * one only while a request is in flight; an idle keep-alive connection
+ * gives it back to its worker's small free list, so thousands of idle
+ * connections cost no request memory and a busy one allocates nothing.
+ */
+struct reqbuf {
+    struct reqbuf *next;          /* worker free list */
+    char *head;                   /* head bytes, then the normalised path (owned) */
+    size_t head_cap;
+    size_t max_headers;           /* slots in hdrs */
+    char extra[1024];             /* response header lines added by stages (extra_len) */
+    char up_extra[2048];          /* upstream request lines added by stages (up_extra_len) */
+    struct h1_header hdrs[];      /* max_headers + 1 */
+};
+
+struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers);
+void reqbuf_put(struct worker *w, struct reqbuf *rb);
+void reqbuf_free_all(struct worker *w);
+
 /* Per-request state; embedded in the connection and reset between requests. */
 struct req {
     struct conn *c;
     struct fg_config *cfg;        /* the connection's snapshot */
     struct h1_request h;          /* parsed head: slices into head_buf */
-    char *head_buf;               /* the request head bytes (owned, reused) */
-    size_t head_cap;
+    struct reqbuf *rb;            /* head, header slots and stage lines: held only while a
+                                   * request is in flight (see reqbuf_get) */
     size_t head_len;              /* bytes of this request's head */
-    struct h1_header *hdrs;       /* cfg->limits.max_headers entries (owned) */
+    char *path;                   /* normalised path, in rb->head after the head (path_len) */
     size_t path_len;
     size_t host_len;
     const struct fg_route *route; /* chosen route (cfg->preview_route for previews), or NULL */
@@ -104,14 +125,12 @@ struct req {
     const char *tier;             /* tier_buf, or "authenticated" when the token has none */
     /* The buffers below are not cleared between requests (req_reset clears
      * only what is above): each is valid up to its length field or NUL. */
-    char path[4096 + 1];          /* normalised path (path_len) */
+    char scratch_begin[0];
     char host[256];               /* normalised host, lowercase, no port (host_len) */
     char preview_name[64];        /* validated {name} when preview (NUL-terminated) */
     char request_id[129];         /* sent upstream and to the client (NUL-terminated) */
     char client_ip[INET6_ADDRSTRLEN]; /* the real client, after trusted proxies */
     char upstream_addr[64];       /* server used, for the log ("" = none) */
-    char extra[1024];             /* response header lines added by stages (extra_len) */
-    char up_extra[2048];          /* upstream request lines added by stages (up_extra_len) */
     char user_buf[256];           /* verified sub, copied: valid for the request's life */
     char tier_buf[64];            /* verified tier claim, copied */
 };

@@ -168,7 +168,7 @@ static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffe
     if (h->host)
         evbuffer_add_printf(out, "X-Forwarded-Host: %.*s\r\n", (int)h->host_len, h->host);
     if (r->up_extra_len)
-        evbuffer_add(out, r->up_extra, r->up_extra_len);
+        evbuffer_add(out, r->rb->up_extra, r->up_extra_len);
     if (h->version_minor == 0)
         evbuffer_add(out, "Connection: close\r\n", 19);
     if (r->tunnel)

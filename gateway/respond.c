@@ -60,19 +60,21 @@ const char *respond_code(enum fg_error e)
 
 void respond_add_header(struct req *r, const char *line, size_t len)
 {
-    if (r->extra_len + len <= sizeof(r->extra)) {
-        memcpy(r->extra + r->extra_len, line, len);
+    if (r->rb == NULL && (r->rb = reqbuf_get(r->c->w, r->cfg->limits.max_headers)) == NULL)
+        return;
+    if (r->extra_len + len <= sizeof(r->rb->extra)) {
+        memcpy(r->rb->extra + r->extra_len, line, len);
         r->extra_len += len;
     }
 }
 
 int respond_add_upstream_header(struct req *r, const char *line, size_t len)
 {
-    if (r->up_extra_len + len > sizeof(r->up_extra)) {
+    if (r->rb == NULL || r->up_extra_len + len > sizeof(r->rb->up_extra)) {
         r->up_extra_overflow = true;
         return -1;
     }
-    memcpy(r->up_extra + r->up_extra_len, line, len);
+    memcpy(r->rb->up_extra + r->up_extra_len, line, len);
     r->up_extra_len += len;
     return 0;
 }
@@ -92,7 +94,7 @@ void respond_common_headers(struct req *r, struct evbuffer *out)
         evbuffer_add(out, h->block_http, h->block_http_len);
     evbuffer_add_printf(out, "X-Request-Id: %s\r\n", r->request_id);
     if (r->extra_len)
-        evbuffer_add(out, r->extra, r->extra_len);
+        evbuffer_add(out, r->rb->extra, r->extra_len);
     if (r->close_after)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (r->h.version_minor == 0)
@@ -173,30 +175,23 @@ static const char *redirect_reason(int status)
 void respond_redirect(struct req *r)
 {
     const struct fg_redirect *rd = &r->cfg->redirect;
-    char loc[sizeof(r->host) + sizeof(r->path) + 64];
-    char *extra;
     size_t qlen = r->h.query ? r->h.query_len : 0;
+    char port[16] = "";
 
     if (r->host_len == 0) {
         respond_error(r, FG_ERR_BAD_REQUEST, NULL);
         return;
     }
-    int n;
-    if (rd->https_port == 443)
-        n = snprintf(loc, sizeof(loc), "Location: https://%s%s", r->host, r->path);
-    else
-        n = snprintf(loc, sizeof(loc), "Location: https://%s:%d%s", r->host, rd->https_port,
-                     r->path);
-    size_t total = (size_t)n + (qlen ? qlen + 1 : 0) + 3;
-    extra = malloc(total);
+    if (rd->https_port != 443)
+        snprintf(port, sizeof(port), ":%d", rd->https_port);
+    size_t total = r->host_len + r->path_len + qlen + 64;
+    char *extra = malloc(total);
     if (extra == NULL) {
         conn_close(r->c, false);
         return;
     }
-    if (qlen)
-        snprintf(extra, total, "%s?%.*s\r\n", loc, (int)qlen, r->h.query);
-    else
-        snprintf(extra, total, "%s\r\n", loc);
+    snprintf(extra, total, "Location: https://%.*s%s%.*s%s%.*s\r\n", (int)r->host_len, r->host,
+             port, (int)r->path_len, r->path, qlen ? "?" : "", (int)qlen, qlen ? r->h.query : "");
     send_own(r, rd->status, redirect_reason(rd->status), extra, NULL, NULL, 0);
     free(extra);
 }

@@ -299,6 +299,7 @@ void worker_free(struct worker *w)
     resolver_free(w->resolver); /* after the connections: their lookups are cancelled */
     w->resolver = NULL;
     upstream_pools_free(w);
+    reqbuf_free_all(w);
     jwtauth_cache_free(w->jwt_cache);
     w->jwt_cache = NULL;
     ratelimit_worker_free(w); /* after the connections: their Redis calls are detached */

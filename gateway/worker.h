@@ -66,6 +66,8 @@ struct worker {
     struct event *resume_ev;        /* re-arms paused listeners */
     struct event *stop_ev;          /* manual-activated: begin graceful stop */
     struct conn *conns;             /* every open client connection (list) */
+    struct reqbuf *reqbufs;         /* free request buffers (conn.c) */
+    unsigned nreqbufs;
     uint64_t rid_state;             /* request id generator state */
     uint64_t conn_serial;
     bool stopping;
