@@ -72,11 +72,25 @@ asan: build/asan/flowgate
 build/tests/test_%: tests/unit/test_%.c $(ASAN_LIB) $(ASAN_LLHTTP) | build/tests
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRCS) $(LLHTTP_SRCS) gateway/*.h | build/fuzz
-	$(FUZZ_CC) $(BASE_CFLAGS) -Wno-unknown-warning-option -g -O1 -fsanitize=fuzzer,address,undefined \
-	    $(PKG_CFLAGS) -o $@ $< $(LIB_SRCS) $(LLHTTP_SRCS) $(PKG_LIBS)
+# The gateway sources are compiled for the fuzzers once (coverage
+# instrumentation without libFuzzer's main), then linked into every target.
+FUZZ_FLAGS  := -Wno-unknown-warning-option -g -O1
+FUZZ_OBJS   := $(LIB_SRCS:gateway/%.c=build/fuzzobj/%.o) \
+               $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/fuzzobj/llhttp_%.o)
 
-build/obj build/asan build/tests build/fuzz:
+build/fuzzobj/%.o: gateway/%.c gateway/*.h | build/fuzzobj
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address,undefined \
+	    $(PKG_CFLAGS) -c -o $@ $<
+
+build/fuzzobj/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/fuzzobj
+	$(FUZZ_CC) $(FUZZ_FLAGS) -w -I$(LLHTTP_INC) -fsanitize=fuzzer-no-link,address,undefined \
+	    -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJS) gateway/*.h | build/fuzz
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
+	    $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
+
+build/obj build/asan build/tests build/fuzz build/fuzzobj:
 	@mkdir -p $@
 
 certs: certs/dev/server.crt
@@ -98,7 +112,7 @@ integration: build/asan/flowgate build/flowgate certs
 	@python3 tests/integration/run.py --binary build/asan/flowgate
 
 test: deps
-	@$(MAKE) --no-print-directory build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs
+	@$(MAKE) --no-print-directory -j$$(nproc) build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs
 	@sh tests/run-all.sh
 
 run: deps
