@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 
 #include "jwtauth.h"
+#include "../tests/b64url.h"
 
 static unsigned char key_a[] = "bench-key-a-0123456789abcdef0123456789";
 static unsigned char key_b[] = "bench-key-b-0123456789abcdef0123456789";
@@ -31,28 +32,6 @@ static struct fg_claim_header fwd[] = {
     {.header = "X-User-Id", .header_len = 9, .claim = "sub"},
     {.header = "X-User-Tier", .header_len = 11, .claim = "tier"},
 };
-
-static size_t b64u(const unsigned char *in, size_t len, char *out)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < len)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[n++] = a[v >> 18];
-        out[n++] = a[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[n++] = a[(v >> 6) & 63];
-        if (i + 2 < len)
-            out[n++] = a[v & 63];
-    }
-    out[n] = '\0';
-    return n;
-}
 
 #define MISS_RING 8192
 #define TOKEN_MAX 512

@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 
 #include "jwtauth.h"
+#include "../b64url.h"
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -58,27 +59,6 @@ static struct fg_config cfg = {
             .nforward_claims = 3},
 };
 static struct jwtauth_cache *cache;
-
-static size_t b64u(const unsigned char *in, size_t len, char *out)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[n++] = a[v >> 18];
-        out[n++] = a[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[n++] = a[(v >> 6) & 63];
-        if (i + 2 < len)
-            out[n++] = a[v & 63];
-    }
-    return n;
-}
 
 /* "!HEADER\nPAYLOAD" signed with key a. Returns a malloc'd token or NULL. */
 static char *sign_input(const uint8_t *data, size_t size, size_t *len)

@@ -20,6 +20,7 @@
 #include <openssl/hmac.h>
 
 #include "jwtauth.h"
+#include "../b64url.h"
 
 #define NOW ((time_t)1700000000)
 
@@ -86,28 +87,6 @@ static const char *guarded(const char *s, size_t n)
 }
 
 /* ---- token making ------------------------------------------------------ */
-
-static size_t b64u(const unsigned char *in, size_t len, char *out)
-{
-    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[n++] = a[v >> 18];
-        out[n++] = a[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[n++] = a[(v >> 6) & 63];
-        if (i + 2 < len)
-            out[n++] = a[v & 63];
-    }
-    out[n] = '\0';
-    return n;
-}
 
 /* "b64(header).b64(payload).b64(HMAC(md, key))" into OUT. */
 static void make_token(char *out, const char *header, const char *payload, const EVP_MD *md,
