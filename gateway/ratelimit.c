@@ -370,7 +370,7 @@ int ratelimit_worker_init(struct worker *w, char *err, size_t errlen)
     if (st->decisions == NULL || table_init(&st->local, RL_LOCAL_SLOTS) < 0 ||
         table_init(&st->refused, RL_REFUSED_SLOTS) < 0)
         goto oom;
-    if ((st->link = rl_link_new(w->base, &rl->redis, rl_script)) == NULL)
+    if ((st->link = rl_link_new(w->base, &rl->redis, rl_script, w->resolver)) == NULL)
         goto oom;
     return 0;
 oom:

@@ -11,6 +11,9 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
+#include <ctype.h>
+#include <arpa/inet.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -22,6 +25,7 @@
 #include <openssl/sha.h>
 
 #include "log.h"
+#include "resolver.h"
 #include "rl_redis.h"
 
 #define RL_BACKOFF_MIN_MS 100
@@ -47,6 +51,8 @@ struct rl_link {
     bool stopping;              /* worker stopping: no reconnect, close when idle */
     unsigned pending;           /* calls queued on the connection, detached or not */
     struct rl_link_stats stats; /* atomic counters (read by admin) */
+    struct resolver *rs;        /* the worker's resolver, for a Redis host name */
+    struct resolver_wait dns;   /* a lookup in flight (dns.e != NULL) */
 };
 
 struct rl_call {
@@ -61,6 +67,7 @@ struct rl_call {
 };
 
 static void link_connect(struct rl_link *l);
+static void link_connect_to(struct rl_link *l, const char *host);
 
 const char *rl_link_state_str(enum rl_link_state st)
 {
@@ -157,6 +164,7 @@ static void link_close(struct rl_link *l)
 {
     redisAsyncContext *ac = l->ac;
 
+    resolver_cancel(&l->dns);
     l->ac = NULL;
     set_state(l, RL_LINK_DOWN);
     evtimer_del(l->retry_ev);
@@ -244,12 +252,61 @@ static int queue_handshake(struct rl_link *l)
     return rc == REDIS_OK ? 0 : -1;
 }
 
+bool rl_redis_host_is_name(const struct fg_redis *c)
+{
+    unsigned char a[sizeof(struct in6_addr)];
+
+    return c->unix_path == NULL && c->host != NULL && inet_pton(AF_INET, c->host, a) != 1 &&
+           inet_pton(AF_INET6, c->host, a) != 1;
+}
+
+static void on_resolved(struct resolver_wait *wt, enum resolver_status st,
+                        const struct sockaddr_storage *addr)
+{
+    struct rl_link *l = (struct rl_link *)((char *)wt - offsetof(struct rl_link, dns));
+    char ip[INET6_ADDRSTRLEN];
+
+    if (st != RESOLVER_OK) {
+        link_fail(l, "cannot resolve the address");
+        return;
+    }
+    const void *a = addr->ss_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)addr)->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)addr)->sin_addr;
+    inet_ntop(addr->ss_family, a, ip, sizeof(ip));
+    link_connect_to(l, ip);
+}
+
+/*
+ * Connect, resolving a host name first through the worker's resolver:
+ * hiredis 0.14 would look it up with a blocking getaddrinfo() on the worker
+ * thread, on every reconnect, stalling every request of the worker while
+ * DNS is slow.
+ */
 static void link_connect(struct rl_link *l)
+{
+    const struct fg_redis *c = l->cfg;
+    char name[256];
+    struct sockaddr_storage addr;
+
+    if (!rl_redis_host_is_name(c) || l->rs == NULL || strlen(c->host) >= sizeof(name)) {
+        link_connect_to(l, c->host);
+        return;
+    }
+    for (size_t i = 0; (name[i] = (char)tolower((unsigned char)c->host[i])) != '\0'; i++)
+        ;
+    set_state(l, RL_LINK_CONNECTING);
+    enum resolver_status st = resolver_lookup(l->rs, name, &l->dns, on_resolved, &addr);
+    if (st != RESOLVER_PENDING)
+        on_resolved(&l->dns, st, &addr);
+}
+
+static void link_connect_to(struct rl_link *l, const char *host)
 {
     const struct fg_redis *c = l->cfg;
     redisAsyncContext *ac;
 
-    ac = c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
+    ac = c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(host, c->port);
     if (ac == NULL) {
         link_fail(l, "out of memory");
         return;
@@ -287,7 +344,8 @@ static void handshake_timeout_cb(evutil_socket_t fd, short what, void *arg)
         link_fail(l, "no answer to the handshake in time");
 }
 
-struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg, const char *script)
+struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg, const char *script,
+                            struct resolver *rs)
 {
     struct rl_link *l = calloc(1, sizeof(*l));
     unsigned char md[SHA_DIGEST_LENGTH];
@@ -295,6 +353,7 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
     if (l == NULL)
         return NULL;
     l->base = base;
+    l->rs = rs;
     l->cfg = cfg;
     l->script = script;
     l->backoff_ms = RL_BACKOFF_MIN_MS;
@@ -315,6 +374,7 @@ void rl_link_free(struct rl_link *l)
 {
     if (l == NULL)
         return;
+    resolver_cancel(&l->dns);
     if (l->ac != NULL) {
         redisAsyncContext *ac = l->ac;
         l->ac = NULL;

@@ -63,10 +63,17 @@ struct rl_call;
  */
 typedef void rl_call_done_fn(void *arg, enum rl_call_status status, const redisReply *reply);
 
+struct resolver;
+
 /* A link for CFG (kept by reference: the snapshot outlives the link) that
- * will run SCRIPT. Connecting starts at once. NULL when out of memory. */
+ * will run SCRIPT. Connecting starts at once; a host name is resolved with
+ * RS (the worker's resolver; it must outlive the link). NULL when out of
+ * memory. */
 struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
-                            const char *script);
+                            const char *script, struct resolver *rs);
+
+/* Is the Redis address a host name (to be resolved) rather than an IP? */
+bool rl_redis_host_is_name(const struct fg_redis *c);
 
 /* The worker is stopping: no more reconnects, and the connection closes
  * once no call is pending (so the worker's loop can end). */

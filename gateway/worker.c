@@ -25,6 +25,7 @@
 #include "log.h"
 #include "ratelimit.h"
 #include "resolver.h"
+#include "rl_redis.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -225,7 +226,11 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (cfg->previews.enabled &&
+    /* The resolver serves preview names, and a Redis address given as a
+     * host name (never a blocking lookup on a worker). */
+    bool need_resolver = cfg->previews.enabled ||
+                         (cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis));
+    if (need_resolver &&
         (w->resolver = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen)) == NULL)
         return -1;
     return ratelimit_worker_init(w, err, errlen);
@@ -296,13 +301,14 @@ void worker_free(struct worker *w)
             close(w->listeners[i].fd);
     }
     free(w->listeners);
-    resolver_free(w->resolver); /* after the connections: their lookups are cancelled */
-    w->resolver = NULL;
     upstream_pools_free(w);
     reqbuf_free_all(w);
     jwtauth_cache_free(w->jwt_cache);
     w->jwt_cache = NULL;
     ratelimit_worker_free(w); /* after the connections: their Redis calls are detached */
+    resolver_free(w->resolver); /* after the connections and the Redis link: their lookups
+                                 * are cancelled */
+    w->resolver = NULL;
     if (w->resume_ev)
         event_free(w->resume_ev);
     if (w->stop_ev)

@@ -593,3 +593,28 @@ def test_ratelimit_hostile_redis_numbers():
                 eq(r.status, 200, "status after an unusable Redis reply (local limiter)")
     finally:
         fake.close()
+
+
+def test_ratelimit_redis_host_name_is_resolved_without_blocking():
+    """A Redis address given as a host name is looked up through the worker's
+    resolver (hosts file first), never with a blocking lookup on a worker;
+    a name that does not resolve leaves Redis down and the failure mode in
+    charge, and the service goes on."""
+    import os
+    from harness import tmpdir
+    hosts = os.path.join(tmpdir(), "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 redis.fg.test\n")
+    with RedisServer() as redis, Upstream(record=False) as up:
+        cfg = rl_config(redis, redis={"address": "Redis.FG.test:%d" % redis.port,
+                                      "timeout_ms": 250, "key_prefix": "fgtest:"})
+        cfg["resolver"] = {"hosts_file": hosts}
+        with Flowgate(cfg, upstream=up) as fg:
+            wait_redis(fg, "up")
+            assert_exact_burst(burst(fg, 6, "/named"), 5, 60)
+        cfg["rate_limit"]["redis"]["address"] = "nowhere.fg.test:%d" % redis.port
+        cfg["resolver"] = {"hosts_file": hosts, "nameservers": ["127.0.0.1:9"]}
+        with Flowgate(cfg, upstream=up) as fg:
+            time.sleep(0.5)
+            eq(readyz(fg)["redis"] in ("down", "connecting"), True, "redis state, name unknown")
+            assert_exact_burst(burst(fg, 6, "/local"), 5, 60)  # on_redis_failure = local
