@@ -17,6 +17,7 @@
 set -eu
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECS=${1:-10}
 CONNS=${2:-32}
 ROUNDS=${3:-1}
@@ -37,36 +38,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 UP_PORT=$(free_port)
 TLS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 SECRET="bench-secret-0123456789-abcdefghijklmnopqrstuv"
 
-mkdir -p "$tmp/nginx/logs"
-cat >"$tmp/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
-nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
-ng_pid=$!
+start_fixed_nginx "$tmp/nginx" "127.0.0.1:$UP_PORT" "ok"
+ng_pid=$FIXED_NGINX_PID
 
 cat >"$tmp/flowgate.conf" <<EOF
 workers = 1;

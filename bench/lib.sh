@@ -215,6 +215,36 @@ EOF
     wait_port "$1" "$BACKEND_PID" backend
 }
 
+# start_fixed_nginx DIR ADDR:PORT BODY: a minimal upstream for the feature
+# benchmarks (jwt_wrk.sh, ratelimit_wrk.sh, previews.sh), independent of
+# bench_init: nginx in DIR answering every request with BODY and a newline,
+# keep-alive, in the background; FIXED_NGINX_PID is its PID, for the caller
+# to stop.
+start_fixed_nginx() {
+    mkdir -p "$1/logs"
+    cat >"$1/nginx.conf" <<EOF
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/logs/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    server {
+        listen $2;
+        location / { default_type text/plain; return 200 "$3\n"; }
+    }
+}
+EOF
+    nginx -c "$1/nginx.conf" -p "$1" -g 'daemon off;' 2>"$1/nginx.err" &
+    FIXED_NGINX_PID=$!
+}
+
 # start_flowgate PORT BACKEND_PORT [NAME]: build/flowgate (a copy), FG_WORKERS
 # (1) workers; NAME (flowgate) names its directory and its PIN_ variable.
 start_flowgate() {

@@ -23,6 +23,7 @@
 set -eu
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECS=${1:-10}
 CONNS=${2:-32}
 TUNNELS=${3:-1000}
@@ -61,28 +62,8 @@ WS_PORT=$(free_port)
 TLS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 
-mkdir -p "$tmp/nginx/logs"
-cat >"$tmp/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    server {
-        listen 127.0.0.2:$UP_PORT;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
-nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" -g 'daemon off;' 2>"$tmp/nginx.err" &
-pids="$pids $!"
+start_fixed_nginx "$tmp/nginx" "127.0.0.2:$UP_PORT" "ok"
+pids="$pids $FIXED_NGINX_PID"
 python3 tests/upstream.py --listen "127.0.0.3:$WS_PORT" --name ws >"$tmp/ws.log" 2>&1 &
 pids="$pids $!"
 

@@ -14,6 +14,7 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 SECS=${1:-10}
 CONNS=${2:-32}
 FLOWGATE=${FLOWGATE:-$ROOT/build/flowgate}
@@ -41,9 +42,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 wait_port() {
     i=0
@@ -61,28 +59,8 @@ HTTPS_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 
 # -- nginx: the upstream, a fixed body
-mkdir -p "$TMP/nginx/logs"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-error_log $TMP/nginx/logs/error.log;
-pid $TMP/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 100000;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { default_type text/plain; return 200 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n"; }
-    }
-}
-EOF
-nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' 2>"$TMP/nginx.err" &
-PIDS="$PIDS $!"
+start_fixed_nginx "$TMP/nginx" "127.0.0.1:$UP_PORT" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+PIDS="$PIDS $FIXED_NGINX_PID"
 
 # -- redis
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
