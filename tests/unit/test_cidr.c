@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "guard.h"
+
 #include "cidr.h"
 
 /* ---- cidr_parse -------------------------------------------------------- */
@@ -100,17 +102,12 @@ static struct cidr_set make_set(const char **nets, size_t n)
     return set;
 }
 
-static char *guard_base;
-static size_t guard_page;
-
 /* The text is read from the end of a page followed by a PROT_NONE page. */
 static bool has_text(const struct cidr_set *set, const char *addr)
 {
     size_t n = strlen(addr);
-    char *p = guard_base + guard_page - n;
 
-    memcpy(p, addr, n);
-    return cidr_set_contains_text(set, p, n);
+    return cidr_set_contains_text(set, guarded(addr, n), n);
 }
 
 static bool has_sa4(const struct cidr_set *set, const char *addr)
@@ -127,22 +124,6 @@ static bool has_sa6(const struct cidr_set *set, const char *addr)
 
     assert_int_equal(inet_pton(AF_INET6, addr, &sin6.sin6_addr), 1);
     return cidr_set_contains(set, (const struct sockaddr *)&sin6);
-}
-
-static int setup(void **state)
-{
-    guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base =
-        mmap(NULL, 2 * guard_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_base == MAP_FAILED)
-        return -1;
-    return mprotect(guard_base + guard_page, guard_page, PROT_NONE);
-}
-
-static int teardown(void **state)
-{
-    munmap(guard_base, 2 * guard_page);
-    return 0;
 }
 
 static void test_contains_v4(void **state)
@@ -308,5 +289,5 @@ int main(void)
         cmocka_unit_test(test_empty_and_null),
         cmocka_unit_test(test_free_zeroes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }

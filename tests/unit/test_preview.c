@@ -14,35 +14,9 @@
 
 #include <cmocka.h>
 
+#include "guard.h"
+
 #include "preview.h"
-
-static char *guard_base;
-static size_t guard_page;
-
-static int setup(void **state)
-{
-    guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base =
-        mmap(NULL, 2 * guard_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_base == MAP_FAILED)
-        return -1;
-    return mprotect(guard_base + guard_page, guard_page, PROT_NONE);
-}
-
-static int teardown(void **state)
-{
-    munmap(guard_base, 2 * guard_page);
-    return 0;
-}
-
-static const char *guarded(const char *s)
-{
-    size_t n = strlen(s);
-    char *p = guard_base + guard_page - n;
-
-    memcpy(p, s, n);
-    return p;
-}
 
 /* ---- preview_strip_cookies ---------------------------------------------- */
 
@@ -81,7 +55,7 @@ static void test_strip_cookies(void **state)
         const struct cookie_case *t = &cookie_cases[i];
         char out[256];
         size_t n =
-            preview_strip_cookies(guarded(t->in), strlen(t->in), platform, 3, t->jwt_cookie, out);
+            preview_strip_cookies(guarded(t->in, strlen(t->in)), strlen(t->in), platform, 3, t->jwt_cookie, out);
         out[n] = '\0';
         if (strcmp(out, t->want) != 0)
             fail_msg("case %zu \"%s\": got \"%s\", want \"%s\"", i, t->in, out, t->want);
@@ -94,7 +68,7 @@ static void test_strip_cookies_never_longer(void **state)
     char out[2 * 9];
 
     /* Every ';' may become "; ": the bound is twice the input. */
-    size_t n = preview_strip_cookies(guarded(in), strlen(in), platform, 3, NULL, out);
+    size_t n = preview_strip_cookies(guarded(in, strlen(in)), strlen(in), platform, 3, NULL, out);
     assert_true(n <= sizeof(out));
     assert_int_equal(n, strlen("a; b; c; d"));
     assert_memory_equal(out, "a; b; c; d", n);
@@ -135,7 +109,7 @@ static void test_set_cookie_domain(void **state)
     for (size_t i = 0; i < sizeof(setcookie_cases) / sizeof(setcookie_cases[0]); i++) {
         const struct setcookie_case *t = &setcookie_cases[i];
         bool got =
-            preview_set_cookie_allowed(guarded(t->value), strlen(t->value), host, strlen(host));
+            preview_set_cookie_allowed(guarded(t->value, strlen(t->value)), strlen(t->value), host, strlen(host));
         if (got != t->allowed)
             fail_msg("case %zu \"%s\": got %d", i, t->value, got);
     }
@@ -169,5 +143,5 @@ int main(void)
         cmocka_unit_test(test_set_cookie_domain),
         cmocka_unit_test(test_upstream_host),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }

@@ -14,35 +14,9 @@
 
 #include <cmocka.h>
 
+#include "guard.h"
+
 #include "route.h"
-
-static char *guard_base;
-static size_t guard_page;
-
-static int setup(void **state)
-{
-    guard_page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_base =
-        mmap(NULL, 2 * guard_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_base == MAP_FAILED)
-        return -1;
-    return mprotect(guard_base + guard_page, guard_page, PROT_NONE);
-}
-
-static int teardown(void **state)
-{
-    munmap(guard_base, 2 * guard_page);
-    return 0;
-}
-
-/* S copied so that its last byte is the last readable one. */
-static const char *guarded(const char *s, size_t n)
-{
-    char *p = guard_base + guard_page - n;
-
-    memcpy(p, s, n);
-    return p;
-}
 
 /* ---- route_host_normalize ---------------------------------------------- */
 
@@ -430,5 +404,5 @@ int main(void)
         cmocka_unit_test(test_preview_namecap),
         cmocka_unit_test(test_preview_disabled),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, guard_setup, guard_teardown);
 }
