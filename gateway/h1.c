@@ -80,7 +80,7 @@ const char *h1_status_str(enum h1_status st)
     return "unknown";
 }
 
-static bool h1_token_eq_n(const char *a, size_t alen, const char *b, size_t blen)
+bool h1_token_eq_n(const char *a, size_t alen, const char *b, size_t blen)
 {
     if (alen != blen)
         return false;

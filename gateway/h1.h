@@ -146,6 +146,7 @@ enum h1_body_status h1_body_eof(struct h1_parser *p);
 /* Case-insensitive header lookup helpers over a parsed array. */
 const struct h1_header *h1_find(const struct h1_header *h, size_t n, const char *name);
 bool h1_token_eq(const char *a, size_t alen, const char *lit); /* ASCII case-insensitive */
+bool h1_token_eq_n(const char *a, size_t alen, const char *b, size_t blen);
 
 /* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
 bool h1_list_has(const char *value, size_t len, const char *token);

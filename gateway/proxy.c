@@ -65,24 +65,42 @@ void proxy_abort(struct conn *c)
 
 /* Headers a client may never pass through: hop-by-hop (RFC 9110 7.6.1),
  * the ones flowgate sets itself, and Expect (flowgate answers 100-continue). */
+/* A header name with its length, so a list is scanned without strlen. */
+struct hname {
+    const char *name;
+    size_t len;
+};
+#define HNAME(s) {s, sizeof(s) - 1}
+
+static bool in_list(const struct hname *list, size_t n, const struct h1_header *h)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i].len == h->name_len && h1_token_eq_n(h->name, h->name_len, list[i].name,
+                                                        list[i].len))
+            return true;
+    return false;
+}
+
 static bool drop_request_header(const struct req *r, const struct h1_header *h)
 {
-    static const char *const fixed[] = {
-        "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Upgrade",
-        "Expect", "Content-Length", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
-        "X-Real-IP", "X-Request-Id", "Forwarded", "HTTP2-Settings", NULL,
+    static const struct hname fixed[] = {
+        HNAME("Connection"),      HNAME("Keep-Alive"),        HNAME("Proxy-Connection"),
+        HNAME("TE"),              HNAME("Trailer"),           HNAME("Upgrade"),
+        HNAME("Expect"),          HNAME("Content-Length"),    HNAME("X-Forwarded-For"),
+        HNAME("X-Forwarded-Proto"), HNAME("X-Forwarded-Host"), HNAME("X-Real-IP"),
+        HNAME("X-Request-Id"),    HNAME("Forwarded"),         HNAME("HTTP2-Settings"),
     };
-    for (size_t i = 0; fixed[i]; i++)
-        if (h1_token_eq(h->name, h->name_len, fixed[i]))
-            return true;
-    for (size_t i = 0; i < r->cfg->jwt.nforward_claims; i++)
-        if (h1_token_eq(h->name, h->name_len, r->cfg->jwt.forward_claims[i].header))
-            return true;
-    /* A preview is untrusted code: the platform's credentials never reach it. */
-    if (r->preview && r->cfg->previews.strip_credentials &&
-        h1_token_eq(h->name, h->name_len, "Authorization"))
+    static const struct hname authorization = HNAME("Authorization");
+
+    if (in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h))
         return true;
-    return false;
+    for (size_t i = 0; i < r->cfg->jwt.nforward_claims; i++) {
+        const struct fg_claim_header *fc = &r->cfg->jwt.forward_claims[i];
+        if (h1_token_eq_n(h->name, h->name_len, fc->header, fc->header_len))
+            return true;
+    }
+    /* A preview is untrusted code: the platform's credentials never reach it. */
+    return r->preview && r->cfg->previews.strip_credentials && in_list(&authorization, 1, h);
 }
 
 /* Cookie on a preview request: the platform's cookies (platform_cookies and
@@ -384,9 +402,9 @@ static bool drop_preview_response_header(const struct req *r, const struct h1_he
 
 static bool drop_response_header(const struct req *r, const struct h1_header *h)
 {
-    static const char *const fixed[] = {
-        "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Upgrade",
-        "Server", "X-Request-Id", NULL,
+    static const struct hname fixed[] = {
+        HNAME("Connection"), HNAME("Keep-Alive"), HNAME("Proxy-Connection"), HNAME("TE"),
+        HNAME("Trailer"),    HNAME("Upgrade"),    HNAME("Server"),           HNAME("X-Request-Id"),
     };
     const struct fg_headers *sec = &r->cfg->headers;
     const struct {
@@ -401,9 +419,8 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
         {"Content-Security-Policy", sec->csp},
     };
 
-    for (size_t i = 0; fixed[i]; i++)
-        if (h1_token_eq(h->name, h->name_len, fixed[i]))
-            return true;
+    if (in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h))
+        return true;
     if (r->preview) {
         if (drop_preview_response_header(r, h))
             return true;
