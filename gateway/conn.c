@@ -18,7 +18,6 @@
 #include <netinet/tcp.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/ssl.h>
 
 #include "conn.h"
@@ -48,9 +47,9 @@ static const struct stage route_stage = {"route", route_checks};
 const struct stage *const conn_stages[] = {&cors_stage,      &route_stage,   &jwtauth_stage,
                                            &ratelimit_stage, &preview_stage, NULL};
 
-static void conn_read_cb(struct bufferevent *bev, void *arg);
-static void conn_write_cb(struct bufferevent *bev, void *arg);
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_read_cb(struct io *io, void *arg);
+static void conn_write_cb(struct io *io, void *arg);
+static void conn_event_cb(struct io *io, int what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void process_input(struct conn *c);
 static void conn_start(struct conn *c);
@@ -101,8 +100,8 @@ static void conn_free(struct conn *c)
         event_free(c->pp_ev);
         close(c->fd);
     }
-    if (c->bev)
-        bufferevent_free(c->bev); /* closes the socket, frees the SSL */
+    if (c->io)
+        io_free(c->io); /* closes the socket, frees the SSL */
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -136,7 +135,7 @@ void conn_pause_read(struct conn *c)
 {
     if (!c->read_paused) {
         c->read_paused = true;
-        bufferevent_disable(c->bev, EV_READ);
+        io_disable_read(c->io);
     }
 }
 
@@ -144,7 +143,7 @@ void conn_resume_read(struct conn *c)
 {
     if (c->read_paused && !c->closed) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        io_enable_read(c->io);
     }
 }
 
@@ -152,22 +151,26 @@ void conn_close(struct conn *c, bool flush)
 {
     if (c->closed)
         return;
-    if (flush && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 &&
-        c->state != CONN_CLOSING) {
-        /* Let the last response go out; conn_write_cb closes when drained.
-         * Reading stops: nothing the client sends now can matter. */
-        c->state = CONN_CLOSING;
-        proxy_abort(c);
-        bufferevent_disable(c->bev, EV_READ);
-        c->read_paused = true;
-        conn_set_timer(c, 5000);
-        return;
+    if (flush && c->io && c->state != CONN_CLOSING) {
+        io_flush(c->io);
+        if (io_pending_out(c->io) > 0) {
+            /* Let the last response go out; conn_write_cb closes when it
+             * is all written. Reading stops: nothing the client sends now
+             * can matter. */
+            c->state = CONN_CLOSING;
+            proxy_abort(c);
+            io_disable_read(c->io);
+            c->read_paused = true;
+            c->io->write_low = 0;
+            conn_set_timer(c, 5000);
+            return;
+        }
     }
     c->closed = true;
     if (c->refs == 0)
         conn_free(c);
-    else if (c->bev)
-        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    else if (c->io)
+        io_disable_read(c->io);
 }
 
 #define REQBUF_KEEP 64 /* free request buffers a worker keeps */
@@ -229,25 +232,16 @@ void reqbuf_free_all(struct worker *w)
     w->nreqbufs = 0;
 }
 
-static struct bufferevent *conn_make_bev(struct conn *c, int fd)
+static struct io *conn_make_io(struct conn *c, int fd)
 {
-    struct event_base *base = c->w->base;
+    SSL *ssl = NULL;
 
-    if (!c->tls)
-        return bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    SSL *ssl = tls_new_ssl(c->w->tls);
-    if (ssl == NULL)
+    if (c->tls && (ssl = tls_new_ssl(c->w->tls)) == NULL)
         return NULL;
-    struct bufferevent *bev = bufferevent_openssl_socket_new(
-        base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
+    struct io *io = io_new(c->w->base, fd, ssl);
+    if (io == NULL && ssl)
         SSL_free(ssl);
-        return NULL;
-    }
-    /* Clients commonly close without close_notify; that is not an error
-     * once a response is complete. Truncation is judged by HTTP framing. */
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    return bev;
+    return io;
 }
 
 static void peer_text(struct conn *c)
@@ -316,11 +310,11 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
     conn_start(c);
 }
 
-/* Wrap the socket in its bufferevent (TLS or plain) and start reading. */
+/* Wrap the socket in its io (TLS or plain) and start reading. */
 static void conn_start(struct conn *c)
 {
-    c->bev = conn_make_bev(c, c->fd);
-    if (c->bev == NULL) {
+    c->io = conn_make_io(c, c->fd);
+    if (c->io == NULL) {
         close(c->fd);
         c->closed = true;
         if (c->refs == 0)
@@ -328,9 +322,10 @@ static void conn_start(struct conn *c)
         return;
     }
     c->state = c->tls ? CONN_HANDSHAKE : CONN_READ_HEAD;
-    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, PROXY_READ_HIGH);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    io_setcb(c->io, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    c->io->read_high = PROXY_READ_HIGH;
+    c->io->write_low = PROXY_WRITE_LOW;
+    io_enable_read(c->io);
 }
 
 /*
@@ -389,7 +384,7 @@ static void req_begin_unparsed(struct conn *c)
  * a silent close when nothing was sent (idle keep-alive, preconnect). */
 static void head_timeout(struct conn *c)
 {
-    size_t pending = evbuffer_get_length(bufferevent_get_input(c->bev));
+    size_t pending = evbuffer_get_length(c->io->in);
 
     if (pending == 0 || c->idle || c->state == CONN_HANDSHAKE) {
         conn_close(c, false);
@@ -434,23 +429,23 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     conn_release(c);
 }
 
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+static void conn_event_cb(struct io *io, int what, void *arg)
 {
     struct conn *c = arg;
 
     conn_hold(c);
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & IO_CONNECTED) {
         /* TLS handshake complete. */
         c->w->stats.tls_handshakes++;
         c->state = CONN_READ_HEAD;
         process_input(c);
-    } else if (c->state == CONN_TUNNEL && (what & BEV_EVENT_EOF)) {
+    } else if (c->state == CONN_TUNNEL && (what & IO_EOF)) {
         proxy_tunnel_client_eof(c);
-    } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    } else if (what & (IO_EOF | IO_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
             c->w->stats.tls_failures++;
         if (c->state == CONN_PROXYING && c->r.body == BODY_PENDING && !c->r.response_started &&
-            (what & BEV_EVENT_EOF)) {
+            (what & IO_EOF)) {
             /* The client ended its body early: nothing complete to forward. */
             proxy_abort(c);
         }
@@ -459,7 +454,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     conn_release(c);
 }
 
-static void conn_read_cb(struct bufferevent *bev, void *arg)
+static void conn_read_cb(struct io *io, void *arg)
 {
     struct conn *c = arg;
 
@@ -475,7 +470,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         proxy_tunnel_pump(c);
         break;
     case CONN_CLOSING:
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        evbuffer_drain(io->in, evbuffer_get_length(io->in));
         break;
     default:
         /* STAGES / RESPONDING: leave it buffered (the read watermark stops
@@ -485,13 +480,13 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     conn_release(c);
 }
 
-static void conn_write_cb(struct bufferevent *bev, void *arg)
+static void conn_write_cb(struct io *io, void *arg)
 {
     struct conn *c = arg;
 
     conn_hold(c);
     if (c->state == CONN_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        if (io_pending_out(io) == 0)
             conn_close(c, false);
     } else if (c->state == CONN_PROXYING) {
         proxy_client_writable(c);
@@ -538,7 +533,7 @@ static int take_head(struct conn *c, size_t len)
         r->rb->head = p;
         r->rb->head_cap = 2 * len + 1;
     }
-    evbuffer_remove(bufferevent_get_input(c->bev), r->rb->head, len);
+    evbuffer_remove(c->io->in, r->rb->head, len);
     r->head_len = len;
     r->path = r->rb->head + len;
     return 0;
@@ -744,13 +739,13 @@ static void handle_head(struct conn *c, size_t head_len)
 /* Look for a complete head in the input; act on it or on its absence. */
 static void process_input(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->io->in;
     size_t len = evbuffer_get_length(in);
     size_t max = c->cfg->limits.max_header_bytes;
 
     if (c->state != CONN_READ_HEAD || c->closed || len == 0)
         return;
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > PROXY_WRITE_HIGH)
+    if (io_pending_out(c->io) > PROXY_WRITE_HIGH)
         return; /* a pipelining client that does not read: wait (conn_write_cb) */
     if (c->idle) {
         c->idle = false;
@@ -814,9 +809,8 @@ static void log_request(struct req *r)
 
     gettimeofday(&now, NULL);
     if (c->tls) {
-        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-        if (ssl)
-            snprintf(tls_ver, sizeof(tls_ver), "%s", tls_version_str(ssl));
+        if (c->io && c->io->ssl)
+            snprintf(tls_ver, sizeof(tls_ver), "%s", tls_version_str(c->io->ssl));
     }
     struct log_access_rec rec = {
         .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,
@@ -864,14 +858,17 @@ void conn_finish_request(struct conn *c)
         conn_close(c, true);
         return;
     }
+    /* The response leaves after its log line is written (conn_close
+     * flushes on the other path). */
+    io_flush(c->io);
     c->state = CONN_READ_HEAD;
     conn_clear_timer(c);
     conn_resume_read(c);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+    if (evbuffer_get_length(c->io->in) > 0) {
         /* A pipelined request is already here. Serve it from the loop, not
          * from this stack: a long pipeline must not recurse. */
         conn_set_timer(c, c->cfg->limits.header_timeout_ms);
-        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+        io_trigger_read(c->io);
     } else {
         /* Idle: the request buffers go back to the worker until the next
          * request arrives, so an idle connection holds none. */

@@ -26,11 +26,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "cfg.h"
 #include "h1.h"
+#include "io.h"
 #include "resolver.h"
 #include "stage.h"
 
@@ -141,7 +141,7 @@ struct conn {
     struct conn *next, *prev;     /* worker->conns */
     uint64_t serial;
     int fd;
-    struct bufferevent *bev;      /* socket or OpenSSL filter */
+    struct io *io;                /* the socket, plain or TLS (NULL before conn_start) */
     bool tls;
     enum conn_state state;
     int refs;                     /* callbacks in flight; freed at 0 once closed */
@@ -149,7 +149,7 @@ struct conn {
     bool read_paused;             /* backpressure: read disabled */
     bool idle;                    /* between requests (keep-alive timer runs) */
     struct event *timer;          /* header / body / keep-alive deadline */
-    struct event *pp_ev;          /* PROXY header read, before the bufferevent exists */
+    struct event *pp_ev;          /* PROXY header read, before the io exists */
     struct sockaddr_storage peer;
     socklen_t peer_len;
     char peer_ip[INET6_ADDRSTRLEN];

@@ -2,12 +2,14 @@
  * proxy.c - forward one request upstream and stream the response back.
  *
  * Bodies are never copied through a private buffer: bytes move between the
- * two bufferevents with evbuffer_remove_buffer, after the parser of their
+ * two sides' buffers with evbuffer_remove_buffer, after the parser of their
  * message has seen them (so a chunked body is checked as it passes, and the
  * exact end of each message is known for keep-alive and pipelining).
  * Backpressure: a side is fed only while its output holds less than
- * PROXY_WRITE_HIGH; the source's read watermark then stops its socket reads,
- * and the destination's write callback (below PROXY_WRITE_LOW) resumes.
+ * PROXY_WRITE_HIGH; the source's read bound then stops its socket reads,
+ * and the destination's write callback (at PROXY_WRITE_LOW) resumes. Output
+ * is flushed as soon as a pump has moved it (io_flush): a small response
+ * leaves in the same loop round its last byte arrived.
  *
  *   proxy_start -> connect/reuse -> head + body up -> response head down
  *        ^  (reused connection died before answering: retry once fresh)
@@ -23,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <sys/uio.h>
 
 #include <event2/buffer.h>
 
@@ -39,9 +40,9 @@
 #define UP_HEAD_MAX (64 * 1024) /* largest response head accepted from an upstream */
 #define UPGRADE_LINES "Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
-static void up_read_cb(struct bufferevent *bev, void *arg);
-static void up_write_cb(struct bufferevent *bev, void *arg);
-static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(struct io *io, void *arg);
+static void up_write_cb(struct io *io, void *arg);
+static void up_event_cb(struct io *io, int what, void *arg);
 static void up_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_upstream(struct conn *c, bool allow_pooled);
 static void pump_response(struct conn *c);
@@ -246,16 +247,16 @@ static void request_body_done(struct conn *c)
         set_up_timer(c->up, c->up->pool->u->read_timeout_ms);
 }
 
-static void pump_request(struct conn *c)
+static void move_request_body(struct conn *c)
 {
     struct req *r = &c->r;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->io->in;
 
     /* While connecting, c->up is held but not yet ours (owner unset): body
      * bytes written now would reach the upstream before the request head. */
     if (r->body != BODY_PENDING || c->up == NULL || c->up->owner != c)
         return;
-    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    struct evbuffer *out = c->up->io->out;
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
         size_t used = 0;
@@ -288,6 +289,15 @@ static void pump_request(struct conn *c)
     conn_set_timer(c, r->cfg->limits.body_timeout_ms);
 }
 
+/* Move what the client sent of its body, then send it (and any head
+ * before it) upstream. */
+static void pump_request(struct conn *c)
+{
+    move_request_body(c);
+    if (c->up && c->up->owner == c)
+        io_flush(c->up->io);
+}
+
 void proxy_client_readable(struct conn *c)
 {
     if (c->r.body == BODY_PENDING && c->up)
@@ -309,9 +319,10 @@ static void send_continue(struct conn *c)
     /* RFC 9110 10.1.1: the client waits for 100 before sending its body.
      * flowgate says it once the request is going to be forwarded. */
     if (r->h.expect_continue && r->body == BODY_PENDING && !r->expect_sent &&
-        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
-        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_get_length(c->io->in) == 0) {
+        evbuffer_add(c->io->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         r->expect_sent = true;
+        io_flush(c->io);
     }
 }
 
@@ -319,11 +330,13 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
 {
     struct conn *c = arg;
 
+    conn_hold(c);
     if (ok != 0) {
         bool reused = uc->reused;
         upstream_close(uc);
         c->up = NULL;
         upstream_failed(c, reused, kind);
+        conn_release(c);
         return;
     }
     c->up = uc;
@@ -331,16 +344,18 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
     snprintf(c->r.upstream_addr, sizeof(c->r.upstream_addr), "%s", upstream_server_text(uc));
     gettimeofday(&c->r.up_start, NULL);
     event_assign(uc->timer, c->w->base, -1, 0, up_timeout_cb, uc);
-    bufferevent_setcb(uc->bev, up_read_cb, up_write_cb, up_event_cb, uc);
-    bufferevent_setwatermark(uc->bev, EV_READ, 0, PROXY_READ_HIGH);
-    bufferevent_setwatermark(uc->bev, EV_WRITE, PROXY_WRITE_LOW, 0);
-    bufferevent_enable(uc->bev, EV_READ | EV_WRITE);
-    write_request_head(c, uc, bufferevent_get_output(uc->bev));
+    io_setcb(uc->io, up_read_cb, up_write_cb, up_event_cb, uc);
+    uc->io->write_low = PROXY_WRITE_LOW;
+    io_enable_read(uc->io);
+    write_request_head(c, uc, uc->io->out);
     send_continue(c);
-    if (c->r.body == BODY_PENDING)
+    if (c->r.body == BODY_PENDING) {
         pump_request(c);
-    else
+    } else {
         request_body_done(c);
+        io_flush(uc->io);
+    }
+    conn_release(c);
 }
 
 static void connect_upstream(struct conn *c, bool allow_pooled)
@@ -381,7 +396,6 @@ void proxy_start(struct conn *c)
     c->r.tunnel = wants_websocket(&c->r);
     c->state = CONN_PROXYING;
     c->r.attempts = 0;
-    bufferevent_setwatermark(c->bev, EV_WRITE, PROXY_WRITE_LOW, 0);
     connect_upstream(c, true);
 }
 
@@ -440,7 +454,7 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
 static void write_response_head(struct conn *c, const struct h1_response *resp)
 {
     struct req *r = &c->r;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->io->out;
     size_t before = evbuffer_get_length(out);
 
     bool upgrade = resp->status == 101;
@@ -484,7 +498,7 @@ static int take_response_head(struct upconn *uc, size_t len)
         if (uc->hdrs == NULL)
             return -1;
     }
-    evbuffer_remove(bufferevent_get_input(uc->bev), uc->head_buf, len);
+    evbuffer_remove(uc->io->in, uc->head_buf, len);
     return 0;
 }
 
@@ -503,7 +517,7 @@ static bool accept_switch(const struct conn *c, const struct h1_response *resp)
  * -1 after failing the request. */
 static int read_response_head(struct conn *c, struct upconn *uc)
 {
-    struct evbuffer *in = bufferevent_get_input(uc->bev);
+    struct evbuffer *in = uc->io->in;
 
     for (;;) {
         size_t len = evbuffer_get_length(in);
@@ -576,10 +590,9 @@ static void response_truncated(struct conn *c, const char *why)
 
 /*
  * Move USED bytes (the first of which are at DATA) from IN to OUT. Small
- * pieces are copied so they join the response head's chain: the TLS layer
- * writes one record per chain, and a head with a small body in one record is
- * one write(2) and one encryption instead of two. Large pieces are moved
- * chain by chain, never copied.
+ * pieces are copied so they join the response head's chain, which the TLS
+ * writer then sends as one record without gathering it first. Large pieces
+ * are moved chain by chain, never copied.
  */
 static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
 {
@@ -591,11 +604,11 @@ static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *da
     }
 }
 
-static void pump_response(struct conn *c)
+static void move_response_body(struct conn *c)
 {
     struct upconn *uc = c->up;
-    struct evbuffer *in = bufferevent_get_input(uc->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *in = uc->io->in;
+    struct evbuffer *out = c->io->out;
 
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH) {
         struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
@@ -625,53 +638,21 @@ static void pump_response(struct conn *c)
     }
 }
 
-/* ---- upstream callbacks -------------------------------------------------- */
-
-/*
- * libevent 2.1 reads a socket 4 KiB at a time (EVBUFFER_MAX_READ), one loop
- * iteration each: a 1 MiB response would cost 256 reads, 256 epoll rounds
- * and 256 small TLS records. Once the socket is known readable, read on in
- * 64 KiB pieces straight into the input buffer, up to its high watermark.
- * EOF and errors are left for the bufferevent's own next read to report.
- */
-static void up_fill(struct upconn *uc)
+/* Move what the upstream sent of the body, then send it to the client. */
+static void pump_response(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(uc->bev);
-    int fd = bufferevent_getfd(uc->bev);
-
-    /* A socket bufferevent keeps its input's end frozen between its own
-     * reads; open it for ours and close it again after. */
-    evbuffer_unfreeze(in, 0);
-    while (evbuffer_get_length(in) < PROXY_READ_HIGH) {
-        struct evbuffer_iovec v[2];
-        int n = evbuffer_reserve_space(in, 65536, v, 2);
-        if (n <= 0)
-            break;
-        ssize_t r = readv(fd, (struct iovec *)v, n);
-        if (r <= 0) {
-            evbuffer_commit_space(in, v, 0);
-            break;
-        }
-        size_t left = (size_t)r;
-        int used = 0;
-        for (; used < n && left > 0; used++) {
-            if (v[used].iov_len > left)
-                v[used].iov_len = left;
-            left -= v[used].iov_len;
-        }
-        evbuffer_commit_space(in, v, used);
-        if ((size_t)r < 65536)
-            break;
-    }
-    evbuffer_freeze(in, 0);
+    move_response_body(c);
+    if (!c->closed)
+        io_flush(c->io);
 }
 
-static void up_read_cb(struct bufferevent *bev, void *arg)
+/* ---- upstream callbacks -------------------------------------------------- */
+
+static void up_read_cb(struct io *io, void *arg)
 {
     struct upconn *uc = arg;
     struct conn *c = uc->owner;
 
-    up_fill(uc);
     conn_hold(c);
     if (!c->r.resp_head_done) {
         if (read_response_head(c, uc) == 1 && c->up == uc)
@@ -684,7 +665,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     conn_release(c);
 }
 
-static void up_write_cb(struct bufferevent *bev, void *arg)
+static void up_write_cb(struct io *io, void *arg)
 {
     struct upconn *uc = arg;
     struct conn *c = uc->owner;
@@ -694,21 +675,20 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
     conn_release(c);
 }
 
-static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+static void up_event_cb(struct io *io, int what, void *arg)
 {
     struct upconn *uc = arg;
     struct conn *c = uc->owner;
 
     conn_hold(c);
-    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+    if (!(what & (IO_EOF | IO_ERROR)))
         goto out;
     if (!c->r.resp_head_done) {
         /* Whatever was received is not a complete head: nothing can be relayed. */
-        fail_link(c, evbuffer_get_length(bufferevent_get_input(bev)) ? "bad response" : "closed");
+        fail_link(c, evbuffer_get_length(io->in) ? "bad response" : "closed");
         goto out;
     }
     c->r.up_eof = true;
-    bufferevent_disable(bev, EV_READ);
     pump_response(c);
 out:
     conn_release(c);
@@ -765,10 +745,12 @@ void proxy_tunnel_pump(struct conn *c)
     if (uc == NULL || c->state != CONN_TUNNEL)
         return;
     if (!r->tunnel_half)
-        up = tunnel_move(bufferevent_get_input(c->bev), bufferevent_get_output(uc->bev));
-    down = tunnel_move(bufferevent_get_input(uc->bev), bufferevent_get_output(c->bev));
+        up = tunnel_move(c->io->in, uc->io->out);
+    down = tunnel_move(uc->io->in, c->io->out);
     r->body_seen += up;
     r->bytes_out += down;
+    io_flush(uc->io);
+    io_flush(c->io); /* the 101 head too, on the first round */
     if (up + down > 0 && !r->tunnel_half)
         conn_set_timer(c, uc->pool->u->read_timeout_ms);
 }
@@ -776,18 +758,20 @@ void proxy_tunnel_pump(struct conn *c)
 void proxy_tunnel_client_eof(struct conn *c)
 {
     struct upconn *uc = c->up;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->io->in;
 
     if (uc == NULL) {
         conn_close(c, false);
         return;
     }
     c->r.body_seen += evbuffer_get_length(in);
-    evbuffer_remove_buffer(in, bufferevent_get_output(uc->bev), evbuffer_get_length(in));
-    if (evbuffer_get_length(bufferevent_get_output(uc->bev)) == 0) {
+    evbuffer_remove_buffer(in, uc->io->out, evbuffer_get_length(in));
+    io_flush(uc->io);
+    if (io_pending_out(uc->io) == 0 || uc->io->error) {
         tunnel_end(c, NULL);
         return;
     }
+    uc->io->write_low = 0; /* tunnel_up_write_cb: all of it written */
     c->r.tunnel_half = true;
     conn_pause_read(c);
     conn_set_timer(c, TUNNEL_FLUSH_MS);
@@ -798,7 +782,7 @@ void proxy_tunnel_timeout(struct conn *c)
     tunnel_end(c, c->r.tunnel_half ? NULL : "tunnel idle timeout");
 }
 
-static void tunnel_up_read_cb(struct bufferevent *bev, void *arg)
+static void tunnel_up_read_cb(struct io *io, void *arg)
 {
     struct conn *c = ((struct upconn *)arg)->owner;
 
@@ -807,12 +791,12 @@ static void tunnel_up_read_cb(struct bufferevent *bev, void *arg)
     conn_release(c);
 }
 
-static void tunnel_up_write_cb(struct bufferevent *bev, void *arg)
+static void tunnel_up_write_cb(struct io *io, void *arg)
 {
     struct conn *c = ((struct upconn *)arg)->owner;
 
     conn_hold(c);
-    if (c->r.tunnel_half && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (c->r.tunnel_half && io_pending_out(io) == 0)
         tunnel_end(c, NULL);
     else
         proxy_tunnel_pump(c);
@@ -821,17 +805,17 @@ static void tunnel_up_write_cb(struct bufferevent *bev, void *arg)
 
 /* The upstream closed: what it sent still goes to the client, whatever the
  * watermark (the client connection is flushed before it closes). */
-static void tunnel_up_event_cb(struct bufferevent *bev, short what, void *arg)
+static void tunnel_up_event_cb(struct io *io, int what, void *arg)
 {
     struct conn *c = ((struct upconn *)arg)->owner;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = io->in;
 
-    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+    if (!(what & (IO_EOF | IO_ERROR)))
         return;
     conn_hold(c);
     c->r.bytes_out += evbuffer_get_length(in);
-    evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), evbuffer_get_length(in));
-    tunnel_end(c, (what & BEV_EVENT_ERROR) ? "upstream error in tunnel" : NULL);
+    evbuffer_remove_buffer(in, c->io->out, evbuffer_get_length(in));
+    tunnel_end(c, (what & IO_ERROR) ? "upstream error in tunnel" : NULL);
     conn_release(c);
 }
 
@@ -849,7 +833,7 @@ static void tunnel_start(struct conn *c, struct upconn *uc)
     uc->head_buf = NULL;
     uc->head_cap = 0;
     memset(&uc->resp, 0, sizeof(uc->resp));
-    bufferevent_setcb(uc->bev, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
+    io_setcb(uc->io, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
     conn_set_timer(c, uc->pool->u->read_timeout_ms);
     proxy_tunnel_pump(c);
 }

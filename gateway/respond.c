@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 
 #include "conn.h"
 #include "cors.h"
@@ -106,7 +105,7 @@ static void send_own(struct req *r, int status, const char *reason, const char *
                      const char *ctype, const char *body, size_t body_len)
 {
     struct conn *c = r->c;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->io->out;
     size_t before = evbuffer_get_length(out);
     bool head = r->h.method == HTTP_HEAD;
 
@@ -132,7 +131,7 @@ static void send_own(struct req *r, int status, const char *reason, const char *
     r->bytes_out += evbuffer_get_length(out) - before;
     r->response_started = true;
     c->state = CONN_RESPONDING;
-    conn_finish_request(c);
+    conn_finish_request(c); /* logs, then sends */
 }
 
 void respond_error(struct req *r, enum fg_error e, const char *extra)

@@ -373,7 +373,10 @@ static int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outle
 
 static int tls_ctx_protocol(SSL_CTX *ctx, const struct fg_tls *tls, char *err, size_t errlen) {
     const char *ciphers = tls->ciphers != NULL ? tls->ciphers : "";
+    /* IGNORE_UNEXPECTED_EOF: clients commonly close without close_notify;
+     * that is an end of stream, and truncation is judged by HTTP framing. */
     uint64_t options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                       SSL_OP_IGNORE_UNEXPECTED_EOF |
                        SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA;
     char list[2048];
 
@@ -449,12 +452,14 @@ static SSL_CTX *tls_ctx_new(struct tls_ctxset *set, const struct fg_tls *tls,
     }
     SSL_CTX_set_app_data(ctx, set);
     /* RELEASE_BUFFERS: an idle keep-alive connection holds no 34 KB buffers.
-     * The other two are what bufferevent_openssl's write path requires. */
+     * MOVING_WRITE_BUFFER: a write retried after WANT_WRITE may start at
+     * another address (io.c gathers up to a record from its buffer). */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    /* No SSL_CTX_set_read_ahead: bytes it pulls in with the handshake sit in
-     * OpenSSL's buffer where bufferevent_openssl never looks (no socket
-     * event follows), and a request sent with the Finished would stall. */
+    /* Read-ahead: a record is one read(2), not a header read and a body
+     * read. io.c drains what OpenSSL holds (SSL_has_pending), the bytes
+     * that came with the handshake included. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, NULL);
     if (tls_ctx_protocol(ctx, tls, err, errlen) != 0 ||
         tls_ctx_certificate(ctx, cert, err, errlen) != 0)

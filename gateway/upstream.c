@@ -18,6 +18,7 @@
 #include <event2/buffer.h>
 
 #include "log.h"
+#include "proxy.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -64,8 +65,8 @@ static void upconn_free(struct upconn *uc)
 
     if (uc->timer)
         event_free(uc->timer);
-    if (uc->bev)
-        bufferevent_free(uc->bev);
+    if (uc->io)
+        io_free(uc->io);
     free(uc->hdrs);
     free(uc->head_buf);
     free(uc);
@@ -344,12 +345,12 @@ void upstream_close(struct upconn *uc)
 
 /* An idle pooled connection became readable: the server closed it or sent
  * bytes nobody asked for. Either way it cannot be reused. */
-static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+static void idle_event_cb(struct io *io, int what, void *arg)
 {
     upstream_close(arg);
 }
 
-static void idle_read_cb(struct bufferevent *bev, void *arg)
+static void idle_read_cb(struct io *io, void *arg)
 {
     upstream_close(arg);
 }
@@ -366,19 +367,19 @@ void upstream_release(struct upconn *uc, bool keep)
     uc->owner = NULL;
     uc->ready_cb = NULL;
     if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten ||
-        evbuffer_get_length(bufferevent_get_input(uc->bev)) > 0 ||
+        evbuffer_get_length(uc->io->in) > 0 || uc->io->eof || uc->io->error ||
         (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);
         return;
     }
     uc->state = UPCONN_IDLE;
     uc->served++;
-    bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
-    bufferevent_enable(uc->bev, EV_READ);
+    io_setcb(uc->io, idle_read_cb, NULL, idle_event_cb, uc);
+    io_enable_read(uc->io);
     event_del(uc->timer);
     /* Idle connections are closed after a while so servers with a short
      * keep-alive timeout rarely close one under a new request. */
-    event_assign(uc->timer, bufferevent_get_base(uc->bev), -1, 0, idle_timeout_cb, uc);
+    event_assign(uc->timer, p->base, -1, 0, idle_timeout_cb, uc);
     struct timeval tv = {.tv_sec = 30, .tv_usec = 0};
     event_add(uc->timer, &tv);
     uc->next_idle = p->idle;
@@ -418,18 +419,17 @@ static void connect_done(struct upconn *uc, int ok, const char *kind)
         cb(uc, ok, kind, arg);
 }
 
-static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
+static void connect_event_cb(struct io *io, int what, void *arg)
 {
     struct upconn *uc = arg;
 
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & IO_CONNECTED) {
         int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         connect_done(uc, 0, NULL);
         return;
     }
-    int err = EVUTIL_SOCKET_ERROR();
-    connect_done(uc, -1, err == ECONNREFUSED ? "refused" : "error");
+    connect_done(uc, -1, io->err == ECONNREFUSED ? "refused" : "error");
 }
 
 static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -446,7 +446,7 @@ static struct upconn *pooled(struct upstream_pool *p)
     uc->state = UPCONN_ACTIVE;
     uc->reused = true;
     event_del(uc->timer);
-    bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+    io_setcb(uc->io, NULL, NULL, NULL, NULL);
     return uc;
 }
 
@@ -470,18 +470,23 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
     uc->ready_arg = arg;
     uc->state = UPCONN_CONNECTING;
     uc->timer = evtimer_new(p->base, connect_timeout_cb, uc);
-    uc->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (uc->timer == NULL || uc->bev == NULL)
+    if (uc->timer == NULL)
         goto fail;
-    bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
     const struct fg_sockaddr *sa = &p->u->servers[uc->server];
-    if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&sa->ss, (int)sa->len) < 0) {
-        /* Immediate failure (e.g. refused on loopback): report it from the
-         * loop, like any other failure, so the caller's stack unwinds first. */
+    uc->io = io_connect(p->base, (const struct sockaddr *)&sa->ss, sa->len);
+    if (uc->io == NULL) {
+        /* Immediate failure (refused on loopback, say): the caller answers
+         * from its own stack. Running out of sockets says nothing about
+         * the server. */
         uc->ready_cb = NULL;
-        upstream_mark_down(uc);
+        if (errno != EMFILE && errno != ENFILE && errno != ENOMEM && errno != ENOBUFS)
+            upstream_mark_down(uc);
         goto fail;
     }
+    io_setcb(uc->io, NULL, NULL, connect_event_cb, uc);
+    uc->io->read_high = PROXY_READ_HIGH;
+    uc->io->write_low = PROXY_WRITE_LOW;
+    uc->io->read_size = 65536;
     struct timeval tv = {.tv_sec = p->u->connect_timeout_ms / 1000,
                          .tv_usec = (p->u->connect_timeout_ms % 1000) * 1000};
     event_add(uc->timer, &tv);

@@ -9,11 +9,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "cfg.h"
 #include "h1.h"
+#include "io.h"
 
 struct worker;
 struct conn;
@@ -67,7 +67,7 @@ struct upconn {
     struct upstream_pool *pool;
     struct upconn *next_idle;
     size_t server;                    /* index into pool->u->servers */
-    struct bufferevent *bev;
+    struct io *io;
     enum upconn_state state;
     bool reused;                      /* came from the pool */
     struct event *timer;              /* connect / read deadline */

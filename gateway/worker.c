@@ -270,7 +270,7 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
         if (c->idle || c->state == CONN_PROXY_HEADER || (c->state == CONN_READ_HEAD &&
-                        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
+                        evbuffer_get_length(c->io->in) == 0))
             conn_close(c, false);
     }
     upstream_pools_close_idle(w);
