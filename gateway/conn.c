@@ -88,12 +88,13 @@ static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
 
-    if (c->r.stage_cancel) {
-        c->r.stage_cancel(c->r.stage_cancel_arg);
-        c->r.stage_cancel = NULL;
+    if (c->r && c->r->stage_cancel) {
+        c->r->stage_cancel(c->r->stage_cancel_arg);
+        c->r->stage_cancel = NULL;
     }
     proxy_abort(c);
-    req_release_pool(&c->r);
+    if (c->r)
+        req_release_pool(c->r);
     if (c->timer)
         event_free(c->timer);
     if (c->pp_ev) {
@@ -108,7 +109,8 @@ static void conn_free(struct conn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    reqbuf_put(w, c->r.rb);
+    if (c->r)
+        reqbuf_put(w, c->r->rb);
     cfg_unref(c->cfg);
     free(c);
     worker_conn_closed(w);
@@ -175,7 +177,7 @@ void conn_close(struct conn *c, bool flush)
 
 #define REQBUF_KEEP 64 /* free request buffers a worker keeps */
 
-struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers)
+static struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers)
 {
     struct reqbuf **pp = &w->reqbufs;
 
@@ -278,7 +280,6 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
     c->serial = ++w->conn_serial;
     c->tls = l->kind == LISTENER_HTTPS;
     c->cfg = cfg_ref(w->cfg);
-    c->r.c = c;
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
     c->peer_len = salen;
     peer_text(c);
@@ -370,14 +371,34 @@ static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg)
 
 static void req_reset(struct req *r);
 
+/* A request begins: it takes a buffer from the worker, unless it follows
+ * another in a pipeline (the buffer is still held). */
+static struct req *req_acquire(struct conn *c)
+{
+    if (c->r == NULL) {
+        struct reqbuf *rb = reqbuf_get(c->w, c->cfg->limits.max_headers);
+        if (rb == NULL)
+            return NULL;
+        c->r = &rb->r;
+        c->r->rb = rb;
+        c->r->c = c;
+    }
+    return c->r;
+}
+
 /* A request that failed before its head parsed still gets a request id, a
  * client address and a start time for its error response and log line. */
-static void req_begin_unparsed(struct conn *c)
+static int req_begin_unparsed(struct conn *c)
 {
-    req_reset(&c->r);
-    gettimeofday(&c->r.start, NULL);
-    snprintf(c->r.client_ip, sizeof(c->r.client_ip), "%s", c->peer_ip);
-    worker_request_id(c->w, c->r.request_id);
+    if (req_acquire(c) == NULL) {
+        conn_close(c, false);
+        return -1;
+    }
+    req_reset(c->r);
+    gettimeofday(&c->r->start, NULL);
+    snprintf(c->r->client_ip, sizeof(c->r->client_ip), "%s", c->peer_ip);
+    worker_request_id(c->w, c->r->request_id);
+    return 0;
 }
 
 /* Bytes of the head seen so far decide: 408 when a partial head timed out,
@@ -390,9 +411,10 @@ static void head_timeout(struct conn *c)
         conn_close(c, false);
         return;
     }
-    req_begin_unparsed(c);
-    c->r.close_after = true;
-    respond_error(&c->r, FG_ERR_TIMEOUT, NULL);
+    if (req_begin_unparsed(c) < 0)
+        return;
+    c->r->close_after = true;
+    respond_error(c->r, FG_ERR_TIMEOUT, NULL);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -411,9 +433,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     case CONN_PROXYING:
     case CONN_STAGES:
         /* The request body stalled for body_timeout_ms. */
-        if (!c->r.response_started) {
-            c->r.close_after = true;
-            respond_error(&c->r, FG_ERR_TIMEOUT, NULL);
+        if (!c->r->response_started) {
+            c->r->close_after = true;
+            respond_error(c->r, FG_ERR_TIMEOUT, NULL);
         } else {
             conn_close(c, true);
         }
@@ -444,7 +466,7 @@ static void conn_event_cb(struct io *io, int what, void *arg)
     } else if (what & (IO_EOF | IO_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
             c->w->stats.tls_failures++;
-        if (c->state == CONN_PROXYING && c->r.body == BODY_PENDING && !c->r.response_started &&
+        if (c->state == CONN_PROXYING && c->r->body == BODY_PENDING && !c->r->response_started &&
             (what & IO_EOF)) {
             /* The client ended its body early: nothing complete to forward. */
             proxy_abort(c);
@@ -520,10 +542,8 @@ static void req_reset(struct req *r)
  * header slices then stay valid however the input buffer changes. */
 static int take_head(struct conn *c, size_t len)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
 
-    if (r->rb == NULL && (r->rb = reqbuf_get(c->w, c->cfg->limits.max_headers)) == NULL)
-        return -1;
     /* The normalised path follows the head: it is never longer than the
      * raw target, which is inside the head. */
     if (2 * len + 1 > r->rb->head_cap) {
@@ -698,8 +718,12 @@ static enum stage_verdict route_checks(struct req *r)
 
 static void handle_head(struct conn *c, size_t head_len)
 {
-    struct req *r = &c->r;
+    struct req *r = req_acquire(c);
 
+    if (r == NULL) {
+        conn_close(c, false);
+        return;
+    }
     req_reset(r);
     gettimeofday(&r->start, NULL);
     r->h.headers = NULL;
@@ -758,9 +782,10 @@ static void process_input(struct conn *c)
         return; /* wait for more, under the header timer */
     conn_clear_timer(c);
     if (end < 0) {
-        req_begin_unparsed(c);
-        c->r.error_code = end == -2 ? "head too large" : "malformed head";
-        respond_error(&c->r, end == -2 ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST, NULL);
+        if (req_begin_unparsed(c) < 0)
+            return;
+        c->r->error_code = end == -2 ? "head too large" : "malformed head";
+        respond_error(c->r, end == -2 ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST, NULL);
         return;
     }
     handle_head(c, (size_t)end);
@@ -843,7 +868,7 @@ static void log_request(struct req *r)
 
 void conn_finish_request(struct conn *c)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
 
     if (r->stage_cancel) {
         /* Answered while a stage still waited (a timeout): detach it. */
@@ -870,12 +895,10 @@ void conn_finish_request(struct conn *c)
         conn_set_timer(c, c->cfg->limits.header_timeout_ms);
         io_trigger_read(c->io);
     } else {
-        /* Idle: the request buffers go back to the worker until the next
-         * request arrives, so an idle connection holds none. */
+        /* Idle: the request and its buffers go back to the worker until
+         * the next request arrives, so an idle connection holds none. */
         reqbuf_put(c->w, r->rb);
-        r->rb = NULL;
-        r->path = NULL;
-        r->path_len = 0;
+        c->r = NULL;
         c->idle = true;
         conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
     }

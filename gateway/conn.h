@@ -56,34 +56,15 @@ enum req_body_state {
     BODY_PENDING = 1,   /* body bytes still to come from the client */
 };
 
-/*
- * The bulky part of a request: its head bytes (and normalised path after
- * them), the header slots and the stages' header lines. A connection holds
- * one only while a request is in flight; an idle keep-alive connection
- * gives it back to its worker's small free list, so thousands of idle
- * connections cost no request memory and a busy one allocates nothing.
- */
-struct reqbuf {
-    struct reqbuf *next;          /* worker free list */
-    char *head;                   /* head bytes, then the normalised path (owned) */
-    size_t head_cap;
-    size_t max_headers;           /* slots in hdrs */
-    char extra[1024];             /* response header lines added by stages (extra_len) */
-    char up_extra[2048];          /* upstream request lines added by stages (up_extra_len) */
-    struct h1_header hdrs[];      /* max_headers + 1 */
-};
 
-struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers);
-void reqbuf_put(struct worker *w, struct reqbuf *rb);
-void reqbuf_free_all(struct worker *w);
+/* Per-request state; in the connection's reqbuf, reset between requests. */
+struct reqbuf;
 
-/* Per-request state; embedded in the connection and reset between requests. */
 struct req {
     struct conn *c;
     struct fg_config *cfg;        /* the connection's snapshot */
     struct h1_request h;          /* parsed head: slices into head_buf */
-    struct reqbuf *rb;            /* head, header slots and stage lines: held only while a
-                                   * request is in flight (see reqbuf_get) */
+    struct reqbuf *rb;            /* the buffer this request lives in */
     size_t head_len;              /* bytes of this request's head */
     char *path;                   /* normalised path, in rb->head after the head (path_len) */
     size_t path_len;
@@ -135,6 +116,28 @@ struct req {
     char tier_buf[64];            /* verified tier claim, copied */
 };
 
+/*
+ * A request and its bulky parts: the per-request state, its head bytes (and
+ * normalised path after them), the header slots and the stages' header
+ * lines. A connection holds one only while a request is in flight; an idle
+ * keep-alive connection gives it back to its worker's small free list, so
+ * thousands of idle connections cost no request memory and a busy one
+ * allocates nothing.
+ */
+struct reqbuf {
+    struct reqbuf *next;          /* worker free list */
+    char *head;                   /* head bytes, then the normalised path (owned) */
+    size_t head_cap;
+    size_t max_headers;           /* slots in hdrs */
+    char extra[1024];             /* response header lines added by stages (extra_len) */
+    char up_extra[2048];          /* upstream request lines added by stages (up_extra_len) */
+    struct req r;
+    struct h1_header hdrs[];      /* max_headers + 1 */
+};
+
+void reqbuf_put(struct worker *w, struct reqbuf *rb);
+void reqbuf_free_all(struct worker *w);
+
 struct conn {
     struct worker *w;
     struct listener *l;
@@ -156,7 +159,7 @@ struct conn {
     struct fg_config *cfg;        /* snapshot this connection runs on (ref held) */
     struct upconn *up;            /* upstream link while PROXYING */
     unsigned requests;            /* served on this connection */
-    struct req r;
+    struct req *r;                /* the request in flight (in a reqbuf); NULL while idle */
 };
 
 /* Take over an accepted socket (after the connection limit was checked). */

@@ -151,7 +151,7 @@ static bool named_by_connection(const struct h1_header *hs, size_t n, const stru
 
 static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffer *out)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
     const struct h1_request *h = &r->h;
 
     /* An HTTP/1.0 client cannot read a chunked response: ask the upstream in
@@ -199,7 +199,7 @@ static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffe
 
 static bool may_retry(const struct conn *c, bool was_reused, const char *kind)
 {
-    const struct req *r = &c->r;
+    const struct req *r = c->r;
     size_t nservers = r->pool->u->nservers;
 
     if (r->body_seen > 0 || r->resp_head_done)
@@ -211,7 +211,7 @@ static bool may_retry(const struct conn *c, bool was_reused, const char *kind)
 
 static void upstream_failed(struct conn *c, bool was_reused, const char *kind)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
 
     c->w->stats.upstream_errors++;
     if (may_retry(c, was_reused, kind)) {
@@ -241,15 +241,15 @@ static void fail_link(struct conn *c, const char *kind)
 
 static void request_body_done(struct conn *c)
 {
-    c->r.body = BODY_NONE;
+    c->r->body = BODY_NONE;
     conn_clear_timer(c);
-    if (c->up && !c->r.resp_head_done)
+    if (c->up && !c->r->resp_head_done)
         set_up_timer(c->up, c->up->pool->u->read_timeout_ms);
 }
 
 static void move_request_body(struct conn *c)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
     struct evbuffer *in = c->io->in;
 
     /* While connecting, c->up is held but not yet ours (owner unset): body
@@ -300,13 +300,13 @@ static void pump_request(struct conn *c)
 
 void proxy_client_readable(struct conn *c)
 {
-    if (c->r.body == BODY_PENDING && c->up)
+    if (c->r->body == BODY_PENDING && c->up)
         pump_request(c);
 }
 
 void proxy_client_writable(struct conn *c)
 {
-    if (c->r.resp_head_done && c->up)
+    if (c->r->resp_head_done && c->up)
         pump_response(c);
 }
 
@@ -314,7 +314,7 @@ void proxy_client_writable(struct conn *c)
 
 static void send_continue(struct conn *c)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
 
     /* RFC 9110 10.1.1: the client waits for 100 before sending its body.
      * flowgate says it once the request is going to be forwarded. */
@@ -341,15 +341,15 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
     }
     c->up = uc;
     uc->owner = c;
-    snprintf(c->r.upstream_addr, sizeof(c->r.upstream_addr), "%s", upstream_server_text(uc));
-    gettimeofday(&c->r.up_start, NULL);
+    snprintf(c->r->upstream_addr, sizeof(c->r->upstream_addr), "%s", upstream_server_text(uc));
+    gettimeofday(&c->r->up_start, NULL);
     event_assign(uc->timer, c->w->base, -1, 0, up_timeout_cb, uc);
     io_setcb(uc->io, up_read_cb, up_write_cb, up_event_cb, uc);
     uc->io->write_low = PROXY_WRITE_LOW;
     io_enable_read(uc->io);
     write_request_head(c, uc, uc->io->out);
     send_continue(c);
-    if (c->r.body == BODY_PENDING) {
+    if (c->r->body == BODY_PENDING) {
         pump_request(c);
     } else {
         request_body_done(c);
@@ -360,7 +360,7 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
 
 static void connect_upstream(struct conn *c, bool allow_pooled)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
     struct upstream_pool *pool = r->pool;
     bool ready = false;
 
@@ -393,9 +393,9 @@ static bool wants_websocket(const struct req *r)
 
 void proxy_start(struct conn *c)
 {
-    c->r.tunnel = wants_websocket(&c->r);
+    c->r->tunnel = wants_websocket(c->r);
     c->state = CONN_PROXYING;
-    c->r.attempts = 0;
+    c->r->attempts = 0;
     connect_upstream(c, true);
 }
 
@@ -453,7 +453,7 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
 
 static void write_response_head(struct conn *c, const struct h1_response *resp)
 {
-    struct req *r = &c->r;
+    struct req *r = c->r;
     struct evbuffer *out = c->io->out;
     size_t before = evbuffer_get_length(out);
 
@@ -508,7 +508,7 @@ static bool accept_switch(const struct conn *c, const struct h1_response *resp)
 {
     const struct h1_header *up = h1_find(resp->headers, resp->nheaders, "Upgrade");
 
-    return c->r.tunnel && up != NULL && h1_list_has(up->value, up->value_len, "websocket");
+    return c->r->tunnel && up != NULL && h1_list_has(up->value, up->value_len, "websocket");
 }
 
 /* Parse response heads until a final one (1xx are swallowed: flowgate
@@ -533,7 +533,7 @@ static int read_response_head(struct conn *c, struct upconn *uc)
         uc->resp.headers = uc->hdrs;
         uc->resp.max_headers = 256;
         if (h1_parse_response(&uc->resp, uc->head_buf, (size_t)end,
-                              c->r.h.method == HTTP_HEAD) != H1_OK)
+                              c->r->h.method == HTTP_HEAD) != H1_OK)
             goto bad;
         if (uc->resp.status == 101 && !accept_switch(c, &uc->resp))
             goto bad; /* no upgrade was asked for: a 101 cannot be trusted */
@@ -542,9 +542,9 @@ static int read_response_head(struct conn *c, struct upconn *uc)
     }
     struct timeval now;
     gettimeofday(&now, NULL);
-    c->r.upstream_ms = (now.tv_sec - c->r.up_start.tv_sec) * 1e3 +
-                       (now.tv_usec - c->r.up_start.tv_usec) / 1e3;
-    c->r.resp_head_done = true;
+    c->r->upstream_ms = (now.tv_sec - c->r->up_start.tv_sec) * 1e3 +
+                       (now.tv_usec - c->r->up_start.tv_usec) / 1e3;
+    c->r->resp_head_done = true;
     write_response_head(c, &uc->resp);
     if (uc->resp.status == 101) {
         tunnel_start(c, uc);
@@ -553,12 +553,12 @@ static int read_response_head(struct conn *c, struct upconn *uc)
     return 1;
 
 bad:
-    c->r.error_code = "bad upstream response";
+    c->r->error_code = "bad upstream response";
     proxy_abort(c);
-    if (c->r.response_started)
+    if (c->r->response_started)
         conn_close(c, true);
     else
-        respond_error(&c->r, FG_ERR_BAD_GATEWAY, NULL);
+        respond_error(c->r, FG_ERR_BAD_GATEWAY, NULL);
     return -1;
 }
 
@@ -568,8 +568,8 @@ static void response_complete(struct conn *c)
 {
     struct upconn *uc = c->up;
     /* A declined upgrade leaves a connection that was asked to switch. */
-    bool keep = uc->resp.keep_alive && c->r.body == BODY_NONE && !c->r.up_eof &&
-                !c->w->stopping && !c->r.tunnel;
+    bool keep = uc->resp.keep_alive && c->r->body == BODY_NONE && !c->r->up_eof &&
+                !c->w->stopping && !c->r->tunnel;
 
     c->up = NULL;
     event_del(uc->timer);
@@ -582,7 +582,7 @@ static void response_complete(struct conn *c)
  * then close without finishing the message. */
 static void response_truncated(struct conn *c, const char *why)
 {
-    c->r.error_code = why;
+    c->r->error_code = why;
     c->w->stats.upstream_errors++;
     proxy_abort(c);
     conn_close(c, true);
@@ -616,7 +616,7 @@ static void move_response_body(struct conn *c)
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             v.iov_len = 0;
         if (v.iov_len == 0 && uc->resp.framing != H1_FRAMING_NONE) {
-            if (!c->r.up_eof)
+            if (!c->r->up_eof)
                 return;
             if (h1_body_eof(&uc->resp.parser) == H1_BODY_DONE)
                 response_complete(c);
@@ -630,7 +630,7 @@ static void move_response_body(struct conn *c)
             return;
         }
         move_bytes(in, out, v.iov_base, used);
-        c->r.bytes_out += used;
+        c->r->bytes_out += used;
         if (st == H1_BODY_DONE) {
             response_complete(c);
             return;
@@ -654,7 +654,7 @@ static void up_read_cb(struct io *io, void *arg)
     struct conn *c = uc->owner;
 
     conn_hold(c);
-    if (!c->r.resp_head_done) {
+    if (!c->r->resp_head_done) {
         if (read_response_head(c, uc) == 1 && c->up == uc)
             pump_response(c);
     } else {
@@ -683,12 +683,12 @@ static void up_event_cb(struct io *io, int what, void *arg)
     conn_hold(c);
     if (!(what & (IO_EOF | IO_ERROR)))
         goto out;
-    if (!c->r.resp_head_done) {
+    if (!c->r->resp_head_done) {
         /* Whatever was received is not a complete head: nothing can be relayed. */
         fail_link(c, evbuffer_get_length(io->in) ? "bad response" : "closed");
         goto out;
     }
-    c->r.up_eof = true;
+    c->r->up_eof = true;
     pump_response(c);
 out:
     conn_release(c);
@@ -700,7 +700,7 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *c = uc->owner;
 
     conn_hold(c);
-    if (!c->r.resp_head_done) {
+    if (!c->r->resp_head_done) {
         proxy_abort(c);
         upstream_failed(c, false, "timeout");
     } else {
@@ -729,17 +729,17 @@ static size_t tunnel_move(struct evbuffer *in, struct evbuffer *out)
  * logged, and the client connection closes once its output is flushed. */
 static void tunnel_end(struct conn *c, const char *why)
 {
-    if (why && c->r.error_code == NULL)
-        c->r.error_code = why;
+    if (why && c->r->error_code == NULL)
+        c->r->error_code = why;
     proxy_abort(c);
-    c->r.close_after = true;
+    c->r->close_after = true;
     conn_finish_request(c);
 }
 
 void proxy_tunnel_pump(struct conn *c)
 {
     struct upconn *uc = c->up;
-    struct req *r = &c->r;
+    struct req *r = c->r;
     size_t up = 0, down;
 
     if (uc == NULL || c->state != CONN_TUNNEL)
@@ -764,7 +764,7 @@ void proxy_tunnel_client_eof(struct conn *c)
         conn_close(c, false);
         return;
     }
-    c->r.body_seen += evbuffer_get_length(in);
+    c->r->body_seen += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, uc->io->out, evbuffer_get_length(in));
     io_flush(uc->io);
     if (io_pending_out(uc->io) == 0 || uc->io->error) {
@@ -772,14 +772,14 @@ void proxy_tunnel_client_eof(struct conn *c)
         return;
     }
     uc->io->write_low = 0; /* tunnel_up_write_cb: all of it written */
-    c->r.tunnel_half = true;
+    c->r->tunnel_half = true;
     conn_pause_read(c);
     conn_set_timer(c, TUNNEL_FLUSH_MS);
 }
 
 void proxy_tunnel_timeout(struct conn *c)
 {
-    tunnel_end(c, c->r.tunnel_half ? NULL : "tunnel idle timeout");
+    tunnel_end(c, c->r->tunnel_half ? NULL : "tunnel idle timeout");
 }
 
 static void tunnel_up_read_cb(struct io *io, void *arg)
@@ -796,7 +796,7 @@ static void tunnel_up_write_cb(struct io *io, void *arg)
     struct conn *c = ((struct upconn *)arg)->owner;
 
     conn_hold(c);
-    if (c->r.tunnel_half && io_pending_out(io) == 0)
+    if (c->r->tunnel_half && io_pending_out(io) == 0)
         tunnel_end(c, NULL);
     else
         proxy_tunnel_pump(c);
@@ -813,7 +813,7 @@ static void tunnel_up_event_cb(struct io *io, int what, void *arg)
     if (!(what & (IO_EOF | IO_ERROR)))
         return;
     conn_hold(c);
-    c->r.bytes_out += evbuffer_get_length(in);
+    c->r->bytes_out += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, c->io->out, evbuffer_get_length(in));
     tunnel_end(c, (what & IO_ERROR) ? "upstream error in tunnel" : NULL);
     conn_release(c);
@@ -823,7 +823,7 @@ static void tunnel_up_event_cb(struct io *io, int what, void *arg)
 static void tunnel_start(struct conn *c, struct upconn *uc)
 {
     c->state = CONN_TUNNEL;
-    c->r.close_after = true; /* after a tunnel, no more HTTP on this connection */
+    c->r->close_after = true; /* after a tunnel, no more HTTP on this connection */
     event_del(uc->timer);
     /* No response head will be parsed on this link again: an idle tunnel
      * should not keep the 8 KB of header slots and the head copy. */

@@ -59,8 +59,6 @@ const char *respond_code(enum fg_error e)
 
 void respond_add_header(struct req *r, const char *line, size_t len)
 {
-    if (r->rb == NULL && (r->rb = reqbuf_get(r->c->w, r->cfg->limits.max_headers)) == NULL)
-        return;
     if (r->extra_len + len <= sizeof(r->rb->extra)) {
         memcpy(r->rb->extra + r->extra_len, line, len);
         r->extra_len += len;
@@ -69,7 +67,7 @@ void respond_add_header(struct req *r, const char *line, size_t len)
 
 int respond_add_upstream_header(struct req *r, const char *line, size_t len)
 {
-    if (r->rb == NULL || r->up_extra_len + len > sizeof(r->rb->up_extra)) {
+    if (r->up_extra_len + len > sizeof(r->rb->up_extra)) {
         r->up_extra_overflow = true;
         return -1;
     }
