@@ -95,8 +95,7 @@ static void conn_free(struct conn *c)
     proxy_abort(c);
     if (c->r)
         req_release_pool(c->r);
-    if (c->timer)
-        event_free(c->timer);
+    event_del(&c->timer);
     if (c->pp_ev) {
         event_free(c->pp_ev);
         close(c->fd);
@@ -125,12 +124,12 @@ void conn_release(struct conn *c)
 void conn_set_timer(struct conn *c, uint32_t ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    event_add(c->timer, &tv);
+    event_add(&c->timer, &tv);
 }
 
 void conn_clear_timer(struct conn *c)
 {
-    event_del(c->timer);
+    event_del(&c->timer);
 }
 
 void conn_pause_read(struct conn *c)
@@ -248,7 +247,7 @@ static struct io *conn_make_io(struct conn *c, int fd)
 
 static void peer_text(struct conn *c)
 {
-    const struct sockaddr *sa = (const struct sockaddr *)&c->peer;
+    const struct sockaddr *sa = &c->peer.sa;
 
     c->peer_ip[0] = '\0';
     if (sa->sa_family == AF_INET) {
@@ -281,20 +280,13 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
     c->tls = l->kind == LISTENER_HTTPS;
     c->cfg = cfg_ref(w->cfg);
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
-    c->peer_len = salen;
     peer_text(c);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
-    c->timer = evtimer_new(w->base, conn_timer_cb, c);
-    if (c->timer == NULL) {
-        close(fd);
-        c->closed = true;
-        conn_free(c);
-        return;
-    }
+    evtimer_assign(&c->timer, w->base, conn_timer_cb, c);
     conn_set_timer(c, c->cfg->limits.header_timeout_ms);
     if (c->cfg->proxy_protocol) {
         /* The balancer's PROXY header comes before anything else, the TLS
@@ -361,9 +353,8 @@ static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (res == PROXYPROTO_ADDR &&
         (c->cfg->trusted_proxies.n == 0 ||
-         cidr_set_contains(&c->cfg->trusted_proxies, (const struct sockaddr *)&c->peer))) {
-        memcpy(&c->peer, &src, srclen);
-        c->peer_len = srclen;
+         cidr_set_contains(&c->cfg->trusted_proxies, &c->peer.sa))) {
+        memcpy(&c->peer, &src, srclen < sizeof(c->peer) ? srclen : sizeof(c->peer));
         peer_text(c);
     }
     conn_start(c);
@@ -577,7 +568,7 @@ static bool is_trusted(const struct conn *c, const char *ip, size_t len)
     if (c->cfg->trusted_proxies.n == 0)
         return false;
     if (ip == NULL)
-        return cidr_set_contains(&c->cfg->trusted_proxies, (const struct sockaddr *)&c->peer);
+        return cidr_set_contains(&c->cfg->trusted_proxies, &c->peer.sa);
     return cidr_set_contains_text(&c->cfg->trusted_proxies, ip, len);
 }
 

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 
 #include "cfg.h"
 #include "h1.h"
@@ -151,10 +152,13 @@ struct conn {
     bool closed;                  /* conn_close() called */
     bool read_paused;             /* backpressure: read disabled */
     bool idle;                    /* between requests (keep-alive timer runs) */
-    struct event *timer;          /* header / body / keep-alive deadline */
+    struct event timer;           /* header / body / keep-alive deadline */
     struct event *pp_ev;          /* PROXY header read, before the io exists */
-    struct sockaddr_storage peer;
-    socklen_t peer_len;
+    union {                       /* the client (or the balancer's PROXY address) */
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
     char peer_ip[INET6_ADDRSTRLEN];
     struct fg_config *cfg;        /* snapshot this connection runs on (ref held) */
     struct upconn *up;            /* upstream link while PROXYING */
