@@ -30,6 +30,7 @@
 #define RL_LOCAL_SLOTS 16384  /* local limiter keys per worker (power of two) */
 #define RL_REFUSED_SLOTS 4096 /* refusal cache keys per worker (power of two) */
 #define RL_PROBE 8            /* slots looked at per key before evicting */
+#define RL_ASK_KEEP 64        /* idle decision records a worker keeps for reuse */
 
 /* ---- GCRA, in C and in Lua: keep these two in step ----------------------- */
 
@@ -333,12 +334,24 @@ static struct rl_slot *table_put(struct rl_table *t, const char *key, size_t len
 
 /* ---- per-worker state ---------------------------------------------------- */
 
+/* A request's decision in progress (about 3 KB, most of it the keys); owned
+ * by the request from ask_get until ask_put, which it calls when the
+ * decision is applied or, while it waits on Redis, from its cancel hook. */
+struct rl_ask {
+    struct rl_ask *next;  /* the worker's free list, while idle */
+    struct req *r;        /* the waiting request */
+    struct rl_call *call; /* pending Redis call, or NULL */
+    struct rl_plan plan;
+};
+
 struct rl_worker {
     struct rl_link *link;    /* the worker's Redis link */
     struct rl_table local;   /* on_redis_failure = "local" */
     struct rl_table refused; /* identities Redis refused, until when */
     size_t ntiers;
-    uint64_t *decisions; /* [tier * RL_OUT__COUNT + outcome], atomic */
+    uint64_t *decisions;      /* [tier * RL_OUT__COUNT + outcome], atomic */
+    struct rl_ask *free_asks; /* idle records, reused so a request allocates none */
+    unsigned nfree_asks;      /* at most RL_ASK_KEEP */
 };
 
 const char *rl_outcome_str(enum rl_outcome o)
@@ -393,6 +406,11 @@ void ratelimit_worker_free(struct worker *w)
     rl_link_free(st->link); /* pending calls are all detached by now */
     table_free(&st->local);
     table_free(&st->refused);
+    while (st->free_asks != NULL) { /* every ask is back: the connections went first */
+        struct rl_ask *q = st->free_asks;
+        st->free_asks = q->next;
+        free(q);
+    }
     free(st->decisions);
     free(st);
     w->rl = NULL;
@@ -416,12 +434,36 @@ static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
 
 /* ---- the stage ------------------------------------------------------------ */
 
-/* A request's decision in progress; owned by the request while it waits. */
-struct rl_ask {
-    struct req *r;
-    struct rl_call *call; /* pending Redis call, or NULL */
-    struct rl_plan plan;
-};
+/* A decision record from the worker's free list, or a new one; NULL when
+ * out of memory. Its plan is for the caller to fill. */
+static struct rl_ask *ask_get(struct rl_worker *st)
+{
+    struct rl_ask *q = st->free_asks;
+
+    if (q == NULL)
+        return malloc(sizeof(*q));
+    st->free_asks = q->next;
+    st->nfree_asks--;
+    return q;
+}
+
+/* Give Q back. A call it made must be answered or detached first: a late
+ * reply then finds only the call record (rl_redis.c), never Q, which the
+ * next request may already be using. */
+static void ask_put(struct rl_worker *st, struct rl_ask *q)
+{
+    if (q == NULL)
+        return;
+    if (st->nfree_asks >= RL_ASK_KEEP) {
+        free(q);
+        return;
+    }
+    q->r = NULL;
+    q->call = NULL;
+    q->next = st->free_asks;
+    st->free_asks = q;
+    st->nfree_asks++;
+}
 
 static int64_t ceil_s(int64_t us)
 {
@@ -585,7 +627,7 @@ static void ask_cancel(void *arg)
 
     if (q->call != NULL)
         rl_call_detach(q->call);
-    free(q);
+    ask_put(q->r->c->w->rl, q);
 }
 
 static void ask_done(void *arg, enum rl_call_status status, const redisReply *reply)
@@ -607,7 +649,7 @@ static void ask_done(void *arg, enum rl_call_status status, const redisReply *re
     } else {
         v = decide_without_redis(r, &q->plan); /* rl_redis.c counted and logged it */
     }
-    free(q);
+    ask_put(c->w->rl, q);
     stage_resume(r, v);
     conn_release(c);
 }
@@ -646,7 +688,7 @@ static enum stage_verdict ratelimit_run(struct req *r)
 
     if (!rl->enabled || st == NULL)
         return STAGE_NEXT;
-    struct rl_ask *q = malloc(sizeof(*q));
+    struct rl_ask *q = ask_get(st);
     struct rl_subject s = {
         .client_ip = r->client_ip,
         .user = r->user,
@@ -657,17 +699,17 @@ static enum stage_verdict ratelimit_run(struct req *r)
         .tier_limited = r->route == NULL || r->route->rate_limit,
     };
     if (q == NULL || rl_plan_build(rl, &s, &q->plan) < 0 || q->plan.n == 0) {
-        free(q);
+        ask_put(st, q);
         return STAGE_NEXT;
     }
     if (refused_by_cache(r, &q->plan, &v)) {
-        free(q);
+        ask_put(st, q);
         return v;
     }
     if (rl_link_state(st->link) == RL_LINK_UP && ask_redis(r, q) == STAGE_WAIT)
         return STAGE_WAIT;
     v = decide_without_redis(r, &q->plan);
-    free(q);
+    ask_put(st, q);
     return v;
 }
 

@@ -7,7 +7,9 @@
  * exactly once: with the reply, or with NULL when the connection is freed.
  * The record is freed there and nowhere else. A request that stops waiting
  * (deadline, client gone) only clears the record's done/arg, so a late reply
- * finds nothing to touch.
+ * finds nothing to touch. "Freed" means given back to the link's free list
+ * (bounded), with its deadline timer and command buffer, so that a call
+ * allocates nothing of its own once the worker is warm.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
 #define RL_BACKOFF_MAX_MS 5000
 #define RL_HANDSHAKE_MIN_MS 1000 /* connect + AUTH + SELECT + SCRIPT LOAD */
 #define RL_MAX_ARGS 64
+#define RL_CALL_KEEP 64 /* idle call records a link keeps for reuse */
 
 const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS] = {250,   500,   1000,  2500,  5000,
                                                    10000, 25000, 50000, 100000};
@@ -53,21 +56,26 @@ struct rl_link {
     struct rl_link_stats stats; /* atomic counters (read by admin) */
     struct resolver *rs;        /* the worker's resolver, for a Redis host name */
     struct resolver_wait dns;   /* a lookup in flight (dns.e != NULL) */
+    struct rl_call *free_calls; /* idle call records (call_free), reused by calls */
+    unsigned nfree_calls;       /* at most RL_CALL_KEEP */
 };
 
 struct rl_call {
     struct rl_link *link;
+    struct rl_call *next;  /* the link's free list, while idle */
     rl_call_done_fn *done; /* NULL once detached or answered */
     void *arg;
-    struct event *deadline; /* timeout_ms after the call was queued */
+    struct event *deadline; /* timeout_ms after the call was queued; kept while idle */
     char *cmd;              /* formatted EVALSHA, kept for a NOSCRIPT retry */
     size_t cmd_len;
+    size_t cmd_cap;   /* bytes allocated at cmd; kept while idle */
     int64_t start_us; /* monotonic, for the latency histogram */
     bool retried;     /* already re-sent once after NOSCRIPT */
 };
 
 static void link_connect(struct rl_link *l);
 static void link_connect_to(struct rl_link *l, const char *host);
+static void call_destroy(struct rl_call *c);
 
 const char *rl_link_state_str(enum rl_link_state st)
 {
@@ -380,6 +388,11 @@ void rl_link_free(struct rl_link *l)
         l->ac = NULL;
         redisAsyncFree(ac); /* answers every pending call with NULL */
     }
+    while (l->free_calls != NULL) { /* after the answers above: they come back here */
+        struct rl_call *c = l->free_calls;
+        l->free_calls = c->next;
+        call_destroy(c);
+    }
     if (l->retry_ev)
         event_free(l->retry_ev);
     if (l->handshake_ev)
@@ -389,12 +402,56 @@ void rl_link_free(struct rl_link *l)
 
 /* ---- calls ---------------------------------------------------------------- */
 
-static void call_free(struct rl_call *c)
+static void call_deadline_cb(evutil_socket_t fd, short what, void *arg);
+
+static void call_destroy(struct rl_call *c)
 {
     if (c->deadline)
         event_free(c->deadline);
     free(c->cmd);
     free(c);
+}
+
+/* An idle call record of L: from its free list, or a new one with its
+ * deadline timer. NULL when out of memory. */
+static struct rl_call *call_get(struct rl_link *l)
+{
+    struct rl_call *c = l->free_calls;
+
+    if (c != NULL) {
+        l->free_calls = c->next;
+        l->nfree_calls--;
+        c->next = NULL;
+        return c;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return NULL;
+    c->link = l;
+    if ((c->deadline = evtimer_new(l->base, call_deadline_cb, c)) == NULL) {
+        call_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* The call is over (answered, or hiredis let go of it): back to the free
+ * list, or freed when the list is full. Nothing may refer to C afterwards. */
+static void call_free(struct rl_call *c)
+{
+    struct rl_link *l = c->link;
+
+    evtimer_del(c->deadline);
+    c->done = NULL;
+    c->arg = NULL;
+    c->retried = false;
+    c->cmd_len = 0;
+    if (l->nfree_calls >= RL_CALL_KEEP) {
+        call_destroy(c);
+        return;
+    }
+    c->next = l->free_calls;
+    l->free_calls = c;
+    l->nfree_calls++;
 }
 
 static void record_latency(struct rl_link *l, int64_t us)
@@ -481,6 +538,48 @@ static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
         link_fail(l, "call timed out");
 }
 
+static size_t dec_digits(size_t n)
+{
+    size_t d = 1;
+
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+/*
+ * The command ARGV (ARGC strings of ARGVLEN bytes) in RESP, as
+ * redisFormatCommandArgv would write it, into C's buffer, which grows only
+ * when too small (a reused record has room for any command of its worker).
+ * 0, or -1 when out of memory.
+ */
+static int call_format(struct rl_call *c, int argc, const char **argv, const size_t *argvlen)
+{
+    size_t need = 1 + dec_digits((size_t)argc) + 2 + 1; /* and snprintf's NUL */
+
+    for (int i = 0; i < argc; i++)
+        need += 1 + dec_digits(argvlen[i]) + 2 + argvlen[i] + 2;
+    if (need > c->cmd_cap) {
+        char *grown = realloc(c->cmd, need);
+        if (grown == NULL)
+            return -1;
+        c->cmd = grown;
+        c->cmd_cap = need;
+    }
+    size_t len = (size_t)snprintf(c->cmd, need, "*%d\r\n", argc);
+    for (int i = 0; i < argc; i++) {
+        len += (size_t)snprintf(c->cmd + len, need - len, "$%zu\r\n", argvlen[i]);
+        memcpy(c->cmd + len, argv[i], argvlen[i]);
+        len += argvlen[i];
+        memcpy(c->cmd + len, "\r\n", 2);
+        len += 2;
+    }
+    c->cmd_len = len;
+    return 0;
+}
+
 struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char **argv,
                              const size_t *argvlen, rl_call_done_fn *done, void *arg)
 {
@@ -496,17 +595,13 @@ struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char
     al[2] = (size_t)snprintf(nk, sizeof(nk), "%d", nkeys), av[2] = nk;
     memcpy(av + 3, argv, (size_t)(nkeys + nargs) * sizeof(*av));
     memcpy(al + 3, argvlen, (size_t)(nkeys + nargs) * sizeof(*al));
-    struct rl_call *c = calloc(1, sizeof(*c));
+    struct rl_call *c = call_get(l);
     if (c == NULL)
         return NULL;
-    c->link = l;
-    c->deadline = evtimer_new(l->base, call_deadline_cb, c);
-    int len = redisFormatCommandArgv(&c->cmd, argc, av, al);
-    if (c->deadline == NULL || len < 0) {
+    if (call_format(c, argc, av, al) < 0) {
         call_free(c);
         return NULL;
     }
-    c->cmd_len = (size_t)len;
     c->start_us = mono_us();
     if (redisAsyncFormattedCommand(l->ac, call_reply_cb, c, c->cmd, c->cmd_len) != REDIS_OK) {
         call_free(c);

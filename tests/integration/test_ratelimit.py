@@ -461,6 +461,47 @@ def test_ratelimit_client_gone_then_late_reply():
         check(fg.alive(), "flowgate died")
 
 
+def test_ratelimit_reused_records_ignore_late_replies():
+    """Clients close while Redis is paused: their decision records go back to
+    the worker's free list with their calls still pending, and the next
+    requests reuse them. When Redis resumes, the late replies to the departed
+    requests come first and must reach none of the new ones: each new request
+    gets its own answer (Remaining 2, 1, 0, then a 429)."""
+    from harness import build_request
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 5000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        redis.pause()
+        for c in send_and_wait(fg, 4, "198.51.100"):
+            c.close()
+        time.sleep(0.2)  # let the closes reach flowgate (not an assertion)
+        waiting = []
+        for _ in range(4):
+            c = fg.tls()
+            c.send(build_request("GET", "/p", headers=from_ip("203.0.113.20")))
+            waiting.append(c)
+        time.sleep(0.3)
+        redis.resume()
+        rs = []
+        for c in waiting:
+            rs.append(c.read_response())
+            c.close()
+        eq(sorted(r.status for r in rs), [200, 200, 200, 429], "statuses of the new requests")
+        eq(sorted(int(r.header("X-RateLimit-Remaining")) for r in rs if r.status == 200),
+           [0, 1, 2], "X-RateLimit-Remaining of the admitted new requests")
+        for r in rs:
+            if r.status == 429:
+                assert_limited(r, 3, 60)
+        # the departed requests' calls still ran: each of their clients spent one
+        for i in range(1, 5):
+            eq(redis.command("EXISTS", "fgtest:rl:t:anonymous:ip:198.51.100.%d" % i), 1,
+               "key of departed client %d" % i)
+        check(fg.alive(), "flowgate died")
+
+
 def test_ratelimit_redis_killed_with_calls_pending():
     """Redis dies while requests wait: each is decided locally, once."""
     tiers = {"anonymous": {"limit": 3, "window": 60}}
