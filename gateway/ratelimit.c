@@ -31,6 +31,7 @@
 #define RL_REFUSED_SLOTS 4096 /* refusal cache keys per worker (power of two) */
 #define RL_PROBE 8            /* slots looked at per key before evicting */
 #define RL_ASK_KEEP 64        /* idle decision records a worker keeps for reuse */
+#define RL_NS INT64_C(1000000000) /* nanoseconds a second: GCRA times are in ns */
 
 /* ---- GCRA, in C and in Lua: keep these two in step ----------------------- */
 
@@ -38,7 +39,7 @@ void rl_gcra_init(struct rl_gcra *g, uint32_t limit, uint32_t window)
 {
     g->limit = limit > 0 ? limit : 1;
     g->window = window;
-    g->interval = (int64_t)window * 1000000 / g->limit;
+    g->interval = (int64_t)window * RL_NS / g->limit; /* < 2^63 for any uint32_t window */
     if (g->interval < 1)
         g->interval = 1;
     g->tolerance = g->interval * (g->limit - 1);
@@ -62,7 +63,7 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
     for (size_t i = 0; i < n; i++) {
         int64_t t = tat[i] > now ? tat[i] : now;
         res[i].admits = t - now <= g[i].tolerance;
-        res[i].retry_us = res[i].admits ? 0 : t - now - g[i].tolerance;
+        res[i].retry_ns = res[i].admits ? 0 : t - now - g[i].tolerance;
         tat_after[i] = t;
         all = all && res[i].admits;
     }
@@ -70,54 +71,63 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
         if (all)
             tat_after[i] += g[i].interval;
         res[i].remaining = gcra_remaining(&g[i], tat_after[i], now);
-        res[i].reset_us = tat_after[i] - now;
+        res[i].reset_ns = tat_after[i] - now;
     }
     return all;
 }
 
 /*
  * The same decision on Redis's clock, for every limit of a request in one
- * atomic step. KEYS[i] is limit i's key, ARGV[2i-1] its interval T and
- * ARGV[2i] its limit (both integers; times in microseconds, exact in Lua's
- * doubles below 2^53). Each key holds its TAT and expires when the TAT is
- * reached (a key past its TAT means the same as no key). Returns, per limit:
- * admits (0/1), remaining, reset (ms, rounded up), retry-after (ms, rounded up).
+ * atomic step. KEYS[i] is limit i's key, ARGV[2i-1] its interval T in
+ * nanoseconds and ARGV[2i] its limit. Each key holds its TAT as decimal
+ * microseconds with three digits of nanoseconds ("1700000000123456.789"; a
+ * plain integer, as stored before nanoseconds, reads as .000, and a script
+ * that reads it with tonumber() is off by less than a microsecond) and
+ * expires when the TAT is reached (a key past its TAT means the same as no
+ * key). Lua numbers are doubles, exact below 2^53: an absolute time in
+ * nanoseconds is not, so the script works in nanoseconds relative to NOW
+ * (exact for windows up to 104 days). Returns, per limit: admits (0/1),
+ * remaining, reset (ms, rounded up), retry-after (ms, rounded up).
  */
-static const char rl_script[] = "local t = redis.call('TIME')\n"
-                                "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-                                "local n = #KEYS\n"
-                                "local tat, admits, all = {}, {}, true\n"
-                                "for i = 1, n do\n"
-                                "  local T = tonumber(ARGV[2 * i - 1])\n"
-                                "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
-                                "  local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n"
-                                "  if v < now then v = now end\n"
-                                "  tat[i] = v\n"
-                                "  admits[i] = v - now <= tau\n"
-                                "  if not admits[i] then all = false end\n"
-                                "end\n"
-                                "local out = {}\n"
-                                "for i = 1, n do\n"
-                                "  local T = tonumber(ARGV[2 * i - 1])\n"
-                                "  local limit = tonumber(ARGV[2 * i])\n"
-                                "  local tau = T * (limit - 1)\n"
-                                "  local after = tat[i]\n"
-                                "  if all then\n"
-                                "    after = after + T\n"
-                                "    redis.call('SET', KEYS[i], string.format('%d', after), 'PX',\n"
-                                "               math.ceil((after - now) / 1000))\n"
-                                "  end\n"
-                                "  local rem = math.floor((tau + T - (after - now)) / T)\n"
-                                "  if rem < 0 then rem = 0 end\n"
-                                "  if rem > limit then rem = limit end\n"
-                                "  local retry = 0\n"
-                                "  if not admits[i] then retry = tat[i] - now - tau end\n"
-                                "  out[#out + 1] = admits[i] and 1 or 0\n"
-                                "  out[#out + 1] = rem\n"
-                                "  out[#out + 1] = math.ceil((after - now) / 1000)\n"
-                                "  out[#out + 1] = math.ceil(retry / 1000)\n"
-                                "end\n"
-                                "return out\n";
+static const char rl_script[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local n = #KEYS\n"
+    "local d, admits, all = {}, {}, true\n"
+    "for i = 1, n do\n"
+    "  local T = tonumber(ARGV[2 * i - 1])\n"
+    "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
+    "  local us, ns = string.match(redis.call('GET', KEYS[i]) or '', '^(%d+)%.?(%d*)$')\n"
+    "  local v = 0\n"
+    "  if us then v = (tonumber(us) - now) * 1000 + tonumber(string.sub(ns .. '000', 1, 3)) end\n"
+    "  if v < 0 then v = 0 end\n"
+    "  d[i] = v\n"
+    "  admits[i] = v <= tau\n"
+    "  if not admits[i] then all = false end\n"
+    "end\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "  local T = tonumber(ARGV[2 * i - 1])\n"
+    "  local limit = tonumber(ARGV[2 * i])\n"
+    "  local tau = T * (limit - 1)\n"
+    "  local after = d[i]\n"
+    "  if all then\n"
+    "    after = after + T\n"
+    "    local us = math.floor(after / 1000)\n"
+    "    redis.call('SET', KEYS[i], string.format('%d.%03d', now + us, after - us * 1000),\n"
+    "               'PX', math.ceil(after / 1000000))\n"
+    "  end\n"
+    "  local rem = math.floor((tau + T - after) / T)\n"
+    "  if rem < 0 then rem = 0 end\n"
+    "  if rem > limit then rem = limit end\n"
+    "  local retry = 0\n"
+    "  if not admits[i] then retry = d[i] - tau end\n"
+    "  out[#out + 1] = admits[i] and 1 or 0\n"
+    "  out[#out + 1] = rem\n"
+    "  out[#out + 1] = math.ceil(after / 1000000)\n"
+    "  out[#out + 1] = math.ceil(retry / 1000000)\n"
+    "end\n"
+    "return out\n";
 
 /* ---- identities and keys ------------------------------------------------- */
 
@@ -248,7 +258,7 @@ struct rl_slot {
     char *key; /* owned copy; NULL = empty */
     size_t key_len;
     uint64_t hash;
-    int64_t until;    /* monotonic us: local TAT, or refused until; free once past */
+    int64_t until;    /* monotonic ns: local TAT, or refused until; free once past */
     int64_t reset_at; /* refusal cache: the quota is whole again */
     uint32_t limit;   /* refusal cache: for the headers */
     uint32_t window;
@@ -416,12 +426,12 @@ void ratelimit_worker_free(struct worker *w)
     w->rl = NULL;
 }
 
-static int64_t mono_us(void)
+static int64_t mono_ns(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return (int64_t)ts.tv_sec * RL_NS + ts.tv_nsec;
 }
 
 static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
@@ -465,9 +475,9 @@ static void ask_put(struct rl_worker *st, struct rl_ask *q)
     st->nfree_asks++;
 }
 
-static int64_t ceil_s(int64_t us)
+static int64_t ceil_s(int64_t ns)
 {
-    return (us + 999999) / 1000000;
+    return (ns + RL_NS - 1) / RL_NS;
 }
 
 /* The limit the headers describe: when admitted, the one with the fewest
@@ -478,7 +488,7 @@ static size_t headline(const struct rl_plan *p, bool admitted, const struct rl_r
 
     for (size_t i = 1; i < p->n; i++) {
         if (admitted ? res[i].remaining < res[best].remaining
-                     : !res[i].admits && (res[best].admits || res[i].retry_us > res[best].retry_us))
+                     : !res[i].admits && (res[best].admits || res[i].retry_ns > res[best].retry_ns))
             best = i;
     }
     return best;
@@ -492,14 +502,14 @@ static void add_headers(struct req *r, const struct rl_gcra *g, const struct rl_
     n = snprintf(
         line, sizeof(line),
         "X-RateLimit-Limit: %u\r\nX-RateLimit-Remaining: %u\r\nX-RateLimit-Reset: %lld\r\n",
-        g->limit, res->remaining, (long long)ceil_s(res->reset_us));
+        g->limit, res->remaining, (long long)ceil_s(res->reset_ns));
     respond_add_header(r, line, (size_t)n);
     if (!r->cfg->rate_limit.ietf_headers)
         return;
     /* draft-ietf-httpapi-ratelimit-headers-07, sections 4 and 5 */
     n = snprintf(line, sizeof(line),
                  "RateLimit-Policy: %u;w=%u\r\nRateLimit: limit=%u, remaining=%u, reset=%lld\r\n",
-                 g->limit, g->window, g->limit, res->remaining, (long long)ceil_s(res->reset_us));
+                 g->limit, g->window, g->limit, res->remaining, (long long)ceil_s(res->reset_ns));
     respond_add_header(r, line, (size_t)n);
 }
 
@@ -514,7 +524,7 @@ static enum stage_verdict apply(struct req *r, const struct rl_plan *p, bool adm
     if (admitted)
         return STAGE_NEXT;
     char extra[64];
-    int64_t retry = ceil_s(res[h].retry_us);
+    int64_t retry = ceil_s(res[h].retry_ns);
     snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (long long)(retry > 0 ? retry : 1));
     respond_error(r, FG_ERR_RATE_LIMITED, extra);
     return STAGE_ANSWERED;
@@ -524,7 +534,7 @@ static enum stage_verdict apply(struct req *r, const struct rl_plan *p, bool adm
 static enum stage_verdict decide_local(struct req *r, const struct rl_plan *p)
 {
     struct rl_worker *st = r->c->w->rl;
-    int64_t now = mono_us(), tat[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
+    int64_t now = mono_ns(), tat[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
     struct rl_result res[RL_MAX_LIMITS];
 
     for (size_t i = 0; i < p->n; i++) {
@@ -560,14 +570,14 @@ static bool refused_by_cache(struct req *r, const struct rl_plan *p, enum stage_
 {
     struct rl_worker *st = r->c->w->rl;
     struct rl_result res[RL_MAX_LIMITS];
-    int64_t now = mono_us();
+    int64_t now = mono_ns();
     bool hit = false;
 
     for (size_t i = 0; i < p->n; i++) {
         struct rl_slot *s = table_find(&st->refused, p->key[i], p->key_len[i], now);
         res[i] = (struct rl_result){.admits = true, .remaining = p->g[i].limit};
         if (s != NULL) {
-            res[i] = (struct rl_result){.retry_us = s->until - now, .reset_us = s->reset_at - now};
+            res[i] = (struct rl_result){.retry_ns = s->until - now, .reset_ns = s->reset_at - now};
             hit = true;
         }
     }
@@ -579,24 +589,25 @@ static bool refused_by_cache(struct req *r, const struct rl_plan *p, enum stage_
 static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
                               const struct rl_result *res)
 {
-    int64_t now = mono_us();
+    int64_t now = mono_ns();
 
     for (size_t i = 0; i < p->n; i++) {
-        if (res[i].admits || res[i].retry_us <= 0)
+        if (res[i].admits || res[i].retry_ns <= 0)
             continue;
         struct rl_slot *s = table_put(&st->refused, p->key[i], p->key_len[i], now);
         if (s == NULL)
             continue;
-        s->until = now + res[i].retry_us;
-        s->reset_at = now + res[i].reset_us;
+        s->until = now + res[i].retry_ns;
+        s->reset_at = now + res[i].reset_ns;
         s->limit = p->g[i].limit;
         s->window = p->g[i].window;
     }
 }
 
-/* Largest time (ms) taken from a reply: exact in the script's doubles, and
- * small enough that microseconds plus a monotonic now never overflow. */
-#define RL_REPLY_MS_MAX (INT64_C(1) << 53)
+/* Largest time (ms) taken from a reply: 139 years, more than any window
+ * (at most INT_MAX seconds), and small enough that nanoseconds plus a
+ * monotonic now never overflow. */
+#define RL_REPLY_MS_MAX (INT64_C(1) << 42)
 
 /* The script's reply: 4 integers per limit (see rl_script). 0 or -1; a
  * reply out of range (not from our script) is a failed call. */
@@ -613,8 +624,8 @@ static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res,
         redisReply **e = &reply->element[4 * i];
         res[i].admits = e[0]->integer == 1;
         res[i].remaining = e[1]->integer > UINT32_MAX ? UINT32_MAX : (uint32_t)e[1]->integer;
-        res[i].reset_us = e[2]->integer * 1000;
-        res[i].retry_us = e[3]->integer * 1000;
+        res[i].reset_ns = e[2]->integer * 1000000;
+        res[i].retry_ns = e[3]->integer * 1000000;
         *admitted = *admitted && res[i].admits;
     }
     return 0;

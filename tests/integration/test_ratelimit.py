@@ -391,11 +391,13 @@ def gcra_script():
 def test_ratelimit_script_matches_c_cases():
     """The script's arithmetic on Redis's clock, with the cases the C unit tests
     (tests/unit/test_ratelimit.c) give the local limiter: exact burst,
-    retry-after of one interval, reset of the whole window, all-or-nothing."""
+    retry-after of one interval, reset of the whole window, all-or-nothing,
+    nanoseconds that add up, a TAT stored in whole microseconds."""
     script = gcra_script()
+    s = 1000000000  # intervals are given in nanoseconds
     with RedisServer() as redis:
         sha = redis.command("SCRIPT", "LOAD", script)
-        rs = [redis.command("EVALSHA", sha, 1, "k", 12000000, 5) for _ in range(6)]
+        rs = [redis.command("EVALSHA", sha, 1, "k", 12 * s, 5) for _ in range(6)]
         for i, r in enumerate(rs[:5]):
             eq(r[:2], [1, 4 - i], "admits, remaining of request %d" % (i + 1))
             check((i + 1) * 12000 - 1000 <= r[2] <= (i + 1) * 12000, "reset ms %r" % r)
@@ -405,23 +407,40 @@ def test_ratelimit_script_matches_c_cases():
         check(59000 <= rs[5][2] <= 60000, "reset on refusal %r" % rs[5])
         check(11000 <= rs[5][3] <= 12000, "retry-after on refusal %r" % rs[5])
         check(59000 <= redis.command("PTTL", "k") <= 60000, "key expires at its TAT")
-        check(redis.command("GET", "k").isdigit(), "TAT stored as an integer")
+        check(re.match(r"^\d+\.000$", redis.command("GET", "k")),
+              "TAT stored as microseconds and nanoseconds: %r" % redis.command("GET", "k"))
         # all or nothing: limit b refuses, limit a keeps its quota
         for _ in range(2):
-            r = redis.command("EVALSHA", sha, 2, "a", "b", 6000000, 10, 30000000, 2)
+            r = redis.command("EVALSHA", sha, 2, "a", "b", 6 * s, 10, 30 * s, 2)
             eq([r[0], r[4]], [1, 1], "both admit")
         before = redis.command("GET", "a")
-        r = redis.command("EVALSHA", sha, 2, "a", "b", 6000000, 10, 30000000, 2)
+        r = redis.command("EVALSHA", sha, 2, "a", "b", 6 * s, 10, 30 * s, 2)
         eq(r[0:2], [1, 8], "limit a admits, remaining unchanged")
         eq(r[4:6], [0, 0], "limit b refuses")
         eq(r[3], 0, "no retry-after for the admitting limit")
         check(29000 <= r[7] <= 30000, "retry-after of b %r" % r)
         eq(redis.command("GET", "a"), before, "a refused request consumed limit a's quota")
         # a limit of one per window
-        r = [redis.command("EVALSHA", sha, 1, "one", 60000000, 1) for _ in range(2)]
+        r = [redis.command("EVALSHA", sha, 1, "one", 60 * s, 1) for _ in range(2)]
         eq(r[0][:2], [1, 0], "limit 1: first admitted")
         eq(r[1][:2], [0, 0], "limit 1: second refused")
         check(59000 <= r[1][3] <= 60000, "limit 1: retry-after %r" % r[1])
+        # 7 per 3 s (T = 428571428 ns): the nanoseconds of the stored TAT add up
+        # exactly, 428 more each request (whole microseconds lost 3 us a burst)
+        for i in range(1, 8):
+            r = redis.command("EVALSHA", sha, 1, "seven", 3 * s // 7, 7)
+            eq(r[:2], [1, 7 - i], "7 per 3 s: request %d" % i)
+            eq(redis.command("GET", "seven")[-4:], ".%03d" % (i * (3 * s // 7) % 1000),
+               "nanoseconds of the TAT after request %d" % i)
+        check(2900 <= r[2] <= 3000, "7 per 3 s: reset after the burst %r" % r)
+        eq(redis.command("EVALSHA", sha, 1, "seven", 3 * s // 7, 7)[:2], [0, 0],
+           "7 per 3 s: request 8")
+        # a TAT in whole microseconds (as stored before nanoseconds) still counts
+        sec, usec = redis.command("TIME")
+        redis.command("SET", "old", str(int(sec) * 1000000 + int(usec) + 60000000))
+        r = redis.command("EVALSHA", sha, 1, "old", 12 * s, 5)
+        eq(r[:2], [0, 0], "a whole-microsecond TAT a window ahead refuses")
+        check(11000 <= r[3] <= 12000, "retry-after from a whole-microsecond TAT %r" % r)
 
 
 # ------------------------------------------------------------------ lifecycle

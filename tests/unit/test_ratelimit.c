@@ -15,7 +15,7 @@
 
 #include "ratelimit.h"
 
-#define S 1000000LL           /* one second in microseconds */
+#define S 1000000000LL        /* one second in nanoseconds */
 #define T0 (1700000000LL * S) /* an arbitrary "now", like Redis TIME */
 
 /* N requests at NOW against one limit; returns how many were admitted. */
@@ -43,16 +43,22 @@ static void test_gcra_params(void **state)
     assert_int_equal(g.interval, 12 * S);
     assert_int_equal(g.tolerance, 48 * S);
     rl_gcra_init(&g, 3, 1);
-    assert_int_equal(g.interval, 333333); /* rounded down: never fewer than LIMIT per window */
-    assert_int_equal(g.tolerance, 666666);
+    assert_int_equal(g.interval, 333333333); /* rounded down: never fewer than LIMIT per window */
+    assert_int_equal(g.tolerance, 666666666);
     rl_gcra_init(&g, 1, 60);
     assert_int_equal(g.tolerance, 0);
-    rl_gcra_init(&g, 4000000, 1); /* more than one per microsecond: clamped */
+    rl_gcra_init(&g, 4000000, 1); /* more than one per microsecond */
+    assert_int_equal(g.interval, 250);
+    rl_gcra_init(&g, 2000000000, 1); /* more than one per nanosecond: clamped */
     assert_int_equal(g.interval, 1);
+    rl_gcra_init(&g, UINT32_MAX, UINT32_MAX); /* the largest window: no overflow */
+    assert_int_equal(g.interval, S);
+    assert_int_equal(g.tolerance, (int64_t)(UINT32_MAX - 1) * S);
 }
 
 /* A fresh identity: exactly LIMIT at once, remaining counting down, then
- * refused with retry-after = one interval and reset = the whole window. */
+ * refused with retry-after = one interval and reset = the whole window, to
+ * within a nanosecond per request. */
 static void test_gcra_burst_exact(void **state)
 {
     static const uint32_t limits[] = {1, 2, 5, 7, 100, 1000, 4999, 5000};
@@ -67,15 +73,16 @@ static void test_gcra_burst_exact(void **state)
             for (uint32_t i = 0; i < limits[l]; i++) {
                 assert_true(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
                 assert_int_equal(res.remaining, limits[l] - 1 - i);
-                assert_int_equal(res.retry_us, 0);
+                assert_int_equal(res.retry_ns, 0);
                 tat = after;
             }
             assert_false(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
             assert_int_equal(after, tat); /* refused: nothing consumed */
             assert_int_equal(res.remaining, 0);
-            assert_int_equal(res.retry_us, g.interval);
-            assert_int_equal(res.reset_us, g.interval * limits[l]);
-            assert_true(res.reset_us <= (int64_t)windows[w] * S);
+            assert_int_equal(res.retry_ns, g.interval);
+            assert_int_equal(res.reset_ns, g.interval * limits[l]);
+            assert_true(res.reset_ns <= (int64_t)windows[w] * S);
+            assert_true((int64_t)windows[w] * S - res.reset_ns < limits[l]);
         }
     }
 }
@@ -90,7 +97,7 @@ static void test_gcra_first_request(void **state)
     assert_true(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
     assert_int_equal(after, T0 + 12 * S);
     assert_int_equal(res.remaining, 4);
-    assert_int_equal(res.reset_us, 12 * S);
+    assert_int_equal(res.reset_ns, 12 * S);
     /* a TAT in the past is the same as none */
     tat = T0 - 3600 * S;
     assert_true(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
@@ -107,9 +114,9 @@ static void test_gcra_refill(void **state)
 
     rl_gcra_init(&g, 5, 60);
     assert_int_equal(run(&g, &tat, now, 6, &res), 5);
-    now += res.retry_us - 1;
+    now += res.retry_ns - 1;
     assert_false(rl_gcra_decide(&g, &tat, 1, now, &after, &res));
-    assert_int_equal(res.retry_us, 1);
+    assert_int_equal(res.retry_ns, 1);
     now += 1;
     assert_true(rl_gcra_decide(&g, &tat, 1, now, &after, &res));
     assert_int_equal(res.remaining, 0);
@@ -119,7 +126,7 @@ static void test_gcra_refill(void **state)
     now += 30 * S;
     assert_int_equal(run(&g, &tat, now, 10, &res), 2);
     /* a whole window of silence: the whole burst again */
-    now += 60 * S + res.reset_us;
+    now += 60 * S + res.reset_ns;
     assert_int_equal(run(&g, &tat, now, 10, &res), 5);
 }
 
@@ -132,7 +139,7 @@ static void test_gcra_steady_rate(void **state)
     unsigned admitted = 0;
 
     rl_gcra_init(&g, 5, 1);
-    for (int64_t now = T0; now < T0 + 10 * S; now += 1000) { /* 1000 req/s for 10 s */
+    for (int64_t now = T0; now < T0 + 10 * S; now += S / 1000) { /* 1000 req/s for 10 s */
         if (rl_gcra_decide(&g, &tat, 1, now, &after, &res))
             admitted++;
         tat = after;
@@ -141,12 +148,70 @@ static void test_gcra_steady_rate(void **state)
     rl_gcra_init(&g, 100, 60);
     tat = 0;
     admitted = 0;
-    for (int64_t now = T0; now < T0 + 600 * S; now += 100000) {
+    for (int64_t now = T0; now < T0 + 600 * S; now += S / 10) {
         if (rl_gcra_decide(&g, &tat, 1, now, &after, &res))
             admitted++;
         tat = after;
     }
     assert_true(admitted >= 100 + 1000 - 2 && admitted <= 100 + 1000);
+}
+
+/* Admitted when hit every STEP ns (less than the interval) for DURATION ns. */
+static uint64_t admitted_over(uint32_t limit, uint32_t window, int64_t step, int64_t duration)
+{
+    struct rl_gcra g;
+    struct rl_result res;
+    int64_t tat = 0, after;
+    uint64_t admitted = 0;
+
+    rl_gcra_init(&g, limit, window);
+    for (int64_t now = T0; now < T0 + duration; now += step) {
+        if (rl_gcra_decide(&g, &tat, 1, now, &after, &res))
+            admitted++;
+        tat = after;
+    }
+    return admitted;
+}
+
+/* High rates keep the promised accuracy: the burst, then LIMIT / WINDOW per
+ * second within 0.2%. An interval in whole microseconds (6 us for 6.67)
+ * admitted 166667 a second at 150000, and held 1500000 a second to one per
+ * microsecond. */
+static void test_gcra_high_rate(void **state)
+{
+    static const struct {
+        uint32_t limit, window;
+        int64_t step;
+    } cases[] = {
+        {150000, 1, 1000}, /* a request every microsecond for a second */
+        {1500000, 1, 250},
+        {100000, 1, 1000},
+        {700000, 3, 1000},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        double rate = (double)cases[i].limit / cases[i].window;
+        double want = cases[i].limit + rate; /* over one second */
+        uint64_t got = admitted_over(cases[i].limit, cases[i].window, cases[i].step, S);
+        if (got < want * 0.998 || got > want * 1.002)
+            fail_msg("%u per %u s: %llu admitted in 1 s, expected %.0f", cases[i].limit,
+                     cases[i].window, (unsigned long long)got, want);
+    }
+}
+
+/* 7 per 3 s: the emission interval is 428571428.57 ns; after a burst of 7
+ * the quota is whole again 3 s later, to within a nanosecond per request
+ * (whole microseconds were 3 us short). */
+static void test_gcra_fractional_interval(void **state)
+{
+    struct rl_gcra g;
+    struct rl_result res;
+    int64_t tat = 0;
+
+    rl_gcra_init(&g, 7, 3);
+    assert_int_equal(run(&g, &tat, T0, 8, &res), 7);
+    assert_true(res.reset_ns <= 3 * S && 3 * S - res.reset_ns < 7);
+    assert_int_equal(tat - T0, res.reset_ns);
 }
 
 /* Several limits: admitted only when all admit; a refusal consumes none. */
@@ -170,8 +235,8 @@ static void test_gcra_all_or_nothing(void **state)
     assert_true(res[0].admits);
     assert_false(res[1].admits);
     assert_int_equal(res[0].remaining, 8); /* unchanged by the refusal */
-    assert_int_equal(res[0].retry_us, 0);
-    assert_int_equal(res[1].retry_us, 30 * S);
+    assert_int_equal(res[0].retry_ns, 0);
+    assert_int_equal(res[1].retry_ns, 30 * S);
 }
 
 /* ---- identities and keys ------------------------------------------------- */
@@ -336,11 +401,18 @@ static void test_outcome_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gcra_params),        cmocka_unit_test(test_gcra_burst_exact),
-        cmocka_unit_test(test_gcra_first_request), cmocka_unit_test(test_gcra_refill),
-        cmocka_unit_test(test_gcra_steady_rate),   cmocka_unit_test(test_gcra_all_or_nothing),
-        cmocka_unit_test(test_ip_ident),           cmocka_unit_test(test_user_ident_and_keys),
-        cmocka_unit_test(test_tier_index),         cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_gcra_params),
+        cmocka_unit_test(test_gcra_burst_exact),
+        cmocka_unit_test(test_gcra_first_request),
+        cmocka_unit_test(test_gcra_refill),
+        cmocka_unit_test(test_gcra_steady_rate),
+        cmocka_unit_test(test_gcra_high_rate),
+        cmocka_unit_test(test_gcra_fractional_interval),
+        cmocka_unit_test(test_gcra_all_or_nothing),
+        cmocka_unit_test(test_ip_ident),
+        cmocka_unit_test(test_user_ident_and_keys),
+        cmocka_unit_test(test_tier_index),
+        cmocka_unit_test(test_plan),
         cmocka_unit_test(test_outcome_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
