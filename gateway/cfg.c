@@ -1183,6 +1183,9 @@ static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
     r->database = (int)get_int(ctx, g, "database", 0, 0, 65535);
     r->timeout_ms = (uint32_t)get_int(ctx, g, "timeout_ms", 50, 1, 600000);
     r->key_prefix = get_str(ctx, g, "key_prefix", "flowgate:");
+    if (r->key_prefix != NULL && strlen(r->key_prefix) > FG_KEY_PREFIX_MAX)
+        cfg_bad(ctx, member(g, "key_prefix"), "must be at most %d bytes, not %zu",
+                FG_KEY_PREFIX_MAX, strlen(r->key_prefix));
 }
 
 static void parse_trusted(struct cfg_ctx *ctx, const config_setting_t *rl)

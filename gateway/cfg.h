@@ -138,8 +138,12 @@ struct fg_redis {
     char *username;     /* from username_env, NULL when none */
     int database;
     uint32_t timeout_ms;
-    char *key_prefix;
+    char *key_prefix;   /* at most FG_KEY_PREFIX_MAX bytes */
 };
+
+/* Longest rate_limit.redis.key_prefix: every rate-limit key starts with it,
+ * a hashed one too, and must still fit RL_KEY_MAX (ratelimit.h). */
+#define FG_KEY_PREFIX_MAX 256
 
 struct fg_ratelimit {
     bool enabled;                /* the rate_limit group is present */

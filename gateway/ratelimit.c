@@ -193,7 +193,9 @@ size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, ch
     const char *parts[] = {prefix, scope, ident};
     char hex[65];
     sha256_hex(parts, 3, hex);
-    return (size_t)snprintf(out, RL_KEY_MAX, "rl:h:%s", hex);
+    if (strlen(prefix) > FG_KEY_PREFIX_MAX)
+        prefix = "";
+    return (size_t)snprintf(out, RL_KEY_MAX, "%srl:h:%s", prefix, hex);
 }
 
 size_t rl_tier_index(const struct fg_ratelimit *rl, const char *user, const char *tier)

@@ -32,6 +32,9 @@ struct worker;
 #define RL_MAX_LIMITS 8 /* a tier limit and up to 7 endpoint limits per request */
 #define RL_KEY_MAX 384  /* longest limit key; longer ones are hashed */
 
+_Static_assert(FG_KEY_PREFIX_MAX + sizeof("rl:h:") - 1 + 64 < RL_KEY_MAX,
+               "a hashed key, with the longest key_prefix, fits RL_KEY_MAX");
+
 /* One limit's parameters, in nanoseconds. */
 struct rl_gcra {
     int64_t interval;  /* T = window / limit, rounded down, at least 1 */
@@ -73,7 +76,10 @@ int rl_user_ident(const char *user, char *out, size_t cap);
 /*
  * A limit key: PREFIX + "rl:" + SCOPE + ":" + IDENT, where SCOPE is
  * "t:<tier name>" or "e<endpoint index>". A key longer than RL_KEY_MAX - 1
- * becomes PREFIX-less "rl:h:<sha256 hex of the whole key>". Returns the length.
+ * becomes PREFIX + "rl:h:<sha256 hex of PREFIX, SCOPE and IDENT>": still
+ * under the deployment's prefix (ACL key patterns, SCAN, a cluster hash
+ * tag). A PREFIX longer than FG_KEY_PREFIX_MAX, which the configuration
+ * refuses, is left out of a hashed key so that it fits. Returns the length.
  */
 size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX]);
 

@@ -249,6 +249,25 @@ def test_ratelimit_endpoint_limits():
         eq(burst(fg, 1, "/gen", headers=bearer("frank"))[0].status, 200, "another user on /gen")
 
 
+def test_ratelimit_hashed_key_keeps_prefix():
+    """A limit key too long to keep whole (a long key_prefix and a long sub) is
+    hashed, still under the configured key_prefix (so that deployments sharing
+    a Redis, ACL key patterns and SCAN by prefix keep to it), and limits exactly."""
+    prefix = "fgtest:" + "p" * 143 + ":"
+    sub = "s" * 240
+    tiers = {"anonymous": {"limit": 2, "window": 60}, "authenticated": {"limit": 3, "window": 60}}
+    routes = ({"host": "", "path": "/", "upstream": "api", "auth": "optional"},)
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers, routes=routes,
+                               redis={"address": redis.addr, "timeout_ms": 250,
+                                      "key_prefix": prefix}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/x", bearer(sub)), 3, 60)
+        digest = hashlib.sha256(prefix.encode() + b"\0t:authenticated\0u:" + sub.encode()
+                                + b"\0").hexdigest()
+        eq(redis.command("KEYS", "*"), [prefix + "rl:h:" + digest], "keys in Redis")
+
+
 def test_ratelimit_three_instances_share_one_redis():
     """One identity's burst spread over three instances: exactly LIMIT in total."""
     with RedisServer() as redis, Upstream(record=False) as up, \

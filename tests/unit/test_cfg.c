@@ -573,6 +573,19 @@ static void test_err_range(void **state)
     expect_error(HEAD "rate_limit: { endpoints = (\n { path = \"/x\"; limit = 1; window = 1;"
                       " key = \"host\"; } ); };\n",
                  "test.conf:4: rate_limit.endpoints[0].key");
+    /* every rate-limit key, a hashed one too, must keep the prefix and fit */
+    static char text[1024];
+    char prefix[FG_KEY_PREFIX_MAX + 2];
+    memset(prefix, 'p', sizeof(prefix) - 1);
+    prefix[sizeof(prefix) - 1] = '\0';
+    snprintf(text, sizeof(text), HEAD "rate_limit: { redis: {\n key_prefix = \"%s\"; }; };\n",
+             prefix);
+    expect_error(text,
+                 "test.conf:4: rate_limit.redis.key_prefix: must be at most 256 bytes, not 257");
+    prefix[FG_KEY_PREFIX_MAX] = '\0';
+    snprintf(text, sizeof(text), HEAD "rate_limit: { redis: {\n key_prefix = \"%s\"; }; };\n",
+             prefix);
+    cfg_unref(expect_ok(text));
 }
 
 static void test_err_address(void **state)

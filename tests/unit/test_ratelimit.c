@@ -288,13 +288,66 @@ static void test_user_ident_and_keys(void **state)
     big[sizeof(big) - 1] = '\0';
     char key2[RL_KEY_MAX];
     n = rl_limit_key("p:", "t:a", big, key);
-    assert_int_equal(n, 5 + 64);
-    assert_memory_equal(key, "rl:h:", 5);
+    assert_int_equal(n, 2 + 5 + 64);
+    assert_int_equal(n, strlen(key));
+    assert_memory_equal(key, "p:rl:h:", 7);
     rl_limit_key("p:", "t:a", big, key2);
     assert_string_equal(key, key2);
     big[0] = 'y';
     rl_limit_key("p:", "t:a", big, key2);
     assert_string_not_equal(key, key2);
+}
+
+static bool is_hex64(const char *s)
+{
+    return strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
+
+/* A hashed key stays under its deployment's key_prefix: two deployments
+ * sharing one Redis keep apart (and an ACL key pattern or SCAN by prefix
+ * still sees it), and the longest prefix the configuration allows fits. */
+static void test_hashed_key_keeps_prefix(void **state)
+{
+    char big[RL_KEY_MAX], prefix[FG_KEY_PREFIX_MAX + 2], a[RL_KEY_MAX], b[RL_KEY_MAX];
+    size_t n;
+
+    memset(big, 'u', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    n = rl_limit_key("blue:", "t:anonymous", big, a);
+    assert_int_equal(n, strlen(a));
+    assert_memory_equal(a, "blue:rl:h:", 10);
+    assert_true(is_hex64(a + 10));
+    n = rl_limit_key("green:", "t:anonymous", big, b);
+    assert_int_equal(n, strlen(b));
+    assert_memory_equal(b, "green:rl:h:", 11);
+    assert_true(is_hex64(b + 11));
+    assert_string_not_equal(a + 10, b + 11); /* the hash covers the prefix too */
+
+    /* the longest key that is not hashed, and the shortest that is */
+    memset(big, 'u', sizeof(big));
+    big[RL_KEY_MAX - 1 - strlen("fg:rl:e0:")] = '\0';
+    assert_int_equal(rl_limit_key("fg:", "e0", big, a), RL_KEY_MAX - 1);
+    assert_memory_equal(a, "fg:rl:e0:uuu", 12);
+    strcat(big, "u");
+    assert_int_equal(rl_limit_key("fg:", "e0", big, a), 3 + 5 + 64);
+    assert_memory_equal(a, "fg:rl:h:", 8);
+
+    /* the longest prefix allowed, with an identity that needs hashing */
+    memset(prefix, 'p', FG_KEY_PREFIX_MAX);
+    prefix[FG_KEY_PREFIX_MAX] = '\0';
+    n = rl_limit_key(prefix, "t:premium", big, a);
+    assert_int_equal(n, FG_KEY_PREFIX_MAX + 5 + 64);
+    assert_int_equal(n, strlen(a));
+    assert_memory_equal(a, prefix, FG_KEY_PREFIX_MAX);
+    assert_memory_equal(a + FG_KEY_PREFIX_MAX, "rl:h:", 5);
+    assert_true(is_hex64(a + FG_KEY_PREFIX_MAX + 5));
+
+    /* longer than the configuration allows: left out, never truncated */
+    strcat(prefix, "p");
+    n = rl_limit_key(prefix, "t:premium", big, a);
+    assert_int_equal(n, 5 + 64);
+    assert_memory_equal(a, "rl:h:", 5);
+    assert_true(is_hex64(a + 5));
 }
 
 /* ---- tiers and plans ----------------------------------------------------- */
@@ -411,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_gcra_all_or_nothing),
         cmocka_unit_test(test_ip_ident),
         cmocka_unit_test(test_user_ident_and_keys),
+        cmocka_unit_test(test_hashed_key_keeps_prefix),
         cmocka_unit_test(test_tier_index),
         cmocka_unit_test(test_plan),
         cmocka_unit_test(test_outcome_names),
