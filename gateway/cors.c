@@ -13,6 +13,7 @@
 
 #include "conn.h"
 #include "cors.h"
+#include "wbuf.h"
 #include "respond.h"
 
 const char *cors_origin_str(enum cors_origin o)
@@ -207,7 +208,7 @@ bool cors_owns_response_header(const struct fg_config *cfg, const char *name, si
 }
 
 void cors_write_vary(const struct fg_config *cfg, const struct h1_header *hs, size_t n,
-                     struct evbuffer *out)
+                     struct wbuf *out)
 {
     bool any = false;
     bool covered = false;
@@ -221,17 +222,20 @@ void cors_write_vary(const struct fg_config *cfg, const struct h1_header *hs, si
         size_t vlen = hs[i].value_len;
         if (!h1_token_eq(hs[i].name, hs[i].name_len, "Vary") || vlen == 0)
             continue;
-        evbuffer_add(out, any ? ", " : "Vary: ", any ? 2 : 6);
-        evbuffer_add(out, v, vlen);
+        if (any)
+            wbuf_lit(out, ", ");
+        else
+            wbuf_lit(out, "Vary: ");
+        wbuf_put(out, v, vlen);
         any = true;
         covered = covered || h1_list_has(v, vlen, "Origin") || h1_list_has(v, vlen, "*");
     }
     if (!any)
-        evbuffer_add(out, "Vary: Origin\r\n", 14);
+        wbuf_lit(out, "Vary: Origin\r\n");
     else if (!covered)
-        evbuffer_add(out, ", Origin\r\n", 10);
+        wbuf_lit(out, ", Origin\r\n");
     else
-        evbuffer_add(out, "\r\n", 2);
+        wbuf_lit(out, "\r\n");
 }
 
 /*

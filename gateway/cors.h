@@ -40,6 +40,8 @@
 #include "h1.h"
 #include "stage.h"
 
+struct wbuf;
+
 /* Longest Origin echoed when cors.origins holds "*": a scheme, a DNS name
  * (253) and a port fit; anything longer is refused, never truncated. */
 #define CORS_ORIGIN_MAX 300
@@ -110,7 +112,7 @@ ssize_t cors_render_methods(uint64_t mask, char *out, size_t cap);
  * (an upstream's Vary then passes untouched).
  */
 void cors_write_vary(const struct fg_config *cfg, const struct h1_header *hs, size_t n,
-                     struct evbuffer *out);
+                     struct wbuf *out);
 
 /* Is NAME one of the response headers the CORS policy owns (Vary and every
  * Access-Control-*), which an upstream's copy must not reach the client with? */

@@ -91,15 +91,11 @@ bool h1_token_eq_n(const char *a, size_t alen, const char *b, size_t blen)
     return true;
 }
 
-bool h1_token_eq(const char *a, size_t alen, const char *lit)
-{
-    return h1_token_eq_n(a, alen, lit, strlen(lit));
-}
-
-const struct h1_header *h1_find(const struct h1_header *h, size_t n, const char *name)
+const struct h1_header *h1_find_n(const struct h1_header *h, size_t n, const char *name,
+                                  size_t name_len)
 {
     for (size_t i = 0; i < n; i++) {
-        if (h1_token_eq(h[i].name, h[i].name_len, name))
+        if (h[i].name_len == name_len && h1_token_eq_n(h[i].name, h[i].name_len, name, name_len))
             return &h[i];
     }
     return NULL;

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -143,10 +144,23 @@ enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t le
  * response, or already done), ERROR when it was cut short (truncated). */
 enum h1_body_status h1_body_eof(struct h1_parser *p);
 
-/* Case-insensitive header lookup helpers over a parsed array. */
-const struct h1_header *h1_find(const struct h1_header *h, size_t n, const char *name);
-bool h1_token_eq(const char *a, size_t alen, const char *lit); /* ASCII case-insensitive */
+/* Case-insensitive header lookup helpers over a parsed array. The inline
+ * forms let the compiler take a literal's length at compile time. */
+const struct h1_header *h1_find_n(const struct h1_header *h, size_t n, const char *name,
+                                  size_t name_len);
 bool h1_token_eq_n(const char *a, size_t alen, const char *b, size_t blen);
+
+static inline const struct h1_header *h1_find(const struct h1_header *h, size_t n,
+                                              const char *name)
+{
+    return h1_find_n(h, n, name, strlen(name));
+}
+
+/* ASCII case-insensitive */
+static inline bool h1_token_eq(const char *a, size_t alen, const char *lit)
+{
+    return h1_token_eq_n(a, alen, lit, strlen(lit));
+}
 
 /* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
 bool h1_list_has(const char *value, size_t len, const char *token);

@@ -35,6 +35,7 @@
 #include "proxy.h"
 #include "respond.h"
 #include "upstream.h"
+#include "wbuf.h"
 #include "worker.h"
 
 #define UP_HEAD_MAX (64 * 1024) /* largest response head accepted from an upstream */
@@ -106,28 +107,27 @@ static bool drop_request_header(const struct req *r, const struct h1_header *h)
 
 /* Cookie on a preview request: the platform's cookies (platform_cookies and
  * jwt.cookie) are removed, the others kept in order; nothing left, no
- * header. Written straight into OUT's free space. */
-static void write_preview_cookie(const struct req *r, const struct h1_header *h,
-                                 struct evbuffer *out)
+ * header. Written straight into the head; the stripping needs twice the
+ * value's length as room while it works. */
+static void write_preview_cookie(const struct req *r, const struct h1_header *h, struct wbuf *b)
 {
     const struct fg_previews *pv = &r->cfg->previews;
-    struct evbuffer_iovec v;
     size_t need = h->name_len + 2 + 2 * h->value_len + 2;
 
-    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1 || v.iov_len < need)
-        return; /* out of memory: the header is dropped, never passed whole */
-    char *p = v.iov_base;
+    if (need > (size_t)(b->end - b->p)) {
+        b->overflow = true;
+        b->end = b->p;
+        return;
+    }
+    char *p = b->p;
     size_t n = preview_strip_cookies(h->value, h->value_len, pv->platform_cookies,
                                      pv->nplatform_cookies, r->cfg->jwt.cookie, p + h->name_len + 2);
-    if (n == 0) {
-        v.iov_len = 0;
-    } else {
-        memcpy(p, h->name, h->name_len);
-        memcpy(p + h->name_len, ": ", 2);
-        memcpy(p + h->name_len + 2 + n, "\r\n", 2);
-        v.iov_len = h->name_len + 2 + n + 2;
-    }
-    evbuffer_commit_space(out, &v, 1);
+    if (n == 0)
+        return;
+    memcpy(p, h->name, h->name_len);
+    memcpy(p + h->name_len, ": ", 2);
+    memcpy(p + h->name_len + 2 + n, "\r\n", 2);
+    b->p += h->name_len + 2 + n + 2;
 }
 
 /* Is NAME listed in one of the message's Connection headers? Framing and
@@ -149,50 +149,80 @@ static bool named_by_connection(const struct h1_header *hs, size_t n, const stru
     return false;
 }
 
-static void write_request_head(struct conn *c, struct upconn *uc, struct evbuffer *out)
+/* Fixed text of the request head flowgate adds, IPs and ids included. */
+#define REQUEST_HEAD_ADDED 768
+
+/* Returns 0, or -1 when the head could not be written (no memory). */
+static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer *out)
 {
     struct req *r = c->r;
     const struct h1_request *h = &r->h;
+    const char *server = h->host ? NULL : upstream_server_text(uc);
+    bool strip_cookies = r->preview && r->cfg->previews.strip_credentials;
+    bool conn_lists = h1_find(h->headers, h->nheaders, "Connection") != NULL;
+    struct wbuf b;
 
+    /* Every header comes from the head as received, so its length bounds
+     * them (twice over while preview cookies are stripped). */
+    wbuf_begin(&b, out,
+               r->head_len * (strip_cookies ? 2 : 1) + r->path_len + h->query_len +
+                   r->xff_prior_len + h->host_len + r->up_extra_len +
+                   (server ? strlen(server) : 0) + REQUEST_HEAD_ADDED);
     /* An HTTP/1.0 client cannot read a chunked response: ask the upstream in
      * 1.0 too, so it answers with a length or by closing. */
-    evbuffer_add_printf(out, "%.*s %s%s%.*s HTTP/1.%d\r\n", (int)h->method_len, h->method_str,
-                        r->path, h->query ? "?" : "", h->query ? (int)h->query_len : 0,
-                        h->query ? h->query : "", h->version_minor == 0 ? 0 : 1);
+    wbuf_put(&b, h->method_str, h->method_len);
+    wbuf_lit(&b, " ");
+    wbuf_put(&b, r->path, r->path_len);
+    if (h->query) {
+        wbuf_lit(&b, "?");
+        wbuf_put(&b, h->query, h->query_len);
+    }
+    if (h->version_minor == 0)
+        wbuf_lit(&b, " HTTP/1.0\r\n");
+    else
+        wbuf_lit(&b, " HTTP/1.1\r\n");
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct h1_header *hd = &h->headers[i];
-        if (drop_request_header(r, hd) || named_by_connection(h->headers, h->nheaders, hd))
+        if (drop_request_header(r, hd) ||
+            (conn_lists && named_by_connection(h->headers, h->nheaders, hd)))
             continue;
-        if (r->preview && r->cfg->previews.strip_credentials &&
-            h1_token_eq(hd->name, hd->name_len, "Cookie")) {
-            write_preview_cookie(r, hd, out);
+        if (strip_cookies && h1_token_eq(hd->name, hd->name_len, "Cookie")) {
+            write_preview_cookie(r, hd, &b);
             continue;
         }
-        evbuffer_add(out, hd->name, hd->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, hd->value, hd->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
     }
-    if (h->host == NULL)
-        evbuffer_add_printf(out, "Host: %s\r\n", upstream_server_text(uc));
-    if (h->framing == H1_FRAMING_LENGTH)
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
-    if (r->xff_prior)
-        evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)r->xff_prior_len,
-                            r->xff_prior, c->peer_ip);
+    if (server)
+        wbuf_header(&b, "Host", 4, server, strlen(server));
+    if (h->framing == H1_FRAMING_LENGTH) {
+        wbuf_lit(&b, "Content-Length: ");
+        wbuf_u64(&b, h->content_length);
+        wbuf_lit(&b, "\r\n");
+    }
+    wbuf_lit(&b, "X-Forwarded-For: ");
+    if (r->xff_prior) {
+        wbuf_put(&b, r->xff_prior, r->xff_prior_len);
+        wbuf_lit(&b, ", ");
+    }
+    wbuf_str(&b, c->peer_ip);
+    if (c->tls)
+        wbuf_lit(&b, "\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ");
     else
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer_ip);
-    evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\nX-Real-IP: %s\r\nX-Request-Id: %s\r\n",
-                        c->tls ? "https" : "http", r->client_ip, r->request_id);
+        wbuf_lit(&b, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+    wbuf_str(&b, r->client_ip);
+    wbuf_lit(&b, "\r\nX-Request-Id: ");
+    wbuf_str(&b, r->request_id);
+    wbuf_lit(&b, "\r\n");
     if (h->host)
-        evbuffer_add_printf(out, "X-Forwarded-Host: %.*s\r\n", (int)h->host_len, h->host);
+        wbuf_header(&b, "X-Forwarded-Host", 16, h->host, h->host_len);
     if (r->up_extra_len)
-        evbuffer_add(out, r->rb->up_extra, r->up_extra_len);
+        wbuf_put(&b, r->rb->up_extra, r->up_extra_len);
     if (h->version_minor == 0)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        wbuf_lit(&b, "Connection: close\r\n");
     if (r->tunnel)
-        evbuffer_add(out, UPGRADE_LINES, sizeof(UPGRADE_LINES) - 1);
-    evbuffer_add(out, "\r\n", 2);
+        wbuf_lit(&b, UPGRADE_LINES);
+    wbuf_lit(&b, "\r\n");
+    return wbuf_end(&b);
 }
 
 /* ---- failures before a response -------------------------------------- */
@@ -347,7 +377,11 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
     io_setcb(uc->io, up_read_cb, up_write_cb, up_event_cb, uc);
     uc->io->write_low = PROXY_WRITE_LOW;
     io_enable_read(uc->io);
-    write_request_head(c, uc, uc->io->out);
+    if (write_request_head(c, uc, uc->io->out) < 0) {
+        fail_link(c, "error");
+        conn_release(c);
+        return;
+    }
     send_continue(c);
     if (c->r->body == BODY_PENDING) {
         pump_request(c);
@@ -422,15 +456,15 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
     };
     const struct fg_headers *sec = &r->cfg->headers;
     const struct {
-        const char *name;
+        struct hname name;
         const char *value;
     } own[] = {
-        {"Strict-Transport-Security", sec->hsts},
-        {"X-Frame-Options", sec->frame_options},
-        {"X-Content-Type-Options", sec->content_type_options},
-        {"X-XSS-Protection", sec->xss_protection},
-        {"Referrer-Policy", sec->referrer_policy},
-        {"Content-Security-Policy", sec->csp},
+        {HNAME("Strict-Transport-Security"), sec->hsts},
+        {HNAME("X-Frame-Options"), sec->frame_options},
+        {HNAME("X-Content-Type-Options"), sec->content_type_options},
+        {HNAME("X-XSS-Protection"), sec->xss_protection},
+        {HNAME("Referrer-Policy"), sec->referrer_policy},
+        {HNAME("Content-Security-Policy"), sec->csp},
     };
 
     if (in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h))
@@ -446,41 +480,52 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
         return true;
     /* flowgate's configured value replaces the upstream's. */
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
-        if (own[i].value[0] && h1_token_eq(h->name, h->name_len, own[i].name))
+        if (own[i].value[0] && in_list(&own[i].name, 1, h))
             return true;
     return false;
 }
 
-static void write_response_head(struct conn *c, const struct h1_response *resp)
+/* Relay the upstream's head (HEAD_LEN bytes as received): 0, or -1 when it
+ * could not be written (no memory). */
+static int write_response_head(struct conn *c, const struct h1_response *resp, size_t head_len)
 {
     struct req *r = c->r;
-    struct evbuffer *out = c->io->out;
-    size_t before = evbuffer_get_length(out);
-
     bool upgrade = resp->status == 101;
+    bool conn_lists = h1_find(resp->headers, resp->nheaders, "Connection") != NULL;
+    struct wbuf b;
 
     if (!upgrade &&
         (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF || r->body == BODY_PENDING))
         r->close_after = true;
     r->status = resp->status;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", resp->status, (int)resp->reason_len,
-                        resp->reason_phrase ? resp->reason_phrase : "");
+    /* The upstream's headers (its Vary values included) are bounded by its
+     * head; flowgate's own by respond_common_len. */
+    wbuf_begin(&b, c->io->out,
+               head_len + resp->reason_len + respond_common_len(r) + sizeof(UPGRADE_LINES) + 64);
+    wbuf_lit(&b, "HTTP/1.1 ");
+    wbuf_u64(&b, (uint64_t)resp->status);
+    wbuf_lit(&b, " ");
+    if (resp->reason_phrase)
+        wbuf_put(&b, resp->reason_phrase, resp->reason_len);
+    wbuf_lit(&b, "\r\n");
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct h1_header *hd = &resp->headers[i];
-        if (drop_response_header(r, hd) || named_by_connection(resp->headers, resp->nheaders, hd))
+        if (drop_response_header(r, hd) ||
+            (conn_lists && named_by_connection(resp->headers, resp->nheaders, hd)))
             continue;
-        evbuffer_add(out, hd->name, hd->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, hd->value, hd->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
     }
-    cors_write_vary(r->cfg, resp->headers, resp->nheaders, out);
-    respond_common_headers(r, out);
+    cors_write_vary(r->cfg, resp->headers, resp->nheaders, &b);
+    respond_common_headers(r, &b);
     if (upgrade)
-        evbuffer_add(out, UPGRADE_LINES, sizeof(UPGRADE_LINES) - 1);
-    evbuffer_add(out, "\r\n", 2);
-    r->bytes_out += evbuffer_get_length(out) - before;
+        wbuf_lit(&b, UPGRADE_LINES);
+    wbuf_lit(&b, "\r\n");
+    size_t n = wbuf_len(&b);
+    if (wbuf_end(&b) < 0)
+        return -1;
+    r->bytes_out += n;
     r->response_started = true;
+    return 0;
 }
 
 /* Copy the head out of the upstream's input so its slices stay valid. */
@@ -518,13 +563,14 @@ static bool accept_switch(const struct conn *c, const struct h1_response *resp)
 static int read_response_head(struct conn *c, struct upconn *uc)
 {
     struct evbuffer *in = uc->io->in;
+    ssize_t end;
 
     for (;;) {
         size_t len = evbuffer_get_length(in);
         size_t n = len < UP_HEAD_MAX ? len : UP_HEAD_MAX;
         if (n == 0)
             return 0;
-        ssize_t end = h1_head_end((const char *)evbuffer_pullup(in, (ssize_t)n), n);
+        end = h1_head_end((const char *)evbuffer_pullup(in, (ssize_t)n), n);
         if (end == -2 && len < UP_HEAD_MAX)
             return 0;
         if (end < 0 || take_response_head(uc, (size_t)end) < 0)
@@ -545,7 +591,12 @@ static int read_response_head(struct conn *c, struct upconn *uc)
     c->r->upstream_ms = (now.tv_sec - c->r->up_start.tv_sec) * 1e3 +
                        (now.tv_usec - c->r->up_start.tv_usec) / 1e3;
     c->r->resp_head_done = true;
-    write_response_head(c, &uc->resp);
+    if (write_response_head(c, &uc->resp, (size_t)end) < 0) {
+        c->r->error_code = "out of memory";
+        proxy_abort(c);
+        conn_close(c, false);
+        return -1;
+    }
     if (uc->resp.status == 101) {
         tunnel_start(c, uc);
         return 2;

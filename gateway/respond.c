@@ -15,6 +15,7 @@
 #include "conn.h"
 #include "cors.h"
 #include "respond.h"
+#include "wbuf.h"
 #include "worker.h"
 
 struct error_desc {
@@ -76,26 +77,53 @@ int respond_add_upstream_header(struct req *r, const char *line, size_t len)
     return 0;
 }
 
-void respond_common_headers(struct req *r, struct evbuffer *out)
+/* The security block for this response: preview or platform, TLS or not. */
+static void security_block(const struct req *r, const char **p, size_t *len)
 {
     const struct fg_headers *h = &r->cfg->headers;
     const struct fg_previews *pv = &r->cfg->previews;
 
-    if (r->preview && r->c->tls)
-        evbuffer_add(out, pv->block_https, pv->block_https_len);
-    else if (r->preview)
-        evbuffer_add(out, pv->block_http, pv->block_http_len);
-    else if (r->c->tls)
-        evbuffer_add(out, h->block_https, h->block_https_len);
-    else
-        evbuffer_add(out, h->block_http, h->block_http_len);
-    evbuffer_add_printf(out, "X-Request-Id: %s\r\n", r->request_id);
+    if (r->preview && r->c->tls) {
+        *p = pv->block_https;
+        *len = pv->block_https_len;
+    } else if (r->preview) {
+        *p = pv->block_http;
+        *len = pv->block_http_len;
+    } else if (r->c->tls) {
+        *p = h->block_https;
+        *len = h->block_https_len;
+    } else {
+        *p = h->block_http;
+        *len = h->block_http_len;
+    }
+}
+
+size_t respond_common_len(const struct req *r)
+{
+    const char *block;
+    size_t len;
+
+    security_block(r, &block, &len);
+    return len + sizeof("X-Request-Id: \r\n") + sizeof(r->request_id) + r->extra_len +
+           sizeof("Connection: keep-alive\r\n");
+}
+
+void respond_common_headers(struct req *r, struct wbuf *out)
+{
+    const char *block;
+    size_t len;
+
+    security_block(r, &block, &len);
+    wbuf_put(out, block, len);
+    wbuf_lit(out, "X-Request-Id: ");
+    wbuf_str(out, r->request_id);
+    wbuf_lit(out, "\r\n");
     if (r->extra_len)
-        evbuffer_add(out, r->rb->extra, r->extra_len);
+        wbuf_put(out, r->rb->extra, r->extra_len);
     if (r->close_after)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        wbuf_lit(out, "Connection: close\r\n");
     else if (r->h.version_minor == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+        wbuf_lit(out, "Connection: keep-alive\r\n");
 }
 
 /* Send a complete response flowgate made itself, then finish the request. */
@@ -103,30 +131,44 @@ static void send_own(struct req *r, int status, const char *reason, const char *
                      const char *ctype, const char *body, size_t body_len)
 {
     struct conn *c = r->c;
-    struct evbuffer *out = c->io->out;
-    size_t before = evbuffer_get_length(out);
     bool head = r->h.method == HTTP_HEAD;
+    size_t extra_len = extra ? strlen(extra) : 0;
+    size_t ctype_len = ctype ? strlen(ctype) : 0;
+    struct wbuf b;
 
     /* A request whose body was not read cannot be followed by another on
      * this connection: its body bytes would be taken for the next head. */
     if (r->body == BODY_PENDING)
         r->close_after = true;
     r->status = status;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, reason);
-    respond_common_headers(r, out);
-    cors_write_vary(r->cfg, NULL, 0, out);
-    if (extra)
-        evbuffer_add(out, extra, strlen(extra));
+    wbuf_begin(&b, c->io->out,
+               64 + strlen(reason) + respond_common_len(r) + sizeof("Vary: Origin\r\n") +
+                   extra_len + ctype_len + 64 + body_len);
+    wbuf_lit(&b, "HTTP/1.1 ");
+    wbuf_u64(&b, (uint64_t)status);
+    wbuf_lit(&b, " ");
+    wbuf_str(&b, reason);
+    wbuf_lit(&b, "\r\n");
+    respond_common_headers(r, &b);
+    cors_write_vary(r->cfg, NULL, 0, &b);
+    wbuf_put(&b, extra, extra_len);
     if (ctype)
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+        wbuf_header(&b, "Content-Type", 12, ctype, ctype_len);
     /* RFC 9110 section 8.6: no Content-Length in a 204. */
-    if (status == 204)
-        evbuffer_add(out, "\r\n", 2);
-    else
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", body_len);
+    if (status != 204) {
+        wbuf_lit(&b, "Content-Length: ");
+        wbuf_u64(&b, body_len);
+        wbuf_lit(&b, "\r\n");
+    }
+    wbuf_lit(&b, "\r\n");
     if (!head && body_len)
-        evbuffer_add(out, body, body_len);
-    r->bytes_out += evbuffer_get_length(out) - before;
+        wbuf_put(&b, body, body_len);
+    size_t n = wbuf_len(&b);
+    if (wbuf_end(&b) < 0) {
+        conn_close(c, false); /* out of memory: no half response */
+        return;
+    }
+    r->bytes_out += n;
     r->response_started = true;
     c->state = CONN_RESPONDING;
     conn_finish_request(c); /* logs, then sends */

@@ -8,6 +8,7 @@
 #include <event2/buffer.h>
 
 struct req;
+struct wbuf;
 
 enum fg_error {
     FG_ERR_BAD_REQUEST = 0,       /* 400 bad_request, close */
@@ -47,9 +48,11 @@ void respond_redirect(struct req *r);
 
 /*
  * Append the headers every response carries: the security header block
- * (HSTS only over TLS), X-Request-Id, and Connection as decided.
+ * (HSTS only over TLS), X-Request-Id, the stages' lines and Connection as
+ * decided. respond_common_len() bounds their length.
  */
-void respond_common_headers(struct req *r, struct evbuffer *out);
+void respond_common_headers(struct req *r, struct wbuf *out);
+size_t respond_common_len(const struct req *r);
 
 /* Extra response headers a stage wants on the final response, whoever writes
  * it (upstream or flowgate): X-RateLimit-*, CORS. Copied into the request. */
