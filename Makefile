@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 
 LLHTTP_DIR  := /usr/share/llhttp
 LLHTTP_INC  := /usr/share/include/llhttp
-PKGS        := libevent libevent_openssl libevent_pthreads openssl libjwt hiredis jansson libconfig
+PKGS        := libevent libevent_openssl openssl libjwt hiredis jansson libconfig
 
 PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm

@@ -387,7 +387,7 @@ static int req_begin_unparsed(struct conn *c)
     }
     req_reset(c->r);
     gettimeofday(&c->r->start, NULL);
-    snprintf(c->r->client_ip, sizeof(c->r->client_ip), "%s", c->peer_ip);
+    memcpy(c->r->client_ip, c->peer_ip, sizeof(c->r->client_ip));
     worker_request_id(c->w, c->r->request_id);
     return 0;
 }
@@ -582,7 +582,7 @@ static void find_client(struct req *r, bool peer_trusted)
     struct conn *c = r->c;
     const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
 
-    snprintf(r->client_ip, sizeof(r->client_ip), "%s", c->peer_ip);
+    memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
     if (!peer_trusted || xff == NULL)
         return;
     r->xff_prior = xff->value;
@@ -730,7 +730,7 @@ static void handle_head(struct conn *c, size_t head_len)
     if (st == H1_OK) {
         find_client(r, trusted);
     } else {
-        snprintf(r->client_ip, sizeof(r->client_ip), "%s", c->peer_ip);
+        memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
     }
     assign_request_id(r, st == H1_OK && trusted);
     if (st != H1_OK) {
@@ -821,13 +821,8 @@ static void log_request(struct req *r)
 {
     struct conn *c = r->c;
     struct timeval now;
-    char tls_ver[16] = "";
 
     gettimeofday(&now, NULL);
-    if (c->tls) {
-        if (c->io && c->io->ssl)
-            snprintf(tls_ver, sizeof(tls_ver), "%s", tls_version_str(c->io->ssl));
-    }
     struct log_access_rec rec = {
         .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,
         .request_id = r->request_id,
@@ -850,7 +845,7 @@ static void log_request(struct req *r)
         .user = r->user,
         .user_len = r->user_len,
         .tier = r->tier,
-        .tls_version = c->tls ? tls_ver : NULL,
+        .tls_version = c->tls && c->io && c->io->ssl ? tls_version_str(c->io->ssl) : NULL,
         .ratelimit = r->ratelimit,
         .error = r->error_code,
     };

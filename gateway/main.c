@@ -11,11 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <libconfig.h>
@@ -41,7 +41,8 @@ struct app {
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *tick;          /* ticket key rotation */
     struct event *deadline;      /* shutdown_timeout_ms */
-    struct event *exited_ev;     /* a worker loop ended */
+    struct event *exited_ev;     /* a worker loop ended (exited_fd) */
+    int exited_fd;               /* eventfd the workers write as they end */
     bool stopping;
 };
 
@@ -157,13 +158,16 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 
     log_warn("shutdown timeout: closing the remaining connections");
     for (unsigned i = 0; i < app->nworkers; i++)
-        event_base_loopbreak(app->workers[i].base);
+        worker_break(&app->workers[i]);
 }
 
 static void on_worker_exit(evutil_socket_t fd, short what, void *arg)
 {
     struct app *app = arg;
+    uint64_t n;
 
+    while (read(fd, &n, sizeof(n)) > 0)
+        ;
     if (__atomic_load_n(&app->nexited, __ATOMIC_ACQUIRE) == app->nworkers)
         event_base_loopbreak(app->base);
 }
@@ -180,8 +184,11 @@ static struct app *g_app; /* for the worker-exit hook only */
 
 static void worker_exited(void)
 {
+    uint64_t one = 1;
+
     __atomic_add_fetch(&g_app->nexited, 1, __ATOMIC_RELEASE);
-    event_active(g_app->exited_ev, EV_TIMEOUT, 1);
+    if (write(g_app->exited_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        abort(); /* the main loop would wait for this worker for ever */
 }
 
 static int setup_events(struct app *app)
@@ -194,9 +201,14 @@ static int setup_events(struct app *app)
     app->sig_usr1 = evsignal_new(app->base, SIGUSR1, on_signal, app);
     app->tick = event_new(app->base, -1, EV_PERSIST, on_tick, app);
     app->deadline = evtimer_new(app->base, on_deadline, app);
-    app->exited_ev = event_new(app->base, -1, 0, on_worker_exit, app);
+    /* Threads reach the main loop only through this eventfd: libevent runs
+     * without locks, each base touched by its own thread alone. */
+    app->exited_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (app->exited_fd < 0)
+        return -1;
+    app->exited_ev = event_new(app->base, app->exited_fd, EV_READ | EV_PERSIST, on_worker_exit, app);
     if (!app->sig_term || !app->sig_int || !app->sig_hup || !app->sig_usr1 || !app->tick ||
-        !app->deadline || !app->exited_ev)
+        !app->deadline || !app->exited_ev || event_add(app->exited_ev, NULL) < 0)
         return -1;
     evsignal_add(app->sig_term, NULL);
     evsignal_add(app->sig_int, NULL);
@@ -247,6 +259,8 @@ static void cleanup(struct app *app)
             event_free(evs[i]);
     tls_free(app->tls);
     cfg_unref(app->cfg);
+    if (app->exited_fd >= 0)
+        close(app->exited_fd);
     if (app->base)
         event_base_free(app->base);
     log_close();
@@ -263,7 +277,7 @@ static int run(const char *path)
     g_app = &app;
     worker_exit_hook = worker_exited;
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
+    app.exited_fd = -1;
     app.cfg = cfg_load(path, err, ERRBUF);
     if (app.cfg == NULL) {
         fputs(err, stderr);

@@ -371,7 +371,10 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
     }
     c->up = uc;
     uc->owner = c;
-    snprintf(c->r->upstream_addr, sizeof(c->r->upstream_addr), "%s", upstream_server_text(uc));
+    const char *addr = upstream_server_text(uc);
+    size_t len = strnlen(addr, sizeof(c->r->upstream_addr) - 1);
+    memcpy(c->r->upstream_addr, addr, len);
+    c->r->upstream_addr[len] = '\0';
     gettimeofday(&c->r->up_start, NULL);
     event_assign(uc->timer, c->w->base, -1, 0, up_timeout_cb, uc);
     io_setcb(uc->io, up_read_cb, up_write_cb, up_event_cb, uc);

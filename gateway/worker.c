@@ -12,13 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
 #include <netinet/in.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 
 #include "conn.h"
 #include "jwtauth.h"
@@ -122,12 +122,21 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
         pause_listeners(w);
 }
 
+/* A stopped worker whose last connection is gone ends its loop (timers
+ * of the resolver or the Redis link do not keep it alive). */
+static void maybe_done(struct worker *w)
+{
+    if (w->stopping && w->conns == NULL)
+        event_base_loopbreak(w->base);
+}
+
 void worker_conn_closed(struct worker *w)
 {
     int n = __atomic_sub_fetch(&worker_nconns, 1, __ATOMIC_RELAXED);
 
     if (n < (int)w->cfg->limits.max_connections)
         resume_listeners(w);
+    maybe_done(w);
 }
 
 /* Reserve a connection slot; false when the process is at its limit. */
@@ -189,7 +198,7 @@ void worker_request_id(struct worker *w, char out[33])
     out[32] = '\0';
 }
 
-static void stop_cb(evutil_socket_t fd, short what, void *arg);
+static void wake_cb(evutil_socket_t fd, short what, void *arg);
 
 /* A preview name no longer resolves to OLD: its idle connections there
  * would reach whatever now listens at that address. */
@@ -202,6 +211,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
                 char *err, size_t errlen)
 {
     memset(w, 0, sizeof(*w));
+    w->wake_fd = -1;
     w->id = id;
     w->cfg = cfg_ref(cfg);
     w->tls = tls;
@@ -212,10 +222,18 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
         snprintf(err, errlen, "event_base_new failed");
         return -1;
     }
+    /* Other threads reach the worker only through this eventfd: libevent
+     * runs without locks, each base touched by its own thread alone. */
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        return -1;
+    }
     w->resume_ev = evtimer_new(w->base, resume_cb, w);
-    w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
+    w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
     w->listeners = calloc(cfg->nhttps + cfg->nhttp + 1, sizeof(*w->listeners));
-    if (w->resume_ev == NULL || w->stop_ev == NULL || w->listeners == NULL) {
+    if (w->resume_ev == NULL || w->wake_ev == NULL || w->listeners == NULL ||
+        event_add(w->wake_ev, NULL) < 0) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -255,10 +273,8 @@ int worker_start(struct worker *w)
 
 /* Graceful stop, on the worker's own thread: stop accepting, close idle
  * connections, and let the loop end when the last request finishes. */
-static void stop_cb(evutil_socket_t fd, short what, void *arg)
+static void stop(struct worker *w)
 {
-    struct worker *w = arg;
-
     w->stopping = true;
     event_del(w->resume_ev);
     for (size_t i = 0; i < w->nlisteners; i++) {
@@ -275,11 +291,39 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
     }
     upstream_pools_close_idle(w);
     ratelimit_worker_stop(w);
+    maybe_done(w);
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+
+    while (read(fd, &n, sizeof(n)) > 0)
+        ;
+    if (__atomic_load_n(&w->break_asked, __ATOMIC_ACQUIRE))
+        event_base_loopbreak(w->base);
+    else if (__atomic_load_n(&w->stop_asked, __ATOMIC_ACQUIRE) && !w->stopping)
+        stop(w);
+}
+
+static void wake(struct worker *w, int *flag)
+{
+    uint64_t one = 1;
+
+    __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+    if (write(w->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_error("worker %u: cannot wake it: %s", w->id, strerror(errno));
 }
 
 void worker_stop(struct worker *w)
 {
-    event_active(w->stop_ev, EV_TIMEOUT, 1);
+    wake(w, &w->stop_asked);
+}
+
+void worker_break(struct worker *w)
+{
+    wake(w, &w->break_asked);
 }
 
 void worker_join(struct worker *w)
@@ -311,8 +355,10 @@ void worker_free(struct worker *w)
     w->resolver = NULL;
     if (w->resume_ev)
         event_free(w->resume_ev);
-    if (w->stop_ev)
-        event_free(w->stop_ev);
+    if (w->wake_ev)
+        event_free(w->wake_ev);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
     if (w->base)
         event_base_free(w->base);
     cfg_unref(w->cfg);

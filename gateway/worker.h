@@ -64,7 +64,9 @@ struct worker {
     struct upstream_dyn *dyn;       /* preview pools by address; created on first use */
     struct resolver *resolver;      /* preview upstream names; NULL without previews */
     struct event *resume_ev;        /* re-arms paused listeners */
-    struct event *stop_ev;          /* manual-activated: begin graceful stop */
+    int wake_fd;                    /* eventfd: another thread asks (stop_asked, break_asked) */
+    struct event *wake_ev;          /* reads wake_fd */
+    int stop_asked, break_asked;    /* atomic */
     struct conn *conns;             /* every open client connection (list) */
     struct reqbuf *reqbufs;         /* free request buffers (conn.c) */
     unsigned nreqbufs;
@@ -88,6 +90,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
                 char *err, size_t errlen);
 int worker_start(struct worker *w);      /* spawn the thread */
 void worker_stop(struct worker *w);      /* thread-safe: stop accepting, drain, exit loop */
+void worker_break(struct worker *w);     /* thread-safe: end the loop now (shutdown timeout) */
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 
