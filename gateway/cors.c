@@ -246,18 +246,33 @@ void cors_write_vary(const struct fg_config *cfg, const struct h1_header *hs, si
  */
 static void add_allow_headers(struct req *r, const struct h1_header *origin, bool preflight)
 {
+    static const char acao[] = "Access-Control-Allow-Origin: ";
+    static const char acac[] = "\r\nAccess-Control-Allow-Credentials: true";
+    static const char aceh[] = "\r\nAccess-Control-Expose-Headers: ";
     const struct fg_cors *c = &r->cfg->cors;
-    const char *cred = c->credentials ? "Access-Control-Allow-Credentials: true\r\n" : "";
     const char *expose = preflight ? "" : c->expose_headers;
+    size_t elen = strlen(expose);
     char buf[1024];
-    int n;
+    size_t n = 0;
 
-    n = snprintf(buf, sizeof(buf), "Access-Control-Allow-Origin: %.*s\r\n%s%s%s%s",
-                 (int)origin->value_len, origin->value, cred,
-                 expose[0] ? "Access-Control-Expose-Headers: " : "", expose,
-                 expose[0] ? "\r\n" : "");
-    if (n > 0 && (size_t)n < sizeof(buf))
-        respond_add_header(r, buf, (size_t)n);
+    if (sizeof(acao) + origin->value_len + sizeof(acac) + sizeof(aceh) + elen + 2 > sizeof(buf))
+        return;
+    memcpy(buf, acao, sizeof(acao) - 1);
+    n = sizeof(acao) - 1;
+    memcpy(buf + n, origin->value, origin->value_len);
+    n += origin->value_len;
+    if (c->credentials) {
+        memcpy(buf + n, acac, sizeof(acac) - 1);
+        n += sizeof(acac) - 1;
+    }
+    if (elen) {
+        memcpy(buf + n, aceh, sizeof(aceh) - 1);
+        n += sizeof(aceh) - 1;
+        memcpy(buf + n, expose, elen);
+        n += elen;
+    }
+    memcpy(buf + n, "\r\n", 2);
+    respond_add_header(r, buf, n + 2);
 }
 
 /* ---- the stage ------------------------------------------------------------ */

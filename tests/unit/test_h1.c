@@ -804,6 +804,82 @@ static void test_helpers(void **state)
     assert_string_equal(h1_status_str(H1_OK), "ok");
 }
 
+/* The byte-by-byte definition of h1_head_end's verdicts (RFC 9112 2.2,
+ * 5.2): the first offending byte decides, running out of input is -2. */
+static ssize_t head_end_reference(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+        if (c == '\0')
+            return -1;
+        if (c == '\r') {
+            if (i + 1 == len)
+                return -2;
+            if (buf[i + 1] != '\n')
+                return -1;
+            continue;
+        }
+        if (c != '\n')
+            continue;
+        if (i == 0 || buf[i - 1] != '\r' || i == 1)
+            return -1;
+        if (i + 1 == len)
+            return -2;
+        if (buf[i + 1] == ' ' || buf[i + 1] == '\t')
+            return -1;
+        if (buf[i + 1] == '\r') {
+            if (i + 2 == len)
+                return -2;
+            return buf[i + 2] != '\n' ? -1 : (ssize_t)(i + 3);
+        }
+    }
+    return -2;
+}
+
+/* Every string up to 7 bytes over the bytes that matter, then longer
+ * random ones: the scanner agrees with the definition on each. */
+static void test_head_end_matches_reference(void **state)
+{
+    static const char alpha[] = {'a', ':', ' ', '\t', '\r', '\n', '\0'};
+    char buf[64];
+    uint64_t rnd = 0x9e3779b97f4a7c15ULL;
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    /* One page followed by a guard page: each input ends at the boundary,
+     * so a read past it faults. */
+    char *map = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(map != MAP_FAILED);
+    assert_int_equal(mprotect(map + pg, pg, PROT_NONE), 0);
+#define guarded(b, n) ((char *)memcpy(map + pg - (n), (b), (n)))
+
+    for (size_t len = 0; len <= 7; len++) {
+        size_t total = 1;
+        for (size_t k = 0; k < len; k++)
+            total *= sizeof(alpha);
+        for (size_t n = 0; n < total; n++) {
+            size_t x = n;
+            for (size_t k = 0; k < len; k++, x /= sizeof(alpha))
+                buf[k] = alpha[x % sizeof(alpha)];
+            char *g = guarded(buf, len);
+            if (h1_head_end(g, len) != head_end_reference(buf, len))
+                fail_msg("length %zu, case %zu: %zd, expected %zd", len, n, h1_head_end(g, len),
+                         head_end_reference(buf, len));
+        }
+    }
+    for (int n = 0; n < 200000; n++) {
+        rnd ^= rnd << 13, rnd ^= rnd >> 7, rnd ^= rnd << 17;
+        size_t len = rnd % sizeof(buf);
+        for (size_t k = 0; k < len; k++) {
+            rnd ^= rnd << 13, rnd ^= rnd >> 7, rnd ^= rnd << 17;
+            /* mostly letters, so long lines and real heads occur too */
+            buf[k] = (rnd & 3) ? 'a' : alpha[(rnd >> 2) % sizeof(alpha)];
+        }
+        char *g = guarded(buf, len);
+        assert_int_equal(h1_head_end(g, len), head_end_reference(buf, len));
+    }
+#undef guarded
+    munmap(map, 2 * pg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -834,6 +910,7 @@ int main(void)
         cmocka_unit_test_teardown(test_response_eof, release_slots),
         cmocka_unit_test_teardown(test_bad_responses, release_slots),
         cmocka_unit_test_teardown(test_helpers, release_slots),
+        cmocka_unit_test(test_head_end_matches_reference),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
