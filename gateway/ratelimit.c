@@ -663,7 +663,11 @@ static void ask_done(void *arg, enum rl_call_status status, const redisReply *re
         v = decide_without_redis(r, &q->plan); /* rl_redis.c counted and logged it */
     }
     ask_put(c->w->rl, q);
-    stage_resume(r, v);
+    /* An answer (429, 503) has finished the request already, and may have
+     * given its memory back to the worker (or freed it): only a request that
+     * goes on is touched again. */
+    if (v == STAGE_NEXT)
+        stage_resume(r, v);
     conn_release(c);
 }
 
