@@ -3,9 +3,10 @@
  *
  * One request: build the plan (every limit that applies and its key), ask
  * the refusal cache (an identity Redis refused until T is refused here until
- * T), then run the GCRA script on Redis in one round trip and wait; when the
- * link is down, the call fails or its deadline passes, on_redis_failure
- * decides (local limiter, allow, or 503). The answer adds X-RateLimit-*
+ * T), then run the GCRA script on Redis in one round trip (together with
+ * the other requests of the same loop round: rl_redis.c batches them) and
+ * wait; when the link is down, the call fails or its deadline passes,
+ * on_redis_failure decides (local limiter, allow, or 503). The answer adds X-RateLimit-*
  * (and optionally the IETF draft headers) to whatever response follows.
  */
 #include <stdio.h>
@@ -77,57 +78,71 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
 }
 
 /*
- * The same decision on Redis's clock, for every limit of a request in one
- * atomic step. KEYS[i] is limit i's key, ARGV[2i-1] its interval T in
- * nanoseconds and ARGV[2i] its limit. Each key holds its TAT as decimal
+ * The same decision on Redis's clock, for a batch of requests (the calls
+ * rl_redis.c gathered in one loop round) in one atomic step: each request
+ * is decided in turn, in the order given, and sees what the ones before it
+ * stored, so it gets the decision it would have got alone. KEYS holds every
+ * request's keys, one after the other. ARGV holds, per request, its number
+ * of limits N, its number of arguments (2N), then for limit i its interval
+ * T in nanoseconds and its limit. Each key holds its TAT as decimal
  * microseconds with three digits of nanoseconds ("1700000000123456.789"; a
  * plain integer, as stored before nanoseconds, reads as .000, and a script
  * that reads it with tonumber() is off by less than a microsecond) and
  * expires when the TAT is reached (a key past its TAT means the same as no
  * key). Lua numbers are doubles, exact below 2^53: an absolute time in
  * nanoseconds is not, so the script works in nanoseconds relative to NOW
- * (exact for windows up to 104 days). Returns, per limit: admits (0/1),
- * remaining, reset (ms, rounded up), retry-after (ms, rounded up).
+ * (exact for windows up to 104 days). Returns an array with one element per
+ * request: per limit, admits (0/1), remaining, reset (ms, rounded up),
+ * retry-after (ms, rounded up).
  */
 static const char rl_script[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local n = #KEYS\n"
-    "local d, admits, all = {}, {}, true\n"
-    "for i = 1, n do\n"
-    "  local T = tonumber(ARGV[2 * i - 1])\n"
-    "  local tau = T * (tonumber(ARGV[2 * i]) - 1)\n"
-    "  local us, ns = string.match(redis.call('GET', KEYS[i]) or '', '^(%d+)%.?(%d*)$')\n"
-    "  local v = 0\n"
-    "  if us then v = (tonumber(us) - now) * 1000 + tonumber(string.sub(ns .. '000', 1, 3)) end\n"
-    "  if v < 0 then v = 0 end\n"
-    "  d[i] = v\n"
-    "  admits[i] = v <= tau\n"
-    "  if not admits[i] then all = false end\n"
-    "end\n"
-    "local out = {}\n"
-    "for i = 1, n do\n"
-    "  local T = tonumber(ARGV[2 * i - 1])\n"
-    "  local limit = tonumber(ARGV[2 * i])\n"
-    "  local tau = T * (limit - 1)\n"
-    "  local after = d[i]\n"
-    "  if all then\n"
-    "    after = after + T\n"
-    "    local us = math.floor(after / 1000)\n"
-    "    redis.call('SET', KEYS[i], string.format('%d.%03d', now + us, after - us * 1000),\n"
-    "               'PX', math.ceil(after / 1000000))\n"
+    "local function decide(k, a, n)\n"
+    "  local d, admits, all = {}, {}, true\n"
+    "  for i = 1, n do\n"
+    "    local T = tonumber(ARGV[a + 2 * i - 1])\n"
+    "    local tau = T * (tonumber(ARGV[a + 2 * i]) - 1)\n"
+    "    local us, ns = string.match(redis.call('GET', KEYS[k + i]) or '', '^(%d+)%.?(%d*)$')\n"
+    "    local v = 0\n"
+    "    if us then v = (tonumber(us) - now) * 1000 + tonumber(string.sub(ns .. '000', 1, 3)) end\n"
+    "    if v < 0 then v = 0 end\n"
+    "    d[i] = v\n"
+    "    admits[i] = v <= tau\n"
+    "    if not admits[i] then all = false end\n"
     "  end\n"
-    "  local rem = math.floor((tau + T - after) / T)\n"
-    "  if rem < 0 then rem = 0 end\n"
-    "  if rem > limit then rem = limit end\n"
-    "  local retry = 0\n"
-    "  if not admits[i] then retry = d[i] - tau end\n"
-    "  out[#out + 1] = admits[i] and 1 or 0\n"
-    "  out[#out + 1] = rem\n"
-    "  out[#out + 1] = math.ceil(after / 1000000)\n"
-    "  out[#out + 1] = math.ceil(retry / 1000000)\n"
+    "  local out = {}\n"
+    "  for i = 1, n do\n"
+    "    local T = tonumber(ARGV[a + 2 * i - 1])\n"
+    "    local limit = tonumber(ARGV[a + 2 * i])\n"
+    "    local tau = T * (limit - 1)\n"
+    "    local after = d[i]\n"
+    "    if all then\n"
+    "      after = after + T\n"
+    "      local us = math.floor(after / 1000)\n"
+    "      redis.call('SET', KEYS[k + i], string.format('%d.%03d', now + us, after - us * 1000),\n"
+    "                 'PX', math.ceil(after / 1000000))\n"
+    "    end\n"
+    "    local rem = math.floor((tau + T - after) / T)\n"
+    "    if rem < 0 then rem = 0 end\n"
+    "    if rem > limit then rem = limit end\n"
+    "    local retry = 0\n"
+    "    if not admits[i] then retry = d[i] - tau end\n"
+    "    out[#out + 1] = admits[i] and 1 or 0\n"
+    "    out[#out + 1] = rem\n"
+    "    out[#out + 1] = math.ceil(after / 1000000)\n"
+    "    out[#out + 1] = math.ceil(retry / 1000000)\n"
+    "  end\n"
+    "  return out\n"
     "end\n"
-    "return out\n";
+    "local res, k, a = {}, 0, 1\n"
+    "while a <= #ARGV do\n"
+    "  local n = tonumber(ARGV[a])\n"
+    "  res[#res + 1] = decide(k, a + 1, n)\n"
+    "  k = k + n\n"
+    "  a = a + 2 + tonumber(ARGV[a + 1])\n"
+    "end\n"
+    "return res\n";
 
 /* ---- identities and keys ------------------------------------------------- */
 
@@ -611,8 +626,9 @@ static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
  * monotonic now never overflow. */
 #define RL_REPLY_MS_MAX (INT64_C(1) << 42)
 
-/* The script's reply: 4 integers per limit (see rl_script). 0 or -1; a
- * reply out of range (not from our script) is a failed call. */
+/* The request's element of the script's reply: 4 integers per limit (see
+ * rl_script). 0 or -1; a reply out of range (not from our script) is a
+ * failed call. */
 static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res, bool *admitted)
 {
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 * n)
@@ -753,6 +769,7 @@ static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_l
             continue;
         rl_link_stats(workers[i].rl->link, &s);
         out->calls += s.calls;
+        out->batches += s.batches;
         out->errors += s.errors;
         out->lat_sum_us += s.lat_sum_us;
         for (size_t b = 0; b <= RL_LAT_BUCKETS; b++)
@@ -791,6 +808,8 @@ size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, si
            strcmp(ratelimit_redis_state(workers, n), "up") == 0);
     APPEND("# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
            (unsigned long long)s.errors);
+    APPEND("# TYPE flowgate_redis_batches_total counter\nflowgate_redis_batches_total %llu\n",
+           (unsigned long long)s.batches);
     APPEND("# TYPE flowgate_redis_call_duration_seconds histogram\n");
     for (size_t b = 0; b < RL_LAT_BUCKETS; b++) {
         cum += s.lat_buckets[b];

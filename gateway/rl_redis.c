@@ -1,15 +1,18 @@
 /*
- * rl_redis.c - one worker's hiredis link: connect, handshake, EVALSHA with
- * a deadline per call, reconnect with backoff.
+ * rl_redis.c - one worker's hiredis link: connect, handshake, batched
+ * EVALSHA with a deadline per call, reconnect with backoff.
  *
- * Ownership: a call record belongs to hiredis from the moment it is queued
- * (it is the callback's privdata) until hiredis calls back, which it does
- * exactly once: with the reply, or with NULL when the connection is freed.
- * The record is freed there and nowhere else. A request that stops waiting
- * (deadline, client gone) only clears the record's done/arg, so a late reply
- * finds nothing to touch. "Freed" means given back to the link's free list
- * (bounded), with its deadline timer and command buffer, so that a call
- * allocates nothing of its own once the worker is warm.
+ * Ownership: a call record belongs to its batch from rl_link_eval on. A
+ * batch belongs to the link's send queue until the flush event sends it,
+ * then to hiredis (it is the callback's privdata) until hiredis calls back,
+ * which it does exactly once: with the reply, or with NULL when the
+ * connection is freed. A batch and its calls are freed there, or by the
+ * flush event when the batch cannot be sent, or by rl_link_free, and
+ * nowhere else. A request that stops waiting (deadline, client gone) only
+ * clears its record's done/arg, so a late reply finds nothing to touch.
+ * "Freed" means given back to the link's free lists (bounded), with the
+ * call's deadline timer and the batch's buffers, so that a call allocates
+ * nothing of its own once the worker is warm.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,31 +36,37 @@
 #define RL_BACKOFF_MIN_MS 100
 #define RL_BACKOFF_MAX_MS 5000
 #define RL_HANDSHAKE_MIN_MS 1000 /* connect + AUTH + SELECT + SCRIPT LOAD */
-#define RL_MAX_ARGS 64
-#define RL_CALL_KEEP 64 /* idle call records a link keeps for reuse */
+#define RL_CALL_ARGS 64          /* keys and arguments of one call, at most */
+#define RL_CALL_KEEP 64          /* idle call records a link keeps for reuse */
+#define RL_BATCH_KEEP 4          /* idle batches a link keeps for reuse */
 
 const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS] = {250,   500,   1000,  2500,  5000,
                                                    10000, 25000, 50000, 100000};
 
 struct rl_link {
-    struct event_base *base;    /* the worker's */
-    const struct fg_redis *cfg; /* the snapshot's redis group */
-    const char *script;         /* the Lua source (static, not owned) */
-    char sha[41];               /* its SHA1, lowercase hex */
-    redisAsyncContext *ac;      /* NULL while DOWN; hiredis frees it on disconnect */
-    int state;                  /* enum rl_link_state; atomic (read by admin) */
-    uint32_t backoff_ms;        /* next retry delay */
-    struct event *retry_ev;     /* reconnect after backoff_ms */
-    struct event *handshake_ev; /* the handshake's deadline */
-    bool logged_down;           /* "down" already logged since the last "up" */
-    bool logged_reply_error;    /* an error reply logged since the last good one */
-    bool stopping;              /* worker stopping: no reconnect, close when idle */
-    unsigned pending;           /* calls queued on the connection, detached or not */
-    struct rl_link_stats stats; /* atomic counters (read by admin) */
-    struct resolver *rs;        /* the worker's resolver, for a Redis host name */
-    struct resolver_wait dns;   /* a lookup in flight (dns.e != NULL) */
-    struct rl_call *free_calls; /* idle call records (call_free), reused by calls */
-    unsigned nfree_calls;       /* at most RL_CALL_KEEP */
+    struct event_base *base;       /* the worker's */
+    const struct fg_redis *cfg;    /* the snapshot's redis group */
+    const char *script;            /* the Lua source (static, not owned) */
+    char sha[41];                  /* its SHA1, lowercase hex */
+    redisAsyncContext *ac;         /* NULL while DOWN; hiredis frees it on disconnect */
+    int state;                     /* enum rl_link_state; atomic (read by admin) */
+    uint32_t backoff_ms;           /* next retry delay */
+    struct event *retry_ev;        /* reconnect after backoff_ms */
+    struct event *handshake_ev;    /* the handshake's deadline */
+    bool logged_down;              /* "down" already logged since the last "up" */
+    bool logged_reply_error;       /* an error reply logged since the last good one */
+    bool stopping;                 /* worker stopping: no reconnect, close when idle */
+    unsigned pending;              /* calls made and not over (unsent or sent), detached or not */
+    struct rl_link_stats stats;    /* atomic counters (read by admin) */
+    struct resolver *rs;           /* the worker's resolver, for a Redis host name */
+    struct resolver_wait dns;      /* a lookup in flight (dns.e != NULL) */
+    struct rl_call *free_calls;    /* idle call records (call_free), reused by calls */
+    unsigned nfree_calls;          /* at most RL_CALL_KEEP */
+    struct rl_batch *unsent;       /* batches waiting for the flush event, oldest first */
+    struct rl_batch *unsent_tail;  /* the newest: calls are added to it while it has room */
+    struct event *flush_ev;        /* zero-delay: sends the unsent batches */
+    struct rl_batch *free_batches; /* idle batches, reused */
+    unsigned nfree_batches;        /* at most RL_BATCH_KEEP */
 };
 
 struct rl_call {
@@ -66,16 +75,36 @@ struct rl_call {
     rl_call_done_fn *done; /* NULL once detached or answered */
     void *arg;
     struct event *deadline; /* timeout_ms after the call was queued; kept while idle */
-    char *cmd;              /* formatted EVALSHA, kept for a NOSCRIPT retry */
-    size_t cmd_len;
-    size_t cmd_cap;   /* bytes allocated at cmd; kept while idle */
-    int64_t start_us; /* monotonic, for the latency histogram */
-    bool retried;     /* already re-sent once after NOSCRIPT */
+    int64_t start_us;       /* monotonic, for the latency histogram */
+};
+
+/* A growable byte buffer; its memory is kept while the batch is idle. */
+struct rl_buf {
+    char *p;
+    size_t len;
+    size_t cap;
+};
+
+/* The calls of one EVALSHA (see rl_link_eval for its layout). */
+struct rl_batch {
+    struct rl_link *link;
+    struct rl_batch *next;                 /* the send queue or the free list */
+    struct rl_call *calls[RL_BATCH_CALLS]; /* in the order they were made */
+    unsigned ncalls;
+    unsigned nkeys;     /* bulk strings in keys */
+    unsigned nargs;     /* bulk strings in args, the per-call headers included */
+    struct rl_buf keys; /* every call's keys, in RESP */
+    struct rl_buf args; /* per call: NKEYS, NARGS and its arguments, in RESP */
+    struct rl_buf cmd;  /* the whole EVALSHA once sent, kept for a NOSCRIPT retry */
+    bool retried;       /* already re-sent once after NOSCRIPT */
 };
 
 static void link_connect(struct rl_link *l);
 static void link_connect_to(struct rl_link *l, const char *host);
 static void call_destroy(struct rl_call *c);
+static void batch_destroy(struct rl_batch *b);
+static void batch_fail_unsent(struct rl_link *l);
+static void flush_cb(evutil_socket_t fd, short what, void *arg);
 
 const char *rl_link_state_str(enum rl_link_state st)
 {
@@ -93,6 +122,7 @@ const char *rl_call_status_str(enum rl_call_status st)
     case RL_CALL_OK: return "ok";
     case RL_CALL_ERROR: return "error";
     case RL_CALL_TIMEOUT: return "timeout";
+    case RL_CALL_BAD_REPLY: return "bad_reply";
     }
     return "?";
 }
@@ -370,7 +400,8 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
         snprintf(l->sha + 2 * i, 3, "%02x", md[i]);
     l->retry_ev = evtimer_new(base, retry_cb, l);
     l->handshake_ev = evtimer_new(base, handshake_timeout_cb, l);
-    if (l->retry_ev == NULL || l->handshake_ev == NULL) {
+    l->flush_ev = event_new(base, -1, 0, flush_cb, l);
+    if (l->retry_ev == NULL || l->handshake_ev == NULL || l->flush_ev == NULL) {
         rl_link_free(l);
         return NULL;
     }
@@ -386,13 +417,21 @@ void rl_link_free(struct rl_link *l)
     if (l->ac != NULL) {
         redisAsyncContext *ac = l->ac;
         l->ac = NULL;
-        redisAsyncFree(ac); /* answers every pending call with NULL */
+        redisAsyncFree(ac); /* answers every batch sent with NULL */
     }
+    batch_fail_unsent(l);
     while (l->free_calls != NULL) { /* after the answers above: they come back here */
         struct rl_call *c = l->free_calls;
         l->free_calls = c->next;
         call_destroy(c);
     }
+    while (l->free_batches != NULL) {
+        struct rl_batch *b = l->free_batches;
+        l->free_batches = b->next;
+        batch_destroy(b);
+    }
+    if (l->flush_ev)
+        event_free(l->flush_ev);
     if (l->retry_ev)
         event_free(l->retry_ev);
     if (l->handshake_ev)
@@ -408,7 +447,6 @@ static void call_destroy(struct rl_call *c)
 {
     if (c->deadline)
         event_free(c->deadline);
-    free(c->cmd);
     free(c);
 }
 
@@ -434,8 +472,9 @@ static struct rl_call *call_get(struct rl_link *l)
     return c;
 }
 
-/* The call is over (answered, or hiredis let go of it): back to the free
- * list, or freed when the list is full. Nothing may refer to C afterwards. */
+/* The call is over (its batch answered, or hiredis let go of it): back to
+ * the free list, or freed when the list is full. Nothing may refer to C
+ * afterwards. */
 static void call_free(struct rl_call *c)
 {
     struct rl_link *l = c->link;
@@ -443,8 +482,6 @@ static void call_free(struct rl_call *c)
     evtimer_del(c->deadline);
     c->done = NULL;
     c->arg = NULL;
-    c->retried = false;
-    c->cmd_len = 0;
     if (l->nfree_calls >= RL_CALL_KEEP) {
         call_destroy(c);
         return;
@@ -470,59 +507,309 @@ static bool is_noscript(const redisReply *reply)
     return reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
-/* An error reply (script error, OOM, BUSY) is a failed call: counted, and
- * logged once until a call succeeds again. */
-static void note_reply(struct rl_link *l, const redisReply *reply)
+/* A failed reply (an error: script error, OOM, BUSY; or a batch reply of
+ * the wrong shape, WHAT) is counted per call, and logged once until a call
+ * succeeds again. */
+static void note_failed_reply(struct rl_link *l, const char *what)
 {
-    if (reply->type != REDIS_REPLY_ERROR) {
-        l->logged_reply_error = false;
-        return;
-    }
     count(&l->stats.errors, 1);
     if (!l->logged_reply_error)
-        log_warn("redis %s: the rate-limit script failed: %.200s", l->cfg->address, reply->str);
+        log_warn("redis %s: the rate-limit script failed: %.200s", l->cfg->address, what);
     l->logged_reply_error = true;
 }
 
-/* hiredis's one callback for a call (see the ownership note on top). */
-static void call_reply_cb(redisAsyncContext *ac, void *r, void *priv)
+/* End C with STATUS and REPLY unless it was detached. */
+static void call_answer(struct rl_call *c, enum rl_call_status status, const redisReply *reply)
 {
-    struct rl_call *c = priv;
     struct rl_link *l = c->link;
+    rl_call_done_fn *done = c->done;
+    void *arg = c->arg;
+
+    if (done == NULL)
+        return;
+    c->done = NULL;
+    c->arg = NULL;
+    evtimer_del(c->deadline);
+    if (status == RL_CALL_OK || status == RL_CALL_BAD_REPLY) {
+        record_latency(l, mono_us() - c->start_us);
+        l->backoff_ms = RL_BACKOFF_MIN_MS;
+    }
+    if (status == RL_CALL_OK && reply->type == REDIS_REPLY_ERROR)
+        note_failed_reply(l, reply->str);
+    else if (status == RL_CALL_BAD_REPLY)
+        note_failed_reply(l, "not one reply per call");
+    else if (status == RL_CALL_OK)
+        l->logged_reply_error = false;
+    else
+        count(&l->stats.errors, 1);
+    done(arg, status, reply);
+}
+
+/* ---- batches -------------------------------------------------------------- */
+
+static void batch_destroy(struct rl_batch *b)
+{
+    free(b->keys.p);
+    free(b->args.p);
+    free(b->cmd.p);
+    free(b);
+}
+
+/* An empty batch of L, from its free list or new; NULL when out of memory. */
+static struct rl_batch *batch_get(struct rl_link *l)
+{
+    struct rl_batch *b = l->free_batches;
+
+    if (b == NULL) {
+        if ((b = calloc(1, sizeof(*b))) != NULL)
+            b->link = l;
+        return b;
+    }
+    l->free_batches = b->next;
+    l->nfree_batches--;
+    b->next = NULL;
+    return b;
+}
+
+/* B is over: each of its calls is freed (answered or not), and so is B.
+ * The calls no longer count as pending; a stopping link closes when none is
+ * left. */
+static void batch_free(struct rl_batch *b)
+{
+    struct rl_link *l = b->link;
+
+    for (unsigned i = 0; i < b->ncalls; i++)
+        call_free(b->calls[i]);
+    l->pending -= b->ncalls;
+    b->ncalls = b->nkeys = b->nargs = 0;
+    b->keys.len = b->args.len = b->cmd.len = 0;
+    b->retried = false;
+    if (l->nfree_batches >= RL_BATCH_KEEP) {
+        batch_destroy(b);
+    } else {
+        b->next = l->free_batches;
+        l->free_batches = b;
+        l->nfree_batches++;
+    }
+    if (l->pending == 0 && l->stopping && l->ac != NULL)
+        link_close(l);
+}
+
+/* Room for NEED more bytes at BUF; 0, or -1 when out of memory. */
+static int buf_reserve(struct rl_buf *buf, size_t need)
+{
+    size_t cap = buf->cap ? buf->cap : 1024;
+
+    if (buf->len + need <= buf->cap)
+        return 0;
+    while (cap < buf->len + need)
+        cap *= 2;
+    char *grown = realloc(buf->p, cap);
+    if (grown == NULL)
+        return -1;
+    buf->p = grown;
+    buf->cap = cap;
+    return 0;
+}
+
+static size_t dec_digits(size_t n)
+{
+    size_t d = 1;
+
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+/* Bytes of LEN bytes as a RESP bulk string. */
+static size_t bulk_size(size_t len)
+{
+    return 1 + dec_digits(len) + 2 + len + 2;
+}
+
+/* Append a RESP bulk string; the room was reserved. */
+static void buf_bulk(struct rl_buf *buf, const char *p, size_t len)
+{
+    buf->len += (size_t)sprintf(buf->p + buf->len, "$%zu\r\n", len);
+    memcpy(buf->p + buf->len, p, len);
+    memcpy(buf->p + buf->len + len, "\r\n", 2);
+    buf->len += len + 2;
+}
+
+static void buf_bulk_int(struct rl_buf *buf, int n)
+{
+    char num[16];
+
+    buf_bulk(buf, num, (size_t)snprintf(num, sizeof(num), "%d", n));
+}
+
+/*
+ * Add a call's keys and arguments to B (see rl_link_eval for the layout).
+ * 0; 1 when B has no room for them (another batch must take them); -1 when
+ * out of memory. B is unchanged unless 0 is returned.
+ */
+static int batch_add(struct rl_batch *b, int nkeys, int nargs, const char **argv,
+                     const size_t *argvlen)
+{
+    size_t kbytes = 0, abytes = 2 * bulk_size(10);
+
+    for (int i = 0; i < nkeys + nargs; i++)
+        *(i < nkeys ? &kbytes : &abytes) += bulk_size(argvlen[i]);
+    if (b->ncalls > 0 && (b->ncalls == RL_BATCH_CALLS ||
+                          b->keys.len + b->args.len + kbytes + abytes > RL_BATCH_BYTES))
+        return 1;
+    if (buf_reserve(&b->keys, kbytes + 1) < 0 || buf_reserve(&b->args, abytes + 1) < 0)
+        return -1;
+    for (int i = 0; i < nkeys; i++)
+        buf_bulk(&b->keys, argv[i], argvlen[i]);
+    buf_bulk_int(&b->args, nkeys);
+    buf_bulk_int(&b->args, nargs);
+    for (int i = nkeys; i < nkeys + nargs; i++)
+        buf_bulk(&b->args, argv[i], argvlen[i]);
+    b->nkeys += (unsigned)nkeys;
+    b->nargs += 2 + (unsigned)nargs;
+    return 0;
+}
+
+/* B's whole EVALSHA into b->cmd; 0, or -1 when out of memory. */
+static int batch_format(struct rl_batch *b)
+{
+    struct rl_link *l = b->link;
+    size_t need = 64 + bulk_size(40) + b->keys.len + b->args.len;
+
+    b->cmd.len = 0;
+    if (buf_reserve(&b->cmd, need) < 0)
+        return -1;
+    b->cmd.len = (size_t)sprintf(b->cmd.p, "*%u\r\n$7\r\nEVALSHA\r\n", 3 + b->nkeys + b->nargs);
+    buf_bulk(&b->cmd, l->sha, 40);
+    buf_bulk_int(&b->cmd, (int)b->nkeys);
+    memcpy(b->cmd.p + b->cmd.len, b->keys.p, b->keys.len);
+    memcpy(b->cmd.p + b->cmd.len + b->keys.len, b->args.p, b->args.len);
+    b->cmd.len += b->keys.len + b->args.len;
+    return 0;
+}
+
+/* Does any call of B still wait for its answer? */
+static bool batch_wanted(const struct rl_batch *b)
+{
+    for (unsigned i = 0; i < b->ncalls; i++)
+        if (b->calls[i]->done != NULL)
+            return true;
+    return false;
+}
+
+/* Answer each call of B from the batch's REPLY (NULL: the connection went). */
+static void batch_answer(struct rl_batch *b, const redisReply *reply)
+{
+    bool split = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == b->ncalls;
+
+    for (unsigned i = 0; i < b->ncalls; i++) {
+        struct rl_call *c = b->calls[i];
+        if (reply == NULL)
+            call_answer(c, RL_CALL_ERROR, NULL);
+        else if (split)
+            call_answer(c, RL_CALL_OK, reply->element[i]);
+        else if (reply->type == REDIS_REPLY_ERROR)
+            call_answer(c, RL_CALL_OK, reply);
+        else
+            call_answer(c, RL_CALL_BAD_REPLY, NULL);
+    }
+}
+
+/* hiredis's one callback for a batch (see the ownership note on top). */
+static void batch_reply_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rl_batch *b = priv;
+    struct rl_link *l = b->link;
     const redisReply *reply = r;
 
-    if (reply != NULL && is_noscript(reply) && !c->retried && c->done != NULL) {
+    if (reply != NULL && is_noscript(reply) && !b->retried && batch_wanted(b)) {
         /* Redis lost its script cache (restart, SCRIPT FLUSH): load it again
-         * and retry once, in order on this connection. */
-        c->retried = true;
+         * and retry the whole batch once, in order on this connection. */
+        b->retried = true;
         if (redisAsyncCommand(ac, NULL, NULL, "SCRIPT LOAD %s", l->script) == REDIS_OK &&
-            redisAsyncFormattedCommand(ac, call_reply_cb, c, c->cmd, c->cmd_len) == REDIS_OK)
+            redisAsyncFormattedCommand(ac, batch_reply_cb, b, b->cmd.p, b->cmd.len) == REDIS_OK)
             return;
         reply = NULL;
     }
-    if (c->done != NULL) {
-        rl_call_done_fn *done = c->done;
-        void *arg = c->arg;
-        c->done = NULL;
-        c->arg = NULL;
-        evtimer_del(c->deadline);
-        if (reply != NULL) {
-            record_latency(l, mono_us() - c->start_us);
-            l->backoff_ms = RL_BACKOFF_MIN_MS;
-            note_reply(l, reply);
-        } else {
-            count(&l->stats.errors, 1);
-        }
-        done(arg, reply != NULL ? RL_CALL_OK : RL_CALL_ERROR, reply);
+    batch_answer(b, reply);
+    batch_free(b); /* may close a stopping link: hiredis frees AC after this callback */
+}
+
+/* Take the first unsent batch off L's queue. */
+static struct rl_batch *unsent_pop(struct rl_link *l)
+{
+    struct rl_batch *b = l->unsent;
+
+    if (b != NULL) {
+        l->unsent = b->next;
+        if (l->unsent == NULL)
+            l->unsent_tail = NULL;
+        b->next = NULL;
     }
-    call_free(c);
-    if (--l->pending == 0 && l->stopping && l->ac == ac)
-        link_close(l); /* hiredis frees it once this callback returns */
+    return b;
+}
+
+/* Every batch not sent yet fails (the link went, or is freed). */
+static void batch_fail_unsent(struct rl_link *l)
+{
+    struct rl_batch *b;
+
+    while ((b = unsent_pop(l)) != NULL) {
+        batch_answer(b, NULL);
+        batch_free(b);
+    }
+}
+
+/* The loop round is over: send each queued batch as one EVALSHA. A batch
+ * that cannot be sent (the link went since its calls were made, out of
+ * memory) fails its calls here, never inside rl_link_eval. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct rl_link *l = arg;
+    struct rl_batch *b;
+
+    while ((b = unsent_pop(l)) != NULL) {
+        if (b->ncalls == 0) { /* its only call could not be added */
+            batch_free(b);
+            continue;
+        }
+        if (rl_link_state(l) == RL_LINK_UP && l->ac != NULL && batch_format(b) == 0 &&
+            redisAsyncFormattedCommand(l->ac, batch_reply_cb, b, b->cmd.p, b->cmd.len) ==
+                REDIS_OK) {
+            count(&l->stats.batches, 1);
+            continue;
+        }
+        batch_answer(b, NULL);
+        batch_free(b);
+    }
+}
+
+/* The batch that takes the next call: the newest unsent one, or a new one
+ * at the end of the queue when NEW is set. NULL when out of memory. */
+static struct rl_batch *batch_open(struct rl_link *l, bool new)
+{
+    struct rl_batch *b;
+
+    if (!new && l->unsent_tail != NULL)
+        return l->unsent_tail;
+    if ((b = batch_get(l)) == NULL)
+        return NULL;
+    if (l->unsent == NULL) {
+        l->unsent = b;
+        event_active(l->flush_ev, EV_TIMEOUT, 1);
+    } else {
+        l->unsent_tail->next = b;
+    }
+    l->unsent_tail = b;
+    return b;
 }
 
 /* No reply in timeout_ms: the request goes on without it, and the link is
  * treated as failed (a stalled Redis would otherwise hold every later call
- * for the same time). Freeing the connection frees this record too. */
+ * for the same time). Freeing the connection frees this record's batch too. */
 static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct rl_call *c = arg;
@@ -538,78 +825,30 @@ static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
         link_fail(l, "call timed out");
 }
 
-static size_t dec_digits(size_t n)
-{
-    size_t d = 1;
-
-    while (n >= 10) {
-        n /= 10;
-        d++;
-    }
-    return d;
-}
-
-/*
- * The command ARGV (ARGC strings of ARGVLEN bytes) in RESP, as
- * redisFormatCommandArgv would write it, into C's buffer, which grows only
- * when too small (a reused record has room for any command of its worker).
- * 0, or -1 when out of memory.
- */
-static int call_format(struct rl_call *c, int argc, const char **argv, const size_t *argvlen)
-{
-    size_t need = 1 + dec_digits((size_t)argc) + 2 + 1; /* and snprintf's NUL */
-
-    for (int i = 0; i < argc; i++)
-        need += 1 + dec_digits(argvlen[i]) + 2 + argvlen[i] + 2;
-    if (need > c->cmd_cap) {
-        char *grown = realloc(c->cmd, need);
-        if (grown == NULL)
-            return -1;
-        c->cmd = grown;
-        c->cmd_cap = need;
-    }
-    size_t len = (size_t)snprintf(c->cmd, need, "*%d\r\n", argc);
-    for (int i = 0; i < argc; i++) {
-        len += (size_t)snprintf(c->cmd + len, need - len, "$%zu\r\n", argvlen[i]);
-        memcpy(c->cmd + len, argv[i], argvlen[i]);
-        len += argvlen[i];
-        memcpy(c->cmd + len, "\r\n", 2);
-        len += 2;
-    }
-    c->cmd_len = len;
-    return 0;
-}
-
 struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char **argv,
                              const size_t *argvlen, rl_call_done_fn *done, void *arg)
 {
-    const char *av[RL_MAX_ARGS];
-    size_t al[RL_MAX_ARGS];
-    char nk[16];
-    int argc = 3 + nkeys + nargs;
+    struct rl_batch *b;
+    struct rl_call *c;
+    int rc = -1;
 
-    if (rl_link_state(l) != RL_LINK_UP || l->ac == NULL || argc > RL_MAX_ARGS)
+    if (rl_link_state(l) != RL_LINK_UP || l->ac == NULL || nkeys < 0 || nargs < 0 ||
+        nkeys + nargs > RL_CALL_ARGS)
         return NULL;
-    av[0] = "EVALSHA", al[0] = 7;
-    av[1] = l->sha, al[1] = 40;
-    al[2] = (size_t)snprintf(nk, sizeof(nk), "%d", nkeys), av[2] = nk;
-    memcpy(av + 3, argv, (size_t)(nkeys + nargs) * sizeof(*av));
-    memcpy(al + 3, argvlen, (size_t)(nkeys + nargs) * sizeof(*al));
-    struct rl_call *c = call_get(l);
-    if (c == NULL)
+    if ((c = call_get(l)) == NULL)
         return NULL;
-    if (call_format(c, argc, av, al) < 0) {
+    if ((b = batch_open(l, false)) != NULL &&
+        (rc = batch_add(b, nkeys, nargs, argv, argvlen)) == 1 && (b = batch_open(l, true)) != NULL)
+        rc = batch_add(b, nkeys, nargs, argv, argvlen);
+    if (b == NULL || rc != 0) { /* an empty batch left queued is dropped by the flush */
         call_free(c);
         return NULL;
     }
     c->start_us = mono_us();
-    if (redisAsyncFormattedCommand(l->ac, call_reply_cb, c, c->cmd, c->cmd_len) != REDIS_OK) {
-        call_free(c);
-        return NULL;
-    }
-    l->pending++;
     c->done = done;
     c->arg = arg;
+    b->calls[b->ncalls++] = c;
+    l->pending++;
     timer_in(c->deadline, l->cfg->timeout_ms);
     return c;
 }

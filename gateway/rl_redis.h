@@ -4,8 +4,13 @@
  *
  * The link connects, authenticates, selects the database and loads the
  * script (SCRIPT LOAD), then runs calls by EVALSHA, pipelined on the one
- * connection. hiredis 0.14 has no command timeout, so each call carries its
- * own deadline timer. States:
+ * connection. Calls made during one round of the event loop are batched:
+ * they are queued, and a zero-delay event sends them as one EVALSHA (at
+ * most RL_BATCH_CALLS calls or RL_BATCH_BYTES of keys and arguments; more
+ * start another batch). The script decides each call's part in order, in
+ * one atomic step, and answers with an array of one reply per call (see
+ * rl_link_eval for the layout). hiredis 0.14 has no command timeout, so
+ * each call carries its own deadline timer. States:
  *
  *   DOWN --retry timer--> CONNECTING --AUTH/SELECT/SCRIPT LOAD ok--> UP
  *    ^                        |                                     |
@@ -36,9 +41,10 @@ enum rl_link_state {
 const char *rl_link_state_str(enum rl_link_state st);
 
 enum rl_call_status {
-    RL_CALL_OK = 0,      /* a reply (which may still be a Redis error) */
-    RL_CALL_ERROR = 1,   /* the connection failed before a reply */
-    RL_CALL_TIMEOUT = 2, /* no reply within timeout_ms */
+    RL_CALL_OK = 0,        /* a reply (which may still be a Redis error) */
+    RL_CALL_ERROR = 1,     /* the connection failed before a reply */
+    RL_CALL_TIMEOUT = 2,   /* no reply within timeout_ms */
+    RL_CALL_BAD_REPLY = 3, /* the batch's reply is not one element per call */
 };
 const char *rl_call_status_str(enum rl_call_status st);
 
@@ -46,8 +52,14 @@ const char *rl_call_status_str(enum rl_call_status st);
 #define RL_LAT_BUCKETS 9
 extern const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS];
 
+/* At most this many calls, and this many bytes of their keys and
+ * arguments, go in one batch. */
+#define RL_BATCH_CALLS 64
+#define RL_BATCH_BYTES 16384
+
 struct rl_link_stats {
     uint64_t calls;                           /* calls answered with a reply */
+    uint64_t batches;                         /* EVALSHA sent (a NOSCRIPT retry is not one) */
     uint64_t errors;                          /* failed calls, timeouts, failed connects */
     uint64_t lat_sum_us;                      /* sum of answered calls' latency */
     uint64_t lat_buckets[RL_LAT_BUCKETS + 1]; /* not cumulative; last = +Inf */
@@ -59,7 +71,9 @@ struct rl_call;
 /*
  * A call's end: DONE(ARG, STATUS, REPLY) runs exactly once unless the call
  * was detached first; REPLY is NULL unless STATUS is RL_CALL_OK and is only
- * valid during the callback.
+ * valid during the callback. REPLY is the call's own element of the batch's
+ * array reply, or the whole reply when that is an error (script error, OOM,
+ * BUSY): every call of the batch then gets the same error.
  */
 typedef void rl_call_done_fn(void *arg, enum rl_call_status status, const redisReply *reply);
 
@@ -87,16 +101,22 @@ void rl_link_stats(const struct rl_link *l, struct rl_link_stats *out); /* any t
 const char *rl_link_sha(const struct rl_link *l);                       /* hex SHA1 of the script */
 
 /*
- * EVALSHA the script with NKEYS keys then NARGS arguments (ARGV/ARGVLEN
- * hold both, keys first). Returns the call, or NULL when the link is not UP
- * or out of memory (DONE is then never called).
+ * Queue a call of the script with NKEYS keys then NARGS arguments
+ * (ARGV/ARGVLEN hold both, keys first); it is sent with the other calls of
+ * this loop round. The batch's EVALSHA has every call's keys, in call
+ * order, then for each call "NKEYS", "NARGS" and its NARGS arguments; the
+ * script returns an array with one element per call, in call order.
+ * Returns the call, or NULL when the link is not UP or out of memory (DONE
+ * is then never called). DONE never runs from within this function.
  */
 struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char **argv,
                              const size_t *argvlen, rl_call_done_fn *done, void *arg);
 
 /* The caller no longer wants the answer: DONE will not be called, and the
- * call record is freed when Redis answers or the connection goes. Its
- * deadline still runs: unanswered in timeout_ms, it fails the link. */
+ * call record is freed when Redis answers its batch or the connection goes
+ * (a call still queued is sent all the same: its request was counted when
+ * it was made). Its deadline still runs: unanswered in timeout_ms, it fails
+ * the link. */
 void rl_call_detach(struct rl_call *c);
 
 #endif

@@ -407,6 +407,25 @@ def gcra_script():
                                                                              body))
 
 
+def evalsha(redis, sha, *plans):
+    """One EVALSHA of the batched script deciding PLANS in order, each a list of
+    (key, interval ns, limit); returns the list of per-plan replies."""
+    keys, args = [], []
+    for plan in plans:
+        keys += [k for k, _, _ in plan]
+        args += [len(plan), 2 * len(plan)]
+        for _, interval, limit in plan:
+            args += [interval, limit]
+    out = redis.command("EVALSHA", sha, len(keys), *(keys + args))
+    eq(len(out), len(plans), "one reply per plan")
+    return out
+
+
+def eval1(redis, sha, *limits):
+    """One plan alone (a batch of one)."""
+    return evalsha(redis, sha, list(limits))[0]
+
+
 def test_ratelimit_script_matches_c_cases():
     """The script's arithmetic on Redis's clock, with the cases the C unit tests
     (tests/unit/test_ratelimit.c) give the local limiter: exact burst,
@@ -416,7 +435,7 @@ def test_ratelimit_script_matches_c_cases():
     s = 1000000000  # intervals are given in nanoseconds
     with RedisServer() as redis:
         sha = redis.command("SCRIPT", "LOAD", script)
-        rs = [redis.command("EVALSHA", sha, 1, "k", 12 * s, 5) for _ in range(6)]
+        rs = [eval1(redis, sha, ("k", 12 * s, 5)) for _ in range(6)]
         for i, r in enumerate(rs[:5]):
             eq(r[:2], [1, 4 - i], "admits, remaining of request %d" % (i + 1))
             check((i + 1) * 12000 - 1000 <= r[2] <= (i + 1) * 12000, "reset ms %r" % r)
@@ -430,36 +449,83 @@ def test_ratelimit_script_matches_c_cases():
               "TAT stored as microseconds and nanoseconds: %r" % redis.command("GET", "k"))
         # all or nothing: limit b refuses, limit a keeps its quota
         for _ in range(2):
-            r = redis.command("EVALSHA", sha, 2, "a", "b", 6 * s, 10, 30 * s, 2)
+            r = eval1(redis, sha, ("a", 6 * s, 10), ("b", 30 * s, 2))
             eq([r[0], r[4]], [1, 1], "both admit")
         before = redis.command("GET", "a")
-        r = redis.command("EVALSHA", sha, 2, "a", "b", 6 * s, 10, 30 * s, 2)
+        r = eval1(redis, sha, ("a", 6 * s, 10), ("b", 30 * s, 2))
         eq(r[0:2], [1, 8], "limit a admits, remaining unchanged")
         eq(r[4:6], [0, 0], "limit b refuses")
         eq(r[3], 0, "no retry-after for the admitting limit")
         check(29000 <= r[7] <= 30000, "retry-after of b %r" % r)
         eq(redis.command("GET", "a"), before, "a refused request consumed limit a's quota")
         # a limit of one per window
-        r = [redis.command("EVALSHA", sha, 1, "one", 60 * s, 1) for _ in range(2)]
+        r = [eval1(redis, sha, ("one", 60 * s, 1)) for _ in range(2)]
         eq(r[0][:2], [1, 0], "limit 1: first admitted")
         eq(r[1][:2], [0, 0], "limit 1: second refused")
         check(59000 <= r[1][3] <= 60000, "limit 1: retry-after %r" % r[1])
         # 7 per 3 s (T = 428571428 ns): the nanoseconds of the stored TAT add up
         # exactly, 428 more each request (whole microseconds lost 3 us a burst)
         for i in range(1, 8):
-            r = redis.command("EVALSHA", sha, 1, "seven", 3 * s // 7, 7)
+            r = eval1(redis, sha, ("seven", 3 * s // 7, 7))
             eq(r[:2], [1, 7 - i], "7 per 3 s: request %d" % i)
             eq(redis.command("GET", "seven")[-4:], ".%03d" % (i * (3 * s // 7) % 1000),
                "nanoseconds of the TAT after request %d" % i)
         check(2900 <= r[2] <= 3000, "7 per 3 s: reset after the burst %r" % r)
-        eq(redis.command("EVALSHA", sha, 1, "seven", 3 * s // 7, 7)[:2], [0, 0],
-           "7 per 3 s: request 8")
+        eq(eval1(redis, sha, ("seven", 3 * s // 7, 7))[:2], [0, 0], "7 per 3 s: request 8")
         # a TAT in whole microseconds (as stored before nanoseconds) still counts
         sec, usec = redis.command("TIME")
         redis.command("SET", "old", str(int(sec) * 1000000 + int(usec) + 60000000))
-        r = redis.command("EVALSHA", sha, 1, "old", 12 * s, 5)
+        r = eval1(redis, sha, ("old", 12 * s, 5))
         eq(r[:2], [0, 0], "a whole-microsecond TAT a window ahead refuses")
         check(11000 <= r[3] <= 12000, "retry-after from a whole-microsecond TAT %r" % r)
+
+
+def test_ratelimit_script_batch_decides_in_order():
+    """Several requests in one script call are decided one after the other, each
+    seeing what the earlier ones stored: a batch gives every request the answer
+    it would get alone, in the order given (a shared key's burst counts down
+    across the batch, a refusal in the batch consumes nothing, other keys and
+    multi-limit plans keep their own counts)."""
+    script = gcra_script()
+    s = 1000000000
+    with RedisServer() as redis:
+        sha = redis.command("SCRIPT", "LOAD", script)
+        # seven requests of one identity (limit 5) in one batch, with another
+        # identity's requests between them
+        plans = []
+        for i in range(7):
+            plans.append([("shared", 12 * s, 5)])
+            if i % 2 == 0:
+                plans.append([("other", 12 * s, 5)])
+        rs = evalsha(redis, sha, *plans)
+        shared = [r for p, r in zip(plans, rs) if p[0][0] == "shared"]
+        other = [r for p, r in zip(plans, rs) if p[0][0] == "other"]
+        eq([r[:2] for r in shared], [[1, 4], [1, 3], [1, 2], [1, 1], [1, 0], [0, 0], [0, 0]],
+           "admits, remaining of the shared key's requests in batch order")
+        for i, r in enumerate(shared[:5]):
+            check((i + 1) * 12000 - 1000 <= r[2] <= (i + 1) * 12000, "reset ms %r" % r)
+        check(11000 <= shared[5][3] <= 12000, "retry-after of the first refusal %r" % shared[5])
+        eq(shared[5], shared[6], "a refusal in the batch consumed nothing")
+        eq([r[:2] for r in other], [[1, 4], [1, 3], [1, 2], [1, 1]], "the other identity")
+        # the same batch again, one request at a time, on fresh keys: same answers
+        for p in plans:
+            p[0] = ("alone:" + p[0][0],) + p[0][1:]
+        alone = [eval1(redis, sha, *p) for p in plans]
+        eq([r[:2] for r in alone], [r[:2] for r in rs], "one batch and one call each agree")
+        # multi-limit plans sharing a key, all or nothing inside a batch:
+        # b (2 per window) refuses the third plan that uses it, and that plan
+        # leaves a untouched, so the a-only plan after it sees a's count
+        rs = evalsha(redis, sha,
+                     [("a", 6 * s, 10), ("b", 30 * s, 2)],
+                     [("a", 6 * s, 10), ("b", 30 * s, 2)],
+                     [("a", 6 * s, 10), ("b", 30 * s, 2)],
+                     [("a", 6 * s, 10)],
+                     [("c", 60 * s, 1), ("a", 6 * s, 10)])
+        eq([len(r) for r in rs], [8, 8, 8, 4, 8], "4 numbers per limit of each plan")
+        eq([(r[0], r[1], r[4], r[5]) for r in rs[:3]], [(1, 9, 1, 1), (1, 8, 1, 0), (1, 8, 0, 0)],
+           "a, b of the three two-limit plans")
+        eq(rs[3][:2], [1, 7], "a alone after the refused plan: its third use")
+        eq([rs[4][0], rs[4][1], rs[4][4], rs[4][5]], [1, 0, 1, 6], "c and a of the last plan")
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -607,11 +673,13 @@ def test_ratelimit_stop_with_calls_pending():
 
 class FakeRedis:
     """A RESP server on a free loopback port that loads the script like Redis
-    and answers every EVALSHA with REPLY (a list of integers)."""
+    and answers every EVALSHA with REPLY (a list of integers) for each request
+    of the batch, or with RAW (bytes of RESP) when given."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, raw=None):
         import socket
         self.reply = reply
+        self.raw = raw
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -644,8 +712,15 @@ class FakeRedis:
                     s.sendall(b"$40\r\n%s\r\n" % self.sha.encode())
                 elif cmd == b"EVALSHA":
                     self.evals += 1
-                    s.sendall(b"*%d\r\n" % len(self.reply) +
-                              b"".join(b":%d\r\n" % v for v in self.reply))
+                    argv = args[3 + int(args[2]):]
+                    plans = 0
+                    while argv:
+                        plans += 1
+                        argv = argv[2 + int(argv[1]):]
+                    one = (b"*%d\r\n" % len(self.reply) +
+                           b"".join(b":%d\r\n" % v for v in self.reply))
+                    s.sendall(self.raw if self.raw is not None
+                              else b"*%d\r\n" % plans + one * plans)
                 else:
                     s.sendall(b"+OK\r\n")
         except OSError:
@@ -659,8 +734,15 @@ class FakeRedis:
 
 def test_ratelimit_hostile_redis_numbers():
     """Integers from Redis too large for microseconds are a failed call (the
-    local limiter decides), never an arithmetic overflow."""
-    fake = FakeRedis([0, 0, 2 ** 62, 2 ** 62])
+    local limiter decides), never an arithmetic overflow; so is a batch reply
+    that is not one element per request, even one that would pass for a
+    single request's numbers."""
+    hostile_numbers(FakeRedis([0, 0, 2 ** 62, 2 ** 62]))
+    hostile_numbers(FakeRedis([], raw=b"*4\r\n:1\r\n:2\r\n:3\r\n:0\r\n"))
+    hostile_numbers(FakeRedis([], raw=b"*0\r\n"))
+
+
+def hostile_numbers(fake):
     try:
         cfg = rl_config(fake, tiers={"anonymous": {"limit": 3, "window": 60}},
                         redis={"address": fake.addr, "timeout_ms": 1000, "key_prefix": "fgtest:"})
