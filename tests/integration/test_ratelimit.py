@@ -671,6 +671,184 @@ def test_ratelimit_stop_with_calls_pending():
         redis.resume()
 
 
+# ------------------------------------------------------------------ batching
+#
+# Requests whose rate-limit calls are made in the same loop round go to Redis
+# as one script call. To have many requests in one round, flowgate is stopped
+# (SIGSTOP) while clients send on separate connections, then continued: its
+# next loop round finds every connection readable at once.
+
+def evalsha_calls(redis):
+    m = re.search(r"cmdstat_evalsha:calls=(\d+)", redis.command("INFO", "commandstats"))
+    return int(m.group(1)) if m else 0
+
+
+def send_while_stopped(fg, conns, requests, before_cont=None):
+    """Send REQUESTS[i] on CONNS[i] while flowgate is stopped, run BEFORE_CONT,
+    then let flowgate go on."""
+    import signal
+    fg.proc.send_signal(signal.SIGSTOP)
+    try:
+        for c, req in zip(conns, requests):
+            c.send(req)
+        time.sleep(0.2)  # let the bytes reach flowgate's sockets (not an assertion)
+        if before_cont is not None:
+            before_cont()
+    finally:
+        fg.proc.send_signal(signal.SIGCONT)
+
+
+def test_ratelimit_concurrent_requests_share_one_script_call():
+    """N requests from N connections in one loop round: fewer than N script
+    calls, and still exactly LIMIT admitted for a shared identity, with the
+    Remaining each would get alone (4, 3, 2, 1, 0); distinct identities in one
+    batch each get their own whole quota."""
+    from harness import build_request
+    n = 20
+    tiers = {"anonymous": {"limit": 5, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 2000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        for phase, ip in (("shared", lambda i: "203.0.113.40"),
+                          ("distinct", lambda i: "198.51.100.%d" % (i + 1))):
+            conns = [fg.tls() for _ in range(n)]
+            try:
+                evals0 = evalsha_calls(redis)
+                send_while_stopped(fg, conns, [build_request("GET", "/b", headers=from_ip(ip(i)))
+                                               for i in range(n)])
+                rs = [c.read_response() for c in conns]
+            finally:
+                for c in conns:
+                    c.close()
+            evals = evalsha_calls(redis) - evals0
+            check(evals < n, "%s: %d script calls for %d requests in one loop round"
+                  % (phase, evals, n))
+            if phase == "shared":
+                eq(sorted(r.status for r in rs), [200] * 5 + [429] * (n - 5),
+                   "statuses of one identity's requests in one batch")
+                eq(sorted(rl_headers(r)[1] for r in rs if r.status == 200), [0, 1, 2, 3, 4],
+                   "X-RateLimit-Remaining of the admitted requests")
+                for r in rs:
+                    if r.status == 429:
+                        assert_limited(r, 5, 60)
+            else:
+                eq([r.status for r in rs], [200] * n, "statuses of distinct identities")
+                eq([rl_headers(r)[1] for r in rs], [4] * n, "each identity's own quota")
+        text = metrics(fg)
+        eq(metric(text, "flowgate_redis_batches_total"), float(evalsha_calls(redis)),
+           "flowgate_redis_batches_total against Redis's EVALSHA count")
+        check(metric(text, "flowgate_redis_call_duration_seconds_count") >= 2 * n,
+              "every call of a batch counted")
+        eq(metric(text, "flowgate_redis_errors_total"), 0.0, "redis errors")
+
+
+def test_ratelimit_batch_is_bounded():
+    """More requests in one loop round than one batch takes: several script
+    calls, each request answered once, exactly LIMIT admitted in total."""
+    from harness import build_request
+    n = 80  # more than RL_BATCH_CALLS (64)
+    tiers = {"anonymous": {"limit": 10, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 3000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        conns = [fg.tls() for _ in range(n)]
+        try:
+            evals0 = evalsha_calls(redis)
+            send_while_stopped(fg, conns, [build_request("GET", "/big",
+                                                         headers=from_ip("203.0.113.41"))] * n)
+            rs = [c.read_response() for c in conns]
+        finally:
+            for c in conns:
+                c.close()
+        evals = evalsha_calls(redis) - evals0
+        check(2 <= evals < n, "%d script calls for %d requests (batches of at most 64)"
+              % (evals, n))
+        eq([r.status for r in rs].count(200), 10, "admitted in total")
+        eq(sorted(rl_headers(r)[1] for r in rs if r.status == 200), list(range(10)),
+           "X-RateLimit-Remaining of the admitted requests")
+
+
+def test_ratelimit_client_gone_while_queued_in_batch():
+    """Some clients of a batch close before flowgate reads their request's end:
+    their calls are detached while queued or in flight, and the reply must
+    touch none of them (the harness fails on any sanitizer report) while every
+    other request of the same batch gets its own answer."""
+    from harness import build_request
+    n = 8
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 2000,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        for rnd in range(3):
+            ip = "203.0.113.%d" % (50 + rnd)
+            conns = [fg.tls() for _ in range(n)]
+            gone = conns[::2]
+            kept = conns[1::2]
+            try:
+                evals0 = evalsha_calls(redis)
+                send_while_stopped(fg, conns,
+                                   [build_request("GET", "/g", headers=from_ip(ip))] * n,
+                                   before_cont=lambda: [c.close() for c in gone])
+                rs = [c.read_response() for c in kept]
+            finally:
+                for c in kept:
+                    c.close()
+            check(evalsha_calls(redis) - evals0 < n, "requests of one loop round not batched")
+            admitted = [rl_headers(r)[1] for r in rs if r.status == 200]
+            eq(len(set(admitted)), len(admitted), "distinct Remaining among admitted requests")
+            check(1 <= len(admitted) <= 3, "admitted requests that stayed: %r" % admitted)
+            for r in rs:
+                if r.status == 429:
+                    assert_limited(r, 3, 60)
+                else:
+                    eq(r.status, 200, "status of a request that stayed")
+            assert_limited(burst(fg, 1, "/g", from_ip(ip))[0], 3, 60)
+        check(fg.alive(), "flowgate died")
+        eq(readyz(fg)["redis"], "up", "readyz redis")
+
+
+def test_ratelimit_batch_past_its_deadline():
+    """A whole batch waits on a paused Redis past timeout_ms: each request of it
+    is decided by on_redis_failure at its own deadline (local: exactly LIMIT
+    admitted), the late reply touches none of them, and the link recovers."""
+    from harness import build_request
+    n = 6
+    tiers = {"anonymous": {"limit": 3, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers,
+                               redis={"address": redis.addr, "timeout_ms": 300,
+                                      "key_prefix": "fgtest:"}), upstream=up) as fg:
+        wait_redis(fg, "up")
+        conns = [fg.tls() for _ in range(n)]
+        try:
+            redis.pause()
+            t0 = time.monotonic()
+            send_while_stopped(fg, conns, [build_request("GET", "/d",
+                                                         headers=from_ip("203.0.113.60"))] * n)
+            rs = [c.read_response() for c in conns]
+            took = time.monotonic() - t0
+        finally:
+            for c in conns:
+                c.close()
+            redis.resume()
+        check(took < 5, "requests held %.1f s behind a paused Redis" % took)
+        eq(sorted(r.status for r in rs), [200] * 3 + [429] * 3, "local decisions after the deadline")
+        eq(sorted(rl_headers(r)[1] for r in rs if r.status == 200), [0, 1, 2],
+           "X-RateLimit-Remaining of the locally admitted requests")
+        text = metrics(fg)
+        eq(metric(text, "flowgate_ratelimit_decisions_total",
+                  '{tier="anonymous",outcome="local_allowed"}'), 3.0, "local admissions")
+        wait_redis(fg, "up")
+        assert_exact_burst(burst(fg, 4, "/d", from_ip("203.0.113.61")), 3, 60)
+        check(fg.alive(), "flowgate died")
+
+
 class FakeRedis:
     """A RESP server on a free loopback port that loads the script like Redis
     and answers every EVALSHA with REPLY (a list of integers) for each request
