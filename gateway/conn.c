@@ -797,6 +797,10 @@ static void run_stages(struct req *r)
 
 void stage_resume(struct req *r, enum stage_verdict verdict)
 {
+    /* An answer has finished the request already: its memory may be back
+     * with the worker, or freed. Nothing of it is touched. */
+    if (verdict == STAGE_ANSWERED)
+        return;
     struct conn *c = r->c;
 
     r->stage_cancel = NULL;

@@ -26,7 +26,9 @@ struct stage {
     enum stage_verdict (*run)(struct req *r);
 };
 
-/* Resume a request that a stage left waiting, with that stage's verdict. */
+/* Resume a request that a stage left waiting, with that stage's verdict.
+ * With STAGE_ANSWERED the request is already finished (its memory may be
+ * gone): R is not touched, and the caller must not touch it either. */
 void stage_resume(struct req *r, enum stage_verdict verdict);
 
 /* While a stage waits, CANCEL(ARG) is called if the request ends first. */

@@ -281,6 +281,29 @@ def test_invalid_and_lookalike_hosts_are_not_previews():
         eq(s.dns.queries(), ["mvp-%s%s" % (label63, ZONE)], "DNS query for the 63-char label")
 
 
+def test_many_requests_answered_by_one_dns_answer():
+    """80 requests for one unknown MVP wait on one DNS query; its answer ends
+    them all in one loop round, more than a worker keeps request buffers
+    for, so most are freed as they finish. Each gets its 404, and nothing
+    touches a finished request (the sanitizers watch)."""
+    import signal
+    with Setup() as s:
+        s.dns.proc.send_signal(signal.SIGSTOP)
+        try:
+            conns = [s.fg.tls() for _ in range(80)]
+            for c in conns:
+                c.send(build_request("GET", "/", [], host=host_of("ghost")))
+            time.sleep(0.5)  # let every request reach the resolver (not an assertion)
+        finally:
+            s.dns.proc.send_signal(signal.SIGCONT)
+        for i, c in enumerate(conns):
+            r = c.read_response(timeout=20)
+            assert_preview_error(r, 404, "not_found")
+            c.close()
+        eq(s.dns.queries(), [upstream_name("ghost")], "one DNS query for all of them")
+        eq(s.fg.get("/", host=host_of("alpha")).status, 200, "flowgate still serves")
+
+
 def test_unknown_preview_is_404_and_a_down_mvp_fails_alone():
     with Setup() as s:
         r = s.fg.get("/", host=host_of("nosuch"))
