@@ -59,31 +59,30 @@ static struct io *io_alloc(struct event_base *base, int fd)
 
 /* ---- registration ------------------------------------------------------ */
 
+/* Register EV with the loop, or not; *ON remembers which. */
+static void set_interest(struct event *ev, bool *on, bool want)
+{
+    if (want == *on)
+        return;
+    *on = want;
+    if (want)
+        event_add(ev, NULL);
+    else
+        event_del(ev);
+}
+
 static void set_wev(struct io *io, bool on)
 {
-    if (on == io->wev_on)
-        return;
-    io->wev_on = on;
-    if (on)
-        event_add(&io->wev, NULL);
-    else
-        event_del(&io->wev);
+    set_interest(&io->wev, &io->wev_on, on);
 }
 
 /* Register read interest exactly when something needs the socket readable. */
 static void io_update(struct io *io)
 {
-    bool on = !io->dead && !io->error &&
-              (io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read ||
-               (io->phase == IO_PHASE_OPEN && io->want_read && !io->in_full && !io->eof));
-
-    if (on == io->rev_on)
-        return;
-    io->rev_on = on;
-    if (on)
-        event_add(&io->rev, NULL);
-    else
-        event_del(&io->rev);
+    set_interest(&io->rev, &io->rev_on,
+                 !io->dead && !io->error &&
+                     (io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read ||
+                      (io->phase == IO_PHASE_OPEN && io->want_read && !io->in_full && !io->eof)));
 }
 
 /* Bytes may sit decrypted or undecrypted inside OpenSSL, where no socket
