@@ -580,10 +580,12 @@ static bool is_trusted(const struct conn *c, const char *ip, size_t len)
 static void find_client(struct req *r, bool peer_trusted)
 {
     struct conn *c = r->c;
-    const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
 
     memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
-    if (!peer_trusted || xff == NULL)
+    if (!peer_trusted)
+        return;
+    const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
+    if (xff == NULL)
         return;
     r->xff_prior = xff->value;
     r->xff_prior_len = xff->value_len;
@@ -614,9 +616,10 @@ static void find_client(struct req *r, bool peer_trusted)
 
 static void assign_request_id(struct req *r, bool peer_trusted)
 {
-    const struct h1_header *h = h1_find(r->h.headers, r->h.nheaders, "X-Request-Id");
+    const struct h1_header *h =
+        peer_trusted ? h1_find(r->h.headers, r->h.nheaders, "X-Request-Id") : NULL;
 
-    if (peer_trusted && h && valid_request_id(h->value, h->value_len)) {
+    if (h && valid_request_id(h->value, h->value_len)) {
         memcpy(r->request_id, h->value, h->value_len);
         r->request_id[h->value_len] = '\0';
         return;

@@ -325,22 +325,38 @@ static size_t count_headers(const struct h1_header *h, size_t n, const char *nam
     return c;
 }
 
-static bool connection_has(const struct h1_header *h, size_t n, const char *token)
+/* What the message's Connection headers say, in one pass. */
+enum {
+    H1_CONN_PRESENT = 1,
+    H1_CONN_CLOSE = 2,
+    H1_CONN_KEEP_ALIVE = 4,
+    H1_CONN_UPGRADE = 8,
+};
+
+static unsigned connection_tokens(const struct h1_header *h, size_t n)
 {
+    unsigned t = 0;
+
     for (size_t i = 0; i < n; i++) {
-        if (h1_token_eq(h[i].name, h[i].name_len, "connection") &&
-            h1_list_has(h[i].value, h[i].value_len, token))
-            return true;
+        if (!h1_token_eq(h[i].name, h[i].name_len, "connection"))
+            continue;
+        t |= H1_CONN_PRESENT;
+        if (h1_list_has(h[i].value, h[i].value_len, "close"))
+            t |= H1_CONN_CLOSE;
+        if (h1_list_has(h[i].value, h[i].value_len, "keep-alive"))
+            t |= H1_CONN_KEEP_ALIVE;
+        if (h1_list_has(h[i].value, h[i].value_len, "upgrade"))
+            t |= H1_CONN_UPGRADE;
     }
-    return false;
+    return t;
 }
 
 /* RFC 9110 7.6.1 / 9112 9.3: persistence per version and Connection. */
-static bool keep_alive_of(int minor, const struct h1_header *h, size_t n)
+static bool keep_alive_of(int minor, unsigned conn_tokens)
 {
-    if (connection_has(h, n, "close"))
+    if (conn_tokens & H1_CONN_CLOSE)
         return false;
-    return minor == 1 || connection_has(h, n, "keep-alive");
+    return minor == 1 || (conn_tokens & H1_CONN_KEEP_ALIVE);
 }
 
 /* --- llhttp, the second reader and the body framer --------------------------------------- */
@@ -654,8 +670,10 @@ static enum h1_status request_options(struct h1_request *req)
         }
         req->expect_continue = req->version_minor == 1;
     }
-    req->keep_alive = keep_alive_of(req->version_minor, h, n);
-    req->upgrade = connection_has(h, n, "upgrade") && h1_find(h, n, "upgrade") != NULL;
+    unsigned ct = connection_tokens(h, n);
+    req->connection = ct & H1_CONN_PRESENT;
+    req->keep_alive = keep_alive_of(req->version_minor, ct);
+    req->upgrade = (ct & H1_CONN_UPGRADE) && h1_find(h, n, "upgrade") != NULL;
     return H1_OK;
 }
 
@@ -786,8 +804,10 @@ static enum h1_status response_framing(struct h1_response *resp, bool head_reque
     } else {
         resp->framing = cl ? H1_FRAMING_LENGTH : H1_FRAMING_EOF;
     }
-    resp->keep_alive = reuse && resp->framing != H1_FRAMING_EOF &&
-                       keep_alive_of(resp->version_minor, resp->headers, resp->nheaders);
+    unsigned ct = connection_tokens(resp->headers, resp->nheaders);
+    resp->connection = ct & H1_CONN_PRESENT;
+    resp->keep_alive =
+        reuse && resp->framing != H1_FRAMING_EOF && keep_alive_of(resp->version_minor, ct);
     return H1_OK;
 }
 

@@ -82,6 +82,7 @@ struct h1_request {
     bool keep_alive;         /* per version and Connection */
     bool expect_continue;    /* Expect: 100-continue (other expectations: 417 is not used; 400) */
     bool upgrade;            /* Connection: upgrade + Upgrade present */
+    bool connection;         /* a Connection header is present */
     const char *reason;      /* static text: why H1_BAD_REQUEST (for the log) */
 };
 
@@ -97,6 +98,7 @@ struct h1_response {
     enum h1_framing framing;
     uint64_t content_length;
     bool keep_alive;         /* the upstream allows reuse after this response */
+    bool connection;         /* a Connection header is present */
     const char *reason;
 };
 

@@ -48,12 +48,10 @@ static struct io *io_alloc(struct event_base *base, int fd)
     io->out = evbuffer_new();
     if (io->in == NULL || io->out == NULL ||
         event_assign(&io->rev, base, fd, EV_READ | EV_PERSIST, io_rev_cb, io) < 0 ||
-        event_assign(&io->wev, base, fd, EV_WRITE | EV_PERSIST, io_wev_cb, io) < 0 ||
-        (io->in_cb = evbuffer_add_cb(io->in, io_in_cb, io)) == NULL) {
+        event_assign(&io->wev, base, fd, EV_WRITE | EV_PERSIST, io_wev_cb, io) < 0) {
         io_destroy(io);
         return NULL;
     }
-    evbuffer_cb_clear_flags(io->in, io->in_cb, EVBUFFER_CB_ENABLED);
     return io;
 }
 
@@ -163,8 +161,12 @@ static bool input_full(struct io *io)
     if (io->read_high == 0 || evbuffer_get_length(io->in) < io->read_high)
         return false;
     if (!io->in_full) {
-        io->in_full = true;
+        /* Watch the input drain only while reading is stopped: an evbuffer
+         * with no callback skips that work on every change. */
+        if (io->in_cb == NULL && (io->in_cb = evbuffer_add_cb(io->in, io_in_cb, io)) == NULL)
+            return false; /* no memory to watch with: read on instead */
         evbuffer_cb_set_flags(io->in, io->in_cb, EVBUFFER_CB_ENABLED);
+        io->in_full = true;
     }
     return true;
 }
@@ -256,6 +258,13 @@ static void do_read(struct io *io)
 {
     size_t before = evbuffer_get_length(io->in);
     int st = 0;
+
+    if (io->in_cb && !io->in_full) {
+        /* Disabled in io_in_cb, removed here, outside the evbuffer's own
+         * callback loop. */
+        evbuffer_remove_cb_entry(io->in, io->in_cb);
+        io->in_cb = NULL;
+    }
 
     if (io->want_read && !io->eof && !io->error)
         st = io->ssl ? read_tls(io) : read_plain(io);

@@ -58,7 +58,7 @@ struct io {
     SSL *ssl;                 /* NULL on a plain socket */
     struct event rev, wev;    /* rev: persistent read; wev: added only while blocked */
     struct evbuffer *in, *out;
-    struct evbuffer_cb_entry *in_cb; /* enabled only while reading stopped at read_high */
+    struct evbuffer_cb_entry *in_cb; /* registered only while reading stopped at read_high */
     io_data_cb read_cb, write_cb;
     io_event_cb event_cb;
     void *arg;

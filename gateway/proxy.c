@@ -159,7 +159,7 @@ static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer
     const struct h1_request *h = &r->h;
     const char *server = h->host ? NULL : upstream_server_text(uc);
     bool strip_cookies = r->preview && r->cfg->previews.strip_credentials;
-    bool conn_lists = h1_find(h->headers, h->nheaders, "Connection") != NULL;
+    bool conn_lists = h->connection;
     struct wbuf b;
 
     /* Every header comes from the head as received, so its length bounds
@@ -420,9 +420,11 @@ static void connect_upstream(struct conn *c, bool allow_pooled)
 static bool wants_websocket(const struct req *r)
 {
     const struct h1_request *h = &r->h;
+    if (!h->upgrade)
+        return false;
     const struct h1_header *up = h1_find(h->headers, h->nheaders, "Upgrade");
 
-    if (!h->upgrade || up == NULL || h->method != HTTP_GET || h->version_minor != 1 ||
+    if (up == NULL || h->method != HTTP_GET || h->version_minor != 1 ||
         h->framing != H1_FRAMING_NONE || !h1_list_has(up->value, up->value_len, "websocket"))
         return false;
     return !r->preview || r->cfg->previews.websocket;
@@ -494,7 +496,7 @@ static int write_response_head(struct conn *c, const struct h1_response *resp, s
 {
     struct req *r = c->r;
     bool upgrade = resp->status == 101;
-    bool conn_lists = h1_find(resp->headers, resp->nheaders, "Connection") != NULL;
+    bool conn_lists = resp->connection;
     struct wbuf b;
 
     if (!upgrade &&
