@@ -20,6 +20,7 @@
  *
  * Framing NONE marks msg_done at once; llhttp never sees a byte of it.
  */
+#include "fmt.h"
 #include "h1.h"
 
 #include <stdio.h>
@@ -682,8 +683,11 @@ static const char *framing_line(enum h1_framing f, uint64_t cl, char *tmp, size_
 {
     if (f == H1_FRAMING_CHUNKED)
         return "Transfer-Encoding: chunked\r\n";
-    if (f == H1_FRAMING_LENGTH) {
-        snprintf(tmp, cap, "Content-Length: %llu\r\n", (unsigned long long)cl);
+    if (f == H1_FRAMING_LENGTH && cap >= sizeof("Content-Length: \r\n") + FMT_U64_MAX) {
+        size_t n = sizeof("Content-Length: ") - 1;
+        memcpy(tmp, "Content-Length: ", n);
+        n += fmt_u64(tmp + n, cl);
+        memcpy(tmp + n, "\r\n", 3);
         return tmp;
     }
     return "";

@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 
 #include "conn.h"
+#include "fmt.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "respond.h"
@@ -151,15 +152,17 @@ int rl_ip_ident(const char *ip, unsigned v6prefix, char *out, size_t cap)
     struct in6_addr a6;
     struct in_addr a4;
     char text[INET6_ADDRSTRLEN];
-    int n;
+    struct sbuf b = {out, 0, cap, false};
 
     if (inet_pton(AF_INET, ip, &a4) == 1) {
         inet_ntop(AF_INET, &a4, text, sizeof(text));
-        n = snprintf(out, cap, "ip:%s", text);
+        sbuf_lit(&b, "ip:");
+        sbuf_str(&b, text);
     } else if (inet_pton(AF_INET6, ip, &a6) == 1) {
         if (IN6_IS_ADDR_V4MAPPED(&a6)) {
             inet_ntop(AF_INET, &a6.s6_addr[12], text, sizeof(text));
-            n = snprintf(out, cap, "ip:%s", text);
+            sbuf_lit(&b, "ip:");
+            sbuf_str(&b, text);
         } else {
             unsigned bits = v6prefix > 128 ? 128 : v6prefix;
             for (unsigned i = 0; i < 16; i++) {
@@ -167,19 +170,24 @@ int rl_ip_ident(const char *ip, unsigned v6prefix, char *out, size_t cap)
                 a6.s6_addr[i] &= (uint8_t)(0xff00 >> keep);
             }
             inet_ntop(AF_INET6, &a6, text, sizeof(text));
-            n = snprintf(out, cap, "ip:%s/%u", text, bits);
+            sbuf_lit(&b, "ip:");
+            sbuf_str(&b, text);
+            sbuf_lit(&b, "/");
+            sbuf_u64(&b, bits);
         }
     } else {
         return -1;
     }
-    return n > 0 && (size_t)n < cap ? n : -1;
+    return sbuf_end(&b);
 }
 
 int rl_user_ident(const char *user, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "u:%s", user);
+    struct sbuf b = {out, 0, cap, false};
 
-    return n > 0 && (size_t)n < cap ? n : -1;
+    sbuf_lit(&b, "u:");
+    sbuf_str(&b, user);
+    return sbuf_end(&b);
 }
 
 static void sha256_hex(const char *const *parts, size_t nparts, char out[65])
@@ -201,9 +209,15 @@ static void sha256_hex(const char *const *parts, size_t nparts, char out[65])
 
 size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX])
 {
-    int n = snprintf(out, RL_KEY_MAX, "%srl:%s:%s", prefix, scope, ident);
+    struct sbuf b = {out, 0, RL_KEY_MAX, false};
 
-    if (n >= 0 && n < RL_KEY_MAX)
+    sbuf_str(&b, prefix);
+    sbuf_lit(&b, "rl:");
+    sbuf_str(&b, scope);
+    sbuf_lit(&b, ":");
+    sbuf_str(&b, ident);
+    int n = sbuf_end(&b);
+    if (n >= 0)
         return (size_t)n;
     const char *parts[] = {prefix, scope, ident};
     char hex[65];
@@ -255,14 +269,21 @@ int rl_plan_build(const struct fg_ratelimit *rl, const struct rl_subject *s, str
         return -1;
     if (s->tier_limited) {
         const struct fg_tier *t = &rl->tiers[p->tier];
-        snprintf(scope, sizeof(scope), "t:%s", t->name);
+        struct sbuf b = {scope, 0, sizeof(scope), false};
+        sbuf_lit(&b, "t:");
+        sbuf_str(&b, t->name);
+        if (sbuf_end(&b) < 0) /* a name longer than a key allows is cut */
+            snprintf(scope, sizeof(scope), "t:%s", t->name);
         plan_add(p, prefix, scope, s->user ? user : ip, t->limit, t->window);
     }
     for (size_t i = 0; i < rl->nendpoints; i++) {
         const struct fg_endpoint *e = &rl->endpoints[i];
         if (!endpoint_applies(e, s))
             continue;
-        snprintf(scope, sizeof(scope), "e%zu", i);
+        struct sbuf b = {scope, 0, sizeof(scope), false};
+        sbuf_lit(&b, "e");
+        sbuf_u64(&b, i);
+        sbuf_end(&b);
         plan_add(p, prefix, scope, e->key == FG_RL_KEY_USER && s->user ? user : ip, e->limit,
                  e->window);
     }
@@ -514,13 +535,18 @@ static size_t headline(const struct rl_plan *p, bool admitted, const struct rl_r
 static void add_headers(struct req *r, const struct rl_gcra *g, const struct rl_result *res)
 {
     char line[256];
+    struct sbuf b = {line, 0, sizeof(line), false};
     int n;
 
-    n = snprintf(
-        line, sizeof(line),
-        "X-RateLimit-Limit: %u\r\nX-RateLimit-Remaining: %u\r\nX-RateLimit-Reset: %lld\r\n",
-        g->limit, res->remaining, (long long)ceil_s(res->reset_ns));
-    respond_add_header(r, line, (size_t)n);
+    sbuf_lit(&b, "X-RateLimit-Limit: ");
+    sbuf_u64(&b, g->limit);
+    sbuf_lit(&b, "\r\nX-RateLimit-Remaining: ");
+    sbuf_u64(&b, res->remaining);
+    sbuf_lit(&b, "\r\nX-RateLimit-Reset: ");
+    sbuf_i64(&b, ceil_s(res->reset_ns));
+    sbuf_lit(&b, "\r\n");
+    if ((n = sbuf_end(&b)) > 0)
+        respond_add_header(r, line, (size_t)n);
     if (!r->cfg->rate_limit.ietf_headers)
         return;
     /* draft-ietf-httpapi-ratelimit-headers-07, sections 4 and 5 */
@@ -698,10 +724,8 @@ static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q)
     for (size_t i = 0; i < n; i++) {
         argv[i] = q->plan.key[i];
         argvlen[i] = q->plan.key_len[i];
-        argvlen[n + 2 * i] =
-            (size_t)snprintf(num[2 * i], sizeof(num[0]), "%lld", (long long)q->plan.g[i].interval);
-        argvlen[n + 2 * i + 1] =
-            (size_t)snprintf(num[2 * i + 1], sizeof(num[0]), "%u", q->plan.g[i].limit);
+        argvlen[n + 2 * i] = fmt_i64(num[2 * i], q->plan.g[i].interval);
+        argvlen[n + 2 * i + 1] = fmt_u64(num[2 * i + 1], q->plan.g[i].limit);
         argv[n + 2 * i] = num[2 * i];
         argv[n + 2 * i + 1] = num[2 * i + 1];
     }

@@ -29,6 +29,7 @@
 #include <hiredis/adapters/libevent.h>
 #include <openssl/sha.h>
 
+#include "fmt.h"
 #include "log.h"
 #include "resolver.h"
 #include "rl_redis.h"
@@ -632,7 +633,10 @@ static size_t bulk_size(size_t len)
 /* Append a RESP bulk string; the room was reserved. */
 static void buf_bulk(struct rl_buf *buf, const char *p, size_t len)
 {
-    buf->len += (size_t)sprintf(buf->p + buf->len, "$%zu\r\n", len);
+    buf->p[buf->len++] = '$';
+    buf->len += fmt_u64(buf->p + buf->len, len);
+    memcpy(buf->p + buf->len, "\r\n", 2);
+    buf->len += 2;
     memcpy(buf->p + buf->len, p, len);
     memcpy(buf->p + buf->len + len, "\r\n", 2);
     buf->len += len + 2;
@@ -640,9 +644,9 @@ static void buf_bulk(struct rl_buf *buf, const char *p, size_t len)
 
 static void buf_bulk_int(struct rl_buf *buf, int n)
 {
-    char num[16];
+    char num[FMT_U64_MAX + 1];
 
-    buf_bulk(buf, num, (size_t)snprintf(num, sizeof(num), "%d", n));
+    buf_bulk(buf, num, fmt_i64(num, n));
 }
 
 /*

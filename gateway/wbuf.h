@@ -16,6 +16,8 @@
 
 #include <event2/buffer.h>
 
+#include "fmt.h"
+
 struct wbuf {
     struct evbuffer *out;
     struct evbuffer_iovec v;
@@ -62,14 +64,9 @@ static inline void wbuf_str(struct wbuf *b, const char *s)
 
 static inline void wbuf_u64(struct wbuf *b, uint64_t v)
 {
-    char tmp[20];
-    size_t i = sizeof(tmp);
+    char tmp[FMT_U64_MAX];
 
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    wbuf_put(b, tmp + i, sizeof(tmp) - i);
+    wbuf_put(b, tmp, fmt_u64(tmp, v));
 }
 
 /* "NAME: VALUE\r\n" */
