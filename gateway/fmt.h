@@ -45,6 +45,8 @@ struct sbuf {
 
 static inline void sbuf_put(struct sbuf *b, const void *s, size_t n)
 {
+    if (n == 0)
+        return;
     if (n > b->cap - b->len) {
         b->overflow = true;
         return;

@@ -114,12 +114,11 @@ static void write_preview_cookie(const struct req *r, const struct h1_header *h,
     const struct fg_previews *pv = &r->cfg->previews;
     size_t need = h->name_len + 2 + 2 * h->value_len + 2;
 
-    if (need > (size_t)(b->end - b->p)) {
-        b->overflow = true;
-        b->end = b->p;
+    if (need > b->s.cap - b->s.len) {
+        b->s.overflow = true;
         return;
     }
-    char *p = b->p;
+    char *p = b->s.p + b->s.len;
     size_t n = preview_strip_cookies(h->value, h->value_len, pv->platform_cookies,
                                      pv->nplatform_cookies, r->cfg->jwt.cookie, p + h->name_len + 2);
     if (n == 0)
@@ -127,7 +126,7 @@ static void write_preview_cookie(const struct req *r, const struct h1_header *h,
     memcpy(p, h->name, h->name_len);
     memcpy(p + h->name_len, ": ", 2);
     memcpy(p + h->name_len + 2 + n, "\r\n", 2);
-    b->p += h->name_len + 2 + n + 2;
+    b->s.len += h->name_len + 2 + n + 2;
 }
 
 /* Is NAME listed in one of the message's Connection headers? Framing and
