@@ -90,25 +90,11 @@ code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN"
 code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$TLS_PORT/auth/")
 [ "$code" = 401 ] || { echo "jwt_wrk: tokenless request answered $code" >&2; exit 1; }
 
-ticks() { awk '{print $14 + $15}' "/proc/$fg_pid/stat"; }
-HZ=$(getconf CLK_TCK)
-
-# run NAME PATH [HEADER]: one wrk run, then its summary line.
+# run NAME PATH [WRK ARGS]: one wrk run, then its summary line.
 run() {
     name=$1 path=$2
     shift 2
-    before=$(ticks)
-    wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "https://127.0.0.1:$TLS_PORT$path" \
-        >"$tmp/wrk.$name" 2>&1
-    after=$(ticks)
-    reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.$name")
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.$name")
-    p99=$(awk '$1 == "99%" {print $2}' "$tmp/wrk.$name")
-    non2xx=$(awk '/Non-2xx/ {print $NF}' "$tmp/wrk.$name")
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" \
-        'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-    printf '%-24s %10s req/s   p99 %-9s  flowgate CPU %6s us/request  (%s requests%s)\n' \
-        "$name" "$rps" "$p99" "$cpu_us" "$reqs" "${non2xx:+, non-2xx $non2xx}"
+    wrk_line "$name" "$fg_pid" "$tmp/wrk.$name" "$@" "https://127.0.0.1:$TLS_PORT$path"
 }
 
 echo "wrk -t1 -c$CONNS -d${SECS}s over TLS, flowgate workers = 1, nginx upstream"

@@ -446,6 +446,27 @@ cpu_ticks() {
     echo "$_t"
 }
 
+# wrk_line NAME PID OUT [WRK ARGS... URL]: one wrk run (-t1, CONNS
+# connections, SECS seconds, --latency) saved in OUT, then one line: NAME,
+# requests/s, p99 and PID's CPU time per request (utime+stime of its process
+# tree over the run, divided by the requests completed). The feature
+# benchmarks (jwt_wrk.sh, previews.sh) print their runs with it.
+wrk_line() {
+    _name=$1 _pid=$2 _out=$3
+    shift 3
+    _before=$(cpu_ticks "$_pid")
+    wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" >"$_out" 2>&1
+    _after=$(cpu_ticks "$_pid")
+    _reqs=$(awk '/requests in/ {print $1}' "$_out")
+    _rps=$(awk '/^Requests\/sec:/ {print $2}' "$_out")
+    _p99=$(awk '$1 == "99%" {print $2}' "$_out")
+    _non2xx=$(awk '/Non-2xx/ {print $NF}' "$_out")
+    _cpu=$(awk -v t=$((_after - _before)) -v hz="$(getconf CLK_TCK)" -v n="$_reqs" \
+        'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+    printf '%-24s %10s req/s   p99 %-9s  flowgate CPU %6s us/request  (%s requests%s)\n' \
+        "$_name" "$_rps" "$_p99" "$_cpu" "$_reqs" "${_non2xx:+, non-2xx $_non2xx}"
+}
+
 # hwm_kib PID: the largest VmHWM (kB) among PID and its descendants (the
 # process that serves: flowgate and HAProxy themselves, the nginx worker).
 hwm_kib() {
@@ -505,41 +526,13 @@ bench_report() {
     mkdir -p "$BENCH_ROOT/bench/results"
     BENCH_JSON=$BENCH_ROOT/bench/results/$1-$(date -u +%Y%m%dT%H%M%SZ).json
     shift
-    BENCH_JSON=$BENCH_JSON RUNS=$BENCH_TMP/runs.tsv VERSIONS=$BENCH_TMP/versions.txt \
+    BENCH_JSON=$BENCH_JSON BENCH_ROOT=$BENCH_ROOT RUNS=$BENCH_TMP/runs.tsv VERSIONS=$BENCH_TMP/versions.txt \
         CLK_TCK=$(getconf CLK_TCK) RATIOS="$*" DURATION=$DURATION ROUNDS=$ROUNDS \
         WRK_THREADS=$WRK_THREADS WRK_CONNECTIONS=$WRK_CONNECTIONS python3 - <<'PY'
-import json, os, re, statistics, time
+import json, os, statistics, sys, time
 
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def ms(text):
-    m = re.match(r"([0-9.]+)(us|ms|s|m)$", text)
-    return float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
-
-
-def parse_wrk(path):
-    text = open(path, errors="replace").read()
-    r = {"requests": None, "rps": None, "p50_ms": None, "p99_ms": None,
-         "non2xx": 0, "socket_errors": 0}
-    m = re.search(r"^\s*(\d+) requests in ", text, re.M)
-    if m:
-        r["requests"] = int(m.group(1))
-    m = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
-    if m:
-        r["rps"] = float(m.group(1))
-    for q, key in (("50", "p50_ms"), ("99", "p99_ms")):
-        m = re.search(r"^\s*%s(?:\.000)?%%\s+(\S+)" % q, text, re.M)
-        if m:
-            r[key] = ms(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if m:
-        r["non2xx"] = int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    if m:
-        r["socket_errors"] = sum(int(x) for x in m.groups())
-    return r
-
+sys.path.insert(0, os.path.join(os.environ["BENCH_ROOT"], "bench"))
+from wrkparse import parse_wrk
 
 clk = int(os.environ["CLK_TCK"])
 order, runs = [], {}

@@ -95,25 +95,11 @@ for h in localhost $PREVIEW; do
     [ "$code" = 200 ] || { echo "previews: $h answered $code" >&2; cat "$tmp/fg.out" >&2; exit 1; }
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$fg_pid/stat"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$fg_pid/status"; }
-HZ=$(getconf CLK_TCK)
 
 # run NAME HOST: one wrk run, then its summary line.
 run() {
-    name=$1 host=$2
-    before=$(ticks)
-    wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Host: $host" "https://127.0.0.1:$TLS_PORT/" \
-        >"$tmp/wrk.$name" 2>&1
-    after=$(ticks)
-    reqs=$(awk '/requests in/ {print $1}' "$tmp/wrk.$name")
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.$name")
-    p99=$(awk '$1 == "99%" {print $2}' "$tmp/wrk.$name")
-    non2xx=$(awk '/Non-2xx/ {print $NF}' "$tmp/wrk.$name")
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" \
-        'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-    printf '%-16s %10s req/s   p99 %-9s  flowgate CPU %6s us/request  (%s requests%s)\n' \
-        "$name" "$rps" "$p99" "$cpu_us" "$reqs" "${non2xx:+, non-2xx $non2xx}"
+    wrk_line "$1" "$fg_pid" "$tmp/wrk.$1" -H "Host: $2" "https://127.0.0.1:$TLS_PORT/"
 }
 
 echo "wrk -t1 -c$CONNS -d${SECS}s over TLS, flowgate workers = 1, nginx upstream on 127.0.0.2"

@@ -104,7 +104,6 @@ until curl -s "http://127.0.0.1:$ADMIN_PORT/readyz" | grep -q '"redis":"up"'; do
     sleep 0.1
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 evalsha_calls() {
     redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
         sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | awk '{print $1 + 0}'

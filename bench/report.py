@@ -9,14 +9,14 @@ reported and counted, never part of a median.
 """
 import json
 import os
-import re
 import statistics
 import time
+
+from wrkparse import parse_wrk  # bench/, this script's directory
 
 TMP = os.environ["BENCH_TMP"]
 OUT = os.environ["OUT"]
 CLK = int(os.environ["CLK_TCK"])
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 PEERS = ("nginx", "haproxy")
 
 TITLES = {
@@ -30,37 +30,6 @@ TITLES = {
 }
 SHORT = {"S1": "S1 GET /", "S2": "S2 JWT+RL+CORS", "S3": "S3 handshake",
          "S4get": "S4 1 MiB down", "S4post": "S4 1 MiB up", "S5": "S5 idle conn"}
-
-
-def ms(text):
-    m = re.match(r"([0-9.]+)(us|ms|s|m)$", text)
-    return float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
-
-
-def parse_wrk(path):
-    try:
-        text = open(path, errors="replace").read()
-    except OSError:
-        text = ""
-    r = {"requests": None, "rps": None, "p50_ms": None, "p99_ms": None,
-         "non2xx": 0, "socket_errors": 0}
-    m = re.search(r"^\s*(\d+) requests in ", text, re.M)
-    if m:
-        r["requests"] = int(m.group(1))
-    m = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
-    if m:
-        r["rps"] = float(m.group(1))
-    for q, key in (("50", "p50_ms"), ("99", "p99_ms")):
-        m = re.search(r"^\s*%s(?:\.000)?%%\s+(\S+)" % q, text, re.M)
-        if m:
-            r[key] = ms(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if m:
-        r["non2xx"] = int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    if m:
-        r["socket_errors"] = sum(int(x) for x in m.groups())
-    return r
 
 
 def med(rs, key):
