@@ -532,7 +532,7 @@ bench_report() {
 import json, os, statistics, sys, time
 
 sys.path.insert(0, os.path.join(os.environ["BENCH_ROOT"], "bench"))
-from wrkparse import parse_wrk
+from benchutil import host_info, parse_wrk, read_versions
 
 clk = int(os.environ["CLK_TCK"])
 order, runs = [], {}
@@ -602,17 +602,11 @@ if len(names) >= 2:
             base, other, f(rr["rps"], "%.2f"), f(rr["p99_ms"], "%.2f"),
             f(rr["cpu_us_per_req"], "%.2f"), f(rr["peak_rss_kib"], "%.2f")))
 
-versions = {}
-try:
-    for line in open(os.environ["VERSIONS"]):
-        k, _, v = line.rstrip("\n").partition("\t")
-        versions[k] = v
-except OSError:
-    pass
+versions = read_versions(os.environ["VERSIONS"])
 
 doc = {
     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+    "host": host_info(),
     "settings": {"duration_s": int(os.environ["DURATION"]), "rounds": int(os.environ["ROUNDS"]),
                  "wrk_threads": int(os.environ["WRK_THREADS"]),
                  "wrk_connections": int(os.environ["WRK_CONNECTIONS"]), "clk_tck": clk},

@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 
-from wrkparse import parse_wrk  # bench/, this script's directory
+from benchutil import host_info, parse_wrk, read_versions  # bench/, this script's directory
 
 TMP = os.environ["BENCH_TMP"]
 OUT = os.environ["OUT"]
@@ -166,16 +166,10 @@ print("ratios above 1: flowgate has more of it (better for req/s, worse for the 
       " S6: workers = 2 over workers = 1")
 
 # ---------------------------------------------------------------- JSON
-versions = {}
-try:
-    for line in open(os.path.join(TMP, "versions.txt")):
-        k, _, v = line.rstrip("\n").partition("\t")
-        versions[k] = v
-except OSError:
-    pass
+versions = read_versions(os.path.join(TMP, "versions.txt"))
 doc = {
     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+    "host": host_info(),
     "settings": {"duration_s": int(os.environ["DURATION"]), "rounds": int(os.environ["ROUNDS"]),
                  "warmup_s": int(os.environ["WARMUP"]), "idle_conns": int(os.environ["IDLE_CONNS"]),
                  "clk_tck": CLK},

@@ -1,4 +1,6 @@
-"""wrk's text output as numbers: shared by bench/report.py and bench/lib.sh."""
+"""Shared by bench/report.py and bench/lib.sh: wrk's output as numbers, the
+versions file, the host."""
+import os
 import re
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -35,3 +37,19 @@ def parse_wrk(path):
     if m:
         r["socket_errors"] = sum(int(x) for x in m.groups())
     return r
+
+
+def read_versions(path):
+    """The NAME<TAB>VERSION lines the benchmark wrote (empty when absent)."""
+    versions = {}
+    try:
+        for line in open(path):
+            k, _, v = line.rstrip("\n").partition("\t")
+            versions[k] = v
+    except OSError:
+        pass
+    return versions
+
+
+def host_info():
+    return {"cpus": os.cpu_count(), "kernel": os.uname().release}
