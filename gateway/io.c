@@ -351,6 +351,8 @@ void io_flush(struct io *io)
     if (io->dead || io->error || io->phase != IO_PHASE_OPEN || io->write_wants_read ||
         evbuffer_get_length(io->out) == 0)
         return;
+    if (io->wev_on && !io->read_wants_write)
+        return; /* the socket refused bytes: the write event sends these too */
     if (write_out(io) < 0) {
         /* Reported from the loop: the caller is in the middle of its work. */
         io->error = true;
