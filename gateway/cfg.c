@@ -88,7 +88,7 @@ static const char *const headers_keys[] = {
 };
 static const char *const limits_keys[] = {
     "max_header_bytes", "max_headers", "max_body_bytes", "header_timeout_ms", "body_timeout_ms",
-    "underscores_in_headers", "keepalive_timeout_ms", "max_connections", NULL,
+    "underscores_in_headers", "keepalive_timeout_ms", "send_timeout_ms", "max_connections", NULL,
 };
 static const char *const jwt_keys[] = {
     "algorithm", "keys", "issuer", "audience", "leeway_seconds", "require_exp", "token_type",
@@ -1020,6 +1020,7 @@ static void parse_limits(struct cfg_ctx *ctx, const config_setting_t *root)
     l->underscores_in_headers = get_bool(ctx, g, "underscores_in_headers", false);
     l->keepalive_timeout_ms =
         (uint32_t)get_int(ctx, g, "keepalive_timeout_ms", 60000, 1, CFG_INT_MAX);
+    l->send_timeout_ms = (uint32_t)get_int(ctx, g, "send_timeout_ms", 60000, 1, CFG_INT_MAX);
     l->max_connections = (uint32_t)get_int(ctx, g, "max_connections", 10000, 1, CFG_INT_MAX);
 }
 

@@ -72,6 +72,7 @@ struct fg_limits {
     uint32_t body_timeout_ms;     /* between two body reads */
     bool underscores_in_headers;  /* false: drop request headers with '_' */
     uint32_t keepalive_timeout_ms;
+    uint32_t send_timeout_ms;     /* a client that takes no byte this long is closed */
     uint32_t max_connections;     /* per process */
 };
 

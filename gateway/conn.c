@@ -65,6 +65,8 @@ const char *conn_state_str(enum conn_state st)
     case CONN_PROXYING: return "proxying";
     case CONN_RESPONDING: return "responding";
     case CONN_CLOSING: return "closing";
+    case CONN_FLUSHING: return "flushing";
+    case CONN_LINGER: return "linger";
     case CONN_TUNNEL: return "tunnel";
     }
     return "?";
@@ -84,10 +86,23 @@ static void req_release_pool(struct req *r)
     r->pool = NULL;
 }
 
+static void log_request(struct req *r);
+
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
 
+    if (c->r && c->r->in_flight) {
+        /* The connection ends before its request was logged: the client
+         * left, a timeout fired, or the response was cut. What never left
+         * the output buffer was not sent. */
+        struct req *r = c->r;
+        size_t unsent = c->io ? io_pending_out(c->io) : 0;
+        r->bytes_out = r->bytes_out > unsent ? r->bytes_out - unsent : 0;
+        if (r->error_code == NULL || (unsent > 0 && c->state == CONN_FLUSHING))
+            r->error_code = c->io && c->io->err == ETIMEDOUT ? "send timeout" : "client closed";
+        log_request(r);
+    }
     if (c->r && c->r->stage_cancel) {
         c->r->stage_cancel(c->r->stage_cancel_arg);
         c->r->stage_cancel = NULL;
@@ -148,24 +163,40 @@ void conn_resume_read(struct conn *c)
     }
 }
 
+#define LINGER_MS 5000 /* longest a closing connection reads and drops the client's bytes */
+
+/* The last bytes are out: shut the write side, then read and drop what the
+ * client still sends until it closes or LINGER_MS pass (RFC 9112 9.6). */
+static void closing_step(struct conn *c)
+{
+    io_flush(c->io);
+    if (io_pending_out(c->io) > 0)
+        return; /* conn_write_cb comes back once the socket took them */
+    if (c->w->stopping) {
+        conn_close(c, false); /* the process is leaving: no lingering */
+        return;
+    }
+    c->state = CONN_LINGER;
+    io_linger(c->io);
+    conn_set_timer(c, LINGER_MS);
+}
+
 void conn_close(struct conn *c, bool flush)
 {
     if (c->closed)
         return;
-    if (flush && c->io && c->state != CONN_CLOSING) {
-        io_flush(c->io);
-        if (io_pending_out(c->io) > 0) {
-            /* Let the last response go out; conn_write_cb closes when it
-             * is all written. Reading stops: nothing the client sends now
-             * can matter. */
-            c->state = CONN_CLOSING;
-            proxy_abort(c);
-            io_disable_read(c->io);
-            c->read_paused = true;
-            c->io->write_low = 0;
-            conn_set_timer(c, 5000);
-            return;
-        }
+    if (flush && c->io && !c->io->error && c->state != CONN_CLOSING &&
+        c->state != CONN_LINGER) {
+        /* The last response goes out first; reading stops: nothing the
+         * client sends now can matter. The client's pace is bounded by the
+         * socket's send timeout, never by a total. */
+        c->state = CONN_CLOSING;
+        proxy_abort(c);
+        conn_pause_read(c);
+        c->io->write_low = 0;
+        conn_clear_timer(c);
+        closing_step(c);
+        return;
     }
     c->closed = true;
     if (c->refs == 0)
@@ -318,6 +349,7 @@ static void conn_start(struct conn *c)
     io_setcb(c->io, conn_read_cb, conn_write_cb, conn_event_cb, c);
     c->io->read_high = PROXY_READ_HIGH;
     c->io->write_low = PROXY_WRITE_LOW;
+    io_set_send_timeout(c->io, c->cfg->limits.send_timeout_ms);
     io_enable_read(c->io);
 }
 
@@ -386,6 +418,7 @@ static int req_begin_unparsed(struct conn *c)
         return -1;
     }
     req_reset(c->r);
+    c->r->in_flight = true;
     gettimeofday(&c->r->start, NULL);
     memcpy(c->r->client_ip, c->peer_ip, sizeof(c->r->client_ip));
     worker_request_id(c->w, c->r->request_id);
@@ -435,7 +468,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         proxy_tunnel_timeout(c);
         break;
     case CONN_RESPONDING:
+    case CONN_FLUSHING:
     case CONN_CLOSING:
+    case CONN_LINGER:
         conn_close(c, false);
         break;
     }
@@ -486,6 +521,7 @@ static void conn_read_cb(struct io *io, void *arg)
         evbuffer_drain(io->in, evbuffer_get_length(io->in));
         break;
     default:
+        /* FLUSHING: a pipelined request waits until this response is out. */
         /* STAGES / RESPONDING: leave it buffered (the read watermark stops
          * reading once PROXY_READ_HIGH bytes wait). */
         break;
@@ -493,14 +529,18 @@ static void conn_read_cb(struct io *io, void *arg)
     conn_release(c);
 }
 
+static void request_sent(struct conn *c);
+
 static void conn_write_cb(struct io *io, void *arg)
 {
     struct conn *c = arg;
 
     conn_hold(c);
     if (c->state == CONN_CLOSING) {
+        closing_step(c);
+    } else if (c->state == CONN_FLUSHING) {
         if (io_pending_out(io) == 0)
-            conn_close(c, false);
+            request_sent(c);
     } else if (c->state == CONN_PROXYING) {
         proxy_client_writable(c);
     } else if (c->state == CONN_TUNNEL) {
@@ -719,6 +759,7 @@ static void handle_head(struct conn *c, size_t head_len)
         return;
     }
     req_reset(r);
+    r->in_flight = true;
     gettimeofday(&r->start, NULL);
     r->h.headers = NULL;
     r->h.max_headers = c->cfg->limits.max_headers;
@@ -741,7 +782,11 @@ static void handle_head(struct conn *c, size_t head_len)
         respond_error(r, map_h1(st), NULL);
         return;
     }
-    r->body = r->h.framing == H1_FRAMING_NONE ? BODY_NONE : BODY_PENDING;
+    /* Content-Length: 0 is a body already complete: nothing is left unread. */
+    r->body = r->h.framing == H1_FRAMING_NONE ||
+                      (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length == 0)
+                  ? BODY_NONE
+                  : BODY_PENDING;
     if (normalise_target(r) < 0) {
         r->error_code = "bad path or host";
         respond_error(r, FG_ERR_BAD_REQUEST, NULL);
@@ -856,9 +901,23 @@ static void log_request(struct req *r)
         .ratelimit = r->ratelimit,
         .error = r->error_code,
     };
+    r->in_flight = false;
     log_access(&rec);
 }
 
+/* Does this connection end after the current response? RFC 9112 9.6: a
+ * request that asked to close, a body left unread, or a worker stopping. */
+static bool ends_after(const struct conn *c)
+{
+    return c->r->close_after || c->r->body == BODY_PENDING || c->w->stopping;
+}
+
+/*
+ * The response is complete in the output buffer. Its log line is written
+ * once the socket has taken its last byte (request_sent), so a client that
+ * leaves or stops reading mid-way is logged as cut, not as served. Nothing
+ * the client sends meanwhile is read when the connection is to close.
+ */
 void conn_finish_request(struct conn *c)
 {
     struct req *r = c->r;
@@ -868,19 +927,32 @@ void conn_finish_request(struct conn *c)
         r->stage_cancel(r->stage_cancel_arg);
         r->stage_cancel = NULL;
     }
-    log_request(r);
     req_release_pool(r);
+    c->state = CONN_FLUSHING;
+    conn_clear_timer(c);
+    if (ends_after(c))
+        conn_pause_read(c);
+    c->io->write_low = 0;
+    io_flush(c->io);
+    if (io_pending_out(c->io) == 0)
+        request_sent(c);
+}
+
+/* The response's last byte went to the socket: log the request, then serve
+ * the next one on this connection or close it. */
+static void request_sent(struct conn *c)
+{
+    struct req *r = c->r;
+
+    log_request(r);
     c->w->stats.requests++;
     c->requests++;
-    if (r->close_after || r->body == BODY_PENDING || c->w->stopping) {
+    if (ends_after(c)) {
         conn_close(c, true);
         return;
     }
-    /* The response leaves after its log line is written (conn_close
-     * flushes on the other path). */
-    io_flush(c->io);
+    c->io->write_low = PROXY_WRITE_LOW;
     c->state = CONN_READ_HEAD;
-    conn_clear_timer(c);
     conn_resume_read(c);
     if (evbuffer_get_length(c->io->in) > 0) {
         /* A pipelined request is already here. Serve it from the loop, not

@@ -12,7 +12,8 @@
  *      |                          |                   |--101 to a WebSocket upgrade--> TUNNEL
  *      |                          v                   (bytes both ways until a side closes,
  *      |                                               then finish with close)
- *      +--keep-alive------- response complete (finish) --close--> CLOSING -> freed
+ *      +--keep-alive-- FLUSHING (response complete, last bytes going out; then
+ *                      the log line) --close--> CLOSING -> LINGER -> freed
  *
  * A connection is never freed inside one of its own callbacks while something
  * up the stack may still touch it: conn_close() marks it and the free happens
@@ -49,6 +50,8 @@ enum conn_state {
     CONN_RESPONDING = 4, /* flowgate's own response being written */
     CONN_CLOSING = 5,    /* flushing the last bytes, then close */
     CONN_TUNNEL = 7,     /* WebSocket: bytes relayed both ways as they are */
+    CONN_FLUSHING = 8,   /* the response is complete; its last bytes are going out */
+    CONN_LINGER = 9,     /* write side shut; the client's last bytes are read and dropped */
 };
 const char *conn_state_str(enum conn_state st);
 
@@ -84,6 +87,7 @@ struct req {
     uint64_t body_seen;           /* raw body bytes read from the client */
     bool expect_sent;             /* "100 Continue" already written */
     bool response_started;        /* some response bytes reached the client */
+    bool in_flight;               /* begun and not yet logged (conn_free logs it as cut) */
     bool close_after;             /* close the connection after this response */
     int status;                   /* final status sent, for the log */
     const char *error_code;       /* flowgate error code, for the log */

@@ -69,9 +69,20 @@ static void set_interest(struct event *ev, bool *on, bool want)
         event_del(ev);
 }
 
+/* The write event carries the send timeout: libevent restarts a persistent
+ * event's timeout each time it fires, so it measures the time since the
+ * socket last became writable. */
 static void set_wev(struct io *io, bool on)
 {
-    set_interest(&io->wev, &io->wev_on, on);
+    if (on == io->wev_on)
+        return;
+    io->wev_on = on;
+    if (!on)
+        event_del(&io->wev);
+    else if (io->phase == IO_PHASE_OPEN && timerisset(&io->send_timeout))
+        event_add(&io->wev, &io->send_timeout);
+    else
+        event_add(&io->wev, NULL);
 }
 
 /* Register read interest exactly when something needs the socket readable. */
@@ -98,6 +109,12 @@ void io_setcb(struct io *io, io_data_cb read_cb, io_data_cb write_cb, io_event_c
     io->write_cb = write_cb;
     io->event_cb = event_cb;
     io->arg = arg;
+}
+
+void io_set_send_timeout(struct io *io, uint32_t ms)
+{
+    io->send_timeout.tv_sec = ms / 1000;
+    io->send_timeout.tv_usec = (ms % 1000) * 1000;
 }
 
 void io_enable_read(struct io *io)
@@ -253,6 +270,24 @@ static int read_tls(struct io *io)
     return 0;
 }
 
+/* Lingering: whatever arrives is dropped, read raw (a TLS record is not
+ * worth decrypting now). IO_EOF once the peer closes or resets. */
+static int read_discard(struct io *io)
+{
+    char buf[16384];
+
+    for (;;) {
+        ssize_t n = read(io->fd, buf, sizeof(buf));
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        return IO_EOF;
+    }
+}
+
 /* Read what the socket has, hand it to read_cb, then report EOF or error. */
 static void do_read(struct io *io)
 {
@@ -266,6 +301,11 @@ static void do_read(struct io *io)
         io->in_cb = NULL;
     }
 
+    if (io->lingering) {
+        if ((st = read_discard(io)) != 0)
+            report(io, st);
+        return;
+    }
     if (io->want_read && !io->eof && !io->error)
         st = io->ssl ? read_tls(io) : read_plain(io);
     size_t after = evbuffer_get_length(io->in);
@@ -450,7 +490,10 @@ static void io_wev_cb(evutil_socket_t fd, short what, void *arg)
     struct io *io = arg;
 
     io->busy++;
-    if (io->phase == IO_PHASE_CONNECTING) {
+    if ((what & (EV_TIMEOUT | EV_WRITE)) == EV_TIMEOUT) {
+        io->err = ETIMEDOUT; /* the peer took no byte for send_timeout */
+        report(io, IO_ERROR);
+    } else if (io->phase == IO_PHASE_CONNECTING) {
         connected(io);
     } else if (io->phase == IO_PHASE_HANDSHAKE) {
         handshake(io);
@@ -520,6 +563,27 @@ struct io *io_connect(struct event_base *base, const struct sockaddr *sa, sockle
     return io;
 }
 
+void io_linger(struct io *io)
+{
+    if (io->dead || io->error || io->eof || io->lingering)
+        return;
+    if (io->ssl && io->phase == IO_PHASE_OPEN)
+        SSL_shutdown(io->ssl); /* close_notify; its answer is not awaited */
+    ERR_clear_error();
+    shutdown(io->fd, SHUT_WR);
+    io->lingering = true;
+    evbuffer_drain(io->in, evbuffer_get_length(io->in));
+    if (io->in_cb) {
+        evbuffer_remove_cb_entry(io->in, io->in_cb);
+        io->in_cb = NULL;
+    }
+    io->in_full = false;
+    io->write_wants_read = io->read_wants_write = false;
+    set_wev(io, false);
+    io->want_read = true;
+    io_update(io);
+}
+
 void io_free(struct io *io)
 {
     if (io == NULL || io->dead)
@@ -527,7 +591,7 @@ void io_free(struct io *io)
     io->dead = true;
     event_del(&io->rev);
     event_del(&io->wev);
-    if (io->ssl && io->phase == IO_PHASE_OPEN && !io->error && !io->eof)
+    if (io->ssl && io->phase == IO_PHASE_OPEN && !io->error && !io->eof && !io->lingering)
         SSL_shutdown(io->ssl); /* close_notify, once; its answer is not awaited */
     ERR_clear_error();
     close(io->fd);

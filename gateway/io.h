@@ -30,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -65,6 +66,7 @@ struct io {
     size_t read_high;         /* stop reading while the input holds this much; 0 = none */
     size_t write_low;         /* write_cb once waiting output drains to this */
     size_t read_size;         /* bytes asked for per read(2) on a plain socket */
+    struct timeval send_timeout; /* longest wait for the socket to take bytes; 0 = none */
     int err;                  /* errno of a failed connect or write, for the user */
     enum io_phase phase;
     unsigned busy;            /* callbacks on the stack */
@@ -77,6 +79,7 @@ struct io {
     bool trigger;             /* io_trigger_read: call read_cb from the loop */
     bool write_wants_read;    /* SSL_write needs the socket readable */
     bool read_wants_write;    /* SSL_read needs the socket writable */
+    bool lingering;           /* io_linger: write side shut, input read and dropped */
 };
 
 /* An accepted socket: plain (SSL NULL; open at once) or TLS (server
@@ -101,6 +104,23 @@ void io_trigger_read(struct io *io);
 
 /* Write what the output holds now; what the socket refuses waits for it. */
 void io_flush(struct io *io);
+
+/* While output waits for the socket, a wait longer than MS (0 = none)
+ * without the socket taking a byte ends in IO_ERROR with err ETIMEDOUT: a
+ * peer that stopped reading is let go, one that reads slowly is not. The
+ * clock runs only while the socket refuses bytes, so it costs nothing while
+ * writes go through at once. */
+void io_set_send_timeout(struct io *io, uint32_t ms);
+
+/*
+ * Lingering close (RFC 9112 section 9.6): after the last response, shut
+ * the write side (a TLS close_notify first), then read and drop whatever
+ * the peer still sends until it closes (IO_EOF) or the caller's timer
+ * ends it. Closing at once with unread input would make the kernel send a
+ * reset, which can destroy the response before the peer has read it.
+ * Output must be fully written before this is called.
+ */
+void io_linger(struct io *io);
 
 /* Close the socket, drop both buffers. Safe inside callbacks. */
 void io_free(struct io *io);

@@ -47,6 +47,7 @@ static void up_event_cb(struct io *io, int what, void *arg);
 static void up_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_upstream(struct conn *c, bool allow_pooled);
 static void pump_response(struct conn *c);
+static void arm_up_timer(struct conn *c);
 static void tunnel_start(struct conn *c, struct upconn *uc);
 
 static void set_up_timer(struct upconn *uc, uint32_t ms)
@@ -333,10 +334,30 @@ void proxy_client_readable(struct conn *c)
         pump_request(c);
 }
 
+/*
+ * The upstream's read timer measures its silence while flowgate wants its
+ * bytes. While the client's output is full, flowgate itself has stopped
+ * taking the upstream's bytes (backpressure): that wait is the client's, and
+ * only the client's send timeout runs (io_set_send_timeout).
+ */
+static void arm_up_timer(struct conn *c)
+{
+    struct upconn *uc = c->up;
+
+    if (uc == NULL || c->closed || c->state != CONN_PROXYING)
+        return;
+    if (c->r->resp_head_done && io_pending_out(c->io) >= PROXY_WRITE_HIGH)
+        event_del(uc->timer);
+    else
+        set_up_timer(uc, uc->pool->u->read_timeout_ms);
+}
+
 void proxy_client_writable(struct conn *c)
 {
-    if (c->r->resp_head_done && c->up)
+    if (c->r->resp_head_done && c->up) {
         pump_response(c);
+        arm_up_timer(c);
+    }
 }
 
 /* ---- connecting -------------------------------------------------------- */
@@ -715,8 +736,8 @@ static void up_read_cb(struct io *io, void *arg)
     } else {
         pump_response(c);
     }
-    if (c->up == uc && !c->closed && c->state == CONN_PROXYING)
-        set_up_timer(uc, uc->pool->u->read_timeout_ms);
+    if (c->up == uc)
+        arm_up_timer(c);
     conn_release(c);
 }
 

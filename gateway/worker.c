@@ -290,8 +290,8 @@ static void stop(struct worker *w)
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
-        if (c->idle || c->state == CONN_PROXY_HEADER || (c->state == CONN_READ_HEAD &&
-                        evbuffer_get_length(c->io->in) == 0))
+        if (c->idle || c->state == CONN_PROXY_HEADER || c->state == CONN_LINGER ||
+            (c->state == CONN_READ_HEAD && evbuffer_get_length(c->io->in) == 0))
             conn_close(c, false);
     }
     upstream_pools_close_idle(w);

@@ -4,7 +4,7 @@
 set -e
 PKGS="build-essential pkg-config libevent-dev libssl-dev libjwt-dev libhiredis-dev
 libjansson-dev libconfig-dev node-llhttp libcmocka-dev redis-server curl wrk
-openssl python3 clang-14 libclang-rt-14-dev nginx haproxy testssl.sh gnuplot-nox"
+openssl iproute2 python3 clang-14 libclang-rt-14-dev nginx haproxy testssl.sh gnuplot-nox"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

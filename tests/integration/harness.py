@@ -312,6 +312,7 @@ def base_config(https_port, http_port, admin_port, upstream_addr, tmp):
             "body_timeout_ms": 30000,
             "underscores_in_headers": False,
             "keepalive_timeout_ms": 60000,
+            "send_timeout_ms": 60000,
             "max_connections": 10000,
         },
         "jwt": {
@@ -477,12 +478,26 @@ class Flowgate:
         except OSError:
             return ""
 
-    def access_log(self):
+    def access_log(self, settle=0.05):
+        """Every access-log line so far. A request is logged once its
+        response's last byte went to the socket, a moment after the client
+        may have read it: read until two reads SETTLE seconds apart agree."""
+        out = self._read_access_log()
+        deadline = time.monotonic() + 2.0
+        while settle and time.monotonic() < deadline:
+            time.sleep(settle)
+            again = self._read_access_log()
+            if len(again) == len(out):
+                break
+            out = again
+        return out
+
+    def _read_access_log(self):
         out = []
         try:
             with open(self.access_path, errors="replace") as f:
                 for line in f:
-                    if line.strip():
+                    if line.strip() and line.endswith("\n"):
                         out.append(json.loads(line))
         except OSError:
             pass

@@ -118,7 +118,7 @@ static char *full_config(void)
              "           csp = \"default-src 'self'\"; server = \"flowgate\"; };\n"
              "limits: { max_header_bytes = 8192; max_headers = 50; max_body_bytes = 5000000000L;\n"
              "          header_timeout_ms = 1000; body_timeout_ms = 2000;\n"
-             "          underscores_in_headers = true; keepalive_timeout_ms = 3000;\n"
+             "          underscores_in_headers = true; keepalive_timeout_ms = 3000; send_timeout_ms = 4000;\n"
              "          max_connections = 77; };\n"
              "jwt: { algorithm = \"HS256\";\n"
              "       keys = ( { kid = \"k1\"; secret_env = \"FG_TEST_JWT\"; },\n"
@@ -224,6 +224,7 @@ static void test_full_headers_limits(void **state)
     assert_int_equal(cfg->limits.body_timeout_ms, 2000);
     assert_true(cfg->limits.underscores_in_headers);
     assert_int_equal(cfg->limits.keepalive_timeout_ms, 3000);
+    assert_int_equal(cfg->limits.send_timeout_ms, 4000);
     assert_int_equal(cfg->limits.max_connections, 77);
     cfg_unref(cfg);
 }
@@ -428,6 +429,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->limits.max_headers, 100);
     assert_true(cfg->limits.max_body_bytes == 10485760);
     assert_int_equal(cfg->limits.keepalive_timeout_ms, 60000);
+    assert_int_equal(cfg->limits.send_timeout_ms, 60000);
     assert_int_equal(cfg->limits.max_connections, 10000);
     assert_int_equal(cfg->jwt.nkeys, 0);
     assert_int_equal(cfg->jwt.leeway_seconds, 30);
