@@ -1189,6 +1189,30 @@ static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
                 FG_KEY_PREFIX_MAX, strlen(r->key_prefix));
 }
 
+/*
+ * One network of a CIDR list: 0, or -1 after reporting why. Host bits set
+ * ("192.168.1.5/24") are refused rather than silently cleared: whether the
+ * network or the one host was meant is for the operator to say.
+ */
+static int parse_network(struct cfg_ctx *ctx, const config_setting_t *e, struct cidr *out)
+{
+    const char *text = config_setting_get_string(e);
+    char meant[CIDR_FORMAT_MAX];
+
+    switch (cidr_parse(text, out)) {
+    case CIDR_OK: return 0;
+    case CIDR_HOST_BITS:
+        if (cidr_format(out, meant, sizeof(meant)) == 0) {
+            cfg_bad(ctx, e, "\"%s\" has host bits set (did you mean \"%s\"?)", text, meant);
+            return -1;
+        }
+        break;
+    case CIDR_MALFORMED: break;
+    }
+    cfg_bad(ctx, e, "bad network \"%s\" (expected address or address/prefix)", text);
+    return -1;
+}
+
 static void parse_trusted(struct cfg_ctx *ctx, const config_setting_t *rl)
 {
     struct cidr_set *set = &ctx->cfg->trusted_proxies;
@@ -1204,12 +1228,8 @@ static void parse_trusted(struct cfg_ctx *ctx, const config_setting_t *rl)
             cfg_bad(ctx, e, "must be a string");
             continue;
         }
-        if (cidr_parse(config_setting_get_string(e), &set->items[set->n]) != 0) {
-            cfg_bad(ctx, e, "bad network \"%s\" (expected address or address/prefix)",
-                    config_setting_get_string(e));
-            continue;
-        }
-        set->n++;
+        if (parse_network(ctx, e, &set->items[set->n]) == 0)
+            set->n++;
     }
 }
 

@@ -10,6 +10,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,15 +37,19 @@ static void cidr_canonical(struct cidr *c)
     c->prefix -= 96;
 }
 
-/* Zero the host bits. */
-static void cidr_mask(struct cidr *c)
+/* Zero the host bits. Returns whether any was set. */
+static bool cidr_mask(struct cidr *c)
 {
-    unsigned full = c->prefix / 8;
-    unsigned rem = c->prefix % 8;
+    uint8_t set = 0;
 
-    if (rem != 0)
-        c->addr[full++] &= (uint8_t)(0xff << (8 - rem));
-    memset(c->addr + full, 0, sizeof(c->addr) - full);
+    for (unsigned i = 0; i < sizeof(c->addr); i++) {
+        unsigned bits = c->prefix > 8 * i ? c->prefix - 8 * i : 0; /* network bits here */
+        uint8_t keep = bits >= 8 ? 0xff : (uint8_t)(0xff00 >> bits);
+
+        set |= c->addr[i] & (uint8_t)~keep;
+        c->addr[i] &= keep;
+    }
+    return set != 0;
 }
 
 /* The address part, N bytes, not NUL-terminated. Family by the presence of
@@ -83,22 +88,35 @@ static int parse_prefix(const char *s, unsigned max, uint8_t *out)
     return 0;
 }
 
-int cidr_parse(const char *text, struct cidr *out)
+enum cidr_result cidr_parse(const char *text, struct cidr *out)
 {
     struct cidr c;
     const char *slash;
 
     if (text == NULL || out == NULL)
-        return -1;
+        return CIDR_MALFORMED;
     slash = strchr(text, '/');
     if (parse_addr(text, slash != NULL ? (size_t)(slash - text) : strlen(text), &c) == -1)
-        return -1;
+        return CIDR_MALFORMED;
     if (slash != NULL && parse_prefix(slash + 1, cidr_bits(c.family), &c.prefix) == -1)
-        return -1;
-    cidr_mask(&c);
+        return CIDR_MALFORMED;
+    if (cidr_mask(&c)) {
+        *out = c; /* as written, for the message */
+        return CIDR_HOST_BITS;
+    }
     cidr_canonical(&c);
     *out = c;
-    return 0;
+    return CIDR_OK;
+}
+
+int cidr_format(const struct cidr *net, char *buf, size_t cap)
+{
+    char addr[INET6_ADDRSTRLEN];
+
+    if (inet_ntop(net->family, net->addr, addr, sizeof(addr)) == NULL)
+        return -1;
+    int n = snprintf(buf, cap, "%s/%u", addr, (unsigned)net->prefix);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
 /* Is the address ADDR (full-length, canonical) inside NET? */

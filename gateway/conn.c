@@ -750,6 +750,31 @@ static enum stage_verdict route_checks(struct req *r)
     return STAGE_NEXT;
 }
 
+/* Parse the head in R's buffer, then find the client and the request id,
+ * which a request refused for its head also gets, for its answer and log. */
+static enum h1_status parse_head(struct req *r, size_t head_len)
+{
+    struct conn *c = r->c;
+
+    r->h.headers = r->rb->hdrs;
+    enum h1_status st =
+        h1_parse_request(&r->h, r->rb->head, head_len, c->cfg->limits.underscores_in_headers);
+    bool parsed = st == H1_OK || st == H1_EXPECTATION; /* every field is set */
+    bool trusted = is_trusted(c, NULL, 0);
+    if (parsed) {
+        find_client(r, trusted);
+        /* Content-Length: 0 is a body already complete: nothing is left unread. */
+        r->body = r->h.framing == H1_FRAMING_NONE ||
+                          (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length == 0)
+                      ? BODY_NONE
+                      : BODY_PENDING;
+    } else {
+        memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
+    }
+    assign_request_id(r, parsed && trusted);
+    return st;
+}
+
 static void handle_head(struct conn *c, size_t head_len)
 {
     struct req *r = req_acquire(c);
@@ -767,29 +792,22 @@ static void handle_head(struct conn *c, size_t head_len)
         conn_close(c, false);
         return;
     }
-    r->h.headers = r->rb->hdrs;
-    enum h1_status st = h1_parse_request(&r->h, r->rb->head, head_len,
-                                         c->cfg->limits.underscores_in_headers);
-    bool trusted = is_trusted(c, NULL, 0);
-    if (st == H1_OK) {
-        find_client(r, trusted);
-    } else {
-        memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
-    }
-    assign_request_id(r, st == H1_OK && trusted);
-    if (st != H1_OK) {
+    enum h1_status st = parse_head(r, head_len);
+    if (st != H1_OK && st != H1_EXPECTATION) {
         r->error_code = r->h.reason;
         respond_error(r, map_h1(st), NULL);
         return;
     }
-    /* Content-Length: 0 is a body already complete: nothing is left unread. */
-    r->body = r->h.framing == H1_FRAMING_NONE ||
-                      (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length == 0)
-                  ? BODY_NONE
-                  : BODY_PENDING;
     if (normalise_target(r) < 0) {
         r->error_code = "bad path or host";
         respond_error(r, FG_ERR_BAD_REQUEST, NULL);
+        return;
+    }
+    if (st == H1_EXPECTATION) {
+        /* 417. A body left unread closes the connection after it
+         * (send_own); without one the connection carries on. */
+        r->error_code = r->h.reason;
+        respond_error(r, FG_ERR_EXPECTATION, NULL);
         return;
     }
     if (c->l->kind == LISTENER_HTTP) {

@@ -77,6 +77,7 @@ const char *h1_status_str(enum h1_status st)
     case H1_BAD_REQUEST: return "bad_request";
     case H1_HEAD_TOO_LARGE: return "head_too_large";
     case H1_UNSUPPORTED: return "unsupported";
+    case H1_EXPECTATION: return "expectation";
     }
     return "unknown";
 }
@@ -653,29 +654,33 @@ static enum h1_status request_framing(struct h1_request *req)
 }
 
 /*
- * RFC 9110 10.1.1. Only 100-continue is implemented; any other expectation
- * would deserve 417, which flowgate does not send: H1_UNSUPPORTED, which the
- * engine answers with 400. 100-continue from an HTTP/1.0 client is ignored.
+ * RFC 9110 10.1.1. Only 100-continue is implemented: any other expectation
+ * (a list holding one included) is H1_EXPECTATION, answered 417. The other
+ * fields are still filled in, so the engine knows whether a body follows.
+ * 100-continue from an HTTP/1.0 client is ignored, as 10.1.1 requires.
  */
 static enum h1_status request_options(struct h1_request *req)
 {
     const struct h1_header *h = req->headers;
     size_t n = req->nheaders;
+    enum h1_status st = H1_OK;
 
     for (size_t i = 0; i < n; i++) {
         if (!h1_token_eq(h[i].name, h[i].name_len, "expect"))
             continue;
         if (!h1_token_eq(h[i].value, h[i].value_len, "100-continue")) {
             req->reason = "unsupported expectation";
-            return H1_UNSUPPORTED;
+            st = H1_EXPECTATION;
         }
         req->expect_continue = req->version_minor == 1;
     }
+    if (st != H1_OK)
+        req->expect_continue = false;
     unsigned ct = connection_tokens(h, n);
     req->connection = ct & H1_CONN_PRESENT;
     req->keep_alive = keep_alive_of(req->version_minor, ct);
     req->upgrade = (ct & H1_CONN_UPGRADE) && h1_find(h, n, "upgrade") != NULL;
-    return H1_OK;
+    return st;
 }
 
 /* The single framing line llhttp is shown in place of the sender's. */
@@ -720,9 +725,11 @@ enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t 
         req->reason = f.reason;
         return st;
     }
-    if ((st = check_host(req)) != H1_OK || (st = request_framing(req)) != H1_OK ||
-        (st = request_options(req)) != H1_OK)
+    if ((st = check_host(req)) != H1_OK || (st = request_framing(req)) != H1_OK)
         return st;
+    /* An unmet expectation is reported only once the rest of the head is
+     * known to be well formed: a malformed head is a 400 whatever it expects. */
+    enum h1_status expect = request_options(req);
     if (feed_head(&req->parser, buf, len,
                   framing_line(req->framing, req->content_length, tmp, sizeof(tmp)),
                   &req->reason) < 0)
@@ -730,7 +737,7 @@ enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t 
     req->method = llhttp_get_method(&req->parser.llh);
     req->parser.framing = (uint8_t)req->framing;
     req->parser.msg_done = req->framing == H1_FRAMING_NONE;
-    return H1_OK;
+    return expect;
 }
 
 /* --- responses ----------------------------------------------------------------------------- */

@@ -37,6 +37,8 @@ enum h1_status {
     H1_BAD_REQUEST = 1,     /* 400 and close */
     H1_HEAD_TOO_LARGE = 2,  /* 431 and close: too many headers */
     H1_UNSUPPORTED = 3,     /* 400 too (unknown coding, bad version...) */
+    H1_EXPECTATION = 4,     /* 417: a well-formed head (every field set) with an Expect
+                               flowgate cannot meet */
 };
 const char *h1_status_str(enum h1_status st);
 
@@ -80,7 +82,7 @@ struct h1_request {
     enum h1_framing framing;
     uint64_t content_length; /* when LENGTH */
     bool keep_alive;         /* per version and Connection */
-    bool expect_continue;    /* Expect: 100-continue (other expectations: 417 is not used; 400) */
+    bool expect_continue;    /* Expect: 100-continue on HTTP/1.1 (anything else: H1_EXPECTATION) */
     bool upgrade;            /* Connection: upgrade + Upgrade present */
     bool connection;         /* a Connection header is present */
     const char *reason;      /* static text: why H1_BAD_REQUEST (for the log) */
@@ -116,6 +118,8 @@ ssize_t h1_head_end(const char *buf, size_t len);
  * and REQ->max_headers must be set by the caller. UNDERSCORES false drops
  * (omits from REQ->headers) any header whose name holds '_'.
  * Returns H1_OK with every field set, or an error with REQ->reason set.
+ * H1_EXPECTATION is the one error after which every field is set too (the
+ * caller needs the framing to know whether a body follows its 417).
  * After H1_OK the body (if any) is framed with h1_body_feed.
  */
 enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t len,

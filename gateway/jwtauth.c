@@ -78,15 +78,22 @@ const char *jwtauth_result_str(enum jwtauth_result res)
 
 int jwtauth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len)
 {
-    /* RFC 6750 section 2.1: credentials = "Bearer" 1*SP b64token. One SP
-     * only: anything looser lets two parsers disagree on where it starts. */
-    if (len <= 7 || strncasecmp(value, "bearer ", 7) != 0)
+    /* RFC 6750 section 2.1: credentials = "Bearer" 1*SP b64token. SP only:
+     * a tab is not in the grammar, and accepting one would let two parsers
+     * disagree on where the token starts. */
+    size_t i = 6;
+
+    if (len <= i || strncasecmp(value, "bearer", i) != 0 || value[i] != ' ')
         return -1;
-    for (size_t i = 7; i < len; i++)
-        if (value[i] == ' ' || value[i] == '\t')
+    while (i < len && value[i] == ' ')
+        i++;
+    if (i == len)
+        return -1;
+    for (size_t j = i; j < len; j++)
+        if (value[j] == ' ' || value[j] == '\t')
             return -1;
-    *tok = value + 7;
-    *tok_len = len - 7;
+    *tok = value + i;
+    *tok_len = len - i;
     return 0;
 }
 

@@ -97,9 +97,9 @@ struct jwtauth_identity {
 
 /*
  * The token of an Authorization value (RFC 6750 section 2.1):
- * "Bearer" (any case), exactly one SP, then a b64token with nothing after.
- * Tabs, two spaces, a second word or another scheme: -1. On success the
- * token is a slice of VALUE.
+ * "Bearer" (any case), one or more SP, then a b64token with nothing after.
+ * A tab, a second word or another scheme: -1. On success the token is a
+ * slice of VALUE.
  */
 int jwtauth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len);
 

@@ -1,6 +1,6 @@
 /*
  * tls.c - server SSL_CTXs: one per certificate, chosen by SNI, strong
- * defaults, ALPN "http/1.1", stateless session tickets with in-memory keys.
+ * defaults, ALPN (http/1.1, or none), stateless session tickets with in-memory keys.
  *
  * Lifetime: a set is owned by its default (first) SSL_CTX. tls_free() drops
  * the builder's reference to that context; every SSL made by tls_new_ssl()
@@ -345,28 +345,33 @@ static int tls_servername_cb(SSL *ssl, int *alert, void *arg) {
 /* ---- ALPN ---------------------------------------------------------------- */
 
 /*
- * Selects "http/1.1" from the client's list. A client that offers ALPN but
- * not http/1.1 gets a fatal no_application_protocol alert (RFC 7301 3.2), as
- * nginx does: continuing would let it speak a protocol we do not.
+ * What flowgate speaks over TLS, as an ALPN protocol list (RFC 7301 3.1:
+ * length-prefixed names), most preferred first: "h2" goes in front of
+ * "http/1.1" the day HTTP/2 is served.
+ */
+static const unsigned char tls_alpn_protos[] = "\x08http/1.1";
+
+/*
+ * Selects the first protocol of tls_alpn_protos that the client offers
+ * (RFC 7301 3.2: the server's preference decides). A client whose list
+ * holds none of them (curl --http1.0 offers only "http/1.0") gets no ALPN
+ * answer rather than a no_application_protocol alert, as nginx does: the
+ * handshake completes and the connection speaks HTTP/1.1, which every
+ * HTTP/1.x client reads.
  */
 static int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
-    static const char h1[] = "http/1.1";
-    unsigned int i = 0;
+    unsigned char *sel = NULL;
+    unsigned char sel_len = 0;
 
-    while (i < inlen) {
-        unsigned int n = in[i];
-
-        if (n == 0 || n > inlen - i - 1)
-            break; /* malformed list */
-        if (n == sizeof(h1) - 1 && memcmp(&in[i + 1], h1, n) == 0) {
-            *out = &in[i + 1];
-            *outlen = (unsigned char)n;
-            return SSL_TLSEXT_ERR_OK;
-        }
-        i += n + 1;
-    }
-    return SSL_TLSEXT_ERR_ALERT_FATAL;
+    /* OpenSSL checked the client's list before calling us. On a match SEL
+     * points into our static list, which outlives the handshake. */
+    if (SSL_select_next_proto(&sel, &sel_len, tls_alpn_protos, sizeof(tls_alpn_protos) - 1, in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = sel;
+    *outlen = sel_len;
+    return SSL_TLSEXT_ERR_OK;
 }
 
 /* ---- contexts ------------------------------------------------------------ */

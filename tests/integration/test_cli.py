@@ -55,6 +55,29 @@ def test_check_short_jwt_secret_and_mismatched_key():
           "no FILE:LINE for the mismatched key: %r" % (p.stdout + p.stderr))
 
 
+def test_check_network_with_host_bits_names_file_line_and_meant_network():
+    text = _base_text()
+    line = text.count("\n") + 2
+    good = ('rate_limit: {\n'
+            '  trusted_proxies = [ "10.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32" ];\n'
+            '};\n')
+    path = _write(text + good, "good.conf")
+    p = run_flowgate(["-t", "-c", path])
+    eq(p.returncode, 0, "exit status for networks without host bits (stderr %r)" % p.stderr[-500:])
+    bad = good.replace('"10.0.0.0/8"', '"192.168.1.5/24"').replace('"2001:db8::/32"',
+                                                                  '"2001:db8::1/64"')
+    path = _write(text + bad, "bad.conf")
+    p = run_flowgate(["-t", "-c", path])
+    eq(p.returncode, 1, "exit status for networks with host bits set")
+    out = p.stdout + p.stderr
+    for net, meant in (("192.168.1.5/24", "192.168.1.0/24"), ("2001:db8::1/64", "2001:db8::/64")):
+        index = 1 if "." in net else 3
+        want = ('%s:%d: rate_limit.trusted_proxies[%d]: "%s" has host bits set '
+                '(did you mean "%s"?)' % (path, line, index, net, meant))
+        check(want in out, "expected %r in %r" % (want, out))
+    check("configuration OK" not in out, "said OK for a bad file")
+
+
 def test_version_flag():
     p = run_flowgate(["-V"])
     eq(p.returncode, 0, "exit status of -V")

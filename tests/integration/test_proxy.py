@@ -1,6 +1,6 @@
 """The core proxy: what a client and an upstream observe (SPEC sections 3 and 4)."""
 
-from harness import (HSTS, ConnectionClosed, Flowgate, Upstream, assert_error,
+from harness import (HSTS, ConnectionClosed, Flowgate, Upstream, assert_closes, assert_error,
                      assert_new_request_id, assert_security_headers, check, eq, pattern,
                      plain_request, req_header, sha256)
 
@@ -328,6 +328,33 @@ def test_expect_100_continue():
         recs = [x for x in up.requests() if x["target"] == "/expect"]
         eq(len(recs), 1, "forwarded once")
         eq((recs[0]["body_len"], recs[0]["body_sha256"]), (5, sha256(b"hello")), "body")
+
+
+def test_expect_other_than_continue_is_417():
+    """RFC 9110 10.1.1: nothing forwarded; a body the client may still send
+    is not read, so the connection closes, unless no body is framed."""
+    bodies = (b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n")
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        for framing in bodies:
+            c = fg.tls()
+            c.send(b"POST /e417 HTTP/1.1\r\nHost: localhost\r\n" + framing +
+                   b"Expect: 100-continue, x-later\r\n\r\n")
+            r = c.read_response(timeout=10)
+            assert_error(r, 417, "expectation_failed")
+            assert_closes(c, r)
+            c.close()
+        c = fg.tls()
+        c.send(b"GET /e417 HTTP/1.1\r\nHost: localhost\r\nExpect: x-later\r\n\r\n")
+        r = c.read_response(timeout=10)
+        assert_error(r, 417, "expectation_failed")
+        check("close" not in (r.header("Connection") or "").lower(),
+              "417 without a body closed the connection")
+        r = c.request("GET", "/after417", timeout=10)
+        c.close()
+        eq(r.status, 200, "the next request on the connection")
+        eq(up.targets(), ["/after417"], "what reached the upstream")
+        log = [x for x in fg.access_log() if x.get("status") == 417]
+        eq(len(log), 3, "417s in the access log")
 
 
 def test_admin_health_and_ready():

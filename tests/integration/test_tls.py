@@ -6,7 +6,7 @@ import ssl
 import threading
 
 from harness import (CERTS, LOOPBACK, Conn, Flowgate, Skip, Upstream, check, client_context,
-                     eq, fail, s_client)
+                     curl, eq, fail, s_client)
 
 TIMEOUT = 60
 V = ssl.TLSVersion
@@ -131,6 +131,29 @@ def test_alpn_selects_http11():
                   "latin-1"))
         check(b"Verification: OK" in p.stdout or b"Verify return code: 0 (ok)" in p.stdout,
               "chain did not verify against the dev CA")
+
+
+def test_alpn_without_a_protocol_we_speak_is_served_http11():
+    """A client offering only protocols flowgate does not speak (curl --http1.0
+    offers "http/1.0") gets no ALPN answer, not a no_application_protocol
+    alert: the handshake completes and HTTP/1.1 is spoken."""
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        s = _handshake(fg.https_port, client_context(alpn=["http/1.0"]))
+        eq(s.selected_alpn_protocol(), None, "ALPN for a client offering only http/1.0")
+        c = Conn(s)
+        eq(c.request("GET", "/alpn-none").status, 200, "request without ALPN")
+        c.close()
+        p = curl(["-i", "--http1.0", "https://localhost:%d/alpn-curl" % fg.https_port])
+        eq(p.returncode, 0, "curl --http1.0 exit (stderr %r)" % p.stderr)
+        status = p.stdout.split(b"\r\n", 1)[0].split()
+        eq(status[1:2], [b"200"], "curl --http1.0 status line %r" % p.stdout[:40])
+        p = s_client(fg.https_port, ["-servername", "localhost", "-alpn", "http/1.0"],
+                     stdin=b"")
+        out = p.stdout.decode("latin-1")
+        check("No ALPN negotiated" in out, "openssl s_client -alpn http/1.0:\n%s" % out[-1500:])
+        check("Verification: OK" in out or "Verify return code: 0 (ok)" in out,
+              "s_client handshake did not complete:\n%s" % out[-1500:])
+        eq(up.targets(), ["/alpn-none", "/alpn-curl"], "what reached the upstream")
 
 
 def _resumed(port, version):

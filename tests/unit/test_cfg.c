@@ -604,6 +604,13 @@ static void test_err_address(void **state)
                  "test.conf:4: rate_limit.redis.address: bad address \"redis\"");
     expect_error(HEAD "rate_limit: {\n trusted_proxies = [ \"10.0.0.0/33\" ]; };\n",
                  "test.conf:4: rate_limit.trusted_proxies[0]: bad network");
+    expect_error(HEAD "rate_limit: {\n trusted_proxies = [ \"10.0.0.0/8\",\n"
+                      " \"192.168.1.5/24\" ]; };\n",
+                 "test.conf:5: rate_limit.trusted_proxies[1]: \"192.168.1.5/24\" has host bits set "
+                 "(did you mean \"192.168.1.0/24\"?)");
+    expect_error(HEAD "rate_limit: {\n trusted_proxies = [ \"2001:db8::1/64\" ]; };\n",
+                 "test.conf:4: rate_limit.trusted_proxies[0]: \"2001:db8::1/64\" has host bits "
+                 "set (did you mean \"2001:db8::/64\"?)");
     expect_error("listen: { https = [ ]; http = [ ]; };\n",
                  "test.conf:1: listen: at least one https or http listener is required");
 }

@@ -442,11 +442,39 @@ static void test_expect(void **state)
     assert_int_equal(parse_req(&req, "PUT / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"), H1_OK);
     assert_false(req.expect_continue);
     assert_int_equal(parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
-                     H1_UNSUPPORTED);
+                     H1_EXPECTATION);
     assert_non_null(req.reason);
+    assert_int_equal(req.framing, H1_FRAMING_NONE);
+    assert_true(req.keep_alive);
     assert_int_equal(
         parse_req(&req, "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n"),
-        H1_UNSUPPORTED);
+        H1_EXPECTATION);
+    assert_false(req.expect_continue);
+    assert_int_equal(parse_req(&req, "PUT / HTTP/1.0\r\nExpect: x\r\n\r\n"), H1_EXPECTATION);
+}
+
+/* A 417 is answered from a parsed head: the caller learns the body's framing
+ * (to close after a body it did not read) and the connection options. */
+static void test_expect_fields(void **state)
+{
+    struct h1_request req;
+
+    assert_int_equal(parse_req(&req, "POST /p HTTP/1.1\r\nHost: a\r\nExpect: x\r\n"
+                                     "Content-Length: 5\r\nConnection: close\r\n\r\n"),
+                     H1_EXPECTATION);
+    assert_int_equal(req.framing, H1_FRAMING_LENGTH);
+    assert_int_equal(req.content_length, 5);
+    assert_false(req.keep_alive);
+    assert_int_equal(req.path_len, 2);
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nExpect: x\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n"),
+                     H1_EXPECTATION);
+    assert_int_equal(req.framing, H1_FRAMING_CHUNKED);
+    /* A head that is bad besides is a 400, whatever it expects. */
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nExpect: x\r\n\r\n"), H1_BAD_REQUEST);
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nExpect: x\r\n"
+                                     "Content-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+                     H1_BAD_REQUEST);
 }
 
 static void test_underscores(void **state)
@@ -802,6 +830,7 @@ static void test_helpers(void **state)
                              4, "close"));
     assert_string_equal(h1_status_str(H1_HEAD_TOO_LARGE), "head_too_large");
     assert_string_equal(h1_status_str(H1_OK), "ok");
+    assert_string_equal(h1_status_str(H1_EXPECTATION), "expectation");
 }
 
 /* The byte-by-byte definition of h1_head_end's verdicts (RFC 9112 2.2,
@@ -899,6 +928,7 @@ int main(void)
         cmocka_unit_test_teardown(test_keep_alive, release_slots),
         cmocka_unit_test_teardown(test_upgrade, release_slots),
         cmocka_unit_test_teardown(test_expect, release_slots),
+        cmocka_unit_test_teardown(test_expect_fields, release_slots),
         cmocka_unit_test_teardown(test_underscores, release_slots),
         cmocka_unit_test_teardown(test_too_many_headers, release_slots),
         cmocka_unit_test_teardown(test_absolute_form, release_slots),
