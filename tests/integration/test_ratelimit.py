@@ -23,6 +23,8 @@ TIMEOUT = 90
 
 REDIS_PASSWORD = "redis-test-password-0123"
 
+DOWN_AFTER_TIMEOUTS = 3  # RL_DOWN_AFTER_TIMEOUTS (gateway/rl_redis.h)
+
 
 # ------------------------------------------------------------------ helpers
 
@@ -345,7 +347,7 @@ def redis_failure_phases(mode, expect_down, expect_paused):
         wait_redis(fg, "up")
         # recovered without a restart of flowgate: Redis decides again
         assert_exact_burst(burst(fg, 4, "/p", from_ip("198.51.100.5")), 3, 60)
-        redis.pause()
+        redis.pause()  # the link goes down after DOWN_AFTER_TIMEOUTS timeouts in a row
         t0 = time.monotonic()
         expect_paused(fg, "198.51.100.3")
         check(time.monotonic() - t0 < 10, "requests stalled behind a paused Redis")
@@ -379,12 +381,13 @@ def test_ratelimit_redis_failure_allow():
 
 def test_ratelimit_redis_failure_deny():
     def denied(fg, ip):
-        for r in burst(fg, 2, "/p", from_ip(ip)):
+        for r in burst(fg, DOWN_AFTER_TIMEOUTS, "/p", from_ip(ip)):
             assert_error(r, 503, "unavailable")
 
     text = redis_failure_phases("deny", denied, denied)
     eq(metric(text, "flowgate_ratelimit_decisions_total",
-              '{tier="anonymous",outcome="failed_closed"}'), 4.0, "503 answers")
+              '{tier="anonymous",outcome="failed_closed"}'), 2.0 * DOWN_AFTER_TIMEOUTS,
+       "503 answers")
 
 
 def test_ratelimit_off_without_group():
