@@ -593,7 +593,11 @@ static enum stage_verdict decide_local(struct req *r, const struct rl_plan *p)
     return apply(r, p, admitted, res, admitted ? RL_OUT_LOCAL_ALLOWED : RL_OUT_LOCAL_LIMITED);
 }
 
-static enum stage_verdict decide_without_redis(struct req *r, const struct rl_plan *p)
+/* Redis gave no decision (STATUS: RL_CALL_TIMEOUT when the call passed its
+ * deadline; RL_CALL_ERROR also when the link is not up): on_redis_failure
+ * decides. A 503 says in the access log which of the two it was. */
+static enum stage_verdict decide_without_redis(struct req *r, const struct rl_plan *p,
+                                               enum rl_call_status status)
 {
     switch (r->cfg->rate_limit.on_redis_failure) {
     case FG_REDIS_FAIL_LOCAL: return decide_local(r, p);
@@ -603,7 +607,8 @@ static enum stage_verdict decide_without_redis(struct req *r, const struct rl_pl
     case FG_REDIS_FAIL_DENY: break;
     }
     count_decision(r, p->tier, RL_OUT_FAIL_CLOSED);
-    r->error_code = "rate limit store unavailable";
+    r->error_code =
+        status == RL_CALL_TIMEOUT ? "rate limit store timeout" : "rate limit store unavailable";
     respond_error(r, FG_ERR_UNAVAILABLE, NULL);
     return STAGE_ANSWERED;
 }
@@ -702,7 +707,7 @@ static void ask_done(void *arg, enum rl_call_status status, const redisReply *re
             remember_refusals(c->w->rl, &q->plan, res);
         v = apply(r, &q->plan, admitted, res, admitted ? RL_OUT_ALLOWED : RL_OUT_LIMITED);
     } else {
-        v = decide_without_redis(r, &q->plan); /* rl_redis.c counted and logged it */
+        v = decide_without_redis(r, &q->plan, status); /* rl_redis.c counted and logged it */
     }
     ask_put(c->w->rl, q);
     /* An answer (429, 503) has finished the request already, and may have
@@ -765,7 +770,7 @@ static enum stage_verdict ratelimit_run(struct req *r)
     }
     if (rl_link_state(st->link) == RL_LINK_UP && ask_redis(r, q) == STAGE_WAIT)
         return STAGE_WAIT;
-    v = decide_without_redis(r, &q->plan);
+    v = decide_without_redis(r, &q->plan, RL_CALL_ERROR);
     ask_put(st, q);
     return v;
 }
@@ -795,6 +800,7 @@ static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_l
         out->calls += s.calls;
         out->batches += s.batches;
         out->errors += s.errors;
+        out->timeouts += s.timeouts;
         out->lat_sum_us += s.lat_sum_us;
         for (size_t b = 0; b <= RL_LAT_BUCKETS; b++)
             out->lat_buckets[b] += s.lat_buckets[b];
@@ -832,6 +838,8 @@ size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, si
            strcmp(ratelimit_redis_state(workers, n), "up") == 0);
     APPEND("# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
            (unsigned long long)s.errors);
+    APPEND("# TYPE flowgate_redis_timeouts_total counter\nflowgate_redis_timeouts_total %llu\n",
+           (unsigned long long)s.timeouts);
     APPEND("# TYPE flowgate_redis_batches_total counter\nflowgate_redis_batches_total %llu\n",
            (unsigned long long)s.batches);
     APPEND("# TYPE flowgate_redis_call_duration_seconds histogram\n");

@@ -10,6 +10,10 @@
  * flush event when the batch cannot be sent, or by rl_link_free, and
  * nowhere else. A request that stops waiting (deadline, client gone) only
  * clears its record's done/arg, so a late reply finds nothing to touch.
+ * A call past its deadline is "late": its batch stays queued in hiredis,
+ * which matches replies to commands in order, so the reply Redis still owes
+ * it is read into that batch and dropped, never given to a later call; the
+ * link counts its late calls to know when only such replies are left.
  * "Freed" means given back to the link's free lists (bounded), with the
  * call's deadline timer and the batch's buffers, so that a call allocates
  * nothing of its own once the worker is warm.
@@ -56,8 +60,11 @@ struct rl_link {
     struct event *handshake_ev;    /* the handshake's deadline */
     bool logged_down;              /* "down" already logged since the last "up" */
     bool logged_reply_error;       /* an error reply logged since the last good one */
+    bool logged_timeout;           /* a timeout logged since the last call answered in time */
     bool stopping;                 /* worker stopping: no reconnect, close when idle */
     unsigned pending;              /* calls made and not over (unsent or sent), detached or not */
+    unsigned late;                 /* of those, past their deadline: only a reply to drop is due */
+    struct rl_timeouts timeouts;   /* timeouts in a row, towards RL_DOWN_AFTER_TIMEOUTS */
     struct rl_link_stats stats;    /* atomic counters (read by admin) */
     struct resolver *rs;           /* the worker's resolver, for a Redis host name */
     struct resolver_wait dns;      /* a lookup in flight (dns.e != NULL) */
@@ -77,6 +84,7 @@ struct rl_call {
     void *arg;
     struct event *deadline; /* timeout_ms after the call was queued; kept while idle */
     int64_t start_us;       /* monotonic, for the latency histogram */
+    bool late;              /* its deadline passed; counted in link->late */
 };
 
 /* A growable byte buffer; its memory is kept while the batch is idle. */
@@ -139,6 +147,21 @@ static int64_t mono_us(void)
 static void count(uint64_t *counter, uint64_t n)
 {
     __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+
+bool rl_timeouts_add(struct rl_timeouts *t, int64_t made_us, int64_t now_us)
+{
+    if (t->in_row > 0 && made_us < t->last_us)
+        return false; /* it waited on the silence counted already */
+    t->in_row++;
+    t->last_us = now_us;
+    return t->in_row >= RL_DOWN_AFTER_TIMEOUTS;
+}
+
+void rl_timeouts_reset(struct rl_timeouts *t)
+{
+    t->in_row = 0;
+    t->last_us = 0;
 }
 
 static void set_state(struct rl_link *l, enum rl_link_state st)
@@ -212,10 +235,12 @@ static void link_close(struct rl_link *l)
         redisAsyncFree(ac);
 }
 
+/* Late calls do not hold a stopping link open: nobody waits for their
+ * replies, and a stalled Redis might never send them. */
 void rl_link_stop(struct rl_link *l)
 {
     l->stopping = true;
-    if (l->pending == 0 || rl_link_state(l) != RL_LINK_UP)
+    if (l->pending == l->late || rl_link_state(l) != RL_LINK_UP)
         link_close(l);
 }
 
@@ -266,6 +291,7 @@ static void script_loaded_cb(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     evtimer_del(l->handshake_ev);
+    rl_timeouts_reset(&l->timeouts);
     set_state(l, RL_LINK_UP);
     if (l->logged_down)
         log_info("redis %s: connected", l->cfg->address);
@@ -483,6 +509,7 @@ static void call_free(struct rl_call *c)
     evtimer_del(c->deadline);
     c->done = NULL;
     c->arg = NULL;
+    c->late = false;
     if (l->nfree_calls >= RL_CALL_KEEP) {
         call_destroy(c);
         return;
@@ -573,14 +600,16 @@ static struct rl_batch *batch_get(struct rl_link *l)
 }
 
 /* B is over: each of its calls is freed (answered or not), and so is B.
- * The calls no longer count as pending; a stopping link closes when none is
- * left. */
+ * The calls no longer count as pending (or late); a stopping link closes
+ * when only late ones are left. */
 static void batch_free(struct rl_batch *b)
 {
     struct rl_link *l = b->link;
 
-    for (unsigned i = 0; i < b->ncalls; i++)
+    for (unsigned i = 0; i < b->ncalls; i++) {
+        l->late -= b->calls[i]->late;
         call_free(b->calls[i]);
+    }
     l->pending -= b->ncalls;
     b->ncalls = b->nkeys = b->nargs = 0;
     b->keys.len = b->args.len = b->cmd.len = 0;
@@ -592,7 +621,7 @@ static void batch_free(struct rl_batch *b)
         l->free_batches = b;
         l->nfree_batches++;
     }
-    if (l->pending == 0 && l->stopping && l->ac != NULL)
+    if (l->pending == l->late && l->stopping && l->ac != NULL)
         link_close(l);
 }
 
@@ -695,6 +724,16 @@ static int batch_format(struct rl_batch *b)
     return 0;
 }
 
+/* Did B's reply come while one of its calls was still within its deadline?
+ * (A reply to a batch whose calls are all late is one Redis owed.) */
+static bool batch_in_time(const struct rl_batch *b)
+{
+    for (unsigned i = 0; i < b->ncalls; i++)
+        if (!b->calls[i]->late)
+            return true;
+    return false;
+}
+
 /* Does any call of B still wait for its answer? */
 static bool batch_wanted(const struct rl_batch *b)
 {
@@ -729,6 +768,10 @@ static void batch_reply_cb(redisAsyncContext *ac, void *r, void *priv)
     struct rl_link *l = b->link;
     const redisReply *reply = r;
 
+    if (reply != NULL && batch_in_time(b)) {
+        rl_timeouts_reset(&l->timeouts);
+        l->logged_timeout = false;
+    }
     if (reply != NULL && is_noscript(reply) && !b->retried && batch_wanted(b)) {
         /* Redis lost its script cache (restart, SCRIPT FLUSH): load it again
          * and retry the whole batch once, in order on this connection. */
@@ -811,22 +854,50 @@ static struct rl_batch *batch_open(struct rl_link *l, bool new)
     return b;
 }
 
-/* No reply in timeout_ms: the request goes on without it, and the link is
- * treated as failed (a stalled Redis would otherwise hold every later call
- * for the same time). Freeing the connection frees this record's batch too. */
+/* A timeout is logged once until a call is answered in time again. */
+static void note_timeout(struct rl_link *l)
+{
+    count(&l->stats.timeouts, 1);
+    count(&l->stats.errors, 1);
+    if (!l->logged_timeout)
+        log_warn("redis %s: no reply within %u ms", l->cfg->address, l->cfg->timeout_ms);
+    l->logged_timeout = true;
+}
+
+/*
+ * No reply in timeout_ms: the request goes on without it, and the call is
+ * late (see the ownership note on top). One slow reply is not a dead Redis,
+ * so the connection is kept unless this makes RL_DOWN_AFTER_TIMEOUTS in a
+ * row: then a stalled Redis would hold every later call for as long, and
+ * the link goes down (freeing the connection frees this record too). A
+ * stopping link closes once only late calls are left.
+ */
 static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct rl_call *c = arg;
     struct rl_link *l = c->link;
     rl_call_done_fn *done = c->done;
     void *done_arg = c->arg;
+    bool down = rl_timeouts_add(&l->timeouts, c->start_us, mono_us());
 
     c->done = NULL;
     c->arg = NULL;
-    if (done != NULL)
+    c->late = true;
+    l->late++;
+    if (done != NULL) {
+        note_timeout(l);
         done(done_arg, RL_CALL_TIMEOUT, NULL);
-    if (l->ac != NULL)
-        link_fail(l, "call timed out");
+    }
+    if (l->ac == NULL)
+        return;
+    if (down) {
+        char why[96];
+        snprintf(why, sizeof(why), "no reply to %u calls in a row within %u ms",
+                 RL_DOWN_AFTER_TIMEOUTS, l->cfg->timeout_ms);
+        link_fail(l, why);
+    } else if (l->stopping && l->pending == l->late) {
+        link_close(l);
+    }
 }
 
 struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char **argv,
@@ -858,8 +929,8 @@ struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char
 }
 
 /* The deadline stays armed: a detached call that Redis never answers still
- * marks the link failed, so a stalled Redis is noticed and a stopping worker
- * is not held open by a call nobody waits for. */
+ * counts towards RL_DOWN_AFTER_TIMEOUTS, so a stalled Redis is noticed, and
+ * becomes late, so a stopping worker is not held open by it. */
 void rl_call_detach(struct rl_call *c)
 {
     c->done = NULL;

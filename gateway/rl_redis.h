@@ -14,12 +14,17 @@
  *
  *   DOWN --retry timer--> CONNECTING --AUTH/SELECT/SCRIPT LOAD ok--> UP
  *    ^                        |                                     |
- *    +--- failure, deadline --+------ disconnect, call deadline ----+
+ *    +--- failure, deadline --+--- disconnect, timeouts in a row ---+
  *
- * Leaving UP or CONNECTING frees the connection and arms the retry timer
- * (100 ms, doubling to 5 s; back to 100 ms after a call succeeds). Calls are
- * only accepted while UP: otherwise the caller applies its failure mode at
- * once instead of waiting.
+ * A call that passes its deadline ends alone with RL_CALL_TIMEOUT; the link
+ * stays UP and its batch stays in hiredis's reply queue, so that the late
+ * reply, which Redis still owes and sends in order, is read and dropped
+ * there instead of being taken for a later call's. Only a broken connection
+ * or RL_DOWN_AFTER_TIMEOUTS timeouts in a row (see rl_timeouts_add) take the
+ * link down. Leaving UP or CONNECTING frees the connection and arms the
+ * retry timer (100 ms, doubling to 5 s; back to 100 ms after a call
+ * succeeds). Calls are only accepted while UP: otherwise the caller applies
+ * its failure mode at once instead of waiting.
  */
 #ifndef FG_RL_REDIS_H
 #define FG_RL_REDIS_H
@@ -57,16 +62,45 @@ extern const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS];
 #define RL_BATCH_CALLS 64
 #define RL_BATCH_BYTES 16384
 
+/* Timeouts in a row, with no call answered in time between them, that
+ * declare the link down. One slow reply (a fork for a snapshot, a slow
+ * neighbour command) costs only the calls that waited for it; a Redis that
+ * stopped answering is given up on after about this many timeout_ms, and
+ * requests then stop waiting for it. */
+#define RL_DOWN_AFTER_TIMEOUTS 3
+
 struct rl_link_stats {
     uint64_t calls;                           /* calls answered with a reply */
     uint64_t batches;                         /* EVALSHA sent (a NOSCRIPT retry is not one) */
     uint64_t errors;                          /* failed calls, timeouts, failed connects */
+    uint64_t timeouts;                        /* calls past their deadline (also in errors) */
     uint64_t lat_sum_us;                      /* sum of answered calls' latency */
     uint64_t lat_buckets[RL_LAT_BUCKETS + 1]; /* not cumulative; last = +Inf */
 };
 
 struct rl_link;
 struct rl_call;
+
+/*
+ * The timeouts in a row of one link. Several calls that time out together
+ * (a batch, or pipelined batches queued behind the same late reply) waited
+ * on the same silence and count once: a timeout counts only when its call
+ * was made after the last counted one passed. So a Redis that answers
+ * nothing is declared down after about RL_DOWN_AFTER_TIMEOUTS * timeout_ms
+ * however many calls are in flight, and a burst stuck behind one slow reply
+ * is one failure, not a burst of them.
+ */
+struct rl_timeouts {
+    unsigned in_row; /* counted timeouts since the last call answered in time */
+    int64_t last_us; /* when the last counted one passed (monotonic us) */
+};
+
+/* A call made at MADE_US passed its deadline at NOW_US. True when that makes
+ * RL_DOWN_AFTER_TIMEOUTS counted timeouts in a row: the link is to go down. */
+bool rl_timeouts_add(struct rl_timeouts *t, int64_t made_us, int64_t now_us);
+
+/* A call was answered in time (or a new connection is up): start again. */
+void rl_timeouts_reset(struct rl_timeouts *t);
 
 /*
  * A call's end: DONE(ARG, STATUS, REPLY) runs exactly once unless the call
@@ -115,8 +149,8 @@ struct rl_call *rl_link_eval(struct rl_link *l, int nkeys, int nargs, const char
 /* The caller no longer wants the answer: DONE will not be called, and the
  * call record is freed when Redis answers its batch or the connection goes
  * (a call still queued is sent all the same: its request was counted when
- * it was made). Its deadline still runs: unanswered in timeout_ms, it fails
- * the link. */
+ * it was made). Its deadline still runs: unanswered in timeout_ms, it counts
+ * towards RL_DOWN_AFTER_TIMEOUTS like any call. */
 void rl_call_detach(struct rl_call *c);
 
 #endif

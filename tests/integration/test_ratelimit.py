@@ -23,6 +23,8 @@ TIMEOUT = 90
 
 REDIS_PASSWORD = "redis-test-password-0123"
 
+DOWN_AFTER_TIMEOUTS = 3  # RL_DOWN_AFTER_TIMEOUTS (gateway/rl_redis.h)
+
 
 # ------------------------------------------------------------------ helpers
 
@@ -345,7 +347,7 @@ def redis_failure_phases(mode, expect_down, expect_paused):
         wait_redis(fg, "up")
         # recovered without a restart of flowgate: Redis decides again
         assert_exact_burst(burst(fg, 4, "/p", from_ip("198.51.100.5")), 3, 60)
-        redis.pause()
+        redis.pause()  # the link goes down after DOWN_AFTER_TIMEOUTS timeouts in a row
         t0 = time.monotonic()
         expect_paused(fg, "198.51.100.3")
         check(time.monotonic() - t0 < 10, "requests stalled behind a paused Redis")
@@ -379,12 +381,13 @@ def test_ratelimit_redis_failure_allow():
 
 def test_ratelimit_redis_failure_deny():
     def denied(fg, ip):
-        for r in burst(fg, 2, "/p", from_ip(ip)):
+        for r in burst(fg, DOWN_AFTER_TIMEOUTS, "/p", from_ip(ip)):
             assert_error(r, 503, "unavailable")
 
     text = redis_failure_phases("deny", denied, denied)
     eq(metric(text, "flowgate_ratelimit_decisions_total",
-              '{tier="anonymous",outcome="failed_closed"}'), 4.0, "503 answers")
+              '{tier="anonymous",outcome="failed_closed"}'), 2.0 * DOWN_AFTER_TIMEOUTS,
+       "503 answers")
 
 
 def test_ratelimit_off_without_group():
@@ -847,6 +850,207 @@ def test_ratelimit_batch_past_its_deadline():
         wait_redis(fg, "up")
         assert_exact_burst(burst(fg, 4, "/d", from_ip("203.0.113.61")), 3, 60)
         check(fg.alive(), "flowgate died")
+
+
+class HoldingProxy:
+    """A TCP proxy on a free loopback port in front of a real redis-server that
+    can hold commands on their way to it, so that their replies come late while
+    Redis itself stays healthy. hold_next_evalsha(S) holds the next EVALSHA (and
+    what follows it on its connection, as a slow Redis would) for S seconds,
+    then sets `released`; stall() holds every command of every connection until
+    go(). Replies pass untouched and in order. Threads of this process only."""
+
+    def __init__(self, redis):
+        import socket
+        self.redis = redis
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.connections = 0
+        self.hold_s = None
+        self.released = threading.Event()
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.lock = threading.Lock()
+        self.open = [self.sock]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def hold_next_evalsha(self, seconds):
+        self.released.clear()
+        self.hold_s = seconds
+
+    def stall(self):
+        self.flowing.clear()
+
+    def go(self):
+        self.flowing.set()
+
+    def serve(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                server = socket.create_connection(("127.0.0.1", self.redis.port), timeout=10)
+            except OSError:
+                return
+            server.settimeout(None)
+            with self.lock:
+                self.connections += 1
+                self.open += [client, server]
+            threading.Thread(target=self.commands, args=(client, server), daemon=True).start()
+            threading.Thread(target=self.replies, args=(server, client), daemon=True).start()
+
+    def commands(self, client, server):
+        f = client.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                cmd, args = [line], []
+                for _ in range(int(line[1:])):
+                    head = f.readline()
+                    data = f.read(int(head[1:]) + 2)
+                    cmd += [head, data]
+                    args.append(data[:-2])
+                self.flowing.wait()
+                hold = None
+                with self.lock:
+                    if args[0].upper() == b"EVALSHA" and self.hold_s is not None:
+                        hold, self.hold_s = self.hold_s, None
+                if hold is not None:
+                    time.sleep(hold)
+                server.sendall(b"".join(cmd))
+                if hold is not None:
+                    self.released.set()
+        except (OSError, ValueError):
+            return
+        finally:
+            server.close()
+
+    def replies(self, server, client):
+        try:
+            while True:
+                data = server.recv(65536)
+                if not data:
+                    return
+                client.sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+
+    def close(self):
+        self.go()
+        with self.lock:
+            for s in self.open:
+                s.close()
+
+
+def access_errors(fg, status):
+    """The access log's `error` of each request answered with STATUS, in order."""
+    return [e.get("error") for e in fg.access_log() if e.get("status") == status]
+
+
+def timed(fg, path, ip):
+    """One request on its own connection; returns (response, seconds taken)."""
+    with fg.tls() as conn:
+        t0 = time.monotonic()
+        r = conn.request("GET", path, headers=from_ip(ip))
+        return r, time.monotonic() - t0
+
+
+def test_ratelimit_one_late_reply_is_not_an_outage():
+    """One EVALSHA answered after timeout_ms while Redis is healthy: that request
+    alone gets on_redis_failure (deny: 503, logged and counted as a timeout) at
+    its deadline; the link stays up on the same connection, the late reply is
+    dropped rather than given to the next call, and every later request is
+    decided by Redis, with Remaining exactly as Redis counted (the late call
+    included: Redis did run it)."""
+    tiers = {"anonymous": {"limit": 5, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up:
+        proxy = HoldingProxy(redis)
+        try:
+            cfg = rl_config(redis, tiers=tiers, on_redis_failure="deny",
+                            redis={"address": proxy.addr, "timeout_ms": 300,
+                                   "key_prefix": "fgtest:"})
+            with Flowgate(cfg, upstream=up) as fg:
+                wait_redis(fg, "up")
+                ip = "203.0.113.90"
+                r, _ = timed(fg, "/late", ip)
+                eq(r.status, 200, "status before the late reply")
+                eq(rl_headers(r)[1], 4, "X-RateLimit-Remaining before the late reply")
+                proxy.hold_next_evalsha(1.0)
+                r, took = timed(fg, "/late", ip)
+                assert_error(r, 503, "unavailable")
+                check(0.25 <= took < 0.9, "the late call answered after %.2f s, not at its "
+                      "300 ms deadline" % took)
+                check(proxy.released.wait(5), "the held EVALSHA was never released")
+                time.sleep(0.1)  # the late reply reaches flowgate (not an assertion)
+                eq(readyz(fg)["redis"], "up", "readyz after one late reply")
+                rs = burst(fg, 4, "/late", from_ip(ip))
+                eq([r.status for r in rs[:3]], [200] * 3, "statuses after the late reply")
+                eq([rl_headers(r)[1] for r in rs[:3]], [2, 1, 0],
+                   "X-RateLimit-Remaining after the late reply (Redis ran the late call)")
+                assert_limited(rs[3], 5, 60)
+                eq(proxy.connections, 1, "connections to Redis (the link was never dropped)")
+                eq(access_errors(fg, 503), ["rate limit store timeout"],
+                   "access log error of the 503s")
+                text = metrics(fg)
+                eq(metric(text, "flowgate_redis_timeouts_total"), 1.0, "redis timeouts")
+                eq(metric(text, "flowgate_redis_errors_total"), 1.0, "redis errors")
+                eq(metric(text, "flowgate_ratelimit_decisions_total",
+                          '{tier="anonymous",outcome="failed_closed"}'), 1.0, "503 answers")
+                eq(metric(text, "flowgate_ratelimit_decisions_total",
+                          '{tier="anonymous",outcome="allowed"}'), 4.0, "admitted by Redis")
+                check(fg.alive(), "flowgate died")
+        finally:
+            proxy.close()
+
+
+def test_ratelimit_stalled_redis_is_down_after_timeouts_in_a_row():
+    """Redis stops answering: each of the first DOWN_AFTER_TIMEOUTS requests
+    waits for its deadline and gets on_redis_failure (deny: 503, logged as a
+    timeout) with the link still up in between; then the link is down and
+    requests get the 503 at once; when Redis answers again, exact limits
+    resume."""
+    tiers = {"anonymous": {"limit": 5, "window": 60}}
+    with RedisServer() as redis, Upstream(record=False) as up:
+        proxy = HoldingProxy(redis)
+        try:
+            cfg = rl_config(redis, tiers=tiers, on_redis_failure="deny",
+                            redis={"address": proxy.addr, "timeout_ms": 400,
+                                   "key_prefix": "fgtest:"})
+            with Flowgate(cfg, upstream=up) as fg:
+                wait_redis(fg, "up")
+                eq(timed(fg, "/s", "203.0.113.91")[0].status, 200, "status before the stall")
+                proxy.stall()
+                for i in range(DOWN_AFTER_TIMEOUTS):
+                    r, took = timed(fg, "/s", "203.0.113.92")
+                    assert_error(r, 503, "unavailable")
+                    check(took >= 0.35, "timeout %d answered after %.2f s, before its deadline"
+                          % (i + 1, took))
+                    state = readyz(fg)["redis"]
+                    if i + 1 < DOWN_AFTER_TIMEOUTS:
+                        eq(state, "up", "readyz after %d timeouts in a row" % (i + 1))
+                    else:
+                        eq(state, "down", "readyz after %d timeouts in a row" % (i + 1))
+                for _ in range(2):
+                    r, took = timed(fg, "/s", "203.0.113.92")
+                    assert_error(r, 503, "unavailable")
+                    check(took < 0.3, "a request waited %.2f s on a link that is down" % took)
+                eq(access_errors(fg, 503),
+                   ["rate limit store timeout"] * DOWN_AFTER_TIMEOUTS
+                   + ["rate limit store unavailable"] * 2, "access log error of the 503s")
+                eq(metric(metrics(fg), "flowgate_redis_timeouts_total"),
+                   float(DOWN_AFTER_TIMEOUTS), "redis timeouts")
+                proxy.go()
+                wait_redis(fg, "up")
+                assert_exact_burst(burst(fg, 6, "/s", from_ip("203.0.113.93")), 5, 60)
+                check(fg.alive(), "flowgate died")
+        finally:
+            proxy.close()
 
 
 class FakeRedis:
