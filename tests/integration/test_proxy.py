@@ -128,6 +128,22 @@ def test_path_is_normalised_and_query_kept():
             eq(up.requests()[-1]["target"], seen, "upstream target for %s" % sent)
 
 
+def test_path_parameters_never_pick_a_weaker_route():
+    """A servlet container serves /api;/x as /api/x: with ';' routed as part of
+    a segment, /api;/x would take the optional / route to a required one."""
+    cfg = {"routes": ({"host": "", "path": "/api/", "upstream": "api", "auth": "required"},
+                      {"host": "", "path": "/", "upstream": "api", "auth": "optional"})}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        for path in ("/api;/x", "/api;jsessionid=1/x", "/a%70i;/x", "/api/x;", "/;/api/x",
+                     "/api%3B/x", "/api%3b/x", "/public/..;/api/x", "/x;a=1"):
+            assert_error(fg.get(path), 400, "bad_request")
+        eq(up.requests(), [], "what reached the upstream")
+        # ';' in the query is no path parameter: routed on the path alone
+        assert_error(fg.get("/api/x?a=1;b=2"), 401, "invalid_token")
+        eq(fg.get("/x?a=1;b=2").status, 200, "status on the optional route")
+        eq(up.requests()[-1]["target"], "/x?a=1;b=2", "upstream target")
+
+
 def test_request_trailers_never_reach_the_upstream():
     data = pattern(200000)
     with Upstream() as up, Flowgate(upstream=up) as fg:
