@@ -955,10 +955,37 @@ static int chunk_trailer_byte(struct h1_parser *p, char c)
 }
 
 /*
+ * Is the byte C, read in the parser's current state, part of a trailer field
+ * (RFC 9112 7.1.2)? The last-chunk line before them and the CRLF that ends
+ * the section after them are not: a body forwarded without its trailer
+ * fields keeps both, and stays a well-formed chunked body.
+ */
+static bool is_trailer_field_byte(const struct h1_parser *p, char c)
+{
+    switch (p->chunk_state) {
+    case CS_TRAILER_START: return c != '\r';
+    case CS_TRAILER_NAME:
+    case CS_TRAILER_VALUE:
+    case CS_TRAILER_LF: return true;
+    default: return false;
+    }
+}
+
+/* Add the byte at offset I to CUT. The fields come in one unbroken run per
+ * call: the scanner only moves forward through the trailer section. */
+static void cut_extend(struct h1_cut *cut, size_t i)
+{
+    if (cut->len == 0)
+        cut->off = i;
+    cut->len++;
+}
+
+/*
  * Check BUF[0..LEN) against the chunked coding. Returns how many bytes belong
  * to the message (all of LEN unless it ends inside), or -1 on a framing error.
+ * CUT (may be NULL) is set to the run of those bytes that are trailer fields.
  */
-static ssize_t chunk_scan(struct h1_parser *p, const char *buf, size_t len)
+static ssize_t chunk_scan(struct h1_parser *p, const char *buf, size_t len, struct h1_cut *cut)
 {
     size_t i = 0;
 
@@ -982,6 +1009,8 @@ static ssize_t chunk_scan(struct h1_parser *p, const char *buf, size_t len)
             next = chunk_trailer_byte(p, buf[i]);
         if (next < 0)
             return -1;
+        if (cut != NULL && is_trailer_field_byte(p, buf[i]))
+            cut_extend(cut, i);
         p->chunk_state = (uint8_t)next;
         i++;
     }
@@ -990,10 +1019,18 @@ static ssize_t chunk_scan(struct h1_parser *p, const char *buf, size_t len)
 
 enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t len, size_t *used)
 {
+    return h1_body_feed_cut(p, buf, len, used, NULL);
+}
+
+enum h1_body_status h1_body_feed_cut(struct h1_parser *p, const char *buf, size_t len, size_t *used,
+                                     struct h1_cut *cut)
+{
     bool chunked = p->framing == H1_FRAMING_CHUNKED;
     size_t n = len;
 
     *used = 0;
+    if (cut != NULL)
+        *cut = (struct h1_cut){0, 0};
     if (p->msg_done)
         return H1_BODY_DONE;
     if (p->error_state != 0)
@@ -1001,9 +1038,11 @@ enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t le
     if (len == 0)
         buf = "";
     if (chunked) {
-        ssize_t r = chunk_scan(p, buf, len);
+        ssize_t r = chunk_scan(p, buf, len, cut);
         if (r < 0) {
             p->error_state = HPE_INVALID_CHUNK_SIZE;
+            if (cut != NULL)
+                *cut = (struct h1_cut){0, 0};
             return H1_BODY_ERROR;
         }
         n = (size_t)r;
@@ -1024,6 +1063,8 @@ enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t le
     }
     p->error_state = err == HPE_OK || err == HPE_PAUSED ? HPE_INTERNAL : (int)err;
     *used = 0;
+    if (cut != NULL)
+        *cut = (struct h1_cut){0, 0};
     return H1_BODY_ERROR;
 }
 

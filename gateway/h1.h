@@ -146,6 +146,27 @@ enum h1_body_status {
  */
 enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t len, size_t *used);
 
+/*
+ * The trailer fields (RFC 9112 7.1.2) among the bytes one feed used: a single
+ * run, since a feed moves forward through the trailer section. The last-chunk
+ * line before it and the empty line that ends the section are outside it, so
+ * the used bytes with the run taken out are a complete chunked body without
+ * trailer fields.
+ */
+struct h1_cut {
+    size_t off; /* first trailer-field byte, from the start of the fed bytes */
+    size_t len; /* 0: no trailer-field byte in this feed */
+};
+
+/*
+ * h1_body_feed that also sets *CUT to the trailer fields among the *USED
+ * bytes (off + len <= *used; none unless the body is chunked). The fields
+ * are still checked against the coding's grammar; a caller that forwards the
+ * body drops the run to pass it on without them, byte by byte if need be.
+ */
+enum h1_body_status h1_body_feed_cut(struct h1_parser *p, const char *buf, size_t len, size_t *used,
+                                     struct h1_cut *cut);
+
 /* EOF on the stream: DONE when the message is complete (EOF-delimited
  * response, or already done), ERROR when it was cut short (truncated). */
 enum h1_body_status h1_body_eof(struct h1_parser *p);

@@ -277,6 +277,49 @@ static void request_body_done(struct conn *c)
         set_up_timer(c->up, c->up->pool->u->read_timeout_ms);
 }
 
+/*
+ * Move USED bytes (the first of which are at DATA) from IN to OUT. Small
+ * pieces are copied so they join the head's chain, which the writer (TLS
+ * towards a client) then sends as one record without gathering it first.
+ * Large pieces are moved chain by chain, never copied.
+ */
+static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
+{
+    if (used <= 4096) {
+        evbuffer_add(out, data, used);
+        evbuffer_drain(in, used);
+    } else {
+        evbuffer_remove_buffer(in, out, used);
+    }
+}
+
+/*
+ * Move the USED body bytes at DATA from IN to OUT, leaving out the trailer
+ * fields CUT marks. Trailers are dropped both ways, as nginx drops them ("in
+ * most cases, the trailers are simply discarded", RFC 9110 6.5.1): a request's
+ * could be read upstream as fields its head can never carry (X-User-Id, Host,
+ * framing, a preview's credentials); a response's as fields flowgate removes
+ * from the head (a preview's Set-Cookie), and no client asked for them, as
+ * "TE: trailers" is never forwarded (RFC 9110 10.1.4).
+ */
+static void move_body(struct evbuffer *in, struct evbuffer *out, const char *data, size_t used,
+                      const struct h1_cut *cut)
+{
+    size_t tail = used - cut->off - cut->len;
+
+    if (cut->len == 0) {
+        move_bytes(in, out, data, used);
+        return;
+    }
+    /* Each step leaves the bytes still to move in DATA's chain, so DATA
+     * stays valid until the last one. */
+    if (cut->off > 0)
+        move_bytes(in, out, data, cut->off);
+    evbuffer_drain(in, cut->len);
+    if (tail > 0)
+        move_bytes(in, out, data + cut->off + cut->len, tail);
+}
+
 static void move_request_body(struct conn *c)
 {
     struct req *r = c->r;
@@ -289,9 +332,10 @@ static void move_request_body(struct conn *c)
     struct evbuffer *out = c->up->io->out;
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
+        struct h1_cut cut;
         size_t used = 0;
         evbuffer_peek(in, -1, NULL, &v, 1);
-        enum h1_body_status st = h1_body_feed(&r->h.parser, v.iov_base, v.iov_len, &used);
+        enum h1_body_status st = h1_body_feed_cut(&r->h.parser, v.iov_base, v.iov_len, &used, &cut);
         if (st == H1_BODY_ERROR) {
             r->error_code = "bad request body framing";
             proxy_abort(c);
@@ -310,7 +354,7 @@ static void move_request_body(struct conn *c)
                 respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
             return;
         }
-        evbuffer_remove_buffer(in, out, used);
+        move_body(in, out, v.iov_base, used, &cut);
         if (st == H1_BODY_DONE) {
             request_body_done(c);
             return;
@@ -664,22 +708,6 @@ static void response_truncated(struct conn *c, const char *why)
     conn_close(c, true);
 }
 
-/*
- * Move USED bytes (the first of which are at DATA) from IN to OUT. Small
- * pieces are copied so they join the response head's chain, which the TLS
- * writer then sends as one record without gathering it first. Large pieces
- * are moved chain by chain, never copied.
- */
-static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
-{
-    if (used <= 4096) {
-        evbuffer_add(out, data, used);
-        evbuffer_drain(in, used);
-    } else {
-        evbuffer_remove_buffer(in, out, used);
-    }
-}
-
 static void move_response_body(struct conn *c)
 {
     struct upconn *uc = c->up;
@@ -688,6 +716,7 @@ static void move_response_body(struct conn *c)
 
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH) {
         struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
+        struct h1_cut cut;
         size_t used = 0;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             v.iov_len = 0;
@@ -700,13 +729,14 @@ static void move_response_body(struct conn *c)
                 response_truncated(c, "upstream response truncated");
             return;
         }
-        enum h1_body_status st = h1_body_feed(&uc->resp.parser, v.iov_base, v.iov_len, &used);
+        enum h1_body_status st =
+            h1_body_feed_cut(&uc->resp.parser, v.iov_base, v.iov_len, &used, &cut);
         if (st == H1_BODY_ERROR) {
             response_truncated(c, "bad upstream response framing");
             return;
         }
-        move_bytes(in, out, v.iov_base, used);
-        c->r->bytes_out += used;
+        move_body(in, out, v.iov_base, used, &cut);
+        c->r->bytes_out += used - cut.len;
         if (st == H1_BODY_DONE) {
             response_complete(c);
             return;

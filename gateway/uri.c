@@ -7,6 +7,16 @@
  * to every upstream that decodes, so it must climb here too, and be refused
  * when it would climb above the root.
  *
+ * A ';' anywhere in the path, raw or encoded, is refused rather than routed.
+ * Servlet containers (Tomcat, Jetty) cut each segment at ';' and drop what
+ * follows as path parameters (RFC 3986 3.3 leaves their meaning to the
+ * scheme), so "/api;/x" is served as "/api/x" while flowgate would route it
+ * by its first segment "api;", which is not "api": a weaker route could take
+ * it. Routing on the parameter-free path instead would have to agree with
+ * every upstream's idea of where a parameter ends; a 400 needs no agreement.
+ * "%3B" goes too: Tomcat does not decode it into a delimiter, but a proxy or
+ * framework further in that decodes first would.
+ *
  * The output is never longer than the input (decoding shrinks, kept escapes
  * stay three bytes, dot segments vanish), but every write is bounded by the
  * caller's OUTCAP anyway: a segment is written before it is known to be a dot
@@ -14,7 +24,6 @@
  * overflow.
  */
 #include <stdbool.h>
-#include <string.h>
 
 #include "uri.h"
 
@@ -28,7 +37,6 @@ enum uri_seg {
     URI_SEG_NAME = 0,   /* an ordinary segment, kept */
     URI_SEG_DOT = 1,    /* "." : removed */
     URI_SEG_DOTDOT = 2, /* "..": removes the segment before it */
-    URI_SEG_BAD = 3,    /* refused */
 };
 
 static int hex_value(unsigned char c)
@@ -51,13 +59,14 @@ static bool is_unreserved(unsigned char c)
 
 /*
  * A byte that may stand for itself in a path: visible ASCII, except '\'
- * (some upstreams read it as '/'), '%' (only as the start of an escape), and
+ * (some upstreams read it as '/'), '%' (only as the start of an escape),
  * '?' and '#': an upstream would end the path there, after routing had seen
- * the whole of it, so "/admin#/x" could reach "/admin" through another route.
+ * the whole of it, so "/admin#/x" could reach "/admin" through another route;
+ * and ';', where a servlet container ends the segment (see the top).
  */
 static bool is_path_byte(unsigned char c)
 {
-    return c >= 0x21 && c < 0x7f && c != '\\' && c != '%' && c != '?' && c != '#';
+    return c >= 0x21 && c < 0x7f && c != '\\' && c != '%' && c != '?' && c != '#' && c != ';';
 }
 
 static int out_put(struct uri_out *o, char c)
@@ -68,13 +77,15 @@ static int out_put(struct uri_out *o, char c)
     return 0;
 }
 
-/* Write one escape: decoded when unreserved, else kept with uppercase hex. */
+/* Write one escape: decoded when unreserved, else kept with uppercase hex.
+ * Refused: the escapes of '/', '\' and NUL, which upstreams that decode
+ * would read as a separator or a string's end, and of ';' (see the top). */
 static int put_escape(struct uri_out *o, int hi, int lo)
 {
     static const char hex[] = "0123456789ABCDEF";
     unsigned char c = (unsigned char)(hi << 4 | lo);
 
-    if (c == '/' || c == '\\' || c == '\0')
+    if (c == '/' || c == '\\' || c == '\0' || c == ';')
         return -1;
     if (is_unreserved(c))
         return out_put(o, (char)c);
@@ -109,21 +120,14 @@ static ssize_t copy_segment(const char *in, size_t len, size_t i, struct uri_out
     return (ssize_t)i;
 }
 
-/*
- * Classify a decoded segment. "." or ".." followed by path parameters
- * (";x") is refused: servlet containers drop the parameters and then treat
- * the segment as a dot segment, which would climb out of the routed prefix
- * after routing ("/public/..;/admin").
- */
+/* Classify a decoded segment (which holds no ';': copy_segment refused it,
+ * so "/public/..;/admin" never gets here to pass as a name). */
 static enum uri_seg classify(const char *seg, size_t n)
 {
-    const char *semi = memchr(seg, ';', n);
-    size_t head = semi ? (size_t)(semi - seg) : n;
-
-    if (head == 1 && seg[0] == '.')
-        return n == 1 ? URI_SEG_DOT : URI_SEG_BAD;
-    if (head == 2 && seg[0] == '.' && seg[1] == '.')
-        return n == 2 ? URI_SEG_DOTDOT : URI_SEG_BAD;
+    if (n == 1 && seg[0] == '.')
+        return URI_SEG_DOT;
+    if (n == 2 && seg[0] == '.' && seg[1] == '.')
+        return URI_SEG_DOTDOT;
     return URI_SEG_NAME;
 }
 
@@ -177,8 +181,6 @@ ssize_t uri_normalize_path(const char *in, size_t len, char *out, size_t outcap)
             if (pop_segment(&o, start) == -1)
                 return -1;
             break;
-        default:
-            return -1;
         }
     }
     out[o.len] = '\0';

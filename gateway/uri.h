@@ -14,7 +14,8 @@
  * "." and ".." segments are removed; runs of '/' are merged into one.
  * Refused (-1): not starting with '/', a malformed escape, an encoded '/',
  * '\' or NUL (%2F %5C %00), a raw '\', a control byte, space, or non-ASCII,
- * and any ".." that would climb above the root.
+ * a ';' raw or encoded (%3B: path parameters, which servlet containers strip
+ * after routing), and any ".." that would climb above the root.
  * Returns the output length (>= 1), or -1.
  */
 ssize_t uri_normalize_path(const char *in, size_t len, char *out, size_t outcap);

@@ -12,6 +12,8 @@ With --record, every request is appended to FILE as one JSON line:
   method, target, version
   headers      [[name, value], ...] in received order
   body_len, body_sha256
+  trailers     the raw trailer section of a chunked body (the field lines between
+               the last-chunk line and the blank line, latin-1; "" when none)
   raw_head     the exact head bytes (request line to the blank line), latin-1
   complete     false when the connection ended or the framing broke before the
                end of the body (then "error" says why)
@@ -32,6 +34,8 @@ Paths:
   /expect           a normal answer (Expect: 100-continue is answered for any path)
   /cors-headers     Vary: Accept-Encoding and a wide-open Access-Control-* policy of its own
   /set-cookie       one Set-Cookie header per ?c= value, in order
+  /trailers         chunked "trailers\n" whose trailer section holds X-Trailer and a
+                    Set-Cookie
   /ws               WebSocket (RFC 6455): 101 with Sec-WebSocket-Accept, then every text,
                     binary or continuation frame echoed back unmasked, ping answered
                     with pong, close answered with close (then the connection ends)
@@ -114,10 +118,12 @@ class Conn:
         self.writer = writer
 
     async def read_body(self, headers, version, expect_sent):
-        """Read the body per the request's framing; returns (body, error)."""
+        """Read the body per the request's framing; returns (body, error).
+        A chunked body's raw trailer section is left in self.trailers."""
         te = header(headers, "transfer-encoding")
         cl = header(headers, "content-length")
         body = bytearray()
+        self.trailers = bytearray()
         try:
             if te is not None:
                 codings = [c.strip().lower() for c in te.split(",")]
@@ -137,6 +143,7 @@ class Conn:
                             t = await self.reader.readuntil(b"\r\n")
                             if t == b"\r\n":
                                 return bytes(body), None
+                            self.trailers += t
                     body += await self.reader.readexactly(size)
                     if await self.reader.readexactly(2) != b"\r\n":
                         return bytes(body), "chunk data not followed by CRLF"
@@ -184,6 +191,7 @@ class Conn:
             "conn": self.id, "method": None, "target": None, "version": None,
             "headers": [], "body_len": 0, "body_sha256": hashlib.sha256(b"").hexdigest(),
             "raw_head": raw.decode("latin-1"), "complete": False, "error": error,
+            "trailers": "",
         })
 
     async def handle(self, raw):
@@ -204,6 +212,7 @@ class Conn:
             "headers": headers, "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "raw_head": raw.decode("latin-1"), "complete": err is None,
+            "trailers": self.trailers.decode("latin-1"),
         }
         if err is not None:
             entry["error"] = err
@@ -298,6 +307,11 @@ class Conn:
             return await self.send(200, b"cookies\n", hdrs, close, head_only)
         if path == "/ws":
             return await self.websocket(req)
+        if path == "/trailers":
+            return await self.send_chunked(
+                b"trailers\n", [("Content-Type", "text/plain"), ("Trailer", "X-Trailer, Set-Cookie")],
+                close, head_only,
+                trailers=[("X-Trailer", "t"), ("Set-Cookie", "s=1; Domain=example.com")])
         if path == "/cors-headers":
             hdrs = [("Content-Type", "text/plain"), ("Vary", "Accept-Encoding"),
                     ("Access-Control-Allow-Origin", "*"),
@@ -341,7 +355,7 @@ class Conn:
         except (asyncio.IncompleteReadError, ConnectionError):
             return False
 
-    async def send_chunked(self, data, hdrs, close, head_only):
+    async def send_chunked(self, data, hdrs, close, head_only, trailers=()):
         head = "HTTP/1.1 200 OK\r\n" + "".join("%s: %s\r\n" % h for h in hdrs)
         head += "Transfer-Encoding: chunked\r\n"
         if close:
@@ -352,7 +366,8 @@ class Conn:
                 piece = data[i:i + CHUNK]
                 self.writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 await self.writer.drain()
-            self.writer.write(b"0\r\n\r\n")
+            self.writer.write(b"0\r\n" + "".join("%s: %s\r\n" % t for t in trailers)
+                              .encode("latin-1") + b"\r\n")
         await self.writer.drain()
         return not close
 

@@ -5,7 +5,9 @@
  * The input is one client byte stream: heads are delimited and parsed, bodies
  * fed in small pieces (the piece size comes from the first byte), pipelined
  * requests follow one another. Besides crashes it traps on broken contracts:
- * a slice outside the input, or a body that claims more bytes than it was fed.
+ * a slice outside the input, a body that claims more bytes than it was fed,
+ * or a chunked body that, with its trailer fields cut, is not a complete
+ * chunked body without them.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -50,24 +52,60 @@ static void normalize(const struct h1_request *req)
     free(out);
 }
 
-/* The body of REQ from BUF[0..LEN) in pieces of PIECE. Returns bytes used, or -1. */
+/*
+ * What a proxy forwards of a complete chunked body (FWD[0..N), trailer fields
+ * cut out) must be a complete chunked body with no trailer field: framed by a
+ * fresh parser, it ends exactly at N and nothing is cut.
+ */
+static void check_forwarded(const char *fwd, size_t n)
+{
+    static const char head[] = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    struct h1_header headers[MAX_HEADERS];
+    struct h1_request req = {.headers = headers, .max_headers = MAX_HEADERS};
+    struct h1_cut cut;
+    size_t used;
+
+    if (h1_parse_request(&req, head, sizeof(head) - 1, false) != H1_OK)
+        __builtin_trap();
+    if (h1_body_feed_cut(&req.parser, fwd, n, &used, &cut) != H1_BODY_DONE || used != n ||
+        cut.len != 0)
+        __builtin_trap();
+}
+
+/* The body of REQ from BUF[0..LEN) in pieces of PIECE, trailer fields cut
+ * as the proxy cuts them. Returns bytes used, or -1. */
 static ssize_t feed_body(struct h1_request *req, const char *buf, size_t len, size_t piece)
 {
-    size_t off = 0;
+    char *fwd = malloc(len + 1);
+    size_t off = 0, n = 0;
+    ssize_t ret = -1;
 
+    if (fwd == NULL)
+        return -1;
     while (off < len) {
-        size_t n = len - off < piece ? len - off : piece, used;
-        enum h1_body_status st = h1_body_feed(&req->parser, buf + off, n, &used);
-        if (used > n)
+        size_t k = len - off < piece ? len - off : piece, used;
+        struct h1_cut cut;
+        enum h1_body_status st = h1_body_feed_cut(&req->parser, buf + off, k, &used, &cut);
+        if (used > k || cut.off + cut.len > used)
             __builtin_trap();
+        memcpy(fwd + n, buf + off, cut.off);
+        n += cut.off;
+        memcpy(fwd + n, buf + off + cut.off + cut.len, used - cut.off - cut.len);
+        n += used - cut.off - cut.len;
         off += used;
-        if (st == H1_BODY_DONE)
-            return (ssize_t)off;
+        if (st == H1_BODY_DONE) {
+            if (req->framing == H1_FRAMING_CHUNKED)
+                check_forwarded(fwd, n);
+            ret = (ssize_t)off;
+            break;
+        }
         if (st == H1_BODY_ERROR)
-            return -1;
+            break;
     }
-    h1_body_eof(&req->parser);
-    return -1;
+    if (off >= len && ret < 0)
+        h1_body_eof(&req->parser);
+    free(fwd);
+    return ret;
 }
 
 /* The same head read as a response, for the other half of the parser. */

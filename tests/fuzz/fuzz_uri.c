@@ -51,7 +51,8 @@ static void check_escape(const char *p, size_t left)
 }
 
 /* A normalised path: starts with '/', no empty, "." or ".." segment, no
- * refused byte or escape, and normalising it again changes nothing. */
+ * refused byte or escape (';' and %3B included), and normalising it again
+ * changes nothing. */
 static void check_path(const char *in, size_t len)
 {
     char *out = malloc(len + 1);
@@ -69,6 +70,7 @@ static void check_path(const char *in, size_t len)
         CHECK(!(n >= 2 && memcmp(out + n - 2, "/.", 2) == 0));
         CHECK(!(n >= 3 && memcmp(out + n - 3, "/..", 3) == 0));
         CHECK(!has_ci(out, n, "%2F") && !has_ci(out, n, "%5C") && !has_ci(out, n, "%00"));
+        CHECK(!has_ci(out, n, "%3B") && memchr(out, ';', n) == NULL);
         for (size_t i = 0; i < n; i++) {
             CHECK((unsigned char)out[i] > 0x20 && (unsigned char)out[i] < 0x7f && out[i] != '\\');
             if (out[i] == '%')

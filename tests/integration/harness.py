@@ -563,6 +563,7 @@ class Response:
         self.raw_head = raw_head
         self.body = b""
         self.complete = True  # False: closed before the framing said the body ended
+        self.trailers = []  # raw trailer field lines of a chunked body, in received order
 
     def header(self, name):
         for n, v in self.headers:
@@ -729,6 +730,7 @@ class Conn:
                         if not line:
                             r.body = bytes(body)
                             return
+                        r.trailers.append(line)
                 while len(self.buf) < size + 2:
                     if not self._need(deadline, "chunk data"):
                         body += self.buf[:size]
@@ -822,6 +824,32 @@ def build_request(method="GET", path="/", headers=(), body=None, host="localhost
     if body is not None and "content-length" not in names and "transfer-encoding" not in names:
         lines.append("Content-Length: %d" % len(body))
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+# Trailer fields that carry what a request head may not pass on: identity and
+# forwarding headers flowgate sets, routing, framing, and a preview's credentials.
+FORBIDDEN_TRAILERS = (
+    b"X-User-Id: admin\r\nX-User-Tier: premium\r\nX-Forwarded-For: 203.0.113.9\r\n"
+    b"X-Real-IP: 203.0.113.9\r\nX-Request-Id: client-chosen\r\nHost: evil.example\r\n"
+    b"Content-Length: 5\r\nAuthorization: Bearer trailer-token\r\n"
+    b"Cookie: theme=dark; session=S; access_token=AT\r\n")
+
+
+def send_chunked(conn, path, data, trailers=b"", host="localhost", split=False, piece=4096):
+    """POST DATA to PATH in chunks of PIECE, then the last chunk, TRAILERS (raw
+    field lines) and the blank line. SPLIT sends that tail a byte at a time,
+    so flowgate reads the trailer section in many pieces."""
+    conn.send(b"POST %s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+              % (path.encode(), host.encode()))
+    for i in range(0, len(data), piece):
+        conn.send(b"%x\r\n" % len(data[i:i + piece]) + data[i:i + piece] + b"\r\n")
+    tail = b"0\r\n" + trailers + b"\r\n"
+    if not split:
+        conn.send(tail)
+        return
+    for i in range(len(tail)):
+        conn.send(tail[i:i + 1])
+        time.sleep(0.002)
 
 
 def plain_request(port, method="GET", path="/", headers=(), host="localhost", timeout=10.0):

@@ -126,6 +126,16 @@ CASES = [
     ("control_char_in_target", "head", get(b"/a\x01b"), {400}),
     ("del_in_target", "head", get(b"/a\x7fb"), {400}),
     ("bad_percent_encoding", "head", get(b"/a%zzb"), {400}),
+    # path parameters: a servlet container serves /api;/x as /api/x
+    ("path_param_empty", "head", get(b"/api;/x"), {400}),
+    ("path_param_jsessionid", "head", get(b"/api;jsessionid=1/x"), {400}),
+    ("path_param_encoded_letters", "head", get(b"/a%70i;/x"), {400}),
+    ("path_param_last_segment", "head", get(b"/api/x;"), {400}),
+    ("path_param_first_segment", "head", get(b"/;/api/x"), {400}),
+    ("path_param_dotdot", "head", get(b"/public/..;/admin"), {400}),
+    ("path_param_encoded", "head", get(b"/api%3B/x"), {400}),
+    ("path_param_encoded_lower", "head", get(b"/api%3bjsessionid=1/x"), {400}),
+    ("path_param_absolute_form", "head", get(b"https://localhost/api;/x"), {400}),
     # smuggling behind a valid first request
     ("smuggle_cl_te_after_valid", "smuggle",
      FIRST + post(b"Content-Length: 5\r\n" + CHUNKED, b"0\r\n\r\n" + HIDDEN), {400}),

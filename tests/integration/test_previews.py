@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 
-from harness import (HSTS, SECURITY_HEADERS, UPSTREAM_PY, ROOT, Flowgate, Upstream, build_request,
-                     check, eq, fail, free_port, register_pid, req_header, stop_process, tmpdir)
+from harness import (FORBIDDEN_TRAILERS, HSTS, SECURITY_HEADERS, UPSTREAM_PY, ROOT, Flowgate,
+                     Upstream, build_request, check, eq, fail, free_port, pattern, register_pid,
+                     req_header, send_chunked, sha256, stop_process, tmpdir)
 
 TIMEOUT = 60
 
@@ -392,6 +393,24 @@ def test_credentials_never_reach_a_preview():
         rec = s.api.requests()[-1]
         eq(req_header(rec, "Authorization"), ["Bearer platform-token"], "Authorization on a route")
         eq(len(req_header(rec, "Cookie")), 3, "cookies on a route")
+
+
+def test_request_trailers_never_reach_a_preview():
+    """Authorization and platform cookies sent as trailer fields, past the head
+    that strip_credentials filters, never reach the MVP."""
+    data = pattern(50000)
+    with Setup(names=("alpha",)) as s:
+        c = s.fg.tls()
+        for split in (False, True):
+            send_chunked(c, "/sha256", data, FORBIDDEN_TRAILERS, host=host_of("alpha"),
+                         split=split)
+            r = c.read_response()
+            eq(r.status, 200, "status")
+            eq(json.loads(r.body), {"len": len(data), "sha256": sha256(data)}, "body at the MVP")
+            rec = s.mvps["alpha"].requests()[-1]
+            check(rec["complete"], "MVP framing: %s" % rec.get("error"))
+            eq(rec["trailers"], "", "trailer section at the MVP (split %s)" % split)
+        c.close()
 
 
 def test_credentials_pass_without_strip_credentials():

@@ -1,8 +1,8 @@
 """The core proxy: what a client and an upstream observe (SPEC sections 3 and 4)."""
 
-from harness import (HSTS, ConnectionClosed, Flowgate, Upstream, assert_closes, assert_error,
-                     assert_new_request_id, assert_security_headers, check, eq, pattern,
-                     plain_request, req_header, sha256)
+from harness import (FORBIDDEN_TRAILERS, HSTS, ConnectionClosed, Flowgate, Upstream,
+                     assert_closes, assert_error, assert_new_request_id, assert_security_headers,
+                     check, eq, pattern, plain_request, req_header, send_chunked, sentinel, sha256)
 
 TIMEOUT = 60
 FIVE_MB = 5 * 1024 * 1024
@@ -126,6 +126,72 @@ def test_path_is_normalised_and_query_kept():
             r = fg.get(sent)
             eq(r.status, 200, "status of %s" % sent)
             eq(up.requests()[-1]["target"], seen, "upstream target for %s" % sent)
+
+
+def test_path_parameters_never_pick_a_weaker_route():
+    """A servlet container serves /api;/x as /api/x: with ';' routed as part of
+    a segment, /api;/x would take the optional / route to a required one."""
+    cfg = {"routes": ({"host": "", "path": "/api/", "upstream": "api", "auth": "required"},
+                      {"host": "", "path": "/", "upstream": "api", "auth": "optional"})}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        for path in ("/api;/x", "/api;jsessionid=1/x", "/a%70i;/x", "/api/x;", "/;/api/x",
+                     "/api%3B/x", "/api%3b/x", "/public/..;/api/x", "/x;a=1"):
+            assert_error(fg.get(path), 400, "bad_request")
+        eq(up.requests(), [], "what reached the upstream")
+        # ';' in the query is no path parameter: routed on the path alone
+        assert_error(fg.get("/api/x?a=1;b=2"), 401, "invalid_token")
+        eq(fg.get("/x?a=1;b=2").status, 200, "status on the optional route")
+        eq(up.requests()[-1]["target"], "/x?a=1;b=2", "upstream target")
+
+
+def test_request_trailers_never_reach_the_upstream():
+    data = pattern(200000)
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        for split in (False, True):
+            send_chunked(c, "/sha256", data, FORBIDDEN_TRAILERS, split=split)
+            r = c.read_response()
+            eq(r.status, 200, "status")
+            eq(r.json(), {"len": len(data), "sha256": sha256(data)}, "body at the upstream")
+            rec = up.requests()[-1]
+            check(rec["complete"], "upstream framing: %s" % rec.get("error"))
+            eq(rec["trailers"], "", "trailer section at the upstream (split %s)" % split)
+            eq(req_header(rec, "X-User-Id"), [], "X-User-Id at the upstream")
+        # both sides of the two links are still in step
+        r = c.request("GET", "/after")
+        c.close()
+        eq(r.status, 200, "a request after the trailers")
+        eq(up.requests()[-1]["target"], "/after", "upstream target")
+        eq(len({x["conn"] for x in up.requests()}), 1, "upstream connections used")
+
+
+def test_transfer_encoding_trailer_is_refused():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        send_chunked(c, "/sha256", b"hello", b"Transfer-Encoding: chunked\r\n")
+        try:
+            assert_error(c.read_response(timeout=15), 400, "bad_request")
+        except ConnectionClosed:
+            pass  # the head was forwarded: a body error may end the connection instead
+        check(c.wait_closed(10), "connection open after a refused trailer")
+        c.close()
+        sentinel(fg, up)
+        for x in up.requests():
+            eq(x["trailers"], "", "trailer section at the upstream")
+            check(x["target"] != "/sha256" or not x["complete"],
+                  "upstream received the request complete")
+
+
+def test_response_trailers_are_dropped():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        for _ in range(2):
+            r = c.request("GET", "/trailers")
+            eq(r.status, 200, "status")
+            eq(r.body, b"trailers\n", "body")
+            eq(r.trailers, [], "trailer fields at the client")
+            check(not r.has("Trailer"), "Trailer header at the client")
+        c.close()
 
 
 def test_http_listener_redirects():

@@ -382,6 +382,144 @@ static void test_bad_chunks(void **state)
     }
 }
 
+/* --- trailer cut ---------------------------------------------------------------------------- */
+
+/*
+ * Feed IN[0..LEN) in pieces of PIECE bytes and append to OUT what a proxy
+ * forwards: each feed's used bytes without its cut. Checks the cut lies in
+ * the used bytes. Returns the last status; *TOTAL is the bytes used.
+ */
+static enum h1_body_status feed_forward(struct h1_parser *p, const char *in, size_t len,
+                                        size_t piece, char *out, size_t *outlen, size_t *total)
+{
+    enum h1_body_status st = H1_BODY_MORE;
+
+    *outlen = 0;
+    *total = 0;
+    for (size_t i = 0; i < len && st == H1_BODY_MORE; i += piece) {
+        size_t n = len - i < piece ? len - i : piece, used;
+        struct h1_cut cut = {99, 99};
+        const char *buf = at_page_end(in + i, n);
+        st = h1_body_feed_cut(p, buf, n, &used, &cut);
+        assert_true(cut.off + cut.len <= used);
+        memcpy(out + *outlen, buf, cut.off);
+        *outlen += cut.off;
+        memcpy(out + *outlen, buf + cut.off + cut.len, used - cut.off - cut.len);
+        *outlen += used - cut.off - cut.len;
+        *total += used;
+    }
+    return st;
+}
+
+static const char chunked_head[] =
+    "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/* Every piece size, one byte at a time included, forwards the same bytes:
+ * the chunks, the last-chunk line and the final CRLF, never a trailer field. */
+static void test_trailer_cut(void **state)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"5\r\nhello\r\n0\r\nX-User-Id: 1\r\nHost: evil\r\nContent-Length: 5\r\n\r\n",
+         "5\r\nhello\r\n0\r\n\r\n"},
+        {"3;a=b\r\nabc\r\n0;last=1\r\nAuthorization: Bearer x\r\n\r\n",
+         "3;a=b\r\nabc\r\n0;last=1\r\n\r\n"},
+        {"0\r\nCookie: session=s\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n", "0\r\n\r\n"},
+        {"0\r\nX:\r\n\r\n", "0\r\n\r\n"},
+        {"2\r\n\r\n\r\n0\r\n\r\n", "2\r\n\r\n\r\n0\r\n\r\n"},
+        {"5\r\n0\r\n\r\n\r\n0\r\n\r\n", "5\r\n0\r\n\r\n\r\n0\r\n\r\n"},
+        {chunked_body, "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"},
+    };
+
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        size_t len = strlen(cases[c].in);
+        for (size_t piece = 1; piece <= len; piece++) {
+            struct h1_request req;
+            char out[256];
+            size_t outlen, total;
+
+            assert_int_equal(parse_req(&req, chunked_head), H1_OK);
+            enum h1_body_status st =
+                feed_forward(&req.parser, cases[c].in, len, piece, out, &outlen, &total);
+            if (st != H1_BODY_DONE)
+                fail_msg("case %zu, pieces of %zu: status %d", c, piece, (int)st);
+            assert_int_equal(total, len);
+            if (outlen != strlen(cases[c].want) || memcmp(out, cases[c].want, outlen) != 0)
+                fail_msg("case %zu, pieces of %zu: forwarded \"%.*s\"", c, piece, (int)outlen, out);
+        }
+    }
+}
+
+/* The next message after the body is not the body's: it is neither used nor cut. */
+static void test_trailer_cut_pipelined(void **state)
+{
+    static const char in[] = "0\r\nX-A: 1\r\n\r\nGET / HTTP/1.1\r\n";
+    struct h1_request req;
+    struct h1_cut cut;
+    size_t used;
+
+    assert_int_equal(parse_req(&req, chunked_head), H1_OK);
+    assert_int_equal(
+        h1_body_feed_cut(&req.parser, at_page_end(in, sizeof(in) - 1), sizeof(in) - 1, &used, &cut),
+        H1_BODY_DONE);
+    assert_int_equal(used, 13);
+    assert_int_equal(cut.off, 3);
+    assert_int_equal(cut.len, 8);
+}
+
+/* Only the chunked coding has trailers: a Content-Length body that looks
+ * like one is passed on whole, and a framing error cuts nothing. */
+static void test_trailer_cut_other_bodies(void **state)
+{
+    static const char body[] = "0\r\nX-A: 1\r\n\r\n";
+    struct h1_request req;
+    struct h1_cut cut;
+    size_t used;
+    char out[64];
+    size_t outlen, total;
+
+    assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 13\r\n\r\n"),
+                     H1_OK);
+    assert_int_equal(feed_forward(&req.parser, body, 13, 1, out, &outlen, &total), H1_BODY_DONE);
+    assert_int_equal(outlen, 13);
+    assert_memory_equal(out, body, 13);
+
+    assert_int_equal(parse_req(&req, chunked_head), H1_OK);
+    assert_int_equal(
+        h1_body_feed_cut(&req.parser, at_page_end("0\r\nX-A: 1\n", 10), 10, &used, &cut),
+        H1_BODY_ERROR);
+    assert_int_equal(used, 0);
+    assert_int_equal(cut.len, 0);
+    /* llhttp refuses Transfer-Encoding in a trailer section outright */
+    assert_int_equal(parse_req(&req, chunked_head), H1_OK);
+    assert_int_equal(feed_forward(&req.parser, "0\r\nTransfer-Encoding: chunked\r\n\r\n", 33, 1,
+                                  out, &outlen, &total),
+                     H1_BODY_ERROR);
+    /* a bad trailer field split across feeds is still refused */
+    assert_int_equal(parse_req(&req, chunked_head), H1_OK);
+    assert_int_equal(feed_forward(&req.parser, "0\r\nX A: 1\r\n\r\n", 14, 1, out, &outlen, &total),
+                     H1_BODY_ERROR);
+}
+
+/* A response's trailers are cut the same way. */
+static void test_trailer_cut_response(void **state)
+{
+    static const char body[] = "2\r\nok\r\n0\r\nSet-Cookie: s=1; Domain=example.com\r\n\r\n";
+    static const char want[] = "2\r\nok\r\n0\r\n\r\n";
+    struct h1_response resp;
+    char out[64];
+    size_t outlen, total;
+
+    assert_int_equal(
+        parse_resp(&resp, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), H1_OK);
+    assert_int_equal(feed_forward(&resp.parser, body, sizeof(body) - 1, 7, out, &outlen, &total),
+                     H1_BODY_DONE);
+    assert_int_equal(total, sizeof(body) - 1);
+    assert_int_equal(outlen, sizeof(want) - 1);
+    assert_memory_equal(out, want, sizeof(want) - 1);
+}
+
 static void test_http10(void **state)
 {
     struct h1_request req;
@@ -924,6 +1062,10 @@ int main(void)
         cmocka_unit_test_teardown(test_length_bytewise, release_slots),
         cmocka_unit_test_teardown(test_moved_request, release_slots),
         cmocka_unit_test_teardown(test_bad_chunks, release_slots),
+        cmocka_unit_test_teardown(test_trailer_cut, release_slots),
+        cmocka_unit_test_teardown(test_trailer_cut_pipelined, release_slots),
+        cmocka_unit_test_teardown(test_trailer_cut_other_bodies, release_slots),
+        cmocka_unit_test_teardown(test_trailer_cut_response, release_slots),
         cmocka_unit_test_teardown(test_http10, release_slots),
         cmocka_unit_test_teardown(test_keep_alive, release_slots),
         cmocka_unit_test_teardown(test_upgrade, release_slots),
