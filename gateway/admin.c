@@ -19,10 +19,12 @@
 #include "h1.h"
 #include "jwtauth.h"
 #include "ratelimit.h"
+#include "tls.h"
 
 #define ADMIN_HEAD_MAX 8192
 
 struct admin {
+    const struct admin_state *st;
     struct evconnlistener *lev;
     struct worker *workers;
     unsigned nworkers;
@@ -72,6 +74,51 @@ static size_t jwt_metrics(const struct admin *a, char *body, size_t len, size_t 
     return len;
 }
 
+/* A Prometheus label value: backslash, quote and newline escaped, cut to fit. */
+static void label_escape(const char *s, char *out, size_t cap)
+{
+    size_t n = 0;
+
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"' || *s == '\n') {
+            out[n++] = '\\';
+            out[n++] = *s == '\n' ? 'n' : *s;
+        } else {
+            out[n++] = *s;
+        }
+    }
+    out[n] = '\0';
+}
+
+#define APPEND(...)                                                                                \
+    (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
+
+/* The configuration in force and how reloads went; each certificate's
+ * notAfter, so an alert can fire before a renewal that silently failed
+ * lets one expire. */
+static size_t reload_metrics(const struct admin *a, char *out, size_t cap)
+{
+    const struct admin_state *st = a->st;
+    size_t len = 0;
+
+    APPEND("# TYPE flowgate_config_generation gauge\nflowgate_config_generation %llu\n"
+           "# TYPE flowgate_config_reloads_total counter\n"
+           "flowgate_config_reloads_total{result=\"ok\"} %llu\n"
+           "flowgate_config_reloads_total{result=\"failed\"} %llu\n"
+           "# TYPE flowgate_config_last_reload_success_timestamp_seconds gauge\n"
+           "flowgate_config_last_reload_success_timestamp_seconds %.3f\n"
+           "# TYPE flowgate_tls_certificate_expiry_timestamp_seconds gauge\n",
+           (unsigned long long)st->generation, (unsigned long long)st->reloads_ok,
+           (unsigned long long)st->reloads_failed, st->last_reload_ok);
+    for (size_t i = 0; st->tls != NULL && i < tls_ncerts(st->tls) && i < st->cfg->tls.ncerts; i++) {
+        char label[512];
+        label_escape(st->cfg->tls.certs[i].cert_file, label, sizeof(label));
+        APPEND("flowgate_tls_certificate_expiry_timestamp_seconds{certificate=\"%s\"} %lld\n",
+               label, (long long)tls_cert_not_after(st->tls, i));
+    }
+    return len;
+}
+
 static void metrics(struct admin *a, struct bufferevent *bev)
 {
     char body[16384];
@@ -97,7 +144,10 @@ static void metrics(struct admin *a, struct bufferevent *bev)
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
     size_t len = jwt_metrics(a, body, (size_t)n, sizeof(body));
     if (len < sizeof(body))
-        ratelimit_metrics(a->workers, a->nworkers, body + len, sizeof(body) - len);
+        len += ratelimit_metrics(a->st->cfg, a->workers, a->nworkers, body + len,
+                                 sizeof(body) - len);
+    if (len < sizeof(body))
+        reload_metrics(a, body + len, sizeof(body) - len);
     reply(bev, 200, "text/plain; version=0.0.4", body);
 }
 
@@ -110,7 +160,7 @@ static void readyz(struct admin *a, struct bufferevent *bev)
     char body[128];
 
     snprintf(body, sizeof(body), "{\"status\":\"ready\",\"listeners\":\"up\",\"redis\":\"%s\"}",
-             ratelimit_redis_state(a->workers, a->nworkers));
+             ratelimit_redis_state(a->st->cfg, a->workers, a->nworkers));
     reply(bev, 200, "application/json", body);
 }
 
@@ -177,22 +227,23 @@ static void admin_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, stru
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
-struct admin *admin_start(struct event_base *base, const struct fg_config *cfg,
-                          struct worker *workers, unsigned nworkers, char *err, size_t errlen)
+struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *addr,
+                          const struct admin_state *st, struct worker *workers, unsigned nworkers,
+                          char *err, size_t errlen)
 {
     struct admin *a = calloc(1, sizeof(*a));
 
     if (a == NULL)
         return NULL;
+    a->st = st;
     a->workers = workers;
     a->nworkers = nworkers;
     a->lev = evconnlistener_new_bind(base, admin_accept_cb, a,
                                      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
                                          LEV_OPT_CLOSE_ON_EXEC,
-                                     128, (const struct sockaddr *)&cfg->admin->ss,
-                                     (int)cfg->admin->len);
+                                     128, (const struct sockaddr *)&addr->ss, (int)addr->len);
     if (a->lev == NULL) {
-        snprintf(err, errlen, "admin listen %s: cannot bind", cfg->admin->text);
+        snprintf(err, errlen, "admin listen %s: cannot bind", addr->text);
         free(a);
         return NULL;
     }

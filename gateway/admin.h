@@ -11,9 +11,22 @@
 #include "worker.h"
 
 struct admin;
+struct tls_ctxset;
 
-struct admin *admin_start(struct event_base *base, const struct fg_config *cfg,
-                          struct worker *workers, unsigned nworkers, char *err, size_t errlen);
+/* What main tells the admin about the configuration in force. Owned by
+ * main and read by the admin on main's thread only. */
+struct admin_state {
+    const struct fg_config *cfg;       /* in force */
+    const struct tls_ctxset *tls;      /* its certificates; NULL without https */
+    uint64_t generation;               /* 1 at start, +1 per applied reload */
+    uint64_t reloads_ok, reloads_failed;
+    double last_reload_ok;             /* seconds since the epoch (start counts) */
+};
+
+/* Listen on ADDR. NULL with ERR when it cannot. */
+struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *addr,
+                          const struct admin_state *st, struct worker *workers, unsigned nworkers,
+                          char *err, size_t errlen);
 void admin_stop(struct admin *a);
 
 #endif

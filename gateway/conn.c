@@ -125,7 +125,7 @@ static void conn_free(struct conn *c)
         c->next->prev = c->prev;
     if (c->r)
         reqbuf_put(w, c->r->rb);
-    cfg_unref(c->cfg);
+    worker_snap_release(w, c->snap);
     free(c);
     worker_conn_closed(w);
 }
@@ -268,7 +268,7 @@ static struct io *conn_make_io(struct conn *c, int fd)
 {
     SSL *ssl = NULL;
 
-    if (c->tls && (ssl = tls_new_ssl(c->w->tls)) == NULL)
+    if (c->tls && (ssl = tls_new_ssl(c->snap->tls)) == NULL)
         return NULL;
     struct io *io = io_new(c->w->base, fd, ssl);
     if (io == NULL && ssl)
@@ -305,11 +305,12 @@ void conn_accept(struct listener *l, int fd, struct sockaddr *sa, socklen_t sale
         return;
     }
     c->w = w;
-    c->l = l;
+    c->local_port = l->port;
     c->fd = fd;
     c->serial = ++w->conn_serial;
     c->tls = l->kind == LISTENER_HTTPS;
-    c->cfg = cfg_ref(w->cfg);
+    c->snap = worker_snap_hold(w);
+    c->cfg = c->snap->cfg;
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
     peer_text(c);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -394,10 +395,27 @@ static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg)
 
 static void req_reset(struct req *r);
 
+/* Between requests, a connection moves to the worker's current snapshot
+ * (a reload happened since its last request). A held request buffer sized
+ * for the old limits goes back. */
+static void conn_refresh_snap(struct conn *c)
+{
+    if (c->snap == c->w->snap)
+        return;
+    worker_snap_release(c->w, c->snap);
+    c->snap = worker_snap_hold(c->w);
+    c->cfg = c->snap->cfg;
+    if (c->r && c->r->rb->max_headers < c->cfg->limits.max_headers) {
+        reqbuf_put(c->w, c->r->rb);
+        c->r = NULL;
+    }
+}
+
 /* A request begins: it takes a buffer from the worker, unless it follows
  * another in a pipeline (the buffer is still held). */
 static struct req *req_acquire(struct conn *c)
 {
+    conn_refresh_snap(c);
     if (c->r == NULL) {
         struct reqbuf *rb = reqbuf_get(c->w, c->cfg->limits.max_headers);
         if (rb == NULL)
@@ -702,7 +720,7 @@ static void run_stages(struct req *r);
  */
 static bool match_preview(struct req *r)
 {
-    if (r->host_len == 0 || (r->host_port != -1 && r->host_port != r->c->l->port))
+    if (r->host_len == 0 || (r->host_port != -1 && r->host_port != r->c->local_port))
         return false;
     return route_preview_name(&r->cfg->previews, r->host, r->host_len, r->preview_name,
                               sizeof(r->preview_name)) >= 0;
@@ -719,7 +737,7 @@ static void dispatch(struct req *r)
     } else {
         r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
         if (r->route)
-            r->pool = &r->c->w->pools[r->route->upstream->index];
+            r->pool = &r->c->snap->pools[r->route->upstream->index];
     }
     r->c->state = CONN_STAGES;
     run_stages(r);
@@ -810,7 +828,7 @@ static void handle_head(struct conn *c, size_t head_len)
         respond_error(r, FG_ERR_EXPECTATION, NULL);
         return;
     }
-    if (c->l->kind == LISTENER_HTTP) {
+    if (!c->tls) {
         respond_redirect(r);
         return;
     }

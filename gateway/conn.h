@@ -145,8 +145,8 @@ void reqbuf_free_all(struct worker *w);
 
 struct conn {
     struct worker *w;
-    struct listener *l;
     struct conn *next, *prev;     /* worker->conns */
+    int local_port;               /* the listener's port, for Host checks */
     uint64_t serial;
     int fd;
     struct io *io;                /* the socket, plain or TLS (NULL before conn_start) */
@@ -164,7 +164,10 @@ struct conn {
         struct sockaddr_in6 in6;
     } peer;
     char peer_ip[INET6_ADDRSTRLEN];
-    struct fg_config *cfg;        /* snapshot this connection runs on (ref held) */
+    struct wsnap *snap;           /* snapshot this connection runs on (held); a keep-alive
+                                     connection takes the worker's current one at its next
+                                     request, a request keeps its own to the end */
+    struct fg_config *cfg;        /* snap->cfg */
     struct upconn *up;            /* upstream link while PROXYING */
     unsigned requests;            /* served on this connection */
     struct req *r;                /* the request in flight (in a reqbuf); NULL while idle */

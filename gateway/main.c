@@ -44,6 +44,7 @@ struct app {
     struct event *exited_ev;     /* a worker loop ended (exited_fd) */
     int exited_fd;               /* eventfd the workers write as they end */
     bool stopping;
+    struct admin_state admin_st; /* what /metrics says of the configuration in force */
 };
 
 static void usage(FILE *f)
@@ -94,7 +95,7 @@ static int check_config(const char *path)
     int rc = 1;
 
     if (cfg && cfg->nhttps > 0) {
-        struct tls_ctxset *tls = tls_build(cfg, err, ERRBUF);
+        struct tls_ctxset *tls = tls_build(cfg, NULL, err, ERRBUF);
         if (tls == NULL) {
             cfg_unref(cfg);
             cfg = NULL;
@@ -112,6 +113,122 @@ static int check_config(const char *path)
     cfg_unref(cfg);
     free(err);
     return rc;
+}
+
+static double now_epoch(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* RELOADING=1 with the time it began (sd_notify(3), systemd 253's
+ * Type=notify-reload); READY=1 follows when the reload is over. */
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    char msg[96];
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify_systemd(msg);
+}
+
+/* Every line of TEXT ("FILE:LINE: message" each) as its own log line. */
+static void log_problems(const char *text)
+{
+    const char *p = text;
+
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        int n = nl ? (int)(nl - p) : (int)strlen(p);
+        if (n > 0)
+            log_error("reload: %.*s", n, p);
+        p += n + (nl != NULL);
+    }
+}
+
+static bool same_log(const struct fg_log *a, const struct fg_log *b)
+{
+    const char *x[] = {a->access, a->error}, *y[] = {b->access, b->error};
+
+    for (size_t i = 0; i < 2; i++)
+        if (strcmp(x[i] ? x[i] : "", y[i] ? y[i] : "") != 0)
+            return false;
+    return a->level == b->level;
+}
+
+/* The admin listener moves when its address changed (a failure to bind
+ * there keeps it where it is). */
+static int move_admin(struct app *app, struct fg_config *cfg, char *err)
+{
+    const struct fg_sockaddr *a = app->cfg->admin, *b = cfg->admin;
+
+    if ((a == NULL) == (b == NULL) &&
+        (a == NULL || (a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0)))
+        return 0;
+    struct admin *moved = NULL;
+    if (b != NULL && (moved = admin_start(app->base, b, &app->admin_st, app->workers,
+                                          app->nworkers, err, ERRBUF)) == NULL)
+        return -1;
+    admin_stop(app->admin);
+    app->admin = moved;
+    return 0;
+}
+
+/*
+ * Reload (SIGHUP, or a watched file changed): build and check a whole new
+ * snapshot here, off the workers; on any problem log each one and keep the
+ * old. A good one goes to every worker through its wake-up; each swaps its
+ * own pointer at its next loop round (no lock on the request path).
+ */
+static void reload(struct app *app, const char *why)
+{
+    char *err = calloc(1, ERRBUF);
+    struct fg_config *cfg = NULL;
+    struct tls_ctxset *tls = NULL;
+
+    notify_reloading();
+    log_info("reload (%s): reading %s", why, app->cfg->path);
+    if (err == NULL || (cfg = cfg_load(app->cfg->path, err, ERRBUF)) == NULL)
+        goto fail;
+    if (cfg->nhttps > 0 && (tls = tls_build(cfg, app->tls, err, ERRBUF)) == NULL)
+        goto fail;
+    if (!same_log(&app->cfg->log, &cfg->log) && log_open(&cfg->log, err, ERRBUF) < 0)
+        goto fail;
+    if (move_admin(app, cfg, err) < 0)
+        goto fail;
+    if (cfg->workers != app->nworkers)
+        log_warn("reload: workers = %u needs a restart (%u run now); the rest applies",
+                 cfg->workers, app->nworkers);
+    for (unsigned i = 0; i < app->nworkers; i++)
+        if (worker_reload(&app->workers[i], cfg, tls) < 0)
+            log_error("reload: worker %u: out of memory; it keeps the old configuration", i);
+    cfg_unref(app->cfg);
+    tls_free(app->tls);
+    app->cfg = cfg;
+    app->tls = tls;
+    app->admin_st.cfg = cfg;
+    app->admin_st.tls = tls;
+    app->admin_st.generation++;
+    app->admin_st.reloads_ok++;
+    app->admin_st.last_reload_ok = now_epoch();
+    log_info("reload: configuration generation %llu in force",
+             (unsigned long long)app->admin_st.generation);
+    notify_systemd("READY=1");
+    free(err);
+    return;
+fail:
+    log_error("reload: the configuration in force stays (generation %llu)",
+              (unsigned long long)app->admin_st.generation);
+    log_problems(err ? err : "out of memory");
+    app->admin_st.reloads_failed++;
+    tls_free(tls);
+    cfg_unref(cfg);
+    free(err);
+    notify_systemd("READY=1");
 }
 
 static void begin_stop(struct app *app)
@@ -140,15 +257,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     } else if (sig == SIGUSR1) {
         log_reopen();
     } else if (sig == SIGHUP) {
-        char *err = calloc(1, ERRBUF);
-        struct fg_config *cfg = err ? cfg_load(app->cfg->path, err, ERRBUF) : NULL;
-        if (cfg == NULL)
-            log_error("reload: configuration invalid, the old one stays in force:\n%s",
-                      err ? err : "out of memory");
-        else
-            log_warn("reload: configuration is valid; this version applies it on restart");
-        cfg_unref(cfg);
-        free(err);
+        reload(app, "SIGHUP");
     }
 }
 
@@ -220,7 +329,7 @@ static int setup_events(struct app *app)
 
 static int start(struct app *app, char *err)
 {
-    if (app->cfg->nhttps > 0 && (app->tls = tls_build(app->cfg, err, ERRBUF)) == NULL)
+    if (app->cfg->nhttps > 0 && (app->tls = tls_build(app->cfg, NULL, err, ERRBUF)) == NULL)
         return -1;
     app->nworkers = app->cfg->workers;
     app->workers = calloc(app->nworkers, sizeof(*app->workers));
@@ -229,9 +338,13 @@ static int start(struct app *app, char *err)
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_init(&app->workers[i], i, app->cfg, app->tls, err, ERRBUF) < 0)
             return -1;
+    app->admin_st.cfg = app->cfg;
+    app->admin_st.tls = app->tls;
+    app->admin_st.generation = 1;
+    app->admin_st.last_reload_ok = now_epoch();
     if (app->cfg->admin &&
-        (app->admin = admin_start(app->base, app->cfg, app->workers, app->nworkers, err,
-                                  ERRBUF)) == NULL)
+        (app->admin = admin_start(app->base, app->cfg->admin, &app->admin_st, app->workers,
+                                  app->nworkers, err, ERRBUF)) == NULL)
         return -1;
     if (setup_events(app) < 0) {
         snprintf(err, ERRBUF, "event setup failed");

@@ -393,7 +393,12 @@ struct rl_ask {
 };
 
 struct rl_worker {
-    struct rl_link *link;    /* the worker's Redis link */
+    struct rl_link *link;    /* the worker's Redis link; NULL when a reload turned limits off */
+    struct rl_link **retired; /* links replaced by reloads: stopped, freed once idle */
+    size_t nretired;
+    uint64_t **old_decisions; /* counter arrays outgrown by reloads (the admin may still read) */
+    size_t nold_decisions;
+    size_t decisions_cap;     /* tiers the counters have room for */
     struct rl_table local;   /* on_redis_failure = "local" */
     struct rl_table refused; /* identities Redis refused, until when */
     size_t ntiers;
@@ -416,9 +421,9 @@ const char *rl_outcome_str(enum rl_outcome o)
     return "?";
 }
 
-int ratelimit_worker_init(struct worker *w, char *err, size_t errlen)
+int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen)
 {
-    const struct fg_ratelimit *rl = &w->cfg->rate_limit;
+    const struct fg_ratelimit *rl = &cfg->rate_limit;
     struct rl_worker *st;
 
     if (!rl->enabled)
@@ -427,6 +432,7 @@ int ratelimit_worker_init(struct worker *w, char *err, size_t errlen)
         goto oom;
     w->rl = st;
     st->ntiers = rl->ntiers;
+    st->decisions_cap = rl->ntiers;
     st->decisions = calloc(rl->ntiers * RL_OUT__COUNT, sizeof(*st->decisions));
     if (st->decisions == NULL || table_init(&st->local, RL_LOCAL_SLOTS) < 0 ||
         table_init(&st->refused, RL_REFUSED_SLOTS) < 0)
@@ -439,9 +445,94 @@ oom:
     return -1;
 }
 
+/* Stop L and keep it until no call waits on it any more. */
+static int retire_link(struct rl_worker *st, struct rl_link *l)
+{
+    struct rl_link **v = realloc(st->retired, (st->nretired + 1) * sizeof(*v));
+
+    if (v == NULL)
+        return -1;
+    st->retired = v;
+    rl_link_stop(l);
+    st->retired[st->nretired++] = l;
+    return 0;
+}
+
+/* Free the retired links nobody waits on (a reload later than theirs: the
+ * admin thread never still reads one). */
+static void reap_links(struct rl_worker *st)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < st->nretired; i++) {
+        if (rl_link_idle(st->retired[i]))
+            rl_link_free(st->retired[i]);
+        else
+            st->retired[k++] = st->retired[i];
+    }
+    st->nretired = k;
+}
+
+/* Room for NTIERS tiers of counters; the old array stays for the admin. */
+static int grow_decisions(struct rl_worker *st, size_t ntiers)
+{
+    if (ntiers <= st->decisions_cap)
+        return 0;
+    uint64_t *d = calloc(ntiers * RL_OUT__COUNT, sizeof(*d));
+    uint64_t **old = realloc(st->old_decisions, (st->nold_decisions + 1) * sizeof(*old));
+    if (d == NULL || old == NULL) {
+        free(d);
+        if (old != NULL)
+            st->old_decisions = old;
+        return -1;
+    }
+    memcpy(d, st->decisions, st->decisions_cap * RL_OUT__COUNT * sizeof(*d));
+    st->old_decisions = old;
+    st->old_decisions[st->nold_decisions++] = st->decisions;
+    __atomic_store_n(&st->decisions, d, __ATOMIC_RELEASE);
+    __atomic_store_n(&st->decisions_cap, ntiers, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int ratelimit_worker_reload(struct worker *w, const struct fg_config *cfg, char *err,
+                            size_t errlen)
+{
+    const struct fg_ratelimit *rl = &cfg->rate_limit;
+    struct rl_worker *st = w->rl;
+
+    if (st == NULL)
+        return ratelimit_worker_init(w, cfg, err, errlen);
+    reap_links(st);
+    table_free(&st->refused); /* refusals belong to the old limits */
+    if (table_init(&st->refused, RL_REFUSED_SLOTS) < 0 || grow_decisions(st, rl->ntiers) < 0)
+        goto oom;
+    st->ntiers = rl->ntiers;
+    const struct fg_config *cur = w->cfg;
+    /* (A replaced resolver lives on until the worker ends: a kept link may
+     * go on using the one it was made with.) */
+    bool same_link = st->link != NULL && rl->enabled && cur->rate_limit.enabled &&
+                     rl_redis_same(&cur->rate_limit.redis, &rl->redis);
+    if (same_link) {
+        rl_link_set_cfg(st->link, &rl->redis);
+        return 0;
+    }
+    struct rl_link *fresh = NULL;
+    if (rl->enabled && (fresh = rl_link_new(w->base, &rl->redis, rl_script, w->resolver)) == NULL)
+        goto oom;
+    if (st->link != NULL && retire_link(st, st->link) < 0) {
+        rl_link_free(fresh);
+        goto oom;
+    }
+    __atomic_store_n(&st->link, fresh, __ATOMIC_RELEASE);
+    return 0;
+oom:
+    snprintf(err, errlen, "rate limit: out of memory");
+    return -1;
+}
+
 void ratelimit_worker_stop(struct worker *w)
 {
-    if (w->rl != NULL)
+    if (w->rl != NULL && w->rl->link != NULL)
         rl_link_stop(w->rl->link);
 }
 
@@ -452,6 +543,12 @@ void ratelimit_worker_free(struct worker *w)
     if (st == NULL)
         return;
     rl_link_free(st->link); /* pending calls are all detached by now */
+    for (size_t i = 0; i < st->nretired; i++)
+        rl_link_free(st->retired[i]);
+    free(st->retired);
+    for (size_t i = 0; i < st->nold_decisions; i++)
+        free(st->old_decisions[i]);
+    free(st->old_decisions);
     table_free(&st->local);
     table_free(&st->refused);
     while (st->free_asks != NULL) { /* every ask is back: the connections went first */
@@ -779,12 +876,14 @@ const struct stage ratelimit_stage = {"ratelimit", ratelimit_run};
 
 /* ---- admin ---------------------------------------------------------------- */
 
-const char *ratelimit_redis_state(const struct worker *workers, unsigned n)
+const char *ratelimit_redis_state(const struct fg_config *cfg, const struct worker *workers,
+                                  unsigned n)
 {
-    if (n == 0 || !workers[0].cfg->rate_limit.enabled)
+    if (n == 0 || !cfg->rate_limit.enabled)
         return "disabled";
     for (unsigned i = 0; i < n; i++)
-        if (workers[i].rl == NULL || rl_link_state(workers[i].rl->link) != RL_LINK_UP)
+        if (workers[i].rl == NULL ||
+            rl_link_state(__atomic_load_n(&workers[i].rl->link, __ATOMIC_ACQUIRE)) != RL_LINK_UP)
             return "down";
     return "up";
 }
@@ -794,9 +893,12 @@ static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_l
     memset(out, 0, sizeof(*out));
     for (unsigned i = 0; i < n; i++) {
         struct rl_link_stats s;
-        if (workers[i].rl == NULL)
+        const struct rl_link *l = workers[i].rl ? __atomic_load_n(&workers[i].rl->link,
+                                                                   __ATOMIC_ACQUIRE)
+                                                : NULL;
+        if (l == NULL)
             continue;
-        rl_link_stats(workers[i].rl->link, &s);
+        rl_link_stats(l, &s);
         out->calls += s.calls;
         out->batches += s.batches;
         out->errors += s.errors;
@@ -811,18 +913,23 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
 {
     uint64_t total = 0;
 
-    for (unsigned i = 0; i < n; i++)
-        if (workers[i].rl != NULL)
-            total += __atomic_load_n(&workers[i].rl->decisions[idx], __ATOMIC_RELAXED);
+    for (unsigned i = 0; i < n; i++) {
+        const struct rl_worker *st = workers[i].rl;
+        if (st == NULL || idx >= __atomic_load_n(&st->decisions_cap, __ATOMIC_ACQUIRE) * RL_OUT__COUNT)
+            continue;
+        const uint64_t *d = __atomic_load_n(&st->decisions, __ATOMIC_ACQUIRE);
+        total += __atomic_load_n(&d[idx], __ATOMIC_RELAXED);
+    }
     return total;
 }
 
 #define APPEND(...)                                                                                \
     (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
 
-size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, size_t cap)
+size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
+                         char *out, size_t cap)
 {
-    const struct fg_ratelimit *rl = n ? &workers[0].cfg->rate_limit : NULL;
+    const struct fg_ratelimit *rl = n ? &cfg->rate_limit : NULL;
     struct rl_link_stats s;
     size_t len = 0;
     uint64_t cum = 0;
@@ -835,7 +942,7 @@ size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, si
                    (unsigned long long)sum_decisions(workers, n, t * RL_OUT__COUNT + o));
     sum_link_stats(workers, n, &s);
     APPEND("# TYPE flowgate_redis_up gauge\nflowgate_redis_up %d\n",
-           strcmp(ratelimit_redis_state(workers, n), "up") == 0);
+           strcmp(ratelimit_redis_state(cfg, workers, n), "up") == 0);
     APPEND("# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
            (unsigned long long)s.errors);
     APPEND("# TYPE flowgate_redis_timeouts_total counter\nflowgate_redis_timeouts_total %llu\n",

@@ -133,18 +133,26 @@ const char *rl_outcome_str(enum rl_outcome o);
 
 /* Set up W's rate-limit state (local tables, counters, the Redis link) when
  * the configuration has a rate_limit group. 0, or -1 with ERR. */
-int ratelimit_worker_init(struct worker *w, char *err, size_t errlen);
+int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen);
 void ratelimit_worker_free(struct worker *w);
 
 /* The worker is stopping: the Redis link closes once its calls are answered. */
 void ratelimit_worker_stop(struct worker *w);
 
+/* On W's thread, before W moves to snapshot CFG: refusals are forgotten,
+ * the Redis link is kept when its settings are the same and made anew
+ * otherwise (the old one finishes its calls, then goes). 0 or -1 with ERR. */
+int ratelimit_worker_reload(struct worker *w, const struct fg_config *cfg, char *err,
+                            size_t errlen);
+
 /* For /readyz: "disabled", "up" (every worker's link is up) or "down". */
-const char *ratelimit_redis_state(const struct worker *workers, unsigned n);
+const char *ratelimit_redis_state(const struct fg_config *cfg, const struct worker *workers,
+                                  unsigned n);
 
 /* Append the rate-limit and Redis metrics (Prometheus text) to OUT. Returns
  * the length written (snprintf rules: may exceed CAP when truncated). */
-size_t ratelimit_metrics(const struct worker *workers, unsigned n, char *out, size_t cap);
+size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
+                         char *out, size_t cap);
 
 extern const struct stage ratelimit_stage;
 

@@ -171,7 +171,30 @@ static void set_state(struct rl_link *l, enum rl_link_state st)
 
 enum rl_link_state rl_link_state(const struct rl_link *l)
 {
+    if (l == NULL)
+        return RL_LINK_DOWN;
     return (enum rl_link_state)__atomic_load_n(&l->state, __ATOMIC_RELAXED);
+}
+
+void rl_link_set_cfg(struct rl_link *l, const struct fg_redis *cfg)
+{
+    l->cfg = cfg;
+}
+
+bool rl_link_idle(const struct rl_link *l)
+{
+    return l->pending == 0 && l->ac == NULL;
+}
+
+bool rl_redis_same(const struct fg_redis *a, const struct fg_redis *b)
+{
+    const char *sa[] = {a->address, a->password, a->username, a->key_prefix};
+    const char *sb[] = {b->address, b->password, b->username, b->key_prefix};
+
+    for (size_t i = 0; i < sizeof(sa) / sizeof(sa[0]); i++)
+        if ((sa[i] == NULL) != (sb[i] == NULL) || (sa[i] && strcmp(sa[i], sb[i]) != 0))
+            return false;
+    return a->database == b->database && a->timeout_ms == b->timeout_ms;
 }
 
 const char *rl_link_sha(const struct rl_link *l)

@@ -52,6 +52,7 @@ struct tls_ticket_key {
 /* Shared by every context of a set, so a ticket issued after an SNI switch
  * resumes whichever context the next handshake lands on. */
 struct tls_ticket_keys {
+    unsigned refs;                 /* sets sharing them (atomic): reloads keep the keys */
     pthread_rwlock_t lock;         /* readers: every handshake; writer: rotation */
     struct tls_ticket_key current; /* encrypts new tickets */
     struct tls_ticket_key previous;
@@ -133,11 +134,12 @@ static struct tls_ticket_keys *tls_ticket_keys_new(void) {
         return NULL;
     }
     keys->rotated_at = tls_now();
+    keys->refs = 1;
     return keys;
 }
 
 static void tls_ticket_keys_free(struct tls_ticket_keys *keys) {
-    if (keys == NULL)
+    if (keys == NULL || __atomic_sub_fetch(&keys->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     pthread_rwlock_destroy(&keys->lock);
     OPENSSL_cleanse(keys, sizeof(*keys));
@@ -526,7 +528,8 @@ static int tls_build_contexts(struct tls_ctxset *set, const struct fg_config *cf
     return 0;
 }
 
-struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errlen) {
+struct tls_ctxset *tls_build(const struct fg_config *cfg, const struct tls_ctxset *prev, char *err,
+                             size_t errlen) {
     const struct fg_tls *tls = &cfg->tls;
     struct tls_ctxset *set;
 
@@ -538,8 +541,13 @@ struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errl
     set = calloc(1, sizeof(*set));
     if (set == NULL || (set->ctxs = calloc(tls->ncerts, sizeof(*set->ctxs))) == NULL)
         goto oom;
-    if (tls->session_tickets && (set->keys = tls_ticket_keys_new()) == NULL)
+    if (tls->session_tickets && prev != NULL && prev->keys != NULL) {
+        /* A reload keeps the keys: tickets issued before it still resume. */
+        set->keys = prev->keys;
+        __atomic_add_fetch(&set->keys->refs, 1, __ATOMIC_RELAXED);
+    } else if (tls->session_tickets && (set->keys = tls_ticket_keys_new()) == NULL) {
         goto oom;
+    }
     if (tls_build_contexts(set, cfg, err, errlen) != 0)
         goto fail;
     SSL_CTX_set_ex_data(set->ctxs[0], tls_owner_index, set);
@@ -560,5 +568,23 @@ void tls_free(struct tls_ctxset *set) {
 }
 
 SSL *tls_new_ssl(struct tls_ctxset *set) { return SSL_new(set->ctxs[0]); }
+
+struct tls_ctxset *tls_ref(struct tls_ctxset *set) {
+    if (set != NULL)
+        SSL_CTX_up_ref(set->ctxs[0]);
+    return set;
+}
+
+size_t tls_ncerts(const struct tls_ctxset *set) { return set ? set->nctxs : 0; }
+
+time_t tls_cert_not_after(const struct tls_ctxset *set, size_t i) {
+    X509 *x = i < set->nctxs ? SSL_CTX_get0_certificate(set->ctxs[i]) : NULL;
+    const ASN1_TIME *t = x ? X509_get0_notAfter(x) : NULL;
+    struct tm tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return timegm(&tm);
+}
 
 const char *tls_version_str(const SSL *ssl) { return SSL_get_version(ssl); }

@@ -7,6 +7,7 @@
 #define FG_TLS_H
 
 #include <stddef.h>
+#include <time.h>
 #include <openssl/ssl.h>
 
 #include "cfg.h"
@@ -19,10 +20,16 @@ struct tls_ctxset; /* opaque, immutable after build except ticket keys */
  * certificate") into ERR on any problem. Thread-safe to use from every
  * worker once built.
  */
-struct tls_ctxset *tls_build(const struct fg_config *cfg, char *err, size_t errlen);
+struct tls_ctxset *tls_build(const struct fg_config *cfg, const struct tls_ctxset *prev, char *err,
+                             size_t errlen);
+/* (PREV, when not NULL, is the set this one replaces on a reload: its session
+ * ticket keys are shared, so tickets issued before the reload still resume.) */
 /* Drops the builder's reference: connections already made from SET keep its
  * contexts, SNI table and ticket keys alive until the last one is freed. */
 void tls_free(struct tls_ctxset *set);
+
+/* Another reference to SET (NULL stays NULL), dropped with tls_free(). */
+struct tls_ctxset *tls_ref(struct tls_ctxset *set);
 
 /* A new server-side SSL for one connection (default context; SNI switches it). */
 SSL *tls_new_ssl(struct tls_ctxset *set);
@@ -33,6 +40,11 @@ void tls_rotate_tickets(struct tls_ctxset *set);
 /* Rotate now, whatever the time (tests): the current key becomes the previous
  * one, which still decrypts (and renews) tickets for one more period. */
 void tls_rotate_tickets_now(struct tls_ctxset *set);
+
+/* Certificates in the set (in configuration order) and the notAfter time of
+ * certificate I, seconds since the epoch (0 when unknown). */
+size_t tls_ncerts(const struct tls_ctxset *set);
+time_t tls_cert_not_after(const struct tls_ctxset *set, size_t i);
 
 /* "TLSv1.3" etc. for the log. */
 const char *tls_version_str(const SSL *ssl);

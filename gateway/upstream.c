@@ -29,24 +29,24 @@ uint64_t upstream_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int upstream_pools_init(struct worker *w, const struct fg_config *cfg)
+struct upstream_pool *upstream_pools_new(struct worker *w, const struct fg_config *cfg)
 {
-    w->npools = cfg->nupstreams;
-    if (w->npools == 0)
-        return 0;
-    w->pools = calloc(w->npools, sizeof(*w->pools));
-    if (w->pools == NULL)
-        return -1;
-    for (size_t i = 0; i < w->npools; i++) {
-        struct upstream_pool *p = &w->pools[i];
+    struct upstream_pool *pools = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*pools));
+
+    if (pools == NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        struct upstream_pool *p = &pools[i];
         p->u = &cfg->upstreams[i];
         p->servers = calloc(p->u->nservers ? p->u->nservers : 1, sizeof(*p->servers));
-        if (p->servers == NULL)
-            return -1;
+        if (p->servers == NULL) {
+            upstream_pools_destroy(pools, i);
+            return NULL;
+        }
         p->next = w->id; /* spread the workers' first picks */
         p->base = w->base;
     }
-    return 0;
+    return pools;
 }
 
 /* The worker's preview pools, keyed by address and port. */
@@ -109,10 +109,27 @@ static void pool_close_idle(struct upstream_pool *p)
         upconn_free(uc);
 }
 
+void upstream_pools_retire(struct upstream_pool *pools, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        pool_close_idle(&pools[i]);
+        pools[i].retired = true;
+    }
+}
+
+void upstream_pools_destroy(struct upstream_pool *pools, size_t n)
+{
+    for (size_t i = 0; pools != NULL && i < n; i++) {
+        pool_close_idle(&pools[i]);
+        free(pools[i].servers);
+    }
+    free(pools);
+}
+
 void upstream_pools_close_idle(struct worker *w)
 {
-    for (size_t i = 0; i < w->npools; i++)
-        pool_close_idle(&w->pools[i]);
+    for (size_t i = 0; w->snap != NULL && i < w->snap->npools; i++)
+        pool_close_idle(&w->snap->pools[i]);
     if (w->dyn == NULL)
         return;
     /* Closing a pool's last idle connection never frees it: it is still in
@@ -125,12 +142,6 @@ static void dyn_forget(struct upstream_dyn *d, struct upstream_pool *p);
 
 void upstream_pools_free(struct worker *w)
 {
-    upstream_pools_close_idle(w);
-    for (size_t i = 0; i < w->npools; i++)
-        free(w->pools[i].servers);
-    free(w->pools);
-    w->pools = NULL;
-    w->npools = 0;
     if (w->dyn) {
         while (w->dyn->lru_head)
             dyn_forget(w->dyn, w->dyn->lru_head);
@@ -366,7 +377,7 @@ void upstream_release(struct upconn *uc, bool keep)
 
     uc->owner = NULL;
     uc->ready_cb = NULL;
-    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten ||
+    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten || p->retired ||
         evbuffer_get_length(uc->io->in) > 0 || uc->io->eof || uc->io->error ||
         (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);

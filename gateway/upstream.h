@@ -40,6 +40,7 @@ struct upstream_pool {
     uint32_t refs;                      /* its connections (any state) and the requests
                                            holding it (upstream_pool_hold) */
     bool forgotten;                     /* out of the table: freed when refs drops to 0 */
+    bool retired;                       /* its snapshot was replaced: no connection is pooled */
     struct fg_upstream dyn_u;           /* one server: the address */
     struct fg_sockaddr dyn_server;
     struct upstream_server_state dyn_state;
@@ -81,9 +82,15 @@ struct upconn {
     unsigned served;                  /* requests served on it */
 };
 
-/* Pools for every upstream of CFG, owned by worker W. */
-int upstream_pools_init(struct worker *w, const struct fg_config *cfg);
-void upstream_pools_free(struct worker *w);
+/* Pools for every upstream of CFG (cfg->nupstreams of them), on worker W's
+ * loop: one set per configuration snapshot (struct wsnap). NULL when out of
+ * memory. A retired set (its snapshot replaced by a reload) closes its idle
+ * connections and pools no more; it is destroyed with its snapshot, once no
+ * connection uses it. */
+struct upstream_pool *upstream_pools_new(struct worker *w, const struct fg_config *cfg);
+void upstream_pools_retire(struct upstream_pool *pools, size_t n);
+void upstream_pools_destroy(struct upstream_pool *pools, size_t n);
+void upstream_pools_free(struct worker *w);       /* the preview pools */
 void upstream_pools_close_idle(struct worker *w); /* shutting down */
 
 /*

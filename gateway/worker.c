@@ -65,34 +65,108 @@ static int sockaddr_port(const struct fg_sockaddr *a)
     return 0;
 }
 
-static int add_listeners(struct worker *w, const struct fg_sockaddr *addrs, size_t n,
-                         enum listener_kind kind, char *err, size_t errlen)
+static void listener_free(struct listener *l)
 {
-    for (size_t i = 0; i < n; i++) {
-        struct listener *l = &w->listeners[w->nlisteners];
-        l->w = w;
-        l->kind = kind;
-        l->port = sockaddr_port(&addrs[i]);
-        l->fd = listen_socket(&addrs[i], err, errlen);
-        if (l->fd < 0)
-            return -1;
-        l->ev = event_new(w->base, l->fd, EV_READ | EV_PERSIST, listener_accept_cb, l);
-        if (l->ev == NULL || event_add(l->ev, NULL) < 0) {
-            snprintf(err, errlen, "listen %s: event setup failed", addrs[i].text);
-            close(l->fd);
-            return -1;
-        }
-        w->nlisteners++;
+    if (l->ev)
+        event_free(l->ev);
+    if (l->fd >= 0)
+        close(l->fd);
+    free(l);
+}
+
+static struct listener *listener_open(struct worker *w, const struct fg_sockaddr *a,
+                                      enum listener_kind kind, char *err, size_t errlen)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+
+    if (l == NULL) {
+        snprintf(err, errlen, "listen %s: out of memory", a->text);
+        return NULL;
     }
+    l->w = w;
+    l->kind = kind;
+    l->addr = *a;
+    l->port = sockaddr_port(a);
+    if ((l->fd = listen_socket(a, err, errlen)) < 0) {
+        free(l);
+        return NULL;
+    }
+    l->ev = event_new(w->base, l->fd, EV_READ | EV_PERSIST, listener_accept_cb, l);
+    if (l->ev == NULL || event_add(l->ev, NULL) < 0) {
+        snprintf(err, errlen, "listen %s: event setup failed", a->text);
+        listener_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static bool same_addr(const struct fg_sockaddr *a, const struct fg_sockaddr *b)
+{
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/* The listener bound to A for KIND among W's, or NULL. */
+static struct listener **find_listener(struct worker *w, const struct fg_sockaddr *a,
+                                       enum listener_kind kind)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i] && w->listeners[i]->kind == kind && same_addr(&w->listeners[i]->addr, a))
+            return &w->listeners[i];
+    return NULL;
+}
+
+/*
+ * Make W's listeners those of CFG: a listener still listed is kept as it is
+ * (closing a SO_REUSEPORT socket would drop the connections in its accept
+ * queue), a new one is opened, a removed one closed. At start (STRICT) a
+ * socket that cannot be opened is an error; on a reload it is logged and
+ * the rest applies.
+ */
+static int set_listeners(struct worker *w, const struct fg_config *cfg, bool strict, char *err,
+                         size_t errlen)
+{
+    size_t n = cfg->nhttps + cfg->nhttp;
+    struct listener **next = calloc(n ? n : 1, sizeof(*next));
+    size_t k = 0;
+
+    if (next == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool https = i < cfg->nhttps;
+        const struct fg_sockaddr *a = https ? &cfg->https[i] : &cfg->http[i - cfg->nhttps];
+        enum listener_kind kind = https ? LISTENER_HTTPS : LISTENER_HTTP;
+        struct listener **old = find_listener(w, a, kind);
+        if (old != NULL) {
+            next[k++] = *old;
+            *old = NULL;
+        } else if ((next[k] = listener_open(w, a, kind, err, errlen)) != NULL) {
+            k++;
+        } else if (strict) {
+            while (k > 0)
+                listener_free(next[--k]);
+            free(next);
+            return -1;
+        } else {
+            log_error("reload: %s", err);
+        }
+    }
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i])
+            listener_free(w->listeners[i]); /* removed from the configuration */
+    free(w->listeners);
+    w->listeners = next;
+    w->nlisteners = k;
     return 0;
 }
 
 static void pause_listeners(struct worker *w)
 {
     for (size_t i = 0; i < w->nlisteners; i++) {
-        if (!w->listeners[i].paused) {
-            event_del(w->listeners[i].ev);
-            w->listeners[i].paused = true;
+        if (!w->listeners[i]->paused) {
+            event_del(w->listeners[i]->ev);
+            w->listeners[i]->paused = true;
         }
     }
     /* Another worker may free a slot: look again shortly. */
@@ -105,9 +179,9 @@ static void resume_listeners(struct worker *w)
     if (w->stopping)
         return;
     for (size_t i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i].paused) {
-            event_add(w->listeners[i].ev, NULL);
-            w->listeners[i].paused = false;
+        if (w->listeners[i]->paused) {
+            event_add(w->listeners[i]->ev, NULL);
+            w->listeners[i]->paused = false;
         }
     }
 }
@@ -212,14 +286,91 @@ static void preview_moved(void *arg, const struct sockaddr_storage *old)
     upstream_preview_forget(arg, old);
 }
 
+static struct wsnap *snap_new(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls)
+{
+    struct wsnap *s = calloc(1, sizeof(*s));
+
+    if (s == NULL || (s->pools = upstream_pools_new(w, cfg)) == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->cfg = cfg_ref(cfg);
+    s->tls = tls_ref(tls);
+    s->npools = cfg->nupstreams;
+    s->refs = 1;
+    return s;
+}
+
+struct wsnap *worker_snap_hold(struct worker *w)
+{
+    w->snap->refs++;
+    return w->snap;
+}
+
+void worker_snap_release(struct worker *w, struct wsnap *s)
+{
+    if (s == NULL || --s->refs > 0)
+        return;
+    upstream_pools_destroy(s->pools, s->npools);
+    tls_free(s->tls);
+    cfg_unref(s->cfg);
+    free(s);
+}
+
+static bool same_strv(char **a, size_t na, char **b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return true;
+}
+
+static bool same_resolver(const struct fg_resolver *a, const struct fg_resolver *b)
+{
+    const char *ha = a->hosts_file ? a->hosts_file : "", *hb = b->hosts_file ? b->hosts_file : "";
+
+    return strcmp(ha, hb) == 0 &&
+           same_strv(a->nameservers, a->nnameservers, b->nameservers, b->nnameservers);
+}
+
+/* The resolver serves preview names, and a Redis address given as a host
+ * name (never a blocking lookup on a worker). A reload whose resolver group
+ * changed makes a new one; the old one stays (unused for new lookups) until
+ * the worker ends, since a request or the Redis link may still wait on it. */
+static int set_resolver(struct worker *w, const struct fg_config *old, const struct fg_config *cfg,
+                        char *err, size_t errlen)
+{
+    bool need = cfg->previews.enabled ||
+                (cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis));
+
+    if (!need || (w->resolver && old && same_resolver(&old->resolver, &cfg->resolver)))
+        return 0;
+    struct resolver *rs = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen);
+    if (rs == NULL)
+        return -1;
+    if (w->resolver) {
+        struct resolver **v =
+            realloc(w->old_resolvers, (w->nold_resolvers + 1) * sizeof(*w->old_resolvers));
+        if (v == NULL) {
+            resolver_free(rs);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        w->old_resolvers = v;
+        w->old_resolvers[w->nold_resolvers++] = w->resolver;
+    }
+    w->resolver = rs;
+    return 0;
+}
+
 int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls_ctxset *tls,
                 char *err, size_t errlen)
 {
     memset(w, 0, sizeof(*w));
     w->wake_fd = -1;
     w->id = id;
-    w->cfg = cfg_ref(cfg);
-    w->tls = tls;
     if (getrandom(&w->rid_state, sizeof(w->rid_state), 0) != sizeof(w->rid_state))
         w->rid_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL + id;
     w->base = event_base_new();
@@ -236,27 +387,76 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     }
     w->resume_ev = evtimer_new(w->base, resume_cb, w);
     w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    w->listeners = calloc(cfg->nhttps + cfg->nhttp + 1, sizeof(*w->listeners));
-    if (w->resume_ev == NULL || w->wake_ev == NULL || w->listeners == NULL ||
+    w->snap = snap_new(w, cfg, tls);
+    if (w->resume_ev == NULL || w->wake_ev == NULL || w->snap == NULL ||
         event_add(w->wake_ev, NULL) < 0) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (add_listeners(w, cfg->https, cfg->nhttps, LISTENER_HTTPS, err, errlen) < 0 ||
-        add_listeners(w, cfg->http, cfg->nhttp, LISTENER_HTTP, err, errlen) < 0)
+    w->cfg = cfg;
+    if (set_listeners(w, cfg, true, err, errlen) < 0 || set_resolver(w, NULL, cfg, err, errlen) < 0)
         return -1;
-    if (upstream_pools_init(w, cfg) < 0) {
-        snprintf(err, errlen, "out of memory");
+    return ratelimit_worker_init(w, cfg, err, errlen);
+}
+
+int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls)
+{
+    struct wsnap *s = calloc(1, sizeof(*s));
+    uint64_t one = 1;
+
+    if (s == NULL)
         return -1;
+    s->cfg = cfg_ref(cfg);
+    s->tls = tls_ref(tls);
+    s->refs = 1;
+    /* Pools are made on the worker's thread (apply_reload). */
+    struct wsnap *older = __atomic_exchange_n(&w->next_snap, s, __ATOMIC_ACQ_REL);
+    if (older != NULL) {
+        tls_free(older->tls);
+        cfg_unref(older->cfg);
+        free(older);
     }
-    /* The resolver serves preview names, and a Redis address given as a
-     * host name (never a blocking lookup on a worker). */
-    bool need_resolver = cfg->previews.enabled ||
-                         (cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis));
-    if (need_resolver &&
-        (w->resolver = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen)) == NULL)
-        return -1;
-    return ratelimit_worker_init(w, err, errlen);
+    if (write(w->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_error("worker %u: cannot wake it: %s", w->id, strerror(errno));
+    return 0;
+}
+
+/*
+ * On the worker's thread: take the snapshot main handed over. Listeners are
+ * diffed, the resolver and the Redis link are kept unless their settings
+ * changed, the old snapshot's pools stop pooling; connections move to the
+ * new snapshot at their next request, and the old one goes with the last.
+ */
+static void apply_reload(struct worker *w)
+{
+    struct wsnap *s = __atomic_exchange_n(&w->next_snap, NULL, __ATOMIC_ACQ_REL);
+    char err[512];
+
+    if (s == NULL || w->stopping)
+        goto drop;
+    if ((s->pools = upstream_pools_new(w, s->cfg)) == NULL) {
+        log_error("worker %u: reload: out of memory; the old configuration stays", w->id);
+        goto drop;
+    }
+    s->npools = s->cfg->nupstreams;
+    if (set_resolver(w, w->cfg, s->cfg, err, sizeof(err)) < 0 ||
+        ratelimit_worker_reload(w, s->cfg, err, sizeof(err)) < 0) {
+        log_error("worker %u: reload: %s; the old configuration stays", w->id, err);
+        goto drop;
+    }
+    set_listeners(w, s->cfg, false, err, sizeof(err));
+    struct wsnap *old = w->snap;
+    w->snap = s;
+    w->cfg = s->cfg;
+    upstream_pools_retire(old->pools, old->npools);
+    worker_snap_release(w, old);
+    resume_cb(-1, 0, w); /* max_connections may have changed */
+    return;
+drop:
+    if (s != NULL) {
+        s->refs = 1;
+        worker_snap_release(w, s);
+    }
 }
 
 void (*worker_exit_hook)(void);
@@ -282,11 +482,9 @@ static void stop(struct worker *w)
 {
     w->stopping = true;
     event_del(w->resume_ev);
-    for (size_t i = 0; i < w->nlisteners; i++) {
-        event_del(w->listeners[i].ev);
-        close(w->listeners[i].fd);
-        w->listeners[i].fd = -1;
-    }
+    for (size_t i = 0; i < w->nlisteners; i++)
+        listener_free(w->listeners[i]);
+    w->nlisteners = 0;
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
@@ -310,6 +508,8 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(w->base);
     else if (__atomic_load_n(&w->stop_asked, __ATOMIC_ACQUIRE) && !w->stopping)
         stop(w);
+    else if (__atomic_load_n(&w->next_snap, __ATOMIC_ACQUIRE) != NULL)
+        apply_reload(w);
 }
 
 static void wake(struct worker *w, int *flag)
@@ -343,13 +543,10 @@ void worker_free(struct worker *w)
         c->refs = 0;
         conn_close(c, false);
     }
-    for (size_t i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i].ev)
-            event_free(w->listeners[i].ev);
-        if (w->listeners[i].fd >= 0)
-            close(w->listeners[i].fd);
-    }
+    for (size_t i = 0; i < w->nlisteners; i++)
+        listener_free(w->listeners[i]);
     free(w->listeners);
+    w->listeners = NULL;
     upstream_pools_free(w);
     reqbuf_free_all(w);
     jwtauth_cache_free(w->jwt_cache);
@@ -358,13 +555,23 @@ void worker_free(struct worker *w)
     resolver_free(w->resolver); /* after the connections and the Redis link: their lookups
                                  * are cancelled */
     w->resolver = NULL;
+    for (size_t i = 0; i < w->nold_resolvers; i++)
+        resolver_free(w->old_resolvers[i]);
+    free(w->old_resolvers);
+    w->old_resolvers = NULL;
     if (w->resume_ev)
         event_free(w->resume_ev);
     if (w->wake_ev)
         event_free(w->wake_ev);
     if (w->wake_fd >= 0)
         close(w->wake_fd);
+    worker_snap_release(w, w->snap);
+    w->snap = NULL;
+    struct wsnap *pending = __atomic_exchange_n(&w->next_snap, NULL, __ATOMIC_ACQ_REL);
+    if (pending != NULL) {
+        pending->refs = 1;
+        worker_snap_release(w, pending);
+    }
     if (w->base)
         event_base_free(w->base);
-    cfg_unref(w->cfg);
 }

@@ -38,6 +38,22 @@ struct listener {
     struct event *ev;        /* EV_READ|EV_PERSIST on the listening socket */
     bool paused;             /* removed from the loop at max_connections */
     int port;                /* the local port, for Host checks and redirects */
+    struct fg_sockaddr addr; /* what it is bound to: a reload keeps it when still listed */
+};
+
+/*
+ * What a worker runs one configuration snapshot with: the snapshot, its TLS
+ * contexts and its upstream pools. The worker holds the current one; each
+ * connection holds the one its request started on, and takes the current
+ * one at its next request. A replaced snapshot goes when its last
+ * connection does (every access is on the worker's thread: no lock).
+ */
+struct wsnap {
+    struct fg_config *cfg;          /* ref held */
+    struct tls_ctxset *tls;         /* builder ref held; NULL without https listeners */
+    struct upstream_pool *pools;    /* one per cfg->upstreams (upstream_pools_new) */
+    size_t npools;
+    unsigned refs;                  /* the worker while current, and each connection on it */
 };
 
 struct worker_stats {
@@ -55,12 +71,13 @@ struct worker {
     unsigned id;
     pthread_t thread;
     struct event_base *base;
-    struct fg_config *cfg;          /* snapshot in force for new connections (ref held) */
-    struct tls_ctxset *tls;         /* shared by every worker, built by main */
-    struct listener *listeners;
+    struct wsnap *snap;             /* in force for new connections and requests */
+    struct fg_config *cfg;          /* snap->cfg */
+    struct listener **listeners;    /* each allocated alone: a reload closes or adds some */
     size_t nlisteners;
-    struct upstream_pool *pools;    /* one per cfg->upstreams entry */
-    size_t npools;
+    struct wsnap *next_snap;        /* (atomic) handed over by main, taken in wake_cb */
+    struct resolver **old_resolvers; /* replaced by reloads, kept for their last lookups */
+    size_t nold_resolvers;
     struct upstream_dyn *dyn;       /* preview pools by address; created on first use */
     struct resolver *resolver;      /* preview upstream names; NULL without previews */
     struct event *resume_ev;        /* re-arms paused listeners */
@@ -88,6 +105,15 @@ extern int worker_nconns;
  * 0 or -1 with ERR. */
 int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls_ctxset *tls,
                 char *err, size_t errlen);
+
+/* Thread-safe (main): hand the worker a new snapshot CFG with its TLS set
+ * (references are taken here). The worker swaps at its next loop round;
+ * when it has not taken an earlier one yet, the newer replaces it. */
+int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls);
+
+/* A connection takes (hold) and leaves (release) a snapshot. */
+struct wsnap *worker_snap_hold(struct worker *w);
+void worker_snap_release(struct worker *w, struct wsnap *s);
 int worker_start(struct worker *w);      /* spawn the thread */
 void worker_stop(struct worker *w);      /* thread-safe: stop accepting, drain, exit loop */
 void worker_break(struct worker *w);     /* thread-safe: end the loop now (shutdown timeout) */

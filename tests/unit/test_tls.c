@@ -76,7 +76,7 @@ static void config_init(struct fg_config *cfg, struct fg_cert certs[2]) {
 
 static struct tls_ctxset *build_ok(const struct fg_config *cfg) {
     char err[512] = "";
-    struct tls_ctxset *set = tls_build(cfg, err, sizeof(err));
+    struct tls_ctxset *set = tls_build(cfg, NULL, err, sizeof(err));
 
     if (set == NULL)
         fail_msg("tls_build: %s", err);
@@ -185,7 +185,7 @@ static void test_build_mismatched_key(void **state) {
 
     config_init(&cfg, certs);
     certs[1].key_file = certpath("server.key");
-    assert_null(tls_build(&cfg, err, sizeof(err)));
+    assert_null(tls_build(&cfg, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "other.crt: private key does not match certificate"));
 }
 
@@ -196,7 +196,7 @@ static void test_build_missing_file(void **state) {
 
     config_init(&cfg, certs);
     certs[0].cert_file = certpath("absent.crt");
-    assert_null(tls_build(&cfg, err, sizeof(err)));
+    assert_null(tls_build(&cfg, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "absent.crt: cannot load certificate chain"));
 }
 
@@ -207,7 +207,7 @@ static void test_build_bad_ciphers(void **state) {
 
     config_init(&cfg, certs);
     cfg.tls.ciphers = "NOT-A-CIPHER:ALSO-NOT";
-    assert_null(tls_build(&cfg, err, sizeof(err)));
+    assert_null(tls_build(&cfg, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "ciphers"));
 }
 
@@ -219,7 +219,7 @@ static void test_build_ciphers_floor(void **state) {
 
     config_init(&cfg, certs);
     cfg.tls.ciphers = "aNULL:eNULL";
-    assert_null(tls_build(&cfg, err, sizeof(err)));
+    assert_null(tls_build(&cfg, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "ciphers"));
 }
 
