@@ -74,7 +74,7 @@ static const char *const cfg_methods[64] = {
 
 static const char *const top_keys[] = {
     "workers", "shutdown_timeout_ms", "listen", "tls", "redirect", "headers", "limits", "jwt",
-    "rate_limit", "cors", "upstreams", "routes", "previews", "resolver", "log", NULL,
+    "rate_limit", "cors", "upstreams", "routes", "previews", "resolver", "log", "reload", NULL,
 };
 static const char *const listen_keys[] = {"https", "http", "admin", "proxy_protocol", NULL};
 static const char *const tls_keys[] = {
@@ -119,6 +119,7 @@ static const char *const previews_keys[] = {
 };
 static const char *const resolver_keys[] = {"nameservers", "hosts_file", NULL};
 static const char *const log_keys[] = {"access", "error", "level", NULL};
+static const char *const reload_keys[] = {"watch", "debounce_ms", NULL};
 
 static const char *const alg_names[] = {"HS256", "HS384", "HS512", NULL};
 static const size_t alg_min_secret[] = {32, 48, 64}; /* the hash output size */
@@ -1043,6 +1044,8 @@ static void parse_jwt_key(struct cfg_ctx *ctx, const config_setting_t *ks, struc
         cfg_bad(ctx, ks, "exactly one of 'secret_env' or 'secret_file' is required");
         return;
     }
+    if (file != NULL && config_setting_type(file) == CONFIG_TYPE_STRING)
+        k->secret_file = cfg_strdup(ctx, config_setting_get_string(file));
     if ((secret = read_secret(ctx, env ? env : file, file != NULL, &len)) == NULL)
         return;
     if (len < alg_min_secret[alg]) {
@@ -1780,6 +1783,89 @@ static void parse_log(struct cfg_ctx *ctx, const config_setting_t *root)
     l->level = (enum fg_log_level)get_enum(ctx, g, "level", level_names, FG_LOG_INFO);
 }
 
+static void parse_reload(struct cfg_ctx *ctx, const config_setting_t *root)
+{
+    struct fg_reload *r = &ctx->cfg->reload;
+    config_setting_t *g = get_group(ctx, root, "reload", reload_keys);
+
+    r->watch = get_bool(ctx, g, "watch", true);
+    /* Below 10 ms a burst of writes is no longer one reload; above ten
+     * minutes a renewed certificate would wait longer than anyone expects. */
+    r->debounce_ms = (uint32_t)get_int(ctx, g, "debounce_ms", 1000, 10, 600000);
+}
+
+/* ---------------------------------------------------------------------------
+ * Files to watch
+ */
+
+/* Add FILE to cfg->includes unless it is there already. */
+static void add_include(struct cfg_ctx *ctx, const char *file)
+{
+    struct fg_config *cfg = ctx->cfg;
+    char *copy;
+    char **v;
+
+    for (size_t i = 0; i < cfg->nincludes; i++)
+        if (strcmp(cfg->includes[i], file) == 0)
+            return;
+    if ((copy = cfg_strdup(ctx, file)) == NULL)
+        return;
+    if ((v = realloc(cfg->includes, (cfg->nincludes + 1) * sizeof(*v))) == NULL) {
+        cfg_oom(ctx);
+        free(copy);
+        return;
+    }
+    v[cfg->nincludes++] = copy;
+    cfg->includes = v;
+}
+
+/* Remember every file other than MAIN that a setting came from: an
+ * @include'd file is part of the configuration, so its change must reload
+ * too. libconfig keeps no list of them, only each setting's source file. */
+static void collect_includes(struct cfg_ctx *ctx, const config_setting_t *s, const char *main)
+{
+    const char *file = config_setting_source_file(s);
+    int n = config_setting_is_aggregate(s) ? config_setting_length(s) : 0;
+
+    if (file != NULL && strcmp(file, main) != 0)
+        add_include(ctx, file);
+    for (int i = 0; i < n; i++)
+        collect_includes(ctx, config_setting_get_elem(s, (unsigned)i), main);
+}
+
+/* Add PATH to the watch list unless it is NULL, "" or already there (a
+ * certificate and its key may be one PEM file). */
+static void watch_add(struct fg_config *cfg, const char *path)
+{
+    if (path == NULL || path[0] == '\0')
+        return;
+    for (size_t i = 0; i < cfg->nwatch_paths; i++)
+        if (strcmp(cfg->watch_paths[i], path) == 0)
+            return;
+    cfg->watch_paths[cfg->nwatch_paths++] = path;
+}
+
+/* The files a reload reads again: what reload.watch keeps an eye on. */
+static void build_watch_paths(struct cfg_ctx *ctx)
+{
+    struct fg_config *cfg = ctx->cfg;
+    size_t max = 2 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
+
+    if ((cfg->watch_paths = cfg_calloc(ctx, max, sizeof(*cfg->watch_paths))) == NULL)
+        return;
+    watch_add(cfg, cfg->path);
+    for (size_t i = 0; i < cfg->nincludes; i++)
+        watch_add(cfg, cfg->includes[i]);
+    for (size_t i = 0; i < cfg->tls.ncerts; i++) {
+        watch_add(cfg, cfg->tls.certs[i].cert_file);
+        watch_add(cfg, cfg->tls.certs[i].key_file);
+    }
+    for (size_t i = 0; i < cfg->jwt.nkeys; i++)
+        watch_add(cfg, cfg->jwt.keys[i].secret_file);
+    /* (resolver.hosts_file is not here: the resolver reads it again by
+     * itself when it changes, without a reload.) */
+}
+
 /* ---------------------------------------------------------------------------
  * Snapshot lifetime
  */
@@ -1814,6 +1900,7 @@ static void free_jwt(struct fg_jwt *j)
 {
     for (size_t i = 0; j->keys != NULL && i < j->nkeys; i++) {
         free(j->keys[i].kid);
+        free(j->keys[i].secret_file);
         secret_free(j->keys[i].secret, j->keys[i].secret_len);
     }
     free(j->keys);
@@ -1891,6 +1978,8 @@ static void cfg_free(struct fg_config *cfg)
     free(cfg->resolver.hosts_file);
     free(cfg->log.access);
     free(cfg->log.error);
+    free(cfg->watch_paths);
+    free_strv(cfg->includes, cfg->nincludes);
     free(cfg);
 }
 
@@ -1938,6 +2027,9 @@ static struct fg_config *cfg_build(struct cfg_ctx *ctx, config_t *lc, const char
     parse_previews(ctx, root);
     parse_resolver(ctx, root);
     parse_log(ctx, root);
+    parse_reload(ctx, root);
+    collect_includes(ctx, root, path);
+    build_watch_paths(ctx);
     if (ctx->nmsgs + ctx->ndropped > 0) {
         cfg_free(ctx->cfg);
         return NULL;

@@ -82,6 +82,7 @@ struct fg_jwt_key {
     char *kid;                 /* exact-match key id */
     unsigned char *secret;     /* the key bytes, read from env or file */
     size_t secret_len;         /* >= hash output size */
+    char *secret_file;         /* where the bytes came from (watched); NULL with secret_env */
 };
 
 struct fg_claim_header {
@@ -232,6 +233,11 @@ struct fg_log {
     enum fg_log_level level;
 };
 
+struct fg_reload {
+    bool watch;           /* reload by itself when a file in watch_paths changes */
+    uint32_t debounce_ms; /* quiet time after the last change before reloading */
+};
+
 struct fg_config {
     int refcount;                   /* atomic; see cfg_ref/cfg_unref */
     char *path;                     /* the file it was loaded from */
@@ -265,6 +271,16 @@ struct fg_config {
                                        method list, no configured upstream (DNS decides) */
     struct fg_resolver resolver;
     struct fg_log log;
+    struct fg_reload reload;
+
+    /* Every file this snapshot was built from, each once: the configuration
+     * file, the files it @includes, certificates and keys, *_file secrets,
+     * resolver.hosts_file. The strings belong to the fields above (includes
+     * to their own array); only the array is the list's. */
+    const char **watch_paths; /* paths as written in the file, relative ones to the cwd */
+    size_t nwatch_paths;      /* >= 1: the configuration file is always there */
+    char **includes;          /* files read through @include, as libconfig opened them */
+    size_t nincludes;
 };
 
 /*

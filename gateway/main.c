@@ -26,6 +26,7 @@
 #include "cfg.h"
 #include "log.h"
 #include "tls.h"
+#include "watch.h"
 #include "worker.h"
 
 #define ERRBUF 16384
@@ -45,6 +46,7 @@ struct app {
     int exited_fd;               /* eventfd the workers write as they end */
     bool stopping;
     struct admin_state admin_st; /* what /metrics says of the configuration in force */
+    struct watch *watch;         /* reload.watch: files of the snapshot in force; or NULL */
 };
 
 static void usage(FILE *f)
@@ -184,6 +186,8 @@ static int move_admin(struct app *app, struct fg_config *cfg, char *err)
  * old. A good one goes to every worker through its wake-up; each swaps its
  * own pointer at its next loop round (no lock on the request path).
  */
+static void update_watch(struct app *app);
+
 static void reload(struct app *app, const char *why)
 {
     char *err = calloc(1, ERRBUF);
@@ -217,6 +221,7 @@ static void reload(struct app *app, const char *why)
     app->admin_st.last_reload_ok = now_epoch();
     log_info("reload: configuration generation %llu in force",
              (unsigned long long)app->admin_st.generation);
+    update_watch(app);
     notify_systemd("READY=1");
     free(err);
     return;
@@ -228,7 +233,42 @@ fail:
     tls_free(tls);
     cfg_unref(cfg);
     free(err);
+    update_watch(app);
     notify_systemd("READY=1");
+}
+
+static void on_files_changed(void *arg)
+{
+    struct app *app = arg;
+
+    if (!app->stopping)
+        reload(app, "a watched file changed");
+}
+
+static void on_files_changed(void *arg);
+
+/* Watch the files of the configuration in force (after every reload, failed
+ * ones too: a directory that came back is watched again), or stop watching. */
+static void update_watch(struct app *app)
+{
+    const struct fg_config *cfg = app->cfg;
+    char err[256];
+
+    if (!cfg->reload.watch) {
+        watch_free(app->watch);
+        app->watch = NULL;
+        return;
+    }
+    if (app->watch == NULL &&
+        (app->watch = watch_new(app->base, cfg->reload.debounce_ms, on_files_changed, app, err,
+                                sizeof(err))) == NULL) {
+        log_error("reload.watch: %s; reload with SIGHUP", err);
+        return;
+    }
+    watch_set_debounce(app->watch, cfg->reload.debounce_ms);
+    if (watch_set_paths(app->watch, (const char *const *)cfg->watch_paths, cfg->nwatch_paths, err,
+                        sizeof(err)) < 0)
+        log_error("reload.watch: %s", err);
 }
 
 static void begin_stop(struct app *app)
@@ -350,6 +390,7 @@ static int start(struct app *app, char *err)
         snprintf(err, ERRBUF, "event setup failed");
         return -1;
     }
+    update_watch(app);
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_start(&app->workers[i]) < 0) {
             snprintf(err, ERRBUF, "cannot start worker thread");
@@ -365,6 +406,7 @@ static void cleanup(struct app *app)
             worker_free(&app->workers[i]);
     free(app->workers);
     admin_stop(app->admin);
+    watch_free(app->watch);
     struct event *evs[] = {app->sig_term, app->sig_int, app->sig_hup, app->sig_usr1,
                            app->tick, app->deadline, app->exited_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)

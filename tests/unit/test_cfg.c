@@ -439,6 +439,11 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->nroutes, 0);
     assert_int_equal(cfg->log.level, FG_LOG_INFO);
     assert_string_equal(cfg->log.access, "stdout");
+    assert_true(cfg->reload.watch);
+    assert_int_equal(cfg->reload.debounce_ms, 1000);
+    /* no certificate, no secret file, no hosts file: only the file itself */
+    assert_int_equal(cfg->nwatch_paths, 1);
+    assert_string_equal(cfg->watch_paths[0], "test.conf");
     cfg_unref(cfg);
 }
 
@@ -488,6 +493,74 @@ static void test_ref_unref(void **state)
     assert_int_equal(cfg->refcount, 1);
     cfg_unref(cfg); /* freed: ASan reports a leak otherwise */
     cfg_unref(NULL);
+}
+
+static void test_reload(void **state)
+{
+    struct fg_config *cfg = expect_ok(HEAD "reload: { watch = false; debounce_ms = 250; };\n");
+
+    assert_false(cfg->reload.watch);
+    assert_int_equal(cfg->reload.debounce_ms, 250);
+    cfg_unref(cfg);
+    expect_error(HEAD "reload: {\n  interval_ms = 5;\n};\n",
+                 "test.conf:4: unknown key 'reload.interval_ms'");
+    expect_error(HEAD "reload: { debounce_ms = 5; };\n",
+                 "test.conf:3: reload.debounce_ms: must be between 10 and 600000, not 5");
+    expect_error(HEAD "reload: { debounce_ms = 600001; };\n", "reload.debounce_ms: must be");
+    expect_error(HEAD "reload: { watch = \"yes\"; };\n",
+                 "test.conf:3: reload.watch: must be true or false");
+}
+
+/* Every file a reload reads again, each once, secrets from the environment
+ * excluded: the list reload.watch hands to the directory watcher. */
+static void test_watch_paths(void **state)
+{
+    struct fg_config *cfg = expect_ok(full_config());
+    static char text[1024];
+
+    assert_int_equal(cfg->nwatch_paths, 4);
+    assert_string_equal(cfg->watch_paths[0], "test.conf");
+    assert_string_equal(cfg->watch_paths[1], cert_path);
+    assert_string_equal(cfg->watch_paths[2], key_path);
+    assert_string_equal(cfg->watch_paths[3], secret_path); /* k2; k1 is secret_env */
+    assert_null(cfg->jwt.keys[0].secret_file);
+    assert_string_equal(cfg->jwt.keys[1].secret_file, secret_path);
+    cfg_unref(cfg);
+
+    /* a certificate and its key in one PEM file are watched once */
+    snprintf(text, sizeof(text),
+             HEAD "tls: { certificates = ( { cert = \"%s\"; key = \"%s\"; },\n"
+                  "                         { cert = \"%s\"; key = \"%s\"; } ); };\n",
+             cert_path, cert_path, key_path, cert_path);
+    cfg = expect_ok(text);
+    assert_int_equal(cfg->nwatch_paths, 3);
+    assert_string_equal(cfg->watch_paths[1], cert_path);
+    assert_string_equal(cfg->watch_paths[2], key_path);
+    cfg_unref(cfg);
+}
+
+/* A file read through @include is part of the configuration: watched too. */
+static void test_watch_paths_include(void **state)
+{
+    char path[160], inc[160], text[400];
+    struct fg_config *cfg;
+
+    snprintf(path, sizeof(path), "%s/main.conf", tmpdir);
+    snprintf(inc, sizeof(inc), "%s/limits.conf", tmpdir);
+    write_file(inc, "limits: { max_headers = 7; };\n");
+    snprintf(text, sizeof(text), HEAD "@include \"%s\"\nworkers = 1;\n", inc);
+    write_file(path, text);
+    cfg = cfg_load(path, err, sizeof(err));
+    unlink(path);
+    unlink(inc);
+    if (cfg == NULL)
+        fail_msg("%s", err);
+    assert_int_equal(cfg->limits.max_headers, 7);
+    assert_int_equal(cfg->nincludes, 1);
+    assert_int_equal(cfg->nwatch_paths, 2);
+    assert_string_equal(cfg->watch_paths[0], path);
+    assert_string_equal(cfg->watch_paths[1], inc);
+    cfg_unref(cfg);
 }
 
 static void test_method_names(void **state)
@@ -761,6 +834,9 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_group_defaults),
         cmocka_unit_test(test_ref_unref),
+        cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_watch_paths),
+        cmocka_unit_test(test_watch_paths_include),
         cmocka_unit_test(test_method_names),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_err_unknown_key),
