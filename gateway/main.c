@@ -40,7 +40,8 @@ struct app {
     struct admin *admin;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *tick;          /* ticket key rotation */
-    struct event *deadline;      /* shutdown_timeout_ms */
+    struct event *delay;         /* shutdown_delay_ms: SIGTERM to the listeners' close */
+    struct event *deadline;      /* shutdown_timeout_ms, from the listeners' close */
     struct event *exited_ev;     /* a worker loop ended (exited_fd) */
     int exited_fd;               /* eventfd the workers write as they end */
     bool stopping;
@@ -114,21 +115,50 @@ static int check_config(const char *path)
     return rc;
 }
 
+static struct timeval ms_timeval(uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* The end of the delay: the workers close their listeners and idle
+ * connections, and the requests in flight get shutdown_timeout_ms from now.
+ * The admin listener stays until the process exits. */
+static void close_listeners(struct app *app)
+{
+    log_info("stopping: listeners closed, finishing in-flight requests (at most %u ms)",
+             app->cfg->shutdown_timeout_ms);
+    admin_set_phase(app->admin, ADMIN_STOPPING);
+    for (unsigned i = 0; i < app->nworkers; i++)
+        worker_stop(&app->workers[i]);
+    struct timeval tv = ms_timeval(app->cfg->shutdown_timeout_ms);
+    evtimer_add(app->deadline, &tv);
+}
+
+static void on_delay_end(evutil_socket_t fd, short what, void *arg)
+{
+    close_listeners(arg);
+}
+
+/* SIGTERM/SIGINT: /readyz answers 503 and every response says
+ * Connection: close from now on, while the listeners keep accepting for
+ * shutdown_delay_ms, the time a load balancer needs to stop sending here. */
 static void begin_stop(struct app *app)
 {
     if (app->stopping)
         return;
     app->stopping = true;
     notify_systemd("STOPPING=1");
-    log_info("stopping: finishing in-flight requests (at most %u ms)",
-             app->cfg->shutdown_timeout_ms);
-    admin_stop(app->admin);
-    app->admin = NULL;
-    for (unsigned i = 0; i < app->nworkers; i++)
-        worker_stop(&app->workers[i]);
-    struct timeval tv = {.tv_sec = app->cfg->shutdown_timeout_ms / 1000,
-                         .tv_usec = (app->cfg->shutdown_timeout_ms % 1000) * 1000};
-    evtimer_add(app->deadline, &tv);
+    admin_set_phase(app->admin, ADMIN_DRAINING);
+    worker_drain_all();
+    if (app->cfg->shutdown_delay_ms == 0) {
+        close_listeners(app);
+        return;
+    }
+    log_info("stopping: /readyz answers 503, listeners close in %u ms",
+             app->cfg->shutdown_delay_ms);
+    struct timeval tv = ms_timeval(app->cfg->shutdown_delay_ms);
+    evtimer_add(app->delay, &tv);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -200,6 +230,7 @@ static int setup_events(struct app *app)
     app->sig_hup = evsignal_new(app->base, SIGHUP, on_signal, app);
     app->sig_usr1 = evsignal_new(app->base, SIGUSR1, on_signal, app);
     app->tick = event_new(app->base, -1, EV_PERSIST, on_tick, app);
+    app->delay = evtimer_new(app->base, on_delay_end, app);
     app->deadline = evtimer_new(app->base, on_deadline, app);
     /* Threads reach the main loop only through this eventfd: libevent runs
      * without locks, each base touched by its own thread alone. */
@@ -208,7 +239,7 @@ static int setup_events(struct app *app)
         return -1;
     app->exited_ev = event_new(app->base, app->exited_fd, EV_READ | EV_PERSIST, on_worker_exit, app);
     if (!app->sig_term || !app->sig_int || !app->sig_hup || !app->sig_usr1 || !app->tick ||
-        !app->deadline || !app->exited_ev || event_add(app->exited_ev, NULL) < 0)
+        !app->delay || !app->deadline || !app->exited_ev || event_add(app->exited_ev, NULL) < 0)
         return -1;
     evsignal_add(app->sig_term, NULL);
     evsignal_add(app->sig_int, NULL);
@@ -253,7 +284,7 @@ static void cleanup(struct app *app)
     free(app->workers);
     admin_stop(app->admin);
     struct event *evs[] = {app->sig_term, app->sig_int, app->sig_hup, app->sig_usr1,
-                           app->tick, app->deadline, app->exited_ev};
+                           app->tick, app->delay, app->deadline, app->exited_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
             event_free(evs[i]);
