@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -86,6 +87,23 @@ static void notify_systemd(const char *state)
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
     sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
     close(fd);
+}
+
+/* A reload begins; READY=1 ends it. MONOTONIC_USEC is the time of this
+ * message (sd_notify(3)): systemd 253's Type=notify-reload compares it with
+ * its own request to know the reload is the one it asked for. */
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    char msg[64];
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0) {
+        notify_systemd("RELOADING=1");
+        return;
+    }
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify_systemd(msg);
 }
 
 static int check_config(const char *path)
@@ -169,7 +187,11 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         begin_stop(app);
     } else if (sig == SIGUSR1) {
         log_reopen();
+    } else if (sig == SIGHUP && app->stopping) {
+        /* The process is leaving: READY=1 after STOPPING=1 would be a lie. */
+        log_info("reload: ignored while stopping");
     } else if (sig == SIGHUP) {
+        notify_reloading();
         char *err = calloc(1, ERRBUF);
         struct fg_config *cfg = err ? cfg_load(app->cfg->path, err, ERRBUF) : NULL;
         if (cfg == NULL)
@@ -179,6 +201,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
             log_warn("reload: configuration is valid; this version applies it on restart");
         cfg_unref(cfg);
         free(err);
+        notify_systemd("READY=1");
     }
 }
 
@@ -326,10 +349,13 @@ static int run(const char *path)
     log_info("flowgate %s started: %u workers", FG_VERSION, app.nworkers);
     notify_systemd("READY=1");
     event_base_dispatch(app.base);
-    /* The signal events go with the base below: a second SIGTERM during
-     * teardown must not kill the process before it exits 0. */
+    /* The signal events go with the base below: a second SIGTERM (or a
+     * SIGHUP, whose default also kills) during teardown must not end the
+     * process before it exits 0. */
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     for (unsigned i = 0; i < app.nworkers; i++)
         worker_join(&app.workers[i]);
     log_info("stopped");

@@ -2,13 +2,16 @@
 /readyz turns 503 at once, the listeners keep accepting for the delay with
 every response saying Connection: close, then they close with the idle
 connections; requests in flight finish, and a request that outlives the
-shutdown timeout is cut so the process still ends."""
+shutdown timeout is cut so the process still ends. Under systemd the
+process reports READY=1, RELOADING=1 ... READY=1 and STOPPING=1."""
 
+import os
 import signal
 import socket
 import time
 
-from harness import LOOPBACK, Flowgate, Upstream, assert_closes, check, eq, plain_request
+from harness import (LOOPBACK, Flowgate, Upstream, assert_closes, check, eq, plain_request,
+                     tmpdir)
 
 TIMEOUT = 60
 
@@ -148,3 +151,35 @@ def test_sigterm_drains_for_shutdown_delay():
         check(elapsed >= delay, "exited %.2f s after SIGTERM, before the delay" % elapsed)
         fg.proc = None
 
+
+def test_systemd_notify_ready_reloading_stopping():
+    path = os.path.join(tmpdir(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        with Upstream() as up, Flowgate({"shutdown_delay_ms": 1000}, upstream=up,
+                                        env={"NOTIFY_SOCKET": path}) as fg:
+            eq(sock.recv(4096), b"READY=1", "message once serving")
+            fg.proc.send_signal(signal.SIGHUP)
+            lines = sock.recv(4096).decode().split("\n")
+            eq(lines[0], "RELOADING=1", "first line at SIGHUP")
+            check(len(lines) == 2 and lines[1].startswith("MONOTONIC_USEC="),
+                  "MONOTONIC_USEC after RELOADING=1: %r" % lines)
+            usec = int(lines[1].split("=", 1)[1])
+            check(abs(time.monotonic() * 1e6 - usec) < 5e6,
+                  "MONOTONIC_USEC %d is not CLOCK_MONOTONIC now" % usec)
+            eq(sock.recv(4096), b"READY=1", "message once the reload is done")
+            fg.proc.send_signal(signal.SIGTERM)
+            eq(sock.recv(4096), b"STOPPING=1", "message at SIGTERM")
+            fg.proc.send_signal(signal.SIGHUP)
+            sock.settimeout(0.5)
+            try:
+                late = sock.recv(4096)
+            except (socket.timeout, TimeoutError):
+                late = None
+            eq(late, None, "message at a SIGHUP while stopping (it is ignored)")
+            eq(_exits_within(fg, 10), 0, "exit status")
+            fg.proc = None
+    finally:
+        sock.close()
