@@ -3,7 +3,8 @@
  *
  * Tiny by design: one request per connection, answered and closed. Counters
  * are per-worker and summed on scrape (relaxed atomic loads: a scrape may be
- * a few requests behind, never torn).
+ * a few requests behind, never torn). The listener lives until the process
+ * exits, so a stop is seen by probes as /readyz turning 503.
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -23,16 +24,29 @@
 
 #define ADMIN_HEAD_MAX 8192
 
+struct admin_conn;
+
 struct admin {
     const struct admin_state *st;
     struct evconnlistener *lev;
     struct worker *workers;
     unsigned nworkers;
+    enum admin_phase phase;   /* what /readyz answers */
+    struct admin_conn *conns; /* open connections: admin_stop frees those a probe left */
+};
+
+struct admin_conn {
+    struct bufferevent *bev; /* owns the socket */
+    struct admin *a;
+    struct admin_conn *prev, *next;
 };
 
 static void reply(struct bufferevent *bev, int status, const char *ctype, const char *body)
 {
-    const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found" : "Bad Request";
+    const char *reason = status == 200   ? "OK"
+                         : status == 404 ? "Not Found"
+                         : status == 503 ? "Service Unavailable"
+                                         : "Bad Request";
 
     evbuffer_add_printf(bufferevent_get_output(bev),
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -151,17 +165,22 @@ static void metrics(struct admin *a, struct bufferevent *bev)
     reply(bev, 200, "text/plain; version=0.0.4", body);
 }
 
-/* Ready once listening with a configuration; Redis's state is reported but
- * does not decide readiness: every instance shares the one Redis, so taking
- * instances out of rotation could not route around it, and each mode has a
- * defined answer without it (local limits, admit, or 503 unavailable). */
+/* Ready once listening with a configuration, until a stop begins: from
+ * SIGTERM on it is 503, while the listeners still accept for
+ * shutdown_delay_ms, so a load balancer stops sending before they close.
+ * Redis's state is reported but does not decide readiness: every instance
+ * shares the one Redis, so taking instances out of rotation could not route
+ * around it, and each mode has a defined answer without it (local limits,
+ * admit, or 503 unavailable). */
 static void readyz(struct admin *a, struct bufferevent *bev)
 {
+    bool ready = a->phase == ADMIN_SERVING;
     char body[128];
 
-    snprintf(body, sizeof(body), "{\"status\":\"ready\",\"listeners\":\"up\",\"redis\":\"%s\"}",
+    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"listeners\":\"%s\",\"redis\":\"%s\"}",
+             ready ? "ready" : "draining", a->phase == ADMIN_STOPPING ? "closed" : "up",
              ratelimit_redis_state(a->st->cfg, a->workers, a->nworkers));
-    reply(bev, 200, "application/json", body);
+    reply(bev, ready ? 200 : 503, "application/json", body);
 }
 
 static void route(struct admin *a, struct bufferevent *bev, const struct h1_request *h)
@@ -176,20 +195,33 @@ static void route(struct admin *a, struct bufferevent *bev, const struct h1_requ
         reply(bev, 404, "application/json", "{\"error\":\"not_found\"}");
 }
 
+static void admin_conn_free(struct admin_conn *ac)
+{
+    if (ac->prev)
+        ac->prev->next = ac->next;
+    else
+        ac->a->conns = ac->next;
+    if (ac->next)
+        ac->next->prev = ac->prev;
+    bufferevent_free(ac->bev);
+    free(ac);
+}
+
 static void admin_write_cb(struct bufferevent *bev, void *arg)
 {
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_free(bev);
+        admin_conn_free(arg);
 }
 
 static void admin_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
-        bufferevent_free(bev);
+        admin_conn_free(arg);
 }
 
 static void admin_read_cb(struct bufferevent *bev, void *arg)
 {
+    struct admin_conn *ac = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     size_t n = len < ADMIN_HEAD_MAX ? len : ADMIN_HEAD_MAX;
@@ -206,7 +238,7 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
     if (end < 0 || h1_parse_request(&h, data, (size_t)end, false) != H1_OK)
         reply(bev, 400, "application/json", "{\"error\":\"bad_request\"}");
     else
-        route(arg, bev, &h);
+        route(ac->a, bev, &h);
     bufferevent_disable(bev, EV_READ);
     bufferevent_setcb(bev, NULL, admin_write_cb, admin_event_cb, arg);
 }
@@ -214,15 +246,24 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
 static void admin_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                             int salen, void *arg)
 {
-    struct bufferevent *bev = bufferevent_socket_new(evconnlistener_get_base(lev), fd,
-                                                     BEV_OPT_CLOSE_ON_FREE);
+    struct admin *a = arg;
+    struct admin_conn *ac = calloc(1, sizeof(*ac));
+    struct bufferevent *bev =
+        ac ? bufferevent_socket_new(evconnlistener_get_base(lev), fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
     struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
 
     if (bev == NULL) {
+        free(ac);
         close(fd);
         return;
     }
-    bufferevent_setcb(bev, admin_read_cb, NULL, admin_event_cb, arg);
+    ac->bev = bev;
+    ac->a = a;
+    ac->next = a->conns;
+    if (a->conns)
+        a->conns->prev = ac;
+    a->conns = ac;
+    bufferevent_setcb(bev, admin_read_cb, NULL, admin_event_cb, ac);
     bufferevent_set_timeouts(bev, &tv, &tv);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -250,10 +291,18 @@ struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *add
     return a;
 }
 
+void admin_set_phase(struct admin *a, enum admin_phase p)
+{
+    if (a)
+        a->phase = p;
+}
+
 void admin_stop(struct admin *a)
 {
     if (a == NULL)
         return;
     evconnlistener_free(a->lev);
+    while (a->conns)
+        admin_conn_free(a->conns);
     free(a);
 }

@@ -27,6 +27,20 @@ struct admin_state {
 struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *addr,
                           const struct admin_state *st, struct worker *workers, unsigned nworkers,
                           char *err, size_t errlen);
-void admin_stop(struct admin *a);
+
+/*
+ * What /readyz reports. A stop only moves forward:
+ *
+ *   SERVING --SIGTERM--> DRAINING --shutdown_delay_ms--> STOPPING --exit
+ *   (200)                (503, listeners accept)        (503, listeners closed)
+ */
+enum admin_phase {
+    ADMIN_SERVING = 0,  /* ready */
+    ADMIN_DRAINING = 1, /* stopping: still accepting while a load balancer lets go */
+    ADMIN_STOPPING = 2, /* listeners closed, requests in flight finishing */
+};
+
+void admin_set_phase(struct admin *a, enum admin_phase p); /* A may be NULL (admin off) */
+void admin_stop(struct admin *a); /* closes the listener and any admin connection still open */
 
 #endif

@@ -32,6 +32,9 @@
 #define CFG_INT_MAX 2147483647LL
 #define CFG_SECRET_MAX 65536 /* a secret file larger than this is a mistake */
 #define CFG_MAX_WORKERS 1024
+/* Endpoint removal at a load balancer takes seconds; a delay of more than a
+ * few minutes is a typo that would hold every stop that long. */
+#define CFG_MAX_SHUTDOWN_DELAY_MS 300000
 
 #define CFG_MAX_MSGS 256   /* problems kept; more are only counted */
 
@@ -73,8 +76,9 @@ static const char *const cfg_methods[64] = {
 };
 
 static const char *const top_keys[] = {
-    "workers", "shutdown_timeout_ms", "listen", "tls", "redirect", "headers", "limits", "jwt",
-    "rate_limit", "cors", "upstreams", "routes", "previews", "resolver", "log", "reload", NULL,
+    "workers", "shutdown_timeout_ms", "shutdown_delay_ms", "listen", "tls", "redirect", "headers",
+    "limits", "jwt", "rate_limit", "cors", "upstreams", "routes", "previews", "resolver", "log",
+    "reload", NULL,
 };
 static const char *const listen_keys[] = {"https", "http", "admin", "proxy_protocol", NULL};
 static const char *const tls_keys[] = {
@@ -862,6 +866,8 @@ static void parse_top(struct cfg_ctx *ctx, const config_setting_t *root)
     }
     cfg->shutdown_timeout_ms =
         (uint32_t)get_int(ctx, root, "shutdown_timeout_ms", 10000, 1, CFG_INT_MAX);
+    cfg->shutdown_delay_ms =
+        (uint32_t)get_int(ctx, root, "shutdown_delay_ms", 0, 0, CFG_MAX_SHUTDOWN_DELAY_MS);
 }
 
 static void parse_listen(struct cfg_ctx *ctx, const config_setting_t *root)

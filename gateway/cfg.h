@@ -242,7 +242,8 @@ struct fg_config {
     int refcount;                   /* atomic; see cfg_ref/cfg_unref */
     char *path;                     /* the file it was loaded from */
     unsigned workers;               /* resolved: never 0 after load */
-    uint32_t shutdown_timeout_ms;
+    uint32_t shutdown_timeout_ms;   /* in-flight requests' bound, from the listeners' close */
+    uint32_t shutdown_delay_ms;     /* SIGTERM to the listeners' close (readyz already 503) */
 
     struct fg_sockaddr *https;      /* TLS listeners */
     size_t nhttps;

@@ -942,10 +942,11 @@ static void log_request(struct req *r)
 }
 
 /* Does this connection end after the current response? RFC 9112 9.6: a
- * request that asked to close, a body left unread, or a worker stopping. */
+ * request that asked to close, a body left unread, or the process draining
+ * (the response heads say so too: respond.c, proxy.c). */
 static bool ends_after(const struct conn *c)
 {
-    return c->r->close_after || c->r->body == BODY_PENDING || c->w->stopping;
+    return c->r->close_after || c->r->body == BODY_PENDING || worker_draining(c->w);
 }
 
 /*

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -41,7 +42,8 @@ struct app {
     struct admin *admin;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *tick;          /* ticket key rotation */
-    struct event *deadline;      /* shutdown_timeout_ms */
+    struct event *delay;         /* shutdown_delay_ms: SIGTERM to the listeners' close */
+    struct event *deadline;      /* shutdown_timeout_ms, from the listeners' close */
     struct event *exited_ev;     /* a worker loop ended (exited_fd) */
     int exited_fd;               /* eventfd the workers write as they end */
     bool stopping;
@@ -90,6 +92,23 @@ static void notify_systemd(const char *state)
     close(fd);
 }
 
+/* A reload begins; READY=1 ends it. MONOTONIC_USEC is the time of this
+ * message (sd_notify(3)): systemd 253's Type=notify-reload compares it with
+ * its own request to know the reload is the one it asked for. */
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    char msg[64];
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0) {
+        notify_systemd("RELOADING=1");
+        return;
+    }
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    notify_systemd(msg);
+}
+
 static int check_config(const char *path)
 {
     char *err = calloc(1, ERRBUF);
@@ -123,19 +142,6 @@ static double now_epoch(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* RELOADING=1 with the time it began (sd_notify(3), systemd 253's
- * Type=notify-reload); READY=1 follows when the reload is over. */
-static void notify_reloading(void)
-{
-    struct timespec ts;
-    char msg[96];
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
-             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
-    notify_systemd(msg);
 }
 
 /* Every line of TEXT ("FILE:LINE: message" each) as its own log line. */
@@ -271,21 +277,51 @@ static void update_watch(struct app *app)
         log_error("reload.watch: %s", err);
 }
 
+
+static struct timeval ms_timeval(uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* The end of the delay: the workers close their listeners and idle
+ * connections, and the requests in flight get shutdown_timeout_ms from now.
+ * The admin listener stays until the process exits. */
+static void close_listeners(struct app *app)
+{
+    log_info("stopping: listeners closed, finishing in-flight requests (at most %u ms)",
+             app->cfg->shutdown_timeout_ms);
+    admin_set_phase(app->admin, ADMIN_STOPPING);
+    for (unsigned i = 0; i < app->nworkers; i++)
+        worker_stop(&app->workers[i]);
+    struct timeval tv = ms_timeval(app->cfg->shutdown_timeout_ms);
+    evtimer_add(app->deadline, &tv);
+}
+
+static void on_delay_end(evutil_socket_t fd, short what, void *arg)
+{
+    close_listeners(arg);
+}
+
+/* SIGTERM/SIGINT: /readyz answers 503 and every response says
+ * Connection: close from now on, while the listeners keep accepting for
+ * shutdown_delay_ms, the time a load balancer needs to stop sending here. */
 static void begin_stop(struct app *app)
 {
     if (app->stopping)
         return;
     app->stopping = true;
     notify_systemd("STOPPING=1");
-    log_info("stopping: finishing in-flight requests (at most %u ms)",
-             app->cfg->shutdown_timeout_ms);
-    admin_stop(app->admin);
-    app->admin = NULL;
-    for (unsigned i = 0; i < app->nworkers; i++)
-        worker_stop(&app->workers[i]);
-    struct timeval tv = {.tv_sec = app->cfg->shutdown_timeout_ms / 1000,
-                         .tv_usec = (app->cfg->shutdown_timeout_ms % 1000) * 1000};
-    evtimer_add(app->deadline, &tv);
+    admin_set_phase(app->admin, ADMIN_DRAINING);
+    worker_drain_all();
+    if (app->cfg->shutdown_delay_ms == 0) {
+        close_listeners(app);
+        return;
+    }
+    log_info("stopping: /readyz answers 503, listeners close in %u ms",
+             app->cfg->shutdown_delay_ms);
+    struct timeval tv = ms_timeval(app->cfg->shutdown_delay_ms);
+    evtimer_add(app->delay, &tv);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -296,6 +332,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         begin_stop(app);
     } else if (sig == SIGUSR1) {
         log_reopen();
+    } else if (sig == SIGHUP && app->stopping) {
+        /* The process is leaving: READY=1 after STOPPING=1 would be a lie. */
+        log_info("reload: ignored while stopping");
     } else if (sig == SIGHUP) {
         reload(app, "SIGHUP");
     }
@@ -349,6 +388,7 @@ static int setup_events(struct app *app)
     app->sig_hup = evsignal_new(app->base, SIGHUP, on_signal, app);
     app->sig_usr1 = evsignal_new(app->base, SIGUSR1, on_signal, app);
     app->tick = event_new(app->base, -1, EV_PERSIST, on_tick, app);
+    app->delay = evtimer_new(app->base, on_delay_end, app);
     app->deadline = evtimer_new(app->base, on_deadline, app);
     /* Threads reach the main loop only through this eventfd: libevent runs
      * without locks, each base touched by its own thread alone. */
@@ -357,7 +397,7 @@ static int setup_events(struct app *app)
         return -1;
     app->exited_ev = event_new(app->base, app->exited_fd, EV_READ | EV_PERSIST, on_worker_exit, app);
     if (!app->sig_term || !app->sig_int || !app->sig_hup || !app->sig_usr1 || !app->tick ||
-        !app->deadline || !app->exited_ev || event_add(app->exited_ev, NULL) < 0)
+        !app->delay || !app->deadline || !app->exited_ev || event_add(app->exited_ev, NULL) < 0)
         return -1;
     evsignal_add(app->sig_term, NULL);
     evsignal_add(app->sig_int, NULL);
@@ -408,7 +448,7 @@ static void cleanup(struct app *app)
     admin_stop(app->admin);
     watch_free(app->watch);
     struct event *evs[] = {app->sig_term, app->sig_int, app->sig_hup, app->sig_usr1,
-                           app->tick, app->deadline, app->exited_ev};
+                           app->tick, app->delay, app->deadline, app->exited_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
             event_free(evs[i]);
@@ -450,10 +490,13 @@ static int run(const char *path)
     log_info("flowgate %s started: %u workers", FG_VERSION, app.nworkers);
     notify_systemd("READY=1");
     event_base_dispatch(app.base);
-    /* The signal events go with the base below: a second SIGTERM during
-     * teardown must not kill the process before it exits 0. */
+    /* The signal events go with the base below: a second SIGTERM (or a
+     * SIGHUP, whose default also kills) during teardown must not end the
+     * process before it exits 0. */
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     for (unsigned i = 0; i < app.nworkers; i++)
         worker_join(&app.workers[i]);
     log_info("stopped");

@@ -563,8 +563,9 @@ static int write_response_head(struct conn *c, const struct h1_response *resp, s
     bool conn_lists = resp->connection;
     struct wbuf b;
 
-    if (!upgrade &&
-        (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF || r->body == BODY_PENDING))
+    /* A 101 keeps its Connection: upgrade; the tunnel ends the connection. */
+    if (!upgrade && (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF ||
+                     r->body == BODY_PENDING || worker_draining(c->w)))
         r->close_after = true;
     r->status = resp->status;
     /* The upstream's headers (its Vary values included) are bounded by its

@@ -139,8 +139,9 @@ static void send_own(struct req *r, int status, const char *reason, const char *
     /* A request whose body was not read cannot be followed by another on
      * this connection: its body bytes would be taken for the next head. A
      * request that asked to close (Connection: close, HTTP/1.0 without
-     * keep-alive) is answered with close, whoever answers (RFC 9112 9.6). */
-    if (r->body == BODY_PENDING || !r->h.keep_alive)
+     * keep-alive) is answered with close, whoever answers (RFC 9112 9.6);
+     * so is every request once the process drains, to send its client on. */
+    if (r->body == BODY_PENDING || !r->h.keep_alive || worker_draining(c->w))
         r->close_after = true;
     r->status = status;
     wbuf_begin(&b, c->io->out,

@@ -30,6 +30,7 @@
 #include "worker.h"
 
 int worker_nconns; /* atomic: open client connections in the process */
+static int drain_mark; /* atomic: set once by worker_drain_all, never cleared */
 
 static void listener_accept_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -255,6 +256,16 @@ static void listener_accept_cb(evutil_socket_t lfd, short what, void *arg)
         w->stats.accepted++;
         conn_accept(l, fd, (struct sockaddr *)&ss, len);
     }
+}
+
+void worker_drain_all(void)
+{
+    __atomic_store_n(&drain_mark, 1, __ATOMIC_RELEASE);
+}
+
+bool worker_draining(const struct worker *w)
+{
+    return w->stopping || __atomic_load_n(&drain_mark, __ATOMIC_ACQUIRE);
 }
 
 static uint64_t splitmix64(uint64_t *s)

@@ -2,7 +2,7 @@
  * worker.h - one event-loop thread: its event base, its own SO_REUSEPORT
  * listeners, its upstream pools and its counters. Nothing here is shared
  * between workers except the immutable configuration snapshot, the TLS
- * contexts and the process-wide connection count.
+ * contexts, the process-wide connection count and the drain mark.
  */
 #ifndef FG_WORKER_H
 #define FG_WORKER_H
@@ -115,6 +115,13 @@ int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tl
 struct wsnap *worker_snap_hold(struct worker *w);
 void worker_snap_release(struct worker *w, struct wsnap *s);
 int worker_start(struct worker *w);      /* spawn the thread */
+/* Thread-safe, for every worker at once and for good (SIGTERM): from now on
+ * each HTTP/1.1 response says Connection: close and ends its connection, so
+ * clients move to other instances while the listeners still accept. */
+void worker_drain_all(void);
+/* Does W end each connection after its current response (draining, or
+ * stopping with its listeners closed)? */
+bool worker_draining(const struct worker *w);
 void worker_stop(struct worker *w);      /* thread-safe: stop accepting, drain, exit loop */
 void worker_break(struct worker *w);     /* thread-safe: end the loop now (shutdown timeout) */
 void worker_join(struct worker *w);

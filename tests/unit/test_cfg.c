@@ -107,6 +107,7 @@ static char *full_config(void)
     snprintf(buf, sizeof(buf),
              "workers = 3;\n"
              "shutdown_timeout_ms = 5000;\n"
+             "shutdown_delay_ms = 2500;\n"
              "listen: { https = [ \"0.0.0.0:8443\", \"[::1]:9443\" ];\n"
              "          http = [ \"127.0.0.1:8080\" ];\n"
              "          admin = \"127.0.0.1:9901\"; proxy_protocol = true; };\n"
@@ -176,6 +177,7 @@ static void test_full_top_listen_tls(void **state)
     assert_string_equal(cfg->path, "test.conf");
     assert_int_equal(cfg->workers, 3);
     assert_int_equal(cfg->shutdown_timeout_ms, 5000);
+    assert_int_equal(cfg->shutdown_delay_ms, 2500);
     assert_int_equal(cfg->nhttps, 2);
     v4 = (struct sockaddr_in *)&cfg->https[0].ss;
     assert_int_equal(v4->sin_family, AF_INET);
@@ -405,6 +407,7 @@ static void test_defaults(void **state)
 
     assert_int_equal(cfg->workers, cpus > 0 ? (unsigned)cpus : 1);
     assert_int_equal(cfg->shutdown_timeout_ms, 10000);
+    assert_int_equal(cfg->shutdown_delay_ms, 0);
     assert_int_equal(cfg->nhttps, 0);
     assert_int_equal(cfg->nhttp, 1);
     assert_string_equal(cfg->http[0].text, "0.0.0.0:8080");
@@ -633,6 +636,9 @@ static void test_err_range(void **state)
     expect_error(HEAD "workers = 5000;\n",
                  "test.conf:3: workers: must be between 0 and 1024, not 5000");
     expect_error(HEAD "shutdown_timeout_ms = 0;\n", "test.conf:3: shutdown_timeout_ms: must be");
+    expect_error(HEAD "shutdown_delay_ms = 300001;\n",
+                 "test.conf:3: shutdown_delay_ms: must be between 0 and 300000, not 300001");
+    expect_error(HEAD "shutdown_delay_ms = -1;\n", "test.conf:3: shutdown_delay_ms: must be");
     expect_error(HEAD "redirect: { https_port = 70000; };\n", "test.conf:3: redirect.https_port");
     expect_error(HEAD "redirect: { status = 303; };\n",
                  "test.conf:3: redirect.status: must be 301, 302, 307 or 308");
