@@ -326,6 +326,8 @@ def base_config(https_port, http_port, admin_port, upstream_addr, tmp):
         "routes": (
             {"host": "", "path": "/", "upstream": "api", "auth": "none"},
         ),
+        # Tests rewrite files and signal themselves; the watcher is tested on its own.
+        "reload": {"watch": False},
         "log": {
             "access": os.path.join(tmp, "access.log"),
             "error": os.path.join(tmp, "error.log"),

@@ -394,3 +394,76 @@ def test_two_hundred_reloads_leak_nothing():
         eventually("descriptors back to their level",
                    lambda: fds_of(fg.proc.pid) <= fds, timeout=10)
         # LeakSanitizer (the ASan build) reports any leak when flowgate stops.
+
+
+def kubelet_volume(root, version, files):
+    """A Secret volume as the kubelet lays it out: ..VERSION/FILE, ..data ->
+    ..VERSION, FILE -> ..data/FILE. Called again, it swaps ..data atomically."""
+    os.makedirs(root, exist_ok=True)
+    d = os.path.join(root, ".." + version)
+    os.makedirs(d)
+    for name, data in files.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    tmp = os.path.join(root, "..data_tmp")
+    os.symlink(".." + version, tmp)
+    os.rename(tmp, os.path.join(root, "..data"))
+    for name in files:
+        link = os.path.join(root, name)
+        if not os.path.islink(link):
+            os.symlink(os.path.join("..data", name), link)
+
+
+def test_kubelet_secret_rotation_reloads_without_a_signal():
+    vol = os.path.join(tmpdir(), "secret")
+    crt1, key1 = issue_cert("one", 30, 4001)
+    crt2, key2 = issue_cert("two", 60, 4002)
+    old, new = "kube-old-0123456789-abcdefghijklmnopqrstuvwxyz", \
+        "kube-new-0123456789-abcdefghijklmnopqrstuvwxyz"
+    read = lambda p: open(p, "rb").read()
+    kubelet_volume(vol, "2026_12_05_01", {"tls.crt": read(crt1), "tls.key": read(key1),
+                                          "jwt": old.encode()})
+    cfg = {"reload": {"watch": True, "debounce_ms": 200},
+           "tls": {"certificates": certs((os.path.join(vol, "tls.crt"),
+                                          os.path.join(vol, "tls.key")))},
+           "jwt": {"keys": ({"kid": "k", "secret_file": os.path.join(vol, "jwt")},)},
+           "routes": ({"host": "", "path": "/", "upstream": "api", "auth": "required"},)}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        auth = lambda s: [("Authorization", "Bearer " + token(s, "k"))]
+        eq(served_serial(fg), 4001, "first certificate")
+        eq(fg.get("/", headers=auth(old)).status, 200, "old secret before")
+        kubelet_volume(vol, "2026_12_05_02", {"tls.crt": read(crt2), "tls.key": read(key2),
+                                              "jwt": new.encode()})
+        eventually("the renewed certificate is served", lambda: served_serial(fg) == 4002,
+                   timeout=10)
+        eq(fg.get("/", headers=auth(new)).status, 200, "rotated secret verifies")
+        eq(fg.get("/", headers=auth(old)).status, 401, "old secret refused")
+        eq(reloads(fg)[1], 1, "one reload for the one swap")
+
+
+def test_redis_link_is_made_anew_only_when_its_settings_change():
+    from harness import RedisServer
+
+    def rl(server, prefix):
+        return {"rate_limit": {"redis": {"address": server.addr, "timeout_ms": 500,
+                                         "key_prefix": prefix},
+                               "on_redis_failure": "deny",
+                               "tiers": {"anonymous": {"limit": 1000, "window": 60}}}}
+
+    def keys(server):
+        return server.command("DBSIZE")
+
+    with RedisServer() as r1, RedisServer() as r2, Upstream() as up, \
+            Flowgate(rl(r1, "one:"), upstream=up) as fg:
+        eq(fg.get("/").status, 200, "decided by the first Redis")
+        check(keys(r1) > 0, "the first Redis holds the limit")
+        write_config(fg, merge(rl(r1, "one:"), {"headers": {"server": "same-redis"}}))
+        hup(fg, failed=False)
+        eq(fg.get("/").status, 200, "after a reload that kept the link")
+        write_config(fg, rl(r2, "two:"))
+        hup(fg, failed=False)
+        eventually("the new link decides", lambda: fg.get("/").status == 200 and keys(r2) > 0,
+                   timeout=10)
+        r1.kill()  # the old link's Redis goes away: nothing depends on it any more
+        for _ in range(5):
+            eq(fg.get("/").status, 200, "decided by the second Redis")
