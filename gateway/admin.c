@@ -120,10 +120,14 @@ static size_t reload_metrics(const struct admin *a, char *out, size_t cap)
            "flowgate_config_reloads_total{result=\"ok\"} %llu\n"
            "flowgate_config_reloads_total{result=\"failed\"} %llu\n"
            "# TYPE flowgate_config_last_reload_success_timestamp_seconds gauge\n"
-           "flowgate_config_last_reload_success_timestamp_seconds %.3f\n"
-           "# TYPE flowgate_tls_certificate_expiry_timestamp_seconds gauge\n",
+           "flowgate_config_last_reload_success_timestamp_seconds %.3f\n",
            (unsigned long long)st->generation, (unsigned long long)st->reloads_ok,
            (unsigned long long)st->reloads_failed, st->last_reload_ok);
+    APPEND("# TYPE flowgate_worker_config_generation gauge\n");
+    for (unsigned i = 0; i < a->nworkers; i++)
+        APPEND("flowgate_worker_config_generation{worker=\"%u\"} %llu\n", i,
+               (unsigned long long)__atomic_load_n(&a->workers[i].generation, __ATOMIC_ACQUIRE));
+    APPEND("# TYPE flowgate_tls_certificate_expiry_timestamp_seconds gauge\n");
     for (size_t i = 0; st->tls != NULL && i < tls_ncerts(st->tls) && i < st->cfg->tls.ncerts; i++) {
         char label[512];
         label_escape(st->cfg->tls.certs[i].cert_file, label, sizeof(label));

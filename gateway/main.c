@@ -214,7 +214,7 @@ static void reload(struct app *app, const char *why)
         log_warn("reload: workers = %u needs a restart (%u run now); the rest applies",
                  cfg->workers, app->nworkers);
     for (unsigned i = 0; i < app->nworkers; i++)
-        if (worker_reload(&app->workers[i], cfg, tls) < 0)
+        if (worker_reload(&app->workers[i], cfg, tls, app->admin_st.generation + 1) < 0)
             log_error("reload: worker %u: out of memory; it keeps the old configuration", i);
     cfg_unref(app->cfg);
     tls_free(app->tls);

@@ -405,12 +405,14 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
         return -1;
     }
     w->cfg = cfg;
+    w->generation = w->snap->generation = 1;
     if (set_listeners(w, cfg, true, err, errlen) < 0 || set_resolver(w, NULL, cfg, err, errlen) < 0)
         return -1;
     return ratelimit_worker_init(w, cfg, err, errlen);
 }
 
-int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls)
+int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls,
+                  uint64_t generation)
 {
     struct wsnap *s = calloc(1, sizeof(*s));
     uint64_t one = 1;
@@ -420,6 +422,7 @@ int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tl
     s->cfg = cfg_ref(cfg);
     s->tls = tls_ref(tls);
     s->refs = 1;
+    s->generation = generation;
     /* Pools are made on the worker's thread (apply_reload). */
     struct wsnap *older = __atomic_exchange_n(&w->next_snap, s, __ATOMIC_ACQ_REL);
     if (older != NULL) {
@@ -461,6 +464,7 @@ static void apply_reload(struct worker *w)
     w->cfg = s->cfg;
     upstream_pools_retire(old->pools, old->npools);
     worker_snap_release(w, old);
+    __atomic_store_n(&w->generation, s->generation, __ATOMIC_RELEASE);
     resume_cb(-1, 0, w); /* max_connections may have changed */
     return;
 drop:

@@ -54,6 +54,7 @@ struct wsnap {
     struct upstream_pool *pools;    /* one per cfg->upstreams (upstream_pools_new) */
     size_t npools;
     unsigned refs;                  /* the worker while current, and each connection on it */
+    uint64_t generation;            /* main's count of applied configurations */
 };
 
 struct worker_stats {
@@ -76,6 +77,7 @@ struct worker {
     struct listener **listeners;    /* each allocated alone: a reload closes or adds some */
     size_t nlisteners;
     struct wsnap *next_snap;        /* (atomic) handed over by main, taken in wake_cb */
+    uint64_t generation;            /* (atomic) of the snapshot in force here */
     struct resolver **old_resolvers; /* replaced by reloads, kept for their last lookups */
     size_t nold_resolvers;
     struct upstream_dyn *dyn;       /* preview pools by address; created on first use */
@@ -109,7 +111,8 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
 /* Thread-safe (main): hand the worker a new snapshot CFG with its TLS set
  * (references are taken here). The worker swaps at its next loop round;
  * when it has not taken an earlier one yet, the newer replaces it. */
-int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls);
+int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls,
+                  uint64_t generation);
 
 /* A connection takes (hold) and leaves (release) a snapshot. */
 struct wsnap *worker_snap_hold(struct worker *w);

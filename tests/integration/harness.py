@@ -505,6 +505,17 @@ class Flowgate:
             pass
         return out
 
+    def metrics(self):
+        """/metrics as {"name{labels}": value}."""
+        r = plain_request(self.admin_port, "GET", "/metrics", host="127.0.0.1", timeout=5.0)
+        eq(r.status, 200, "/metrics status")
+        out = {}
+        for line in r.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
     # -- clients
     def tls(self, server_hostname="localhost", **kw):
         return Conn.tls(self.https_port, server_hostname=server_hostname, **kw)

@@ -42,6 +42,21 @@ def read_all_body(conn, r, n, deadline_s=60):
     return body
 
 
+def slow_get(fg, n, pause, close):
+    """GET /bytes/N on a slow_conn, pause PAUSE seconds after the head, then
+    read the body at full speed and check every byte. Returns the open Conn."""
+    c = slow_conn(fg)
+    c.send("GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+           % (n, "Connection: close\r\n" if close else ""))
+    r = c.read_head()
+    eq(r.status, 200, "status")
+    time.sleep(pause)
+    body = read_all_body(c, r, n)
+    eq(len(body), n, "body bytes received")
+    eq(sha256(body), sha256(pattern(n)), "body digest")
+    return c
+
+
 def log_for(fg, path, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,15 +98,8 @@ def test_slow_reader_after_upstream_finished_gets_every_byte():
     finished. The client pauses 7 s, then takes the rest; nothing is cut."""
     with Upstream() as up, Flowgate(upstream=up) as fg:
         n = kernel_capacity(fg) + 128 * 1024
-        c = slow_conn(fg)
+        c = slow_get(fg, n, 7, close=True)
         try:
-            c.send("GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % n)
-            r = c.read_head()
-            eq(r.status, 200, "status")
-            time.sleep(7)
-            body = read_all_body(c, r, n)
-            eq(len(body), n, "body bytes received")
-            eq(sha256(body), sha256(pattern(n)), "body digest")
             check(c.wait_closed(5), "connection not closed after a Connection: close response")
         finally:
             c.close()
@@ -108,15 +116,8 @@ def test_slow_reader_longer_than_read_timeout_gets_every_byte():
     n = 12000000
     cfg = {"upstreams": {"api": {"read_timeout_ms": 1000}}}
     with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
-        c = slow_conn(fg)
+        c = slow_get(fg, n, 3, close=False)
         try:
-            c.send("GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % n)
-            r = c.read_head()
-            eq(r.status, 200, "status")
-            time.sleep(3)
-            body = read_all_body(c, r, n)
-            eq(len(body), n, "body bytes received")
-            eq(sha256(body), sha256(pattern(n)), "body digest")
             # Still keep-alive: the next request is served on the same connection.
             r2 = c.request("GET", "/status/200")
             eq(r2.status, 200, "next request on the same connection")

@@ -234,14 +234,7 @@ def run_case(fg, up, i, name, headers, expect, prefix="/api"):
 
 
 def metrics(fg):
-    r = plain_request(fg.admin_port, "GET", "/metrics", host="127.0.0.1")
-    eq(r.status, 200, "/metrics status")
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
+    return fg.metrics()
 
 
 def test_token_cases():

@@ -40,14 +40,12 @@ def write_config(fg, overrides, upstream=None):
 
 
 def metrics(fg):
-    r = plain_request(fg.admin_port, "GET", "/metrics", host="127.0.0.1", timeout=5.0)
-    eq(r.status, 200, "/metrics status")
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
+    return fg.metrics()
+
+
+def workers_at(m, generation):
+    gens = [v for k, v in m.items() if k.startswith("flowgate_worker_config_generation{")]
+    return gens and all(g == generation for g in gens)
 
 
 def reloads(fg):
@@ -63,8 +61,11 @@ def hup(fg, expect_generation=None, failed=None, timeout=10.0):
     fg.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        g, o, b = reloads(fg)
-        if o > ok or b > bad:
+        m = metrics(fg)
+        g = m.get("flowgate_config_generation", 0)
+        o = m.get('flowgate_config_reloads_total{result="ok"}', 0)
+        b = m.get('flowgate_config_reloads_total{result="failed"}', 0)
+        if (o > ok and workers_at(m, g)) or b > bad:
             if failed is not None:
                 eq(b > bad, failed, "reload failed")
             if expect_generation is not None:
@@ -75,12 +76,18 @@ def hup(fg, expect_generation=None, failed=None, timeout=10.0):
 
 
 def eventually(what, pred, timeout=5.0):
+    """PRED true within TIMEOUT (an exception counts as not yet: the workers
+    apply a reload a moment after main has)."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
-        if pred():
-            return
+        try:
+            if pred():
+                return
+        except (OSError, AssertionError) as e:
+            last = e
         time.sleep(0.02)
-    fail("not within %.0f s: %s" % (timeout, what))
+    fail("not within %.0f s: %s (last: %r)" % (timeout, what, last))
 
 
 def b64u(data):
