@@ -690,7 +690,7 @@ static enum fg_error map_h1(enum h1_status st)
     return st == H1_HEAD_TOO_LARGE ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST;
 }
 
-/* Host and path: normalised before anything routes on them (SPEC 4). */
+/* Host and path: normalised before anything routes on them. */
 static int normalise_target(struct req *r)
 {
     int port = -1;

@@ -2,8 +2,8 @@
  * h1.c - strict HTTP/1.1 heads and body framing on top of llhttp.
  *
  * Two readers look at every head. Our own line reader is the source of truth:
- * it splits the head into slices, enforces the rules of RFC 9112 and SPEC
- * section 4, and decides the framing. llhttp then reads the same head as a
+ * it splits the head into slices, enforces the rules of RFC 9112 and
+ * flowgate's stricter ones (see the README), and decides the framing. llhttp then reads the same head as a
  * second opinion (method names, target and value characters) and keeps the
  * framing state for the body. The Content-Length and Transfer-Encoding lines
  * are not shown to llhttp as sent: it gets one framing line rebuilt from our

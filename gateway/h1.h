@@ -8,7 +8,7 @@
  * feeds raw body bytes and learns where the message ends, so bodies (chunked
  * included) pass through byte for byte while their framing is still checked.
  *
- * Strictness (SPEC section 4, RFC 9112): exactly one framing (TE chunked
+ * Strictness (RFC 9112): exactly one framing (TE chunked
  * alone, or one Content-Length, repeats of the same value merged, or none);
  * no bare CR or LF, NUL, obs-fold, whitespace before a colon, invalid token
  * characters, more than one Host, missing Host on HTTP/1.1, or Host that

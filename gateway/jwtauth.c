@@ -799,7 +799,7 @@ static enum jwtauth_result find_token(const struct req *r, const char **tok, siz
 }
 
 /* 401 with the RFC 6750 section 3 challenge; which check failed goes only to
- * the access log and the counters (SPEC section 3). */
+ * the access log and the counters. */
 static enum stage_verdict reject(struct req *r, enum jwtauth_result res)
 {
     r->c->w->stats.jwt_rejections[res]++;

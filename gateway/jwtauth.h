@@ -1,7 +1,7 @@
 /*
  * jwtauth.h - the JWT request stage: access tokens verified at the edge.
  *
- * A route's auth mode (SPEC section 2) decides what happens:
+ * A route's auth mode decides what happens:
  *
  *   none      the token is ignored, never verified; the request is anonymous
  *   optional  no token: anonymous; a token: verified, and invalid -> 401
@@ -46,7 +46,7 @@
  * The outcome of finding and verifying a token. Every value but
  * JWTAUTH_OK and JWTAUTH_MISSING is a rejection reason: the label of
  * flowgate_jwt_rejections_total{reason} and the access log's error field.
- * The client is never told which one (SPEC section 3).
+ * The client is never told which one.
  */
 enum jwtauth_result {
     JWTAUTH_OK = 0,             /* verified */

@@ -1,5 +1,5 @@
 /*
- * ratelimit.c - the rate-limit stage (SPEC sections 2 and 3).
+ * ratelimit.c - the rate-limit stage.
  *
  * One request: build the plan (every limit that applies and its key), ask
  * the refusal cache (an identity Redis refused until T is refused here until

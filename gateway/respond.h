@@ -1,5 +1,5 @@
 /*
- * respond.h - flowgate's own responses: JSON errors (SPEC section 3),
+ * respond.h - flowgate's own responses: JSON errors,
  * redirects, and the common response headers every response carries.
  */
 #ifndef FG_RESPOND_H
