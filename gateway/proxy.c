@@ -18,7 +18,7 @@
  *
  * A tunnel (RFC 6455 4.1) relays bytes as they come in both directions with
  * the same watermarks, until a side closes (the other is then flushed and
- * closed) or no byte moved either way for the upstream's read_timeout_ms.
+ * closed) or no byte moved either way for limits.keepalive_timeout_ms.
  * Its upstream connection is never pooled again.
  */
 #include <stdio.h>
@@ -859,7 +859,7 @@ void proxy_tunnel_pump(struct conn *c)
     io_flush(uc->io);
     io_flush(c->io); /* the 101 head too, on the first round */
     if (up + down > 0 && !r->tunnel_half)
-        conn_set_timer(c, uc->pool->u->read_timeout_ms);
+        conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
 }
 
 void proxy_tunnel_client_eof(struct conn *c)
@@ -941,6 +941,6 @@ static void tunnel_start(struct conn *c, struct upconn *uc)
     uc->head_cap = 0;
     memset(&uc->resp, 0, sizeof(uc->resp));
     io_setcb(uc->io, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
-    conn_set_timer(c, uc->pool->u->read_timeout_ms);
+    conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
     proxy_tunnel_pump(c);
 }

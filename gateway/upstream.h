@@ -49,7 +49,7 @@ struct upstream_pool {
 
 /* Preview pools: defaults, since no configuration names them. */
 #define UPSTREAM_PREVIEW_CONNECT_MS 2000
-#define UPSTREAM_PREVIEW_READ_MS 60000  /* also the idle bound of a WebSocket tunnel */
+#define UPSTREAM_PREVIEW_READ_MS 60000
 #define UPSTREAM_PREVIEW_KEEPALIVE 32   /* idle connections per MVP address */
 #define UPSTREAM_PREVIEW_IDLE_MAX 1024  /* idle preview connections per worker, in all */
 #define UPSTREAM_PREVIEW_POOLS_MAX 4096 /* preview pools per worker; least recently used out */

@@ -632,8 +632,10 @@ def test_websocket_either_side_closing_closes_the_other():
 
 
 def test_idle_tunnel_times_out_but_a_busy_one_does_not():
-    with Upstream() as up, Flowgate({"upstreams": {"api": {"read_timeout_ms": 1000}}},
-                                    upstream=up) as fg:
+    # The idle bound is keepalive_timeout_ms, not the upstream's read timeout.
+    cfg = {"limits": {"keepalive_timeout_ms": 1000},
+           "upstreams": {"api": {"read_timeout_ms": 30000}}}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
         busy, r, _ = ws_open(fg, "localhost")
         idle, r2, _ = ws_open(fg, "localhost")
         try:
@@ -642,7 +644,7 @@ def test_idle_tunnel_times_out_but_a_busy_one_does_not():
                 ws_send(busy, 0x81, b"ping")
                 eq(ws_recv(busy), (0x81, b"ping"), "echo on the busy tunnel")
                 time.sleep(0.3)
-            check(idle.wait_closed(3), "idle tunnel still open past read_timeout_ms")
+            check(idle.wait_closed(3), "idle tunnel still open past keepalive_timeout_ms")
             ws_send(busy, 0x81, b"still")
             eq(ws_recv(busy), (0x81, b"still"), "busy tunnel still open")
         finally:
