@@ -474,3 +474,22 @@ def test_redis_link_is_made_anew_only_when_its_settings_change():
         r1.kill()  # the old link's Redis goes away: nothing depends on it any more
         for _ in range(5):
             eq(fg.get("/").status, 200, "decided by the second Redis")
+
+
+def test_log_targets_move_and_a_workers_change_waits_for_a_restart():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        eq(fg.get("/before").status, 200, "before")
+        moved = os.path.join(tmpdir(), "access-2.log")
+        write_config(fg, {"workers": 2,
+                          "log": {"access": moved, "error": fg.error_path, "level": "info"}})
+        hup(fg, failed=False)
+        eq(fg.get("/after").status, 200, "after")
+        eventually("the request after the reload is logged to the new file",
+                   lambda: "/after" in open(moved).read())
+        check("/after" not in open(fg.access_path).read(), "still logged to the old file")
+        check(any(m.get("path") == "/before" for m in fg.access_log()), "old file kept its lines")
+        text = open(fg.error_path).read()
+        check("workers = 2 needs a restart" in text, "workers change not reported: %r"
+              % text[-1500:])
+        eq(len([k for k in fg.metrics() if k.startswith("flowgate_worker_config_generation")]),
+           1, "still one worker")
