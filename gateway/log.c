@@ -103,6 +103,23 @@ static int log_sink_set(struct log_sink *sink, const char *target, char *err, si
     return 0;
 }
 
+int log_check(const struct fg_log *cfg, char *err, size_t errlen) {
+    const char *targets[] = {cfg->error, cfg->access};
+
+    for (size_t i = 0; i < 2; i++) {
+        const char *t = targets[i];
+        if (t == NULL || t[0] == '\0' || strcmp(t, "stdout") == 0 || strcmp(t, "stderr") == 0)
+            continue;
+        int fd = open(t, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, errlen, "%s: cannot open log file: %s", t, strerror(errno));
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
 int log_open(const struct fg_log *cfg, char *err, size_t errlen) {
     const char *error = cfg->error != NULL && cfg->error[0] != '\0' ? cfg->error : "stderr";
 

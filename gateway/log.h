@@ -14,6 +14,10 @@
 
 #include "cfg.h"
 
+/* Can the files CFG names be opened for appending? 0 or -1 with ERR; nothing
+ * changes (a reload checks before it commits to anything). */
+int log_check(const struct fg_log *cfg, char *err, size_t errlen);
+
 /* Open (or reopen, on SIGUSR1) the files CFG->log names. 0 or -1 with ERR. */
 int log_open(const struct fg_log *cfg, char *err, size_t errlen);
 void log_reopen(void);  /* reopen the same paths (SIGUSR1); async-safe caller: main loop */

@@ -168,22 +168,10 @@ static bool same_log(const struct fg_log *a, const struct fg_log *b)
     return a->level == b->level;
 }
 
-/* The admin listener moves when its address changed (a failure to bind
- * there keeps it where it is). */
-static int move_admin(struct app *app, struct fg_config *cfg, char *err)
+static bool same_admin(const struct fg_sockaddr *a, const struct fg_sockaddr *b)
 {
-    const struct fg_sockaddr *a = app->cfg->admin, *b = cfg->admin;
-
-    if ((a == NULL) == (b == NULL) &&
-        (a == NULL || (a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0)))
-        return 0;
-    struct admin *moved = NULL;
-    if (b != NULL && (moved = admin_start(app->base, b, &app->admin_st, app->workers,
-                                          app->nworkers, err, ERRBUF)) == NULL)
-        return -1;
-    admin_stop(app->admin);
-    app->admin = moved;
-    return 0;
+    return (a == NULL) == (b == NULL) &&
+           (a == NULL || (a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0));
 }
 
 /*
@@ -206,10 +194,22 @@ static void reload(struct app *app, const char *why)
         goto fail;
     if (cfg->nhttps > 0 && (tls = tls_build(cfg, app->tls, err, ERRBUF)) == NULL)
         goto fail;
-    if (!same_log(&app->cfg->log, &cfg->log) && log_open(&cfg->log, err, ERRBUF) < 0)
+    /* Every step that can fail comes before the first that changes anything. */
+    bool logs_move = !same_log(&app->cfg->log, &cfg->log);
+    bool admin_moves = !same_admin(app->cfg->admin, cfg->admin);
+    struct admin *moved = NULL;
+    if (logs_move && log_check(&cfg->log, err, ERRBUF) < 0)
         goto fail;
-    if (move_admin(app, cfg, err) < 0)
+    if (admin_moves && cfg->admin &&
+        (moved = admin_start(app->base, cfg->admin, &app->admin_st, app->workers, app->nworkers,
+                             err, ERRBUF)) == NULL)
         goto fail;
+    if (logs_move && log_open(&cfg->log, err, ERRBUF) < 0)
+        log_error("reload: %s; logging stays where it was", err);
+    if (admin_moves) {
+        admin_stop(app->admin);
+        app->admin = moved;
+    }
     if (cfg->workers != app->nworkers)
         log_warn("reload: workers = %u needs a restart (%u run now); the rest applies",
                  cfg->workers, app->nworkers);

@@ -394,6 +394,8 @@ struct rl_ask {
 
 struct rl_worker {
     struct rl_link *link;    /* the worker's Redis link; NULL when a reload turned limits off */
+    struct rl_link *next;    /* made by a reload that changed the redis group: it takes
+                                over from LINK once it is up (no refusal while it connects) */
     struct rl_link **retired; /* links replaced by reloads: stopped, freed once idle */
     size_t nretired;
     uint64_t **old_decisions; /* counter arrays outgrown by reloads (the admin may still read) */
@@ -430,7 +432,6 @@ int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *e
         return 0;
     if ((st = calloc(1, sizeof(*st))) == NULL)
         goto oom;
-    w->rl = st;
     st->ntiers = rl->ntiers;
     st->decisions_cap = rl->ntiers;
     st->decisions = calloc(rl->ntiers * RL_OUT__COUNT, sizeof(*st->decisions));
@@ -439,8 +440,17 @@ int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *e
         goto oom;
     if ((st->link = rl_link_new(w->base, &rl->redis, rl_script, w->resolver)) == NULL)
         goto oom;
+    rl_link_set_cfg(st->link, (struct fg_config *)cfg, &rl->redis);
+    /* Whole before it is seen: the admin thread reads it. */
+    __atomic_store_n(&w->rl, st, __ATOMIC_RELEASE);
     return 0;
 oom:
+    if (st != NULL) {
+        free(st->decisions);
+        table_free(&st->local);
+        table_free(&st->refused);
+        free(st);
+    }
     snprintf(err, errlen, "rate limit: out of memory");
     return -1;
 }
@@ -502,38 +512,70 @@ int ratelimit_worker_reload(struct worker *w, const struct fg_config *cfg, char 
 
     if (st == NULL)
         return ratelimit_worker_init(w, cfg, err, errlen);
+    struct rl_table refused;
     reap_links(st);
-    table_free(&st->refused); /* refusals belong to the old limits */
-    if (table_init(&st->refused, RL_REFUSED_SLOTS) < 0 || grow_decisions(st, rl->ntiers) < 0)
+    if (table_init(&refused, RL_REFUSED_SLOTS) < 0 || grow_decisions(st, rl->ntiers) < 0) {
+        table_free(&refused);
         goto oom;
+    }
+    table_free(&st->refused); /* refusals belong to the old limits */
+    st->refused = refused;
     st->ntiers = rl->ntiers;
-    const struct fg_config *cur = w->cfg;
-    /* (A replaced resolver lives on until the worker ends: a kept link may
-     * go on using the one it was made with.) */
-    bool same_link = st->link != NULL && rl->enabled && cur->rate_limit.enabled &&
-                     rl_redis_same(&cur->rate_limit.redis, &rl->redis);
-    if (same_link) {
-        rl_link_set_cfg(st->link, &rl->redis);
+    /* The link that stands for the settings in force: the one still
+     * connecting for them, or the one serving. (A replaced resolver lives on
+     * until the worker ends: a kept link may go on using it.) */
+    struct rl_link *cur = st->next ? st->next : st->link;
+    const struct fg_config *curcfg = w->cfg;
+    if (!rl->enabled) {
+        if ((st->next && retire_link(st, st->next) < 0) ||
+            (st->link && retire_link(st, st->link) < 0))
+            goto oom;
+        st->next = NULL;
+        __atomic_store_n(&st->link, NULL, __ATOMIC_RELEASE);
         return 0;
     }
-    struct rl_link *fresh = NULL;
-    if (rl->enabled && (fresh = rl_link_new(w->base, &rl->redis, rl_script, w->resolver)) == NULL)
+    if (cur != NULL && curcfg->rate_limit.enabled &&
+        rl_redis_same(&curcfg->rate_limit.redis, &rl->redis)) {
+        rl_link_set_cfg(cur, (struct fg_config *)cfg, &rl->redis);
+        return 0;
+    }
+    struct rl_link *fresh = rl_link_new(w->base, &rl->redis, rl_script, w->resolver);
+    if (fresh == NULL)
         goto oom;
-    if (st->link != NULL && retire_link(st, st->link) < 0) {
+    rl_link_set_cfg(fresh, (struct fg_config *)cfg, &rl->redis);
+    if (st->next != NULL && retire_link(st, st->next) < 0) {
         rl_link_free(fresh);
         goto oom;
     }
-    __atomic_store_n(&st->link, fresh, __ATOMIC_RELEASE);
+    st->next = fresh;
+    if (st->link == NULL) { /* nothing serves meanwhile: it serves from the start */
+        __atomic_store_n(&st->link, fresh, __ATOMIC_RELEASE);
+        st->next = NULL;
+    }
     return 0;
 oom:
     snprintf(err, errlen, "rate limit: out of memory");
     return -1;
 }
 
+/* The link a reload made is up: it takes over, the old one finishes its
+ * calls and goes (or serves on, should it not be retired for want of memory). */
+static void promote_next(struct rl_worker *st)
+{
+    if (st->link != NULL && retire_link(st, st->link) < 0)
+        return;
+    __atomic_store_n(&st->link, st->next, __ATOMIC_RELEASE);
+    st->next = NULL;
+}
+
 void ratelimit_worker_stop(struct worker *w)
 {
-    if (w->rl != NULL && w->rl->link != NULL)
+    if (w->rl == NULL)
+        return;
+    if (w->rl->link != NULL)
         rl_link_stop(w->rl->link);
+    if (w->rl->next != NULL)
+        rl_link_stop(w->rl->next);
 }
 
 void ratelimit_worker_free(struct worker *w)
@@ -543,6 +585,7 @@ void ratelimit_worker_free(struct worker *w)
     if (st == NULL)
         return;
     rl_link_free(st->link); /* pending calls are all detached by now */
+    rl_link_free(st->next);
     for (size_t i = 0; i < st->nretired; i++)
         rl_link_free(st->retired[i]);
     free(st->retired);
@@ -847,6 +890,8 @@ static enum stage_verdict ratelimit_run(struct req *r)
 
     if (!rl->enabled || st == NULL)
         return STAGE_NEXT;
+    if (st->next != NULL && rl_link_state(st->next) == RL_LINK_UP)
+        promote_next(st);
     struct rl_ask *q = ask_get(st);
     struct rl_subject s = {
         .client_ip = r->client_ip,
@@ -881,10 +926,11 @@ const char *ratelimit_redis_state(const struct fg_config *cfg, const struct work
 {
     if (n == 0 || !cfg->rate_limit.enabled)
         return "disabled";
-    for (unsigned i = 0; i < n; i++)
-        if (workers[i].rl == NULL ||
-            rl_link_state(__atomic_load_n(&workers[i].rl->link, __ATOMIC_ACQUIRE)) != RL_LINK_UP)
+    for (unsigned i = 0; i < n; i++) {
+        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
+        if (st == NULL || rl_link_state(__atomic_load_n(&st->link, __ATOMIC_ACQUIRE)) != RL_LINK_UP)
             return "down";
+    }
     return "up";
 }
 
@@ -893,9 +939,8 @@ static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_l
     memset(out, 0, sizeof(*out));
     for (unsigned i = 0; i < n; i++) {
         struct rl_link_stats s;
-        const struct rl_link *l = workers[i].rl ? __atomic_load_n(&workers[i].rl->link,
-                                                                   __ATOMIC_ACQUIRE)
-                                                : NULL;
+        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
+        const struct rl_link *l = st ? __atomic_load_n(&st->link, __ATOMIC_ACQUIRE) : NULL;
         if (l == NULL)
             continue;
         rl_link_stats(l, &s);
@@ -914,7 +959,7 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
     uint64_t total = 0;
 
     for (unsigned i = 0; i < n; i++) {
-        const struct rl_worker *st = workers[i].rl;
+        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
         if (st == NULL || idx >= __atomic_load_n(&st->decisions_cap, __ATOMIC_ACQUIRE) * RL_OUT__COUNT)
             continue;
         const uint64_t *d = __atomic_load_n(&st->decisions, __ATOMIC_ACQUIRE);

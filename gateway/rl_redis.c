@@ -51,6 +51,7 @@ const uint32_t rl_lat_bounds_us[RL_LAT_BUCKETS] = {250,   500,   1000,  2500,  5
 struct rl_link {
     struct event_base *base;       /* the worker's */
     const struct fg_redis *cfg;    /* the snapshot's redis group */
+    struct fg_config *held;        /* that snapshot, when the link holds it (rl_link_set_cfg) */
     const char *script;            /* the Lua source (static, not owned) */
     char sha[41];                  /* its SHA1, lowercase hex */
     redisAsyncContext *ac;         /* NULL while DOWN; hiredis frees it on disconnect */
@@ -176,9 +177,13 @@ enum rl_link_state rl_link_state(const struct rl_link *l)
     return (enum rl_link_state)__atomic_load_n(&l->state, __ATOMIC_RELAXED);
 }
 
-void rl_link_set_cfg(struct rl_link *l, const struct fg_redis *cfg)
+void rl_link_set_cfg(struct rl_link *l, struct fg_config *owner, const struct fg_redis *cfg)
 {
+    struct fg_config *old = l->held;
+
+    l->held = cfg_ref(owner);
     l->cfg = cfg;
+    cfg_unref(old);
 }
 
 bool rl_link_idle(const struct rl_link *l)
@@ -186,15 +191,17 @@ bool rl_link_idle(const struct rl_link *l)
     return l->pending == 0 && l->ac == NULL;
 }
 
+/* Only what the connection is made with: key_prefix and timeout_ms are read
+ * per call and go to a kept link with its new group. */
 bool rl_redis_same(const struct fg_redis *a, const struct fg_redis *b)
 {
-    const char *sa[] = {a->address, a->password, a->username, a->key_prefix};
-    const char *sb[] = {b->address, b->password, b->username, b->key_prefix};
+    const char *sa[] = {a->address, a->password, a->username};
+    const char *sb[] = {b->address, b->password, b->username};
 
     for (size_t i = 0; i < sizeof(sa) / sizeof(sa[0]); i++)
         if ((sa[i] == NULL) != (sb[i] == NULL) || (sa[i] && strcmp(sa[i], sb[i]) != 0))
             return false;
-    return a->database == b->database && a->timeout_ms == b->timeout_ms;
+    return a->database == b->database;
 }
 
 const char *rl_link_sha(const struct rl_link *l)
@@ -486,6 +493,7 @@ void rl_link_free(struct rl_link *l)
         event_free(l->retry_ev);
     if (l->handshake_ev)
         event_free(l->handshake_ev);
+    cfg_unref(l->held);
     free(l);
 }
 

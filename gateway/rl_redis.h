@@ -127,10 +127,12 @@ bool rl_redis_host_is_name(const struct fg_redis *c);
  * once no call is pending (so the worker's loop can end). */
 void rl_link_stop(struct rl_link *l);
 
-/* A reload whose redis group is the same (rl_redis_same) keeps the link:
- * it then reads the new snapshot's copy. */
+/* A reload whose redis group connects the same way (rl_redis_same) keeps
+ * the link: it then reads CFG, the group of OWNER, which it holds (a
+ * reference) for as long as it reads it, so a link that outlives every
+ * connection of its snapshot never reads freed memory. */
 bool rl_redis_same(const struct fg_redis *a, const struct fg_redis *b);
-void rl_link_set_cfg(struct rl_link *l, const struct fg_redis *cfg);
+void rl_link_set_cfg(struct rl_link *l, struct fg_config *owner, const struct fg_redis *cfg);
 
 /* No call pending and no connection: a stopped link that can be freed. */
 bool rl_link_idle(const struct rl_link *l);

@@ -350,13 +350,14 @@ static bool same_resolver(const struct fg_resolver *a, const struct fg_resolver 
  * name (never a blocking lookup on a worker). A reload whose resolver group
  * changed makes a new one; the old one stays (unused for new lookups) until
  * the worker ends, since a request or the Redis link may still wait on it. */
-static int set_resolver(struct worker *w, const struct fg_config *old, const struct fg_config *cfg,
-                        char *err, size_t errlen)
+static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size_t errlen)
 {
     bool need = cfg->previews.enabled ||
                 (cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis));
 
-    if (!need || (w->resolver && old && same_resolver(&old->resolver, &cfg->resolver)))
+    /* Compared with what the resolver was made from, not with the snapshot
+     * before this one: a snapshot without previews in between made none. */
+    if (!need || (w->resolver && same_resolver(&w->resolver_cfg->resolver, &cfg->resolver)))
         return 0;
     struct resolver *rs = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen);
     if (rs == NULL)
@@ -373,6 +374,8 @@ static int set_resolver(struct worker *w, const struct fg_config *old, const str
         w->old_resolvers[w->nold_resolvers++] = w->resolver;
     }
     w->resolver = rs;
+    cfg_unref(w->resolver_cfg);
+    w->resolver_cfg = cfg_ref(cfg);
     return 0;
 }
 
@@ -406,7 +409,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     }
     w->cfg = cfg;
     w->generation = w->snap->generation = 1;
-    if (set_listeners(w, cfg, true, err, errlen) < 0 || set_resolver(w, NULL, cfg, err, errlen) < 0)
+    if (set_listeners(w, cfg, true, err, errlen) < 0 || set_resolver(w, cfg, err, errlen) < 0)
         return -1;
     return ratelimit_worker_init(w, cfg, err, errlen);
 }
@@ -453,7 +456,7 @@ static void apply_reload(struct worker *w)
         goto drop;
     }
     s->npools = s->cfg->nupstreams;
-    if (set_resolver(w, w->cfg, s->cfg, err, sizeof(err)) < 0 ||
+    if (set_resolver(w, s->cfg, err, sizeof(err)) < 0 ||
         ratelimit_worker_reload(w, s->cfg, err, sizeof(err)) < 0) {
         log_error("worker %u: reload: %s; the old configuration stays", w->id, err);
         goto drop;
@@ -574,6 +577,8 @@ void worker_free(struct worker *w)
         resolver_free(w->old_resolvers[i]);
     free(w->old_resolvers);
     w->old_resolvers = NULL;
+    cfg_unref(w->resolver_cfg);
+    w->resolver_cfg = NULL;
     if (w->resume_ev)
         event_free(w->resume_ev);
     if (w->wake_ev)

@@ -78,6 +78,7 @@ struct worker {
     size_t nlisteners;
     struct wsnap *next_snap;        /* (atomic) handed over by main, taken in wake_cb */
     uint64_t generation;            /* (atomic) of the snapshot in force here */
+    struct fg_config *resolver_cfg; /* the snapshot the resolver was made from (ref held) */
     struct resolver **old_resolvers; /* replaced by reloads, kept for their last lookups */
     size_t nold_resolvers;
     struct upstream_dyn *dyn;       /* preview pools by address; created on first use */

@@ -493,3 +493,104 @@ def test_log_targets_move_and_a_workers_change_waits_for_a_restart():
               % text[-1500:])
         eq(len([k for k in fg.metrics() if k.startswith("flowgate_worker_config_generation")]),
            1, "still one worker")
+
+
+def _rl(server, prefix, timeout_ms=500):
+    return {"rate_limit": {"redis": {"address": server.addr, "timeout_ms": timeout_ms,
+                                     "key_prefix": prefix},
+                           "on_redis_failure": "deny",
+                           "tiers": {"anonymous": {"limit": 100000, "window": 60}}}}
+
+
+def test_a_replaced_redis_link_outlives_its_snapshots_safely():
+    """A call waits on link L (Redis stalled); a reload keeps L (same Redis),
+    the next replaces it: L's deadline then fires after both snapshots it
+    served are gone. It must read nothing freed (the ASan build would stop)."""
+    from harness import RedisServer
+    with RedisServer() as r1, RedisServer() as r2, Upstream() as up, \
+            Flowgate(_rl(r1, "one:", 2000), upstream=up) as fg:
+        eq(fg.get("/").status, 200, "warm")
+        r1.pause()
+        out = {}
+
+        def waiting():
+            try:
+                out["status"] = Conn.tls(fg.https_port).request("GET", "/x").status
+            except Exception as e:  # noqa: BLE001
+                out["status"] = repr(e)
+        t = threading.Thread(target=waiting)
+        t.start()
+        time.sleep(0.3)
+        write_config(fg, merge(_rl(r1, "one:", 2000), {"headers": {"server": "same-redis"}}))
+        hup(fg, failed=False)
+        write_config(fg, _rl(r2, "two:", 2000))
+        hup(fg, failed=False)
+        t.join(15)
+        r1.resume()
+        eq(out.get("status"), 503, "the call that timed out on the old link (deny)")
+        check(fg.alive(), "flowgate died")
+        eventually("the new link decides", lambda: fg.get("/").status == 200, timeout=10)
+
+
+def _hammer(fg, stop, statuses):
+    while not stop.is_set():
+        try:
+            c = fg.tls(timeout=10)
+            try:
+                for _ in range(20):
+                    statuses.append(c.request("GET", "/h").status)
+            finally:
+                c.close()
+        except Exception as e:  # noqa: BLE001
+            statuses.append(repr(e))
+
+
+def test_changing_redis_refuses_nothing_while_the_new_link_connects():
+    """on_redis_failure = "deny": a reload that moves to another Redis, or
+    changes only key_prefix, must not answer 503 while a link connects: the
+    old link serves until the new one is up."""
+    from harness import RedisServer
+    with RedisServer() as r1, RedisServer() as r2, Upstream(record=False) as up, \
+            Flowgate(_rl(r1, "one:"), upstream=up) as fg:
+        eq(fg.get("/").status, 200, "warm")
+        stop, statuses = threading.Event(), []
+        t = threading.Thread(target=_hammer, args=(fg, stop, statuses))
+        t.start()
+        try:
+            for i in range(6):
+                server = r2 if i % 2 == 0 else r1
+                write_config(fg, _rl(server, "p%d:" % i))
+                hup(fg, failed=False)
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            t.join(30)
+        bad = [s for s in statuses if s != 200]
+        eq(bad[:5], [], "answers other than 200 during Redis changes")
+        check(len(statuses) > 50, "too few requests (%d)" % len(statuses))
+        evals = lambda r: int((re.search(r"cmdstat_evalsha:calls=(\d+)",
+                                         str(r.command("INFO", "commandstats"))) or [0, "0"])[1])
+        check(evals(r1) > 0 and evals(r2) > 0, "both Redis decided (%d, %d script calls)"
+              % (evals(r1), evals(r2)))
+
+
+def test_failed_reload_moves_neither_logs_nor_admin():
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        moved = os.path.join(tmpdir(), "access-moved.log")
+        try:
+            write_config(fg, {"listen": {"https": ["127.0.0.1:%d" % fg.https_port],
+                                         "http": ["127.0.0.1:%d" % fg.http_port],
+                                         "admin": "127.0.0.1:%d" % busy.getsockname()[1]},
+                              "log": {"access": moved, "error": fg.error_path,
+                                      "level": "debug"}})
+            hup(fg, failed=True)
+        finally:
+            busy.close()
+        eq(fg.get("/still-old").status, 200, "serving")
+        eventually("logged to the old access log",
+                   lambda: "/still-old" in open(fg.access_path).read())
+        check(not os.path.exists(moved) or "/still-old" not in open(moved).read(),
+              "a failed reload moved the access log")
