@@ -99,7 +99,9 @@ static void conn_free(struct conn *c)
         struct req *r = c->r;
         size_t unsent = c->io ? io_pending_out(c->io) : 0;
         r->bytes_out = r->bytes_out > unsent ? r->bytes_out - unsent : 0;
-        if (r->error_code == NULL || (unsent > 0 && c->state == CONN_FLUSHING))
+        if (w->tearing_down && (r->error_code == NULL || unsent > 0))
+            r->error_code = "shutdown"; /* cut by the shutdown timeout */
+        else if (r->error_code == NULL || (unsent > 0 && c->state == CONN_FLUSHING))
             r->error_code = c->io && c->io->err == ETIMEDOUT ? "send timeout" : "client closed";
         log_request(r);
     }
@@ -170,10 +172,12 @@ void conn_resume_read(struct conn *c)
 static void closing_step(struct conn *c)
 {
     io_flush(c->io);
-    if (io_pending_out(c->io) > 0)
+    if (io_pending_out(c->io) > 0 && !c->io->error)
         return; /* conn_write_cb comes back once the socket took them */
-    if (c->w->stopping) {
-        conn_close(c, false); /* the process is leaving: no lingering */
+    if (c->w->stopping || c->io->eof || c->io->error) {
+        /* Leaving, or the client already closed its side: nothing to
+         * linger for. */
+        conn_close(c, false);
         return;
     }
     c->state = CONN_LINGER;
@@ -507,6 +511,12 @@ static void conn_event_cb(struct io *io, int what, void *arg)
         process_input(c);
     } else if (c->state == CONN_TUNNEL && (what & IO_EOF)) {
         proxy_tunnel_client_eof(c);
+    } else if (c->state == CONN_FLUSHING && what == IO_EOF) {
+        /* The client half-closed after its request and may still be
+         * reading: the complete response goes out, then the connection
+         * closes (the send timeout bounds the wait). */
+        c->r->close_after = true;
+        conn_pause_read(c);
     } else if (what & (IO_EOF | IO_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
             c->w->stats.tls_failures++;

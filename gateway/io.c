@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
+#include <linux/sockios.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -72,6 +74,15 @@ static void set_interest(struct event *ev, bool *on, bool want)
 /* The write event carries the send timeout: libevent restarts a persistent
  * event's timeout each time it fires, so it measures the time since the
  * socket last became writable. */
+/* Bytes the kernel still holds for the peer (sent and unacknowledged, or
+ * not sent yet); -1 when it cannot say. */
+static int send_queue(const struct io *io)
+{
+    int n;
+
+    return ioctl(io->fd, SIOCOUTQ, &n) == 0 ? n : -1;
+}
+
 static void set_wev(struct io *io, bool on)
 {
     if (on == io->wev_on)
@@ -79,9 +90,10 @@ static void set_wev(struct io *io, bool on)
     io->wev_on = on;
     if (!on)
         event_del(&io->wev);
-    else if (io->phase == IO_PHASE_OPEN && timerisset(&io->send_timeout))
+    else if (io->phase == IO_PHASE_OPEN && timerisset(&io->send_timeout)) {
+        io->outq_mark = send_queue(io);
         event_add(&io->wev, &io->send_timeout);
-    else
+    } else
         event_add(&io->wev, NULL);
 }
 
@@ -453,8 +465,16 @@ static void io_rev_cb(evutil_socket_t fd, short what, void *arg)
         handshake(io);
     } else {
         if (io->write_wants_read) {
+            /* The write waited on this read: what it drained is reported
+             * like any other, or a caller waiting for the output to drain
+             * (a response's last bytes) would wait for ever. */
+            size_t before = evbuffer_get_length(io->out);
             io->write_wants_read = false;
             io_flush(io);
+            size_t after = evbuffer_get_length(io->out);
+            if (!io->dead && !io->error && after < before && after <= io->write_low &&
+                io->write_cb)
+                io->write_cb(io, io->arg);
         }
         if (!io->dead && !io->error)
             do_read(io);
@@ -491,8 +511,18 @@ static void io_wev_cb(evutil_socket_t fd, short what, void *arg)
 
     io->busy++;
     if ((what & (EV_TIMEOUT | EV_WRITE)) == EV_TIMEOUT) {
-        io->err = ETIMEDOUT; /* the peer took no byte for send_timeout */
-        report(io, IO_ERROR);
+        /* The kernel reports the socket writable only once its queue has
+         * drained well down: a peer that reads slowly but steadily shrinks
+         * the queue without a write event. That is progress; only a queue
+         * that did not shrink for send_timeout is a peer that stopped. (The
+         * persistent event's timeout repeats by itself.) */
+        int q = send_queue(io);
+        if (q >= 0 && io->outq_mark >= 0 && q < io->outq_mark) {
+            io->outq_mark = q;
+        } else {
+            io->err = ETIMEDOUT;
+            report(io, IO_ERROR);
+        }
     } else if (io->phase == IO_PHASE_CONNECTING) {
         connected(io);
     } else if (io->phase == IO_PHASE_HANDSHAKE) {
@@ -504,11 +534,15 @@ static void io_wev_cb(evutil_socket_t fd, short what, void *arg)
         }
         size_t before = evbuffer_get_length(io->out);
         if (!io->dead && !io->error && before > 0 && !io->write_wants_read) {
-            if (write_out(io) < 0)
+            if (write_out(io) < 0) {
                 report(io, IO_ERROR);
-            else if (evbuffer_get_length(io->out) <= io->write_low &&
-                     evbuffer_get_length(io->out) < before && io->write_cb)
-                io->write_cb(io, io->arg);
+            } else {
+                if (io->wev_on && timerisset(&io->send_timeout))
+                    io->outq_mark = send_queue(io); /* the queue as just refilled */
+                if (evbuffer_get_length(io->out) <= io->write_low &&
+                    evbuffer_get_length(io->out) < before && io->write_cb)
+                    io->write_cb(io, io->arg);
+            }
         } else if (!io->dead && before == 0) {
             set_wev(io, io->read_wants_write);
         }

@@ -67,6 +67,7 @@ struct io {
     size_t write_low;         /* write_cb once waiting output drains to this */
     size_t read_size;         /* bytes asked for per read(2) on a plain socket */
     struct timeval send_timeout; /* longest wait for the socket to take bytes; 0 = none */
+    int outq_mark;            /* the kernel's send queue when last seen to move (-1: unknown) */
     int err;                  /* errno of a failed connect or write, for the user */
     enum io_phase phase;
     unsigned busy;            /* callbacks on the stack */

@@ -556,6 +556,7 @@ void worker_join(struct worker *w)
 
 void worker_free(struct worker *w)
 {
+    w->tearing_down = true;
     while (w->conns) {
         struct conn *c = w->conns;
         c->refs = 0;

@@ -93,6 +93,7 @@ struct worker {
     uint64_t rid_state;             /* request id generator state */
     uint64_t conn_serial;
     bool stopping;
+    bool tearing_down;              /* worker_free: what is left is cut by the shutdown timeout */
     struct worker_stats stats;
     struct jwtauth_cache *jwt_cache; /* verified tokens; created on first use */
     struct rl_worker *rl;           /* rate-limit state and Redis link; NULL when off */

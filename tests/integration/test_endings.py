@@ -313,3 +313,69 @@ def test_lingering_close_delivers_the_answer_to_a_client_still_sending():
             check(c.wait_closed(10), "connection not closed")
         finally:
             c.close()
+
+
+def test_slow_but_steady_reader_is_not_cut_by_the_send_timeout():
+    """send_timeout_ms = 1000 and a client that takes 8 KiB every 50 ms of a
+    body far larger than the kernel holds: the kernel reports the socket
+    writable only once its queue has drained far down (seconds at this pace),
+    yet the client never stopped reading. It is not cut."""
+    n = 20000000
+    cfg = {"limits": {"send_timeout_ms": 1000}}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        c = slow_conn(fg)
+        try:
+            c.send("GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % n)
+            r = c.read_head()
+            eq(r.status, 200, "status")
+            got, started = len(c.buf), time.monotonic()
+            c.sock.settimeout(5)
+            while time.monotonic() - started < 6:
+                try:
+                    data = c.sock.recv(8192)
+                except (ConnectionError, OSError):
+                    data = b""
+                check(data, "cut after %.1f s of steady reading (%d bytes)"
+                      % (time.monotonic() - started, got))
+                got += len(data)
+                time.sleep(0.05)
+        finally:
+            c.close()
+        e = log_for(fg, "/bytes/%d" % n)
+        check(e.get("error") != "send timeout", "logged as a send timeout: %r" % e)
+
+
+def test_half_closed_client_still_gets_the_whole_response():
+    """A client that shuts its write side after its request (it has nothing
+    more to send) while the response is still going out gets all of it."""
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        n = kernel_capacity(fg) + 128 * 1024
+        c = slow_conn(fg)
+        try:
+            c.send("GET /bytes/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % n)
+            r = c.read_head()
+            eq(r.status, 200, "status")
+            time.sleep(1.5)  # the upstream has finished; the tail waits in flowgate
+            socket.socket.shutdown(c.sock, socket.SHUT_WR)  # a TCP FIN under the TLS
+            body = read_all_body(c, r, n)
+            eq(sha256(body), sha256(pattern(n)), "body digest")
+            check(c.wait_closed(5), "connection not closed after the response")
+        finally:
+            c.close()
+        e = log_for(fg, "/bytes/%d" % n)
+        check(e.get("error") is None, "logged as cut: %r" % e)
+
+
+def test_tunnel_closed_by_the_client_closes_at_once():
+    from test_previews import ws_open
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c, r, _ = ws_open(fg, "localhost")
+        try:
+            eq(r.status, 101, "upgrade")
+            socket.socket.shutdown(c.sock, socket.SHUT_WR)
+            started = time.monotonic()
+            check(c.wait_closed(4), "tunnel not closed after the client's FIN")
+            check(time.monotonic() - started < 2, "closed only after %.1f s"
+                  % (time.monotonic() - started))
+        finally:
+            c.close()

@@ -82,6 +82,8 @@ def test_shutdown_timeout_cuts_a_request_that_outlives_it():
               % elapsed)
         check(_closed(c, 5), "the cut request's connection is closed")
         fg.proc = None
+        cut = [e for e in fg.access_log() if e.get("path") == "/slow/20000"]
+        eq([e.get("error") for e in cut], ["shutdown"], "the cut request's log line")
 
 
 def _readyz(fg):
