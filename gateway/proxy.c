@@ -227,7 +227,14 @@ static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer
 
 /* ---- failures before a response -------------------------------------- */
 
-static bool may_retry(const struct conn *c, bool was_reused, const char *kind)
+/* Failures after which the next server is tried (nginx's failure mask):
+ * a timeout is not, since another try would double the client's wait. */
+#define UP_RETRY_MASK                                                                              \
+    ((1u << UP_FAIL_REFUSED) | (1u << UP_FAIL_ERROR) | (1u << UP_FAIL_CLOSED) |                    \
+     (1u << UP_FAIL_BAD_RESPONSE))
+
+/* The one place that decides between another try and the failure answer. */
+static bool may_retry(const struct conn *c, bool was_reused, enum upstream_fail fail)
 {
     const struct req *r = c->r;
     size_t nservers = r->pool->u->nservers;
@@ -236,35 +243,36 @@ static bool may_retry(const struct conn *c, bool was_reused, const char *kind)
         return false; /* body bytes are gone upstream: cannot replay them */
     if (was_reused)
         return r->attempts <= nservers + 1; /* a stale pooled connection */
-    return strcmp(kind, "timeout") != 0 && r->attempts < nservers;
+    return (UP_RETRY_MASK & (1u << fail)) && r->attempts < nservers;
 }
 
-static void upstream_failed(struct conn *c, bool was_reused, const char *kind)
+static void upstream_failed(struct conn *c, bool was_reused, enum upstream_fail fail)
 {
     struct req *r = c->r;
 
     c->w->stats.upstream_errors++;
-    if (may_retry(c, was_reused, kind)) {
+    if (may_retry(c, was_reused, fail)) {
         connect_upstream(c, false);
         return;
     }
-    log_warn("upstream %s: %s (request %s)", r->pool->u->name, kind, r->request_id);
-    r->error_code = kind;
+    log_warn("upstream %s: %s (request %s)", r->pool->u->name, upstream_fail_str(fail),
+             r->request_id);
+    r->error_code = upstream_fail_str(fail);
     if (r->response_started) {
         conn_close(c, true);
         return;
     }
-    respond_error(r, strcmp(kind, "timeout") == 0 ? FG_ERR_GATEWAY_TIMEOUT : FG_ERR_BAD_GATEWAY,
-                  NULL);
+    bool timeout = fail == UP_FAIL_CONNECT_TIMEOUT || fail == UP_FAIL_READ_TIMEOUT;
+    respond_error(r, timeout ? FG_ERR_GATEWAY_TIMEOUT : FG_ERR_BAD_GATEWAY, NULL);
 }
 
 /* Drop the link to the upstream, then fail the request. */
-static void fail_link(struct conn *c, const char *kind)
+static void fail_link(struct conn *c, enum upstream_fail fail)
 {
     bool reused = c->up ? c->up->reused : false;
 
     proxy_abort(c);
-    upstream_failed(c, reused, kind);
+    upstream_failed(c, reused, fail);
 }
 
 /* ---- request body: client -> upstream --------------------------------- */
@@ -420,16 +428,16 @@ static void send_continue(struct conn *c)
     }
 }
 
-static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void *arg)
+static void on_upstream_ready(struct upconn *uc, enum upstream_fail fail, void *arg)
 {
     struct conn *c = arg;
 
     conn_hold(c);
-    if (ok != 0) {
+    if (fail != UP_FAIL_NONE) {
         bool reused = uc->reused;
         upstream_close(uc);
         c->up = NULL;
-        upstream_failed(c, reused, kind);
+        upstream_failed(c, reused, fail);
         conn_release(c);
         return;
     }
@@ -445,7 +453,7 @@ static void on_upstream_ready(struct upconn *uc, int ok, const char *kind, void 
     uc->io->write_low = PROXY_WRITE_LOW;
     io_enable_read(uc->io);
     if (write_request_head(c, uc, uc->io->out) < 0) {
-        fail_link(c, "error");
+        fail_link(c, UP_FAIL_ERROR);
         conn_release(c);
         return;
     }
@@ -470,9 +478,9 @@ static void connect_upstream(struct conn *c, bool allow_pooled)
      * it through proxy_abort, so no callback can reach a freed connection. */
     c->up = upstream_get(pool, on_upstream_ready, c, allow_pooled, &ready);
     if (c->up == NULL)
-        upstream_failed(c, false, "error");
+        upstream_failed(c, false, UP_FAIL_ERROR);
     else if (ready)
-        on_upstream_ready(c->up, 0, NULL, c);
+        on_upstream_ready(c->up, UP_FAIL_NONE, c);
 }
 
 /*
@@ -792,7 +800,7 @@ static void up_event_cb(struct io *io, int what, void *arg)
         goto out;
     if (!c->r->resp_head_done) {
         /* Whatever was received is not a complete head: nothing can be relayed. */
-        fail_link(c, evbuffer_get_length(io->in) ? "bad response" : "closed");
+        fail_link(c, evbuffer_get_length(io->in) ? UP_FAIL_BAD_RESPONSE : UP_FAIL_CLOSED);
         goto out;
     }
     c->r->up_eof = true;
@@ -809,7 +817,7 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
     conn_hold(c);
     if (!c->r->resp_head_done) {
         proxy_abort(c);
-        upstream_failed(c, false, "timeout");
+        upstream_failed(c, false, UP_FAIL_READ_TIMEOUT);
     } else {
         response_truncated(c, "upstream read timeout");
     }

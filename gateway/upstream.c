@@ -415,19 +415,32 @@ static size_t pick_server(struct upstream_pool *p)
     return p->next++ % n;
 }
 
-static void connect_done(struct upconn *uc, int ok, const char *kind)
+const char *upstream_fail_str(enum upstream_fail f)
+{
+    switch (f) {
+    case UP_FAIL_NONE: return "none";
+    case UP_FAIL_REFUSED: return "refused";
+    case UP_FAIL_CONNECT_TIMEOUT: return "timeout";
+    case UP_FAIL_ERROR: return "error";
+    case UP_FAIL_CLOSED: return "closed";
+    case UP_FAIL_BAD_RESPONSE: return "bad response";
+    case UP_FAIL_READ_TIMEOUT: return "timeout";
+    }
+    return "?";
+}
+
+static void connect_done(struct upconn *uc, enum upstream_fail fail)
 {
     upconn_ready_cb cb = uc->ready_cb;
     void *arg = uc->ready_arg;
 
     event_del(uc->timer);
-    if (ok == 0) {
+    if (fail == UP_FAIL_NONE)
         uc->state = UPCONN_ACTIVE;
-    } else if (strcmp(kind, "refused") == 0) {
+    else if (fail == UP_FAIL_REFUSED)
         upstream_mark_down(uc);
-    }
     if (cb)
-        cb(uc, ok, kind, arg);
+        cb(uc, fail, arg);
 }
 
 static void connect_event_cb(struct io *io, int what, void *arg)
@@ -437,15 +450,15 @@ static void connect_event_cb(struct io *io, int what, void *arg)
     if (what & IO_CONNECTED) {
         int one = 1;
         setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        connect_done(uc, 0, NULL);
+        connect_done(uc, UP_FAIL_NONE);
         return;
     }
-    connect_done(uc, -1, io->err == ECONNREFUSED ? "refused" : "error");
+    connect_done(uc, io->err == ECONNREFUSED ? UP_FAIL_REFUSED : UP_FAIL_ERROR);
 }
 
 static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
-    connect_done(arg, -1, "timeout");
+    connect_done(arg, UP_FAIL_CONNECT_TIMEOUT);
 }
 
 static struct upconn *pooled(struct upstream_pool *p)

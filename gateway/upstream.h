@@ -60,9 +60,22 @@ enum upconn_state {
     UPCONN_IDLE = 2,    /* in the pool */
 };
 
-/* Called when a connect attempt finished: OK (0) or failed (-1, errno-like
- * reason in ERR_KIND: "refused", "timeout", "error"). */
-typedef void (*upconn_ready_cb)(struct upconn *uc, int ok, const char *err_kind, void *arg);
+/* Why an exchange with an upstream failed before its response was complete.
+ * The access log's error field is upstream_fail_str(). */
+enum upstream_fail {
+    UP_FAIL_NONE = 0,            /* connected / no failure */
+    UP_FAIL_REFUSED = 1,         /* connect refused: the server is marked down */
+    UP_FAIL_CONNECT_TIMEOUT = 2, /* no connect within connect_timeout_ms */
+    UP_FAIL_ERROR = 3,           /* any other socket error, or no memory */
+    UP_FAIL_CLOSED = 4,          /* closed or reset before a response head */
+    UP_FAIL_BAD_RESPONSE = 5,    /* bytes that are not a response head, then closed */
+    UP_FAIL_READ_TIMEOUT = 6,    /* no response head within read_timeout_ms */
+};
+const char *upstream_fail_str(enum upstream_fail f);
+
+/* Called when a connect attempt finished: FAIL is UP_FAIL_NONE when
+ * connected, else UP_FAIL_REFUSED, UP_FAIL_CONNECT_TIMEOUT or UP_FAIL_ERROR. */
+typedef void (*upconn_ready_cb)(struct upconn *uc, enum upstream_fail fail, void *arg);
 
 struct upconn {
     struct upstream_pool *pool;
