@@ -18,9 +18,9 @@
 
 #include "admin.h"
 #include "h1.h"
-#include "jwtauth.h"
-#include "ratelimit.h"
+#include "stage.h"
 #include "tls.h"
+#include "worker.h"
 
 #define ADMIN_HEAD_MAX 8192
 
@@ -63,29 +63,6 @@ static uint64_t sum(const struct admin *a, size_t offset)
         total += __atomic_load_n(p, __ATOMIC_RELAXED);
     }
     return total;
-}
-
-/* JWT outcomes: verified (and how many from the cache) and each rejection
- * reason, appended at BODY + LEN. Returns the new length. */
-static size_t jwt_metrics(const struct admin *a, char *body, size_t len, size_t cap)
-{
-    len += (size_t)snprintf(body + len, cap - len,
-                            "# TYPE flowgate_jwt_verified_total counter\n"
-                            "flowgate_jwt_verified_total %llu\n"
-                            "# TYPE flowgate_jwt_cache_hits_total counter\n"
-                            "flowgate_jwt_cache_hits_total %llu\n"
-                            "# TYPE flowgate_jwt_rejections_total counter\n",
-                            (unsigned long long)sum(a, offsetof(struct worker_stats, jwt_verified)),
-                            (unsigned long long)sum(a, offsetof(struct worker_stats,
-                                                                jwt_cache_hits)));
-    for (int i = JWTAUTH_OK + 1; i < JWTAUTH__COUNT && len < cap; i++) {
-        size_t off = offsetof(struct worker_stats, jwt_rejections) + (size_t)i * sizeof(uint64_t);
-        len += (size_t)snprintf(body + len, cap - len,
-                                "flowgate_jwt_rejections_total{reason=\"%s\"} %llu\n",
-                                jwtauth_result_str((enum jwtauth_result)i),
-                                (unsigned long long)sum(a, off));
-    }
-    return len;
 }
 
 /* A Prometheus label value: backslash, quote and newline escaped, cut to fit. */
@@ -160,10 +137,15 @@ static void metrics(struct admin *a, struct bufferevent *bev)
              (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
              (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
-    size_t len = jwt_metrics(a, body, (size_t)n, sizeof(body));
-    if (len < sizeof(body))
-        len += ratelimit_metrics(a->st->cfg, a->workers, a->nworkers, body + len,
-                                 sizeof(body) - len);
+    size_t len = (size_t)n;
+    struct evbuffer *eb = evbuffer_new();
+    for (const struct stage *const *s = stage_table; eb && *s; s++)
+        if ((*s)->metrics)
+            (*s)->metrics(a->st->cfg, a->workers, a->nworkers, eb);
+    if (eb && len < sizeof(body))
+        len += evbuffer_remove(eb, body + len, sizeof(body) - 1 - len);
+    body[len] = '\0';
+    evbuffer_free(eb);
     if (len < sizeof(body))
         reload_metrics(a, body + len, sizeof(body) - len);
     reply(bev, 200, "text/plain; version=0.0.4", body);
@@ -179,11 +161,17 @@ static void metrics(struct admin *a, struct bufferevent *bev)
 static void readyz(struct admin *a, struct bufferevent *bev)
 {
     bool ready = a->phase == ADMIN_SERVING;
-    char body[128];
+    char body[512];
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"listeners\":\"%s\"",
+                     ready ? "ready" : "draining", a->phase == ADMIN_STOPPING ? "closed" : "up");
 
-    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"listeners\":\"%s\",\"redis\":\"%s\"}",
-             ready ? "ready" : "draining", a->phase == ADMIN_STOPPING ? "closed" : "up",
-             ratelimit_redis_state(a->st->cfg, a->workers, a->nworkers));
+    /* The dependencies the stages report (Redis), for the operator's eye. */
+    for (const struct stage *const *s = stage_table; *s; s++)
+        if ((*s)->health && n > 0 && (size_t)n < sizeof(body))
+            n += snprintf(body + n, sizeof(body) - (size_t)n, ",\"%s\":\"%s\"",
+                          (*s)->health_name, (*s)->health(a->st->cfg, a->workers, a->nworkers));
+    if (n > 0 && (size_t)n < sizeof(body) - 1)
+        memcpy(body + n, "}", 2);
     reply(bev, ready ? 200 : 503, "application/json", body);
 }
 

@@ -1,17 +1,18 @@
 /*
- * conn.c - client connections: accept, TLS, request heads, stages, finish.
+ * conn.c - HTTP/1.1 client connections: accept, PROXY header, TLS, finding
+ * request heads, keep-alive, closing.
  *
  * Every callback that may close the connection holds a reference for its
  * duration (conn_hold/conn_release): conn_close() only marks the connection,
  * and the memory goes when the last reference is dropped, so no code up the
- * stack ever touches freed memory.
+ * stack ever touches freed memory. What a request does is req.c's: this
+ * file carries it (struct req_conn_ops) and passes the socket's events on.
  */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -21,31 +22,11 @@
 #include <openssl/ssl.h>
 
 #include "conn.h"
-#include "cors.h"
-#include "jwtauth.h"
-#include "log.h"
-#include "preview.h"
 #include "proxy.h"
 #include "proxyproto.h"
-#include "ratelimit.h"
-#include "respond.h"
-#include "route.h"
-#include "upstream.h"
-#include "uri.h"
+#include "req.h"
+#include "tls.h"
 #include "worker.h"
-
-static enum stage_verdict route_checks(struct req *r);
-static const struct stage route_stage = {"route", route_checks};
-
-/* The stages after routing, in order.
- * CORS comes first, before the route's own checks: a preflight is answered
- * before a method list, a token or a limit is looked at, and flowgate's 404
- * and 405 carry the CORS headers like every other response. */
-/* The preview stage comes last: a request refused by a token or a limit
- * never costs a DNS query (random preview names cannot flood the resolver
- * past the rate limit). */
-const struct stage *const conn_stages[] = {&cors_stage,      &route_stage,   &jwtauth_stage,
-                                           &ratelimit_stage, &preview_stage, NULL};
 
 static void conn_read_cb(struct io *io, void *arg);
 static void conn_write_cb(struct io *io, void *arg);
@@ -61,13 +42,10 @@ const char *conn_state_str(enum conn_state st)
     case CONN_PROXY_HEADER: return "proxy_header";
     case CONN_HANDSHAKE: return "handshake";
     case CONN_READ_HEAD: return "read_head";
-    case CONN_STAGES: return "stages";
-    case CONN_PROXYING: return "proxying";
-    case CONN_RESPONDING: return "responding";
+    case CONN_IDLE: return "idle";
+    case CONN_REQUEST: return "request";
     case CONN_CLOSING: return "closing";
-    case CONN_FLUSHING: return "flushing";
     case CONN_LINGER: return "linger";
-    case CONN_TUNNEL: return "tunnel";
     }
     return "?";
 }
@@ -77,41 +55,25 @@ void conn_hold(struct conn *c)
     c->refs++;
 }
 
-static void req_release_pool(struct req *r)
+/* How the connection's end cuts a request still in flight. */
+static enum req_end end_reason(const struct conn *c)
 {
-    if (r->pool_held) {
-        r->pool_held = false;
-        upstream_pool_release(r->pool);
-    }
-    r->pool = NULL;
+    if (c->w->tearing_down)
+        return REQ_END_SHUTDOWN;
+    if (c->io && c->io->err == ETIMEDOUT)
+        return REQ_END_SEND_TIMEOUT;
+    return REQ_END_CLIENT_CLOSED;
 }
-
-static void log_request(struct req *r);
 
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
 
-    if (c->r && c->r->in_flight) {
-        /* The connection ends before its request was logged: the client
-         * left, a timeout fired, or the response was cut. What never left
-         * the output buffer was not sent. */
-        struct req *r = c->r;
-        size_t unsent = c->io ? io_pending_out(c->io) : 0;
-        r->bytes_out = r->bytes_out > unsent ? r->bytes_out - unsent : 0;
-        if (w->tearing_down && (r->error_code == NULL || unsent > 0))
-            r->error_code = "shutdown"; /* cut by the shutdown timeout */
-        else if (r->error_code == NULL || (unsent > 0 && c->state == CONN_FLUSHING))
-            r->error_code = c->io && c->io->err == ETIMEDOUT ? "send timeout" : "client closed";
-        log_request(r);
+    if (c->r) {
+        req_finish(c->r, end_reason(c)); /* a no-op once it was finished */
+        req_put(c->r);
+        c->r = NULL;
     }
-    if (c->r && c->r->stage_cancel) {
-        c->r->stage_cancel(c->r->stage_cancel_arg);
-        c->r->stage_cancel = NULL;
-    }
-    proxy_abort(c);
-    if (c->r)
-        req_release_pool(c->r);
     event_del(&c->timer);
     if (c->pp_ev) {
         event_free(c->pp_ev);
@@ -125,31 +87,33 @@ static void conn_free(struct conn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    if (c->r)
-        reqbuf_put(w, c->r->rb);
     worker_snap_release(w, c->snap);
     free(c);
     worker_conn_closed(w);
 }
 
+/* The last reference frees a closed connection, and gives an idle one's
+ * request buffer back to the worker: a callback up the stack may still
+ * touch the request that just finished, never after this. */
 void conn_release(struct conn *c)
 {
-    if (--c->refs == 0 && c->closed)
+    if (--c->refs > 0)
+        return;
+    if (c->closed) {
         conn_free(c);
+    } else if (c->state == CONN_IDLE && c->r != NULL) {
+        req_put(c->r);
+        c->r = NULL;
+    }
 }
 
-void conn_set_timer(struct conn *c, uint32_t ms)
+static void conn_set_timer(struct conn *c, uint32_t ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     event_add(&c->timer, &tv);
 }
 
-void conn_clear_timer(struct conn *c)
-{
-    event_del(&c->timer);
-}
-
-void conn_pause_read(struct conn *c)
+static void conn_pause_read(struct conn *c)
 {
     if (!c->read_paused) {
         c->read_paused = true;
@@ -157,7 +121,7 @@ void conn_pause_read(struct conn *c)
     }
 }
 
-void conn_resume_read(struct conn *c)
+static void conn_resume_read(struct conn *c)
 {
     if (c->read_paused && !c->closed) {
         c->read_paused = false;
@@ -167,13 +131,16 @@ void conn_resume_read(struct conn *c)
 
 #define LINGER_MS 5000 /* longest a closing connection reads and drops the client's bytes */
 
-/* The last bytes are out: shut the write side, then read and drop what the
- * client still sends until it closes or LINGER_MS pass (RFC 9112 9.6). */
+/* The last bytes are out: the request they ended is finished, then the
+ * write side shut, then what the client still sends is read and dropped
+ * until it closes or LINGER_MS pass (RFC 9112 9.6). */
 static void closing_step(struct conn *c)
 {
     io_flush(c->io);
     if (io_pending_out(c->io) > 0 && !c->io->error)
         return; /* conn_write_cb comes back once the socket took them */
+    if (c->r && !c->io->error)
+        req_finish(c->r, REQ_END_ABORTED); /* a no-op once it was finished */
     if (c->w->stopping || c->io->eof || c->io->error) {
         /* Leaving, or the client already closed its side: nothing to
          * linger for. */
@@ -195,10 +162,9 @@ void conn_close(struct conn *c, bool flush)
          * client sends now can matter. The client's pace is bounded by the
          * socket's send timeout, never by a total. */
         c->state = CONN_CLOSING;
-        proxy_abort(c);
         conn_pause_read(c);
         c->io->write_low = 0;
-        conn_clear_timer(c);
+        event_del(&c->timer);
         closing_step(c);
         return;
     }
@@ -209,64 +175,96 @@ void conn_close(struct conn *c, bool flush)
         io_disable_read(c->io);
 }
 
-#define REQBUF_KEEP 64 /* free request buffers a worker keeps */
+/* ---- what a request sees of its connection (struct req_conn_ops) -------- */
 
-static struct reqbuf *reqbuf_get(struct worker *w, size_t max_headers)
+static void ops_hold(void *conn)
 {
-    struct reqbuf **pp = &w->reqbufs;
-
-    for (; *pp; pp = &(*pp)->next) {
-        if ((*pp)->max_headers >= max_headers) {
-            struct reqbuf *rb = *pp;
-            *pp = rb->next;
-            w->nreqbufs--;
-            rb->next = NULL;
-            return rb;
-        }
-    }
-    struct reqbuf *rb = malloc(sizeof(*rb) + (max_headers + 1) * sizeof(rb->hdrs[0]));
-    if (rb == NULL)
-        return NULL;
-    rb->next = NULL;
-    rb->max_headers = max_headers;
-    rb->head_cap = 2048;
-    rb->head = malloc(rb->head_cap);
-    if (rb->head == NULL) {
-        free(rb);
-        return NULL;
-    }
-    return rb;
+    conn_hold(conn);
 }
 
-static void reqbuf_destroy(struct reqbuf *rb)
+static void ops_release(void *conn)
 {
-    free(rb->head);
-    free(rb);
+    conn_release(conn);
 }
 
-void reqbuf_put(struct worker *w, struct reqbuf *rb)
+static void ops_flush(void *conn)
 {
-    if (rb == NULL)
-        return;
-    /* A buffer grown for one huge head is not kept for everyone. */
-    if (w->nreqbufs >= REQBUF_KEEP || rb->head_cap > 8192) {
-        reqbuf_destroy(rb);
-        return;
-    }
-    rb->next = w->reqbufs;
-    w->reqbufs = rb;
-    w->nreqbufs++;
+    struct conn *c = conn;
+
+    if (!c->closed)
+        io_flush(c->io);
 }
 
-void reqbuf_free_all(struct worker *w)
+static void ops_pause_read(void *conn)
 {
-    while (w->reqbufs) {
-        struct reqbuf *rb = w->reqbufs;
-        w->reqbufs = rb->next;
-        reqbuf_destroy(rb);
-    }
-    w->nreqbufs = 0;
+    conn_pause_read(conn);
 }
+
+static void ops_resume_read(void *conn)
+{
+    conn_resume_read(conn);
+}
+
+static void ops_set_timer(void *conn, uint32_t ms)
+{
+    conn_set_timer(conn, ms);
+}
+
+static void ops_clear_timer(void *conn)
+{
+    event_del(&((struct conn *)conn)->timer);
+}
+
+static size_t ops_pending_out(void *conn)
+{
+    struct conn *c = conn;
+
+    return c->io ? io_pending_out(c->io) : 0;
+}
+
+static void request_sent(struct conn *c);
+
+/* The response is complete in the output: it goes out, then the request is
+ * finished (request_sent). Nothing the client sends meanwhile is read when
+ * the connection is to close. */
+static void ops_done(void *conn)
+{
+    struct conn *c = conn;
+
+    event_del(&c->timer);
+    if (req_ends_connection(c->r))
+        conn_pause_read(c);
+    c->io->write_low = 0;
+    io_flush(c->io);
+    if (io_pending_out(c->io) == 0)
+        request_sent(c);
+}
+
+static void ops_close(void *conn, bool flush)
+{
+    conn_close(conn, flush);
+}
+
+static const char *ops_tls_version(void *conn)
+{
+    struct conn *c = conn;
+
+    return c->io && c->io->ssl ? tls_version_str(c->io->ssl) : NULL;
+}
+
+static const struct req_conn_ops conn_ops = {
+    .hold = ops_hold,
+    .release = ops_release,
+    .flush = ops_flush,
+    .pause_read = ops_pause_read,
+    .resume_read = ops_resume_read,
+    .set_timer = ops_set_timer,
+    .clear_timer = ops_clear_timer,
+    .pending_out = ops_pending_out,
+    .done = ops_done,
+    .close = ops_close,
+    .tls_version = ops_tls_version,
+};
 
 static struct io *conn_make_io(struct conn *c, int fd)
 {
@@ -397,8 +395,6 @@ static void conn_proxy_header_cb(evutil_socket_t fd, short what, void *arg)
     conn_start(c);
 }
 
-static void req_reset(struct req *r);
-
 /* Between requests, a connection moves to the worker's current snapshot
  * (a reload happened since its last request). A held request buffer sized
  * for the old limits goes back. */
@@ -410,57 +406,49 @@ static void conn_refresh_snap(struct conn *c)
     c->snap = worker_snap_hold(c->w);
     c->cfg = c->snap->cfg;
     if (c->r && c->r->rb->max_headers < c->cfg->limits.max_headers) {
-        reqbuf_put(c->w, c->r->rb);
+        req_put(c->r);
         c->r = NULL;
     }
 }
 
 /* A request begins: it takes a buffer from the worker, unless it follows
- * another in a pipeline (the buffer is still held). */
-static struct req *req_acquire(struct conn *c)
+ * another in a pipeline (the buffer is still held). NULL when out of
+ * memory (the connection is then closed). */
+static struct req *conn_begin_request(struct conn *c)
 {
     conn_refresh_snap(c);
-    if (c->r == NULL) {
-        struct reqbuf *rb = reqbuf_get(c->w, c->cfg->limits.max_headers);
-        if (rb == NULL)
-            return NULL;
-        c->r = &rb->r;
-        c->r->rb = rb;
-        c->r->c = c;
-    }
-    return c->r;
-}
-
-/* A request that failed before its head parsed still gets a request id, a
- * client address and a start time for its error response and log line. */
-static int req_begin_unparsed(struct conn *c)
-{
-    if (req_acquire(c) == NULL) {
+    if (c->r == NULL && (c->r = req_get(c->w, c->cfg->limits.max_headers)) == NULL) {
         conn_close(c, false);
-        return -1;
+        return NULL;
     }
-    req_reset(c->r);
-    c->r->in_flight = true;
-    gettimeofday(&c->r->start, NULL);
-    memcpy(c->r->client_ip, c->peer_ip, sizeof(c->r->client_ip));
-    worker_request_id(c->w, c->r->request_id);
-    return 0;
+    struct req *r = c->r;
+    r->ops = &conn_ops;
+    r->conn = c;
+    r->in = c->io->in;
+    r->out = c->io->out;
+    r->w = c->w;
+    r->snap = c->snap;
+    r->cfg = c->cfg;
+    r->peer_ip = c->peer_ip;
+    r->peer = &c->peer.sa;
+    r->local_port = c->local_port;
+    r->tls = c->tls;
+    req_begin(r);
+    c->state = CONN_REQUEST;
+    return r;
 }
 
 /* Bytes of the head seen so far decide: 408 when a partial head timed out,
  * a silent close when nothing was sent (idle keep-alive, preconnect). */
 static void head_timeout(struct conn *c)
 {
-    size_t pending = evbuffer_get_length(c->io->in);
-
-    if (pending == 0 || c->idle || c->state == CONN_HANDSHAKE) {
+    if (c->state != CONN_READ_HEAD || evbuffer_get_length(c->io->in) == 0) {
         conn_close(c, false);
         return;
     }
-    if (req_begin_unparsed(c) < 0)
-        return;
-    c->r->close_after = true;
-    respond_error(c->r, FG_ERR_TIMEOUT, NULL);
+    struct req *r = conn_begin_request(c);
+    if (r != NULL)
+        req_refuse(r, FG_ERR_TIMEOUT, NULL);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -469,28 +457,15 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
     conn_hold(c);
     switch (c->state) {
-    case CONN_PROXY_HEADER:
-        conn_close(c, false);
-        break;
     case CONN_HANDSHAKE:
     case CONN_READ_HEAD:
+    case CONN_IDLE:
         head_timeout(c);
         break;
-    case CONN_PROXYING:
-    case CONN_STAGES:
-        /* The request body stalled for body_timeout_ms. */
-        if (!c->r->response_started) {
-            c->r->close_after = true;
-            respond_error(c->r, FG_ERR_TIMEOUT, NULL);
-        } else {
-            conn_close(c, true);
-        }
+    case CONN_REQUEST:
+        req_timeout(c->r);
         break;
-    case CONN_TUNNEL:
-        proxy_tunnel_timeout(c);
-        break;
-    case CONN_RESPONDING:
-    case CONN_FLUSHING:
+    case CONN_PROXY_HEADER:
     case CONN_CLOSING:
     case CONN_LINGER:
         conn_close(c, false);
@@ -509,22 +484,12 @@ static void conn_event_cb(struct io *io, int what, void *arg)
         c->w->stats.tls_handshakes++;
         c->state = CONN_READ_HEAD;
         process_input(c);
-    } else if (c->state == CONN_TUNNEL && (what & IO_EOF)) {
-        proxy_tunnel_client_eof(c);
-    } else if (c->state == CONN_FLUSHING && what == IO_EOF) {
-        /* The client half-closed after its request and may still be
-         * reading: the complete response goes out, then the connection
-         * closes (the send timeout bounds the wait). */
-        c->r->close_after = true;
-        conn_pause_read(c);
+    } else if (c->state == CONN_REQUEST &&
+               (what == IO_EOF || ((what & IO_EOF) && c->r->state == REQ_TUNNEL))) {
+        req_client_eof(c->r);
     } else if (what & (IO_EOF | IO_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
             c->w->stats.tls_failures++;
-        if (c->state == CONN_PROXYING && c->r->body == BODY_PENDING && !c->r->response_started &&
-            (what & IO_EOF)) {
-            /* The client ended its body early: nothing complete to forward. */
-            proxy_abort(c);
-        }
         conn_close(c, false);
     }
     conn_release(c);
@@ -537,327 +502,66 @@ static void conn_read_cb(struct io *io, void *arg)
     conn_hold(c);
     switch (c->state) {
     case CONN_READ_HEAD:
+    case CONN_IDLE:
         process_input(c);
         break;
-    case CONN_PROXYING:
-        proxy_client_readable(c);
-        break;
-    case CONN_TUNNEL:
-        proxy_tunnel_pump(c);
+    case CONN_REQUEST:
+        req_readable(c->r);
         break;
     case CONN_CLOSING:
         evbuffer_drain(io->in, evbuffer_get_length(io->in));
         break;
-    default:
-        /* FLUSHING: a pipelined request waits until this response is out. */
-        /* STAGES / RESPONDING: leave it buffered (the read watermark stops
-         * reading once PROXY_READ_HIGH bytes wait). */
+    case CONN_PROXY_HEADER:
+    case CONN_HANDSHAKE:
+    case CONN_LINGER:
         break;
     }
     conn_release(c);
 }
-
-static void request_sent(struct conn *c);
 
 static void conn_write_cb(struct io *io, void *arg)
 {
     struct conn *c = arg;
 
     conn_hold(c);
-    if (c->state == CONN_CLOSING) {
+    switch (c->state) {
+    case CONN_CLOSING:
         closing_step(c);
-    } else if (c->state == CONN_FLUSHING) {
-        if (io_pending_out(io) == 0)
-            request_sent(c);
-    } else if (c->state == CONN_PROXYING) {
-        proxy_client_writable(c);
-    } else if (c->state == CONN_TUNNEL) {
-        proxy_tunnel_pump(c);
-    } else if (c->state == CONN_READ_HEAD) {
-        process_input(c);
+        break;
+    case CONN_REQUEST:
+        if (c->r->state == REQ_SENDING) {
+            if (io_pending_out(io) == 0)
+                request_sent(c);
+        } else {
+            req_writable(c->r);
+        }
+        break;
+    case CONN_READ_HEAD:
+    case CONN_IDLE:
+        process_input(c); /* a pipelining client that did not read has now */
+        break;
+    case CONN_PROXY_HEADER:
+    case CONN_HANDSHAKE:
+    case CONN_LINGER:
+        break;
     }
     conn_release(c);
 }
 
-/* ---- request head ---------------------------------------------------- */
-
-static void req_reset(struct req *r)
-{
-    struct conn *c = r->c;
-    struct reqbuf *rb = r->rb;
-
-    /* Only the scalar part: the buffers after it are reset by their length
-     * fields, not rewritten on every request. */
-    memset(r, 0, offsetof(struct req, scratch_begin));
-    r->host[0] = r->request_id[0] = r->client_ip[0] = '\0';
-    r->upstream_addr[0] = r->user_buf[0] = r->tier_buf[0] = '\0';
-    r->c = c;
-    r->cfg = c->cfg;
-    r->rb = rb;
-    r->upstream_ms = -1;
-}
-
-/* Copy the head out of the input buffer into the request's own buffer: the
- * header slices then stay valid however the input buffer changes. */
-static int take_head(struct conn *c, size_t len)
-{
-    struct req *r = c->r;
-
-    /* The normalised path follows the head: it is never longer than the
-     * raw target, which is inside the head. */
-    if (2 * len + 1 > r->rb->head_cap) {
-        char *p = realloc(r->rb->head, 2 * len + 1);
-        if (p == NULL)
-            return -1;
-        r->rb->head = p;
-        r->rb->head_cap = 2 * len + 1;
-    }
-    evbuffer_remove(c->io->in, r->rb->head, len);
-    r->head_len = len;
-    r->path = r->rb->head + len;
-    return 0;
-}
-
-static bool valid_request_id(const char *s, size_t n)
-{
-    if (n == 0 || n > 128)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
-            return false;
-    }
-    return true;
-}
-
-static bool is_trusted(const struct conn *c, const char *ip, size_t len)
-{
-    if (c->cfg->trusted_proxies.n == 0)
-        return false;
-    if (ip == NULL)
-        return cidr_set_contains(&c->cfg->trusted_proxies, &c->peer.sa);
-    return cidr_set_contains_text(&c->cfg->trusted_proxies, ip, len);
-}
-
-/*
- * The real client: the peer, unless the peer is a trusted proxy, in which
- * case X-Forwarded-For is walked from the right, skipping trusted hops; the
- * first untrusted address is the client.
- */
-static void find_client(struct req *r, bool peer_trusted)
-{
-    struct conn *c = r->c;
-
-    memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
-    if (!peer_trusted)
-        return;
-    const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
-    if (xff == NULL)
-        return;
-    r->xff_prior = xff->value;
-    r->xff_prior_len = xff->value_len;
-    size_t end = xff->value_len;
-    while (end > 0) {
-        size_t start = end;
-        while (start > 0 && xff->value[start - 1] != ',')
-            start--;
-        size_t a = start, b = end;
-        while (a < b && (xff->value[a] == ' ' || xff->value[a] == '\t'))
-            a++;
-        while (b > a && (xff->value[b - 1] == ' ' || xff->value[b - 1] == '\t'))
-            b--;
-        if (b > a && b - a < sizeof(r->client_ip)) {
-            unsigned char probe[sizeof(struct in6_addr)];
-            char ip[INET6_ADDRSTRLEN];
-            memcpy(ip, xff->value + a, b - a);
-            ip[b - a] = '\0';
-            if (inet_pton(AF_INET, ip, probe) != 1 && inet_pton(AF_INET6, ip, probe) != 1)
-                return; /* junk in the list: stop trusting it here */
-            memcpy(r->client_ip, ip, b - a + 1);
-            if (!is_trusted(c, ip, b - a))
-                return;
-        }
-        end = start > 0 ? start - 1 : 0;
-    }
-}
-
-static void assign_request_id(struct req *r, bool peer_trusted)
-{
-    const struct h1_header *h =
-        peer_trusted ? h1_find(r->h.headers, r->h.nheaders, "X-Request-Id") : NULL;
-
-    if (h && valid_request_id(h->value, h->value_len)) {
-        memcpy(r->request_id, h->value, h->value_len);
-        r->request_id[h->value_len] = '\0';
-        return;
-    }
-    worker_request_id(r->c->w, r->request_id);
-}
-
-static enum fg_error map_h1(enum h1_status st)
-{
-    return st == H1_HEAD_TOO_LARGE ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST;
-}
-
-/* Host and path: normalised before anything routes on them. */
-static int normalise_target(struct req *r)
-{
-    int port = -1;
-
-    r->host_len = 0;
-    r->host[0] = '\0';
-    if (r->h.host) {
-        ssize_t n = route_host_normalize(r->h.host, r->h.host_len, r->host, sizeof(r->host), &port);
-        if (n < 0)
-            return -1;
-        r->host_len = (size_t)n;
-    }
-    r->host_port = port;
-    ssize_t n = uri_normalize_path(r->h.path, r->h.path_len, r->path, r->head_len + 1);
-    if (n < 0)
-        return -1;
-    r->path_len = (size_t)n;
-    return 0;
-}
-
-static void run_stages(struct req *r);
-
-/*
- * A preview host: the whole pattern, a valid {name}, and no port other than
- * the listener's own (a Host naming another port is not addressed to us as
- * a preview). Only the validated name is kept for the upstream template.
- */
-static bool match_preview(struct req *r)
-{
-    if (r->host_len == 0 || (r->host_port != -1 && r->host_port != r->c->local_port))
-        return false;
-    return route_preview_name(&r->cfg->previews, r->host, r->host_len, r->preview_name,
-                              sizeof(r->preview_name)) >= 0;
-}
-
-/* Choose the route (NULL when none), then run the stages. The preview
- * pattern comes first: it is more specific than any host-less route. Its
- * pool is chosen by the preview stage once the name resolves. */
-static void dispatch(struct req *r)
-{
-    if (match_preview(r)) {
-        r->preview = true;
-        r->route = &r->cfg->preview_route;
-    } else {
-        r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
-        if (r->route)
-            r->pool = &r->c->snap->pools[r->route->upstream->index];
-    }
-    r->c->state = CONN_STAGES;
-    run_stages(r);
-}
-
-/* A declared body over the limit: 413 before a byte of it is read. No
- * route: 404. A method the route does not list: 405 with the route's Allow
- * (RFC 9110 section 15.5.6). Later stages always have a route. */
-static enum stage_verdict route_checks(struct req *r)
-{
-    const struct fg_route *rt = r->route;
-
-    if (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length > r->cfg->limits.max_body_bytes) {
-        respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
-        return STAGE_ANSWERED;
-    }
-    if (rt == NULL) {
-        respond_error(r, FG_ERR_NOT_FOUND, NULL);
-        return STAGE_ANSWERED;
-    }
-    if (rt->methods && (r->h.method < 0 || r->h.method > 63 ||
-                        !(rt->methods & (UINT64_C(1) << r->h.method)))) {
-        char allow[512];
-        snprintf(allow, sizeof(allow), "Allow: %s\r\n", rt->allow);
-        respond_error(r, FG_ERR_METHOD, allow);
-        return STAGE_ANSWERED;
-    }
-    return STAGE_NEXT;
-}
-
-/* Parse the head in R's buffer, then find the client and the request id,
- * which a request refused for its head also gets, for its answer and log. */
-static enum h1_status parse_head(struct req *r, size_t head_len)
-{
-    struct conn *c = r->c;
-
-    r->h.headers = r->rb->hdrs;
-    enum h1_status st =
-        h1_parse_request(&r->h, r->rb->head, head_len, c->cfg->limits.underscores_in_headers);
-    bool parsed = st == H1_OK || st == H1_EXPECTATION; /* every field is set */
-    bool trusted = is_trusted(c, NULL, 0);
-    if (parsed) {
-        find_client(r, trusted);
-        /* Content-Length: 0 is a body already complete: nothing is left unread. */
-        r->body = r->h.framing == H1_FRAMING_NONE ||
-                          (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length == 0)
-                      ? BODY_NONE
-                      : BODY_PENDING;
-    } else {
-        memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
-    }
-    assign_request_id(r, parsed && trusted);
-    return st;
-}
-
-static void handle_head(struct conn *c, size_t head_len)
-{
-    struct req *r = req_acquire(c);
-
-    if (r == NULL) {
-        conn_close(c, false);
-        return;
-    }
-    req_reset(r);
-    r->in_flight = true;
-    gettimeofday(&r->start, NULL);
-    r->h.headers = NULL;
-    r->h.max_headers = c->cfg->limits.max_headers;
-    if (take_head(c, head_len) < 0) {
-        conn_close(c, false);
-        return;
-    }
-    enum h1_status st = parse_head(r, head_len);
-    if (st != H1_OK && st != H1_EXPECTATION) {
-        r->error_code = r->h.reason;
-        respond_error(r, map_h1(st), NULL);
-        return;
-    }
-    if (normalise_target(r) < 0) {
-        r->error_code = "bad path or host";
-        respond_error(r, FG_ERR_BAD_REQUEST, NULL);
-        return;
-    }
-    if (st == H1_EXPECTATION) {
-        /* 417. A body left unread closes the connection after it
-         * (send_own); without one the connection carries on. */
-        r->error_code = r->h.reason;
-        respond_error(r, FG_ERR_EXPECTATION, NULL);
-        return;
-    }
-    if (!c->tls) {
-        respond_redirect(r);
-        return;
-    }
-    dispatch(r);
-}
-
-/* Look for a complete head in the input; act on it or on its absence. */
+/* Look for a complete head in the input; hand it to a new request, or
+ * refuse what cannot become one. */
 static void process_input(struct conn *c)
 {
     struct evbuffer *in = c->io->in;
     size_t len = evbuffer_get_length(in);
     size_t max = c->cfg->limits.max_header_bytes;
 
-    if (c->state != CONN_READ_HEAD || c->closed || len == 0)
+    if (c->closed || len == 0)
         return;
     if (io_pending_out(c->io) > PROXY_WRITE_HIGH)
         return; /* a pipelining client that does not read: wait (conn_write_cb) */
-    if (c->idle) {
-        c->idle = false;
+    if (c->state == CONN_IDLE) {
+        c->state = CONN_READ_HEAD;
         conn_set_timer(c, c->cfg->limits.header_timeout_ms);
     }
     size_t n = len < max ? len : max;
@@ -865,153 +569,46 @@ static void process_input(struct conn *c)
     ssize_t end = h1_head_end(data, n);
     if (end == -2 && len < max)
         return; /* wait for more, under the header timer */
-    conn_clear_timer(c);
-    if (end < 0) {
-        if (req_begin_unparsed(c) < 0)
-            return;
-        c->r->error_code = end == -2 ? "head too large" : "malformed head";
-        respond_error(c->r, end == -2 ? FG_ERR_HEADERS_TOO_LARGE : FG_ERR_BAD_REQUEST, NULL);
+    event_del(&c->timer);
+    struct req *r = conn_begin_request(c);
+    if (r == NULL)
         return;
-    }
-    handle_head(c, (size_t)end);
+    if (end == -2)
+        req_refuse(r, FG_ERR_HEADERS_TOO_LARGE, "head too large");
+    else if (end < 0)
+        req_refuse(r, FG_ERR_BAD_REQUEST, "malformed head");
+    else
+        req_head(r, (size_t)end);
 }
 
-/* ---- stages ----------------------------------------------------------- */
-
-static void run_stages(struct req *r)
-{
-    while (conn_stages[r->stage_idx] != NULL) {
-        const struct stage *s = conn_stages[r->stage_idx++];
-        enum stage_verdict v = s->run(r);
-        if (v == STAGE_ANSWERED || v == STAGE_WAIT)
-            return;
-    }
-    proxy_start(r->c);
-}
-
-void stage_resume(struct req *r, enum stage_verdict verdict)
-{
-    /* An answer has finished the request already: its memory may be back
-     * with the worker, or freed. Nothing of it is touched. */
-    if (verdict == STAGE_ANSWERED)
-        return;
-    struct conn *c = r->c;
-
-    r->stage_cancel = NULL;
-    r->stage_cancel_arg = NULL;
-    if (c->closed || c->state != CONN_STAGES)
-        return;
-    conn_hold(c);
-    if (verdict == STAGE_NEXT)
-        run_stages(r);
-    conn_release(c);
-}
-
-void stage_set_cancel(struct req *r, void (*cancel)(void *arg), void *arg)
-{
-    r->stage_cancel = cancel;
-    r->stage_cancel_arg = arg;
-}
-
-/* ---- finish ----------------------------------------------------------- */
-
-static void log_request(struct req *r)
-{
-    struct conn *c = r->c;
-    struct timeval now;
-
-    gettimeofday(&now, NULL);
-    struct log_access_rec rec = {
-        .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,
-        .request_id = r->request_id,
-        .request_id_len = strlen(r->request_id),
-        .client_ip = r->client_ip,
-        .method = r->h.method_str,
-        .method_len = r->h.method_len,
-        .host = r->host,
-        .host_len = r->host_len,
-        .path = r->path_len ? r->path : NULL,
-        .path_len = r->path_len,
-        .query = r->path_len ? r->h.query : NULL,
-        .query_len = r->h.query_len,
-        .status = r->status,
-        .bytes_in = r->head_len + r->body_seen,
-        .bytes_out = r->bytes_out,
-        .duration_ms = (now.tv_sec - r->start.tv_sec) * 1e3 + (now.tv_usec - r->start.tv_usec) / 1e3,
-        .upstream = r->upstream_addr[0] ? r->upstream_addr : NULL,
-        .upstream_ms = r->upstream_ms,
-        .user = r->user,
-        .user_len = r->user_len,
-        .tier = r->tier,
-        .tls_version = c->tls && c->io && c->io->ssl ? tls_version_str(c->io->ssl) : NULL,
-        .ratelimit = r->ratelimit,
-        .error = r->error_code,
-    };
-    r->in_flight = false;
-    log_access(&rec);
-}
-
-/* Does this connection end after the current response? RFC 9112 9.6: a
- * request that asked to close, a body left unread, or the process draining
- * (the response heads say so too: respond.c, proxy.c). */
-static bool ends_after(const struct conn *c)
-{
-    return c->r->close_after || c->r->body == BODY_PENDING || worker_draining(c->w);
-}
-
-/*
- * The response is complete in the output buffer. Its log line is written
- * once the socket has taken its last byte (request_sent), so a client that
- * leaves or stops reading mid-way is logged as cut, not as served. Nothing
- * the client sends meanwhile is read when the connection is to close.
- */
-void conn_finish_request(struct conn *c)
-{
-    struct req *r = c->r;
-
-    if (r->stage_cancel) {
-        /* Answered while a stage still waited (a timeout): detach it. */
-        r->stage_cancel(r->stage_cancel_arg);
-        r->stage_cancel = NULL;
-    }
-    req_release_pool(r);
-    c->state = CONN_FLUSHING;
-    conn_clear_timer(c);
-    if (ends_after(c))
-        conn_pause_read(c);
-    c->io->write_low = 0;
-    io_flush(c->io);
-    if (io_pending_out(c->io) == 0)
-        request_sent(c);
-}
-
-/* The response's last byte went to the socket: log the request, then serve
- * the next one on this connection or close it. */
+/* The response's last byte went to the socket: the request is finished,
+ * then the next one on this connection is served, or it closes. */
 static void request_sent(struct conn *c)
 {
     struct req *r = c->r;
+    bool ends = req_ends_connection(r);
 
-    log_request(r);
-    c->w->stats.requests++;
+    req_finish(r, REQ_END_SENT);
     c->requests++;
-    if (ends_after(c)) {
+    if (ends) {
         conn_close(c, true);
         return;
     }
     c->io->write_low = PROXY_WRITE_LOW;
-    c->state = CONN_READ_HEAD;
     conn_resume_read(c);
     if (evbuffer_get_length(c->io->in) > 0) {
         /* A pipelined request is already here. Serve it from the loop, not
          * from this stack: a long pipeline must not recurse. */
+        c->state = CONN_READ_HEAD;
         conn_set_timer(c, c->cfg->limits.header_timeout_ms);
         io_trigger_read(c->io);
     } else {
         /* Idle: the request and its buffers go back to the worker until
-         * the next request arrives, so an idle connection holds none. */
-        reqbuf_put(c->w, r->rb);
-        c->r = NULL;
-        c->idle = true;
+         * the next request arrives, so an idle connection holds none
+         * (once no callback holds it: conn_release). */
+        c->state = CONN_IDLE;
         conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
+        conn_hold(c);
+        conn_release(c);
     }
 }

@@ -11,10 +11,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include "conn.h"
 #include "cors.h"
-#include "wbuf.h"
+#include "req.h"
 #include "respond.h"
+#include "wbuf.h"
 
 const char *cors_origin_str(enum cors_origin o)
 {
@@ -272,7 +272,7 @@ static void add_allow_headers(struct req *r, const struct h1_header *origin, boo
         n += elen;
     }
     memcpy(buf + n, "\r\n", 2);
-    respond_add_header(r, buf, n + 2);
+    req_add_header(r, buf, n + 2);
 }
 
 /* ---- the stage ------------------------------------------------------------ */
@@ -295,7 +295,7 @@ static enum cors_origin classify(const struct req *r, const struct h1_header **o
         return CORS_ORIGIN_ABSENT;
     if (cors_origin_allowed(&r->cfg->cors, (*origin)->value, (*origin)->value_len))
         return CORS_ORIGIN_ALLOWED;
-    if (cors_same_origin((*origin)->value, (*origin)->value_len, r->c->tls, r->h.host,
+    if (cors_same_origin((*origin)->value, (*origin)->value_len, r->tls, r->h.host,
                          r->h.host_len))
         return CORS_ORIGIN_SAME;
     return CORS_ORIGIN_REFUSED;
@@ -303,9 +303,7 @@ static enum cors_origin classify(const struct req *r, const struct h1_header **o
 
 static enum stage_verdict refuse(struct req *r, const char *why)
 {
-    r->error_code = why;
-    respond_error(r, FG_ERR_CORS, NULL);
-    return STAGE_ANSWERED;
+    return stage_answer(r, FG_ERR_CORS, why);
 }
 
 /*
@@ -338,10 +336,9 @@ static enum stage_verdict preflight(struct req *r, enum cors_origin o, const str
                      "Access-Control-Allow-Methods: %s\r\n%s%s%sAccess-Control-Max-Age: %u\r\n",
                      methods, hlen ? "Access-Control-Allow-Headers: " : "", headers,
                      hlen ? "\r\n" : "", c->max_age);
-    if (n < 0 || (size_t)n >= sizeof(extra))
+    if (n < 0 || (size_t)n >= sizeof(extra) || req_add_header(r, extra, (size_t)n) < 0)
         return refuse(r, "cors_header");
-    respond_preflight(r, extra);
-    return STAGE_ANSWERED;
+    return stage_answer(r, FG_ANSWER_PREFLIGHT, NULL);
 }
 
 /* GET, HEAD and OPTIONS change nothing (RFC 9110 section 9.2.1): a refused
@@ -351,7 +348,7 @@ static bool is_safe(int method)
     return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS;
 }
 
-static enum stage_verdict cors_run(struct req *r)
+static enum stage_verdict cors_run(struct req *r, stage_resume_fn resume)
 {
     const struct h1_header *origin;
     const struct h1_header *acrm;
@@ -374,4 +371,23 @@ static enum stage_verdict cors_run(struct req *r)
     return STAGE_NEXT;
 }
 
-const struct stage cors_stage = {"cors", cors_run};
+/* Access-Control-* and Vary are the policy's: an upstream's copy never
+ * passes; the policy writes its own (add_allow_headers, cors_vary). */
+static enum stage_header cors_response_header(const struct req *r, const struct h1_header *h)
+{
+    return cors_owns_response_header(r->cfg, h->name, h->name_len) ? STAGE_HDR_DROP
+                                                                   : STAGE_HDR_DEFAULT;
+}
+
+static void cors_vary(const struct req *r, const struct h1_header *hs, size_t n, struct wbuf *b)
+{
+    cors_write_vary(r->cfg, hs, n, b);
+}
+
+const struct stage cors_stage = {
+    .name = "cors",
+    .run = cors_run,
+    .response_header = cors_response_header,
+    .response_end = cors_vary,
+    .response_end_room = sizeof("Vary: , Origin\r\n"),
+};

@@ -14,6 +14,7 @@
  * verify with it.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +26,11 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include "conn.h"
 #include "h1.h"
 #include "jwtauth.h"
+#include "req.h"
 #include "respond.h"
+#include "wbuf.h"
 #include "worker.h"
 
 _Static_assert(sizeof(((struct req *)0)->user_buf) == JWTAUTH_USER_MAX, "user buffer size");
@@ -798,25 +800,47 @@ static enum jwtauth_result find_token(const struct req *r, const char **tok, siz
     return found && *len > 0 ? JWTAUTH_OK : JWTAUTH_MISSING;
 }
 
+/* ---- the stage ------------------------------------------------------------ */
+
+/* A worker's verified-token cache and its counters (written by the worker,
+ * read by the admin thread with relaxed loads: a scrape may be a few
+ * requests behind, never torn). */
+struct jwt_worker {
+    struct jwtauth_cache *cache;         /* created on first use; NULL on OOM */
+    uint64_t verified;                   /* requests admitted with a verified token */
+    uint64_t cache_hits;                 /* ... of which the token cache answered */
+    uint64_t rejections[JWTAUTH__COUNT]; /* 401s by reason */
+};
+
+static void count(uint64_t *c)
+{
+    __atomic_store_n(c, *c + 1, __ATOMIC_RELAXED);
+}
+
 /* 401 with the RFC 6750 section 3 challenge; which check failed goes only to
  * the access log and the counters. */
 static enum stage_verdict reject(struct req *r, enum jwtauth_result res)
 {
-    r->c->w->stats.jwt_rejections[res]++;
-    r->error_code = reasons[res].log;
-    if (res == JWTAUTH_MISSING) /* section 3.1: no error code without a token */
-        respond_error(r, FG_ERR_UNAUTHORIZED, "WWW-Authenticate: Bearer realm=\"flowgate\"\r\n");
-    else
-        respond_error(r, FG_ERR_INVALID_TOKEN,
-                      "WWW-Authenticate: Bearer realm=\"flowgate\", error=\"invalid_token\"\r\n");
-    return STAGE_ANSWERED;
+    static const char missing[] = "WWW-Authenticate: Bearer realm=\"flowgate\"\r\n";
+    static const char invalid[] =
+        "WWW-Authenticate: Bearer realm=\"flowgate\", error=\"invalid_token\"\r\n";
+    struct jwt_worker *jw = stage_worker_data(r->w, &jwtauth_stage);
+
+    if (jw != NULL)
+        count(&jw->rejections[res]);
+    if (res == JWTAUTH_MISSING) { /* section 3.1: no error code without a token */
+        req_add_header(r, missing, sizeof(missing) - 1);
+        return stage_answer(r, FG_ERR_UNAUTHORIZED, reasons[res].log);
+    }
+    req_add_header(r, invalid, sizeof(invalid) - 1);
+    return stage_answer(r, FG_ERR_INVALID_TOKEN, reasons[res].log);
 }
 
 /* The verified identity is copied into the request: it stays valid for the
  * request's whole life whatever happens to the cache meanwhile. */
 static enum stage_verdict accept_identity(struct req *r, const struct jwtauth_identity *id)
 {
-    if (respond_add_upstream_header(r, id->headers, id->headers_len) < 0)
+    if (req_add_upstream_header(r, id->headers, id->headers_len) < 0)
         return reject(r, JWTAUTH_BAD_CLAIM);
     memcpy(r->user_buf, id->user, id->user_len + 1);
     r->user = r->user_buf;
@@ -826,17 +850,10 @@ static enum stage_verdict accept_identity(struct req *r, const struct jwtauth_id
     return STAGE_NEXT;
 }
 
-static struct jwtauth_cache *worker_cache(struct worker *w)
-{
-    if (w->jwt_cache == NULL)
-        w->jwt_cache = jwtauth_cache_new(4096);
-    return w->jwt_cache; /* NULL on OOM: verification goes on uncached */
-}
-
-static enum stage_verdict jwtauth_run(struct req *r)
+static enum stage_verdict jwtauth_run(struct req *r, stage_resume_fn resume)
 {
     enum fg_auth_mode mode = r->route ? r->route->auth : FG_AUTH_NONE;
-    struct worker *w = r->c->w;
+    struct jwt_worker *jw = stage_worker_data(r->w, &jwtauth_stage);
     struct jwtauth_identity id;
     const char *tok = NULL;
     size_t len = 0;
@@ -849,13 +866,95 @@ static enum stage_verdict jwtauth_run(struct req *r)
         return STAGE_NEXT;
     if (res != JWTAUTH_OK)
         return reject(r, res);
-    res = jwtauth_cached_verify(worker_cache(w), r->cfg, tok, len, time(NULL), &id, &hit);
+    if (jw != NULL && jw->cache == NULL)
+        jw->cache = jwtauth_cache_new(4096); /* NULL on OOM: verification goes on uncached */
+    res = jwtauth_cached_verify(jw ? jw->cache : NULL, r->cfg, tok, len, time(NULL), &id, &hit);
     if (res != JWTAUTH_OK)
         return reject(r, res);
-    w->stats.jwt_verified++;
-    if (hit)
-        w->stats.jwt_cache_hits++;
+    if (jw != NULL) {
+        count(&jw->verified);
+        if (hit)
+            count(&jw->cache_hits);
+    }
     return accept_identity(r, &id);
 }
 
-const struct stage jwtauth_stage = {"jwt", jwtauth_run};
+/* The claims flowgate forwards (jwt.forward_claims) are its own to set: a
+ * client's copy never reaches the upstream, on any route. */
+static enum stage_header jwtauth_request_header(const struct req *r, const struct h1_header *h,
+                                                struct wbuf *b)
+{
+    for (size_t i = 0; i < r->cfg->jwt.nforward_claims; i++) {
+        const struct fg_claim_header *fc = &r->cfg->jwt.forward_claims[i];
+        if (h1_token_eq_n(h->name, h->name_len, fc->header, fc->header_len))
+            return STAGE_HDR_DROP;
+    }
+    return STAGE_HDR_DEFAULT;
+}
+
+static int jwtauth_worker_init(struct worker *w, const struct fg_config *cfg, char *err,
+                               size_t errlen)
+{
+    struct jwt_worker *jw = calloc(1, sizeof(*jw));
+
+    if (jw == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    stage_set_worker_data(w, &jwtauth_stage, jw);
+    return 0;
+}
+
+static void jwtauth_worker_free(struct worker *w)
+{
+    struct jwt_worker *jw = stage_worker_data(w, &jwtauth_stage);
+
+    if (jw == NULL)
+        return;
+    stage_set_worker_data(w, &jwtauth_stage, NULL);
+    jwtauth_cache_free(jw->cache);
+    free(jw);
+}
+
+static uint64_t sum(const struct worker *ws, unsigned n, size_t offset)
+{
+    uint64_t total = 0;
+
+    for (unsigned i = 0; i < n; i++) {
+        const struct jwt_worker *jw = stage_worker_data(&ws[i], &jwtauth_stage);
+        if (jw != NULL)
+            total += __atomic_load_n((const uint64_t *)((const char *)jw + offset),
+                                     __ATOMIC_RELAXED);
+    }
+    return total;
+}
+
+/* Verified tokens (and how many the cache answered), rejections by reason. */
+static void jwtauth_metrics(const struct fg_config *cfg, const struct worker *ws, unsigned n,
+                            struct evbuffer *out)
+{
+    evbuffer_add_printf(out,
+                        "# TYPE flowgate_jwt_verified_total counter\n"
+                        "flowgate_jwt_verified_total %llu\n"
+                        "# TYPE flowgate_jwt_cache_hits_total counter\n"
+                        "flowgate_jwt_cache_hits_total %llu\n"
+                        "# TYPE flowgate_jwt_rejections_total counter\n",
+                        (unsigned long long)sum(ws, n, offsetof(struct jwt_worker, verified)),
+                        (unsigned long long)sum(ws, n, offsetof(struct jwt_worker, cache_hits)));
+    for (int i = JWTAUTH_OK + 1; i < JWTAUTH__COUNT; i++)
+        evbuffer_add_printf(
+            out, "flowgate_jwt_rejections_total{reason=\"%s\"} %llu\n",
+            jwtauth_result_str((enum jwtauth_result)i),
+            (unsigned long long)sum(ws, n,
+                                    offsetof(struct jwt_worker, rejections) +
+                                        (size_t)i * sizeof(uint64_t)));
+}
+
+const struct stage jwtauth_stage = {
+    .name = "jwt",
+    .run = jwtauth_run,
+    .request_header = jwtauth_request_header,
+    .worker_init = jwtauth_worker_init,
+    .worker_free = jwtauth_worker_free,
+    .metrics = jwtauth_metrics,
+};

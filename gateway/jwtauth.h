@@ -75,7 +75,6 @@ enum jwtauth_result {
     JWTAUTH_INTERNAL = 23,      /* out of memory, crypto failure */
     JWTAUTH__COUNT
 };
-_Static_assert(JWTAUTH__COUNT == WORKER_JWT_REASONS, "worker_stats.jwt_rejections size");
 
 /* The reason label ("expired", "bad_alg", ...). */
 const char *jwtauth_result_str(enum jwtauth_result res);
@@ -167,7 +166,7 @@ enum jwtauth_result jwtauth_cached_verify(struct jwtauth_cache *cache, struct fg
                                           const char *tok, size_t len, time_t now,
                                           struct jwtauth_identity *id, bool *hit);
 
-/* The request stage (conn_stages[]). */
+/* The request stage (stage.c). */
 extern const struct stage jwtauth_stage;
 
 #endif

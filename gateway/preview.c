@@ -15,11 +15,12 @@
 #include <strings.h>
 #include <netinet/in.h>
 
-#include "conn.h"
 #include "preview.h"
+#include "req.h"
 #include "respond.h"
 #include "resolver.h"
 #include "upstream.h"
+#include "wbuf.h"
 #include "worker.h"
 
 #define PREVIEW_DNS_NAME_MAX 253
@@ -155,34 +156,25 @@ static enum stage_verdict preview_use(struct req *r, enum resolver_status st,
             ((struct sockaddr_in *)&ss)->sin_port = port;
         else
             ((struct sockaddr_in6 *)&ss)->sin6_port = port;
-        r->pool = upstream_preview_pool(r->c->w, &ss);
-        if (r->pool != NULL) {
-            /* Retries reach for it again later: a name that moves meanwhile
-             * may evict it from the table, never from under this request. */
-            upstream_pool_hold(r->pool);
-            r->pool_held = true;
-            return STAGE_NEXT;
-        }
-        r->error_code = "out of memory";
-        respond_error(r, FG_ERR_BAD_GATEWAY, NULL);
-        return STAGE_ANSWERED;
+        r->pool = upstream_preview_pool(r->w, &ss);
+        if (r->pool == NULL)
+            return stage_answer(r, FG_ERR_BAD_GATEWAY, "out of memory");
+        /* Retries reach for it again later: a name that moves meanwhile
+         * may evict it from the table, never from under this request. */
+        upstream_pool_hold(r->pool);
+        r->pool_held = true;
+        return STAGE_NEXT;
     case RESOLVER_NOT_FOUND:
-        r->error_code = "unknown preview";
-        respond_error(r, FG_ERR_NOT_FOUND, NULL);
-        return STAGE_ANSWERED;
+        return stage_answer(r, FG_ERR_NOT_FOUND, "unknown preview");
     case RESOLVER_FAILED:
     case RESOLVER_PENDING: break;
     }
-    r->error_code = "preview resolver failure";
-    r->c->w->stats.upstream_errors++;
-    respond_error(r, FG_ERR_BAD_GATEWAY, NULL);
-    return STAGE_ANSWERED;
+    r->w->stats.upstream_errors++;
+    return stage_answer(r, FG_ERR_BAD_GATEWAY, "preview resolver failure");
 }
 
-static void preview_cancel(void *arg)
+static void preview_cancel(struct req *r)
 {
-    struct req *r = arg;
-
     resolver_cancel(&r->dns_wait);
 }
 
@@ -190,37 +182,88 @@ static void preview_resolved(struct resolver_wait *wt, enum resolver_status st,
                              const struct sockaddr_storage *addr)
 {
     struct req *r = (struct req *)((char *)wt - offsetof(struct req, dns_wait));
-    struct conn *c = r->c;
 
-    stage_set_cancel(r, NULL, NULL); /* the response below may end the request */
-    conn_hold(c);
-    stage_resume(r, preview_use(r, st, addr));
-    conn_release(c);
+    r->dns_resume(r, preview_use(r, st, addr));
 }
 
 /* Previews only: the MVP's upstream name from the validated name alone,
  * resolved (cached, or waited for), then its pool. */
-static enum stage_verdict preview_run(struct req *r)
+static enum stage_verdict preview_run(struct req *r, stage_resume_fn resume)
 {
     const struct fg_previews *pv = &r->cfg->previews;
-    struct worker *w = r->c->w;
+    struct worker *w = r->w;
     struct sockaddr_storage addr;
     char host[PREVIEW_DNS_NAME_MAX + 1];
 
     if (!r->preview)
         return STAGE_NEXT;
     if (w->resolver == NULL || preview_upstream_host(pv->upstream_prefix, r->preview_name,
-                                                     pv->upstream_suffix, host, sizeof(host)) < 0) {
-        r->error_code = "preview upstream name too long";
-        respond_error(r, FG_ERR_NOT_FOUND, NULL);
-        return STAGE_ANSWERED;
-    }
+                                                     pv->upstream_suffix, host, sizeof(host)) < 0)
+        return stage_answer(r, FG_ERR_NOT_FOUND, "preview upstream name too long");
+    r->dns_resume = resume;
     enum resolver_status st =
         resolver_lookup(w->resolver, host, &r->dns_wait, preview_resolved, &addr);
     if (st != RESOLVER_PENDING)
         return preview_use(r, st, &addr);
-    stage_set_cancel(r, preview_cancel, r);
     return STAGE_WAIT;
 }
 
-const struct stage preview_stage = {"preview", preview_run};
+/* A preview is untrusted code: the platform's credentials never reach it.
+ * Authorization goes; Cookie loses the platform's cookies (platform_cookies
+ * and jwt.cookie), the others kept in order, no header when none is left.
+ * Written straight into the head: the stripping needs twice the value's
+ * length as room while it works (the engine reserves it). */
+static enum stage_header preview_request_header(const struct req *r, const struct h1_header *h,
+                                                struct wbuf *b)
+{
+    const struct fg_previews *pv = &r->cfg->previews;
+
+    if (!r->preview || !pv->strip_credentials)
+        return STAGE_HDR_DEFAULT;
+    if (h1_token_eq(h->name, h->name_len, "Authorization"))
+        return STAGE_HDR_DROP;
+    if (!h1_token_eq(h->name, h->name_len, "Cookie"))
+        return STAGE_HDR_DEFAULT;
+    size_t need = h->name_len + 2 + 2 * h->value_len + 2;
+    if (need > b->s.cap - b->s.len) {
+        b->s.overflow = true;
+        return STAGE_HDR_WRITTEN;
+    }
+    char *p = b->s.p + b->s.len;
+    size_t n = preview_strip_cookies(h->value, h->value_len, pv->platform_cookies,
+                                     pv->nplatform_cookies, r->cfg->jwt.cookie, p + h->name_len + 2);
+    if (n == 0)
+        return STAGE_HDR_WRITTEN;
+    memcpy(p, h->name, h->name_len);
+    memcpy(p + h->name_len, ": ", 2);
+    memcpy(p + h->name_len + 2 + n, "\r\n", 2);
+    b->s.len += h->name_len + 2 + n + 2;
+    return STAGE_HDR_WRITTEN;
+}
+
+/* On a preview: the platform frames previews, so no X-Frame-Options ever;
+ * the preview's own CSP passes (every CSP a response carries is enforced, so
+ * it can only narrow flowgate's frame-ancestors); a Set-Cookie for a wider
+ * domain than the preview's own host is dropped. */
+static enum stage_header preview_response_header(const struct req *r, const struct h1_header *h)
+{
+    if (!r->preview)
+        return STAGE_HDR_DEFAULT;
+    if (h1_token_eq(h->name, h->name_len, "X-Frame-Options"))
+        return STAGE_HDR_DROP;
+    if (h1_token_eq(h->name, h->name_len, "Set-Cookie"))
+        return preview_set_cookie_allowed(h->value, h->value_len, r->host, r->host_len)
+                   ? STAGE_HDR_DEFAULT
+                   : STAGE_HDR_DROP;
+    if (h1_token_eq(h->name, h->name_len, "Content-Security-Policy"))
+        return STAGE_HDR_KEEP;
+    return STAGE_HDR_DEFAULT;
+}
+
+const struct stage preview_stage = {
+    .name = "preview",
+    .run = preview_run,
+    .cancel = preview_cancel,
+    .request_header = preview_request_header,
+    .response_header = preview_response_header,
+};

@@ -28,12 +28,11 @@
 
 #include <event2/buffer.h>
 
-#include "conn.h"
-#include "cors.h"
 #include "log.h"
-#include "preview.h"
 #include "proxy.h"
+#include "req.h"
 #include "respond.h"
+#include "stage.h"
 #include "upstream.h"
 #include "wbuf.h"
 #include "worker.h"
@@ -45,10 +44,10 @@ static void up_read_cb(struct io *io, void *arg);
 static void up_write_cb(struct io *io, void *arg);
 static void up_event_cb(struct io *io, int what, void *arg);
 static void up_timeout_cb(evutil_socket_t fd, short what, void *arg);
-static void connect_upstream(struct conn *c, bool allow_pooled);
-static void pump_response(struct conn *c);
-static void arm_up_timer(struct conn *c);
-static void tunnel_start(struct conn *c, struct upconn *uc);
+static void connect_upstream(struct req *r, bool allow_pooled);
+static void pump_response(struct req *r);
+static void arm_up_timer(struct req *r);
+static void tunnel_start(struct req *r, struct upconn *uc);
 
 static void set_up_timer(struct upconn *uc, uint32_t ms)
 {
@@ -56,11 +55,11 @@ static void set_up_timer(struct upconn *uc, uint32_t ms)
     event_add(uc->timer, &tv);
 }
 
-void proxy_abort(struct conn *c)
+void proxy_abort(struct req *r)
 {
-    if (c->up) {
-        upstream_close(c->up);
-        c->up = NULL;
+    if (r->up) {
+    upstream_close(r->up);
+        r->up = NULL;
     }
 }
 
@@ -84,50 +83,17 @@ static bool in_list(const struct hname *list, size_t n, const struct h1_header *
     return false;
 }
 
-static bool drop_request_header(const struct req *r, const struct h1_header *h)
+static bool drop_request_header(const struct h1_header *h)
 {
     static const struct hname fixed[] = {
-        HNAME("Connection"),      HNAME("Keep-Alive"),        HNAME("Proxy-Connection"),
+    HNAME("Connection"),      HNAME("Keep-Alive"),        HNAME("Proxy-Connection"),
         HNAME("TE"),              HNAME("Trailer"),           HNAME("Upgrade"),
         HNAME("Expect"),          HNAME("Content-Length"),    HNAME("X-Forwarded-For"),
         HNAME("X-Forwarded-Proto"), HNAME("X-Forwarded-Host"), HNAME("X-Real-IP"),
         HNAME("X-Request-Id"),    HNAME("Forwarded"),         HNAME("HTTP2-Settings"),
     };
-    static const struct hname authorization = HNAME("Authorization");
 
-    if (in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h))
-        return true;
-    for (size_t i = 0; i < r->cfg->jwt.nforward_claims; i++) {
-        const struct fg_claim_header *fc = &r->cfg->jwt.forward_claims[i];
-        if (h1_token_eq_n(h->name, h->name_len, fc->header, fc->header_len))
-            return true;
-    }
-    /* A preview is untrusted code: the platform's credentials never reach it. */
-    return r->preview && r->cfg->previews.strip_credentials && in_list(&authorization, 1, h);
-}
-
-/* Cookie on a preview request: the platform's cookies (platform_cookies and
- * jwt.cookie) are removed, the others kept in order; nothing left, no
- * header. Written straight into the head; the stripping needs twice the
- * value's length as room while it works. */
-static void write_preview_cookie(const struct req *r, const struct h1_header *h, struct wbuf *b)
-{
-    const struct fg_previews *pv = &r->cfg->previews;
-    size_t need = h->name_len + 2 + 2 * h->value_len + 2;
-
-    if (need > b->s.cap - b->s.len) {
-        b->s.overflow = true;
-        return;
-    }
-    char *p = b->s.p + b->s.len;
-    size_t n = preview_strip_cookies(h->value, h->value_len, pv->platform_cookies,
-                                     pv->nplatform_cookies, r->cfg->jwt.cookie, p + h->name_len + 2);
-    if (n == 0)
-        return;
-    memcpy(p, h->name, h->name_len);
-    memcpy(p + h->name_len, ": ", 2);
-    memcpy(p + h->name_len + 2 + n, "\r\n", 2);
-    b->s.len += h->name_len + 2 + n + 2;
+    return in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h);
 }
 
 /* Is NAME listed in one of the message's Connection headers? Framing and
@@ -153,19 +119,18 @@ static bool named_by_connection(const struct h1_header *hs, size_t n, const stru
 #define REQUEST_HEAD_ADDED 768
 
 /* Returns 0, or -1 when the head could not be written (no memory). */
-static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer *out)
+static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer *out)
 {
-    struct req *r = c->r;
     const struct h1_request *h = &r->h;
     const char *server = h->host ? NULL : upstream_server_text(uc);
-    bool strip_cookies = r->preview && r->cfg->previews.strip_credentials;
     bool conn_lists = h->connection;
     struct wbuf b;
 
     /* Every header comes from the head as received, so its length bounds
-     * them (twice over while preview cookies are stripped). */
+     * them, twice over for a stage that rewrites one (preview cookies need
+     * twice a value's length while they are stripped). */
     wbuf_begin(&b, out,
-               r->head_len * (strip_cookies ? 2 : 1) + r->path_len + h->query_len +
+               r->head_len * 2 + r->path_len + h->query_len +
                    r->xff_prior_len + h->host_len + r->up_extra_len +
                    (server ? strlen(server) : 0) + REQUEST_HEAD_ADDED);
     /* An HTTP/1.0 client cannot read a chunked response: ask the upstream in
@@ -174,7 +139,7 @@ static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer
     wbuf_lit(&b, " ");
     wbuf_put(&b, r->path, r->path_len);
     if (h->query) {
-        wbuf_lit(&b, "?");
+    wbuf_lit(&b, "?");
         wbuf_put(&b, h->query, h->query_len);
     }
     if (h->version_minor == 0)
@@ -182,30 +147,28 @@ static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer
     else
         wbuf_lit(&b, " HTTP/1.1\r\n");
     for (size_t i = 0; i < h->nheaders; i++) {
-        const struct h1_header *hd = &h->headers[i];
-        if (drop_request_header(r, hd) ||
+    const struct h1_header *hd = &h->headers[i];
+        if (drop_request_header(hd) ||
             (conn_lists && named_by_connection(h->headers, h->nheaders, hd)))
             continue;
-        if (strip_cookies && h1_token_eq(hd->name, hd->name_len, "Cookie")) {
-            write_preview_cookie(r, hd, &b);
-            continue;
-        }
-        wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
+        enum stage_header v = stages_request_header(r, hd, &b);
+        if (v == STAGE_HDR_DEFAULT || v == STAGE_HDR_KEEP)
+            wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
     }
     if (server)
         wbuf_header(&b, "Host", 4, server, strlen(server));
     if (h->framing == H1_FRAMING_LENGTH) {
-        wbuf_lit(&b, "Content-Length: ");
+    wbuf_lit(&b, "Content-Length: ");
         wbuf_u64(&b, h->content_length);
         wbuf_lit(&b, "\r\n");
     }
     wbuf_lit(&b, "X-Forwarded-For: ");
     if (r->xff_prior) {
-        wbuf_put(&b, r->xff_prior, r->xff_prior_len);
+    wbuf_put(&b, r->xff_prior, r->xff_prior_len);
         wbuf_lit(&b, ", ");
     }
-    wbuf_str(&b, c->peer_ip);
-    if (c->tls)
+    wbuf_str(&b, r->peer_ip);
+    if (r->tls)
         wbuf_lit(&b, "\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ");
     else
         wbuf_lit(&b, "\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
@@ -234,55 +197,52 @@ static int write_request_head(struct conn *c, struct upconn *uc, struct evbuffer
      (1u << UP_FAIL_BAD_RESPONSE))
 
 /* The one place that decides between another try and the failure answer. */
-static bool may_retry(const struct conn *c, bool was_reused, enum upstream_fail fail)
+static bool may_retry(const struct req *r, bool was_reused, enum upstream_fail fail)
 {
-    const struct req *r = c->r;
     size_t nservers = r->pool->u->nservers;
 
-    if (r->body_seen > 0 || r->resp_head_done)
+    if (r->body_seen > 0 || r->resp == RESP_STARTED)
         return false; /* body bytes are gone upstream: cannot replay them */
     if (was_reused)
         return r->attempts <= nservers + 1; /* a stale pooled connection */
     return (UP_RETRY_MASK & (1u << fail)) && r->attempts < nservers;
 }
 
-static void upstream_failed(struct conn *c, bool was_reused, enum upstream_fail fail)
+static void upstream_failed(struct req *r, bool was_reused, enum upstream_fail fail)
 {
-    struct req *r = c->r;
-
-    c->w->stats.upstream_errors++;
-    if (may_retry(c, was_reused, fail)) {
-        connect_upstream(c, false);
+    r->w->stats.upstream_errors++;
+    if (may_retry(r, was_reused, fail)) {
+    connect_upstream(r, false);
         return;
     }
     log_warn("upstream %s: %s (request %s)", r->pool->u->name, upstream_fail_str(fail),
              r->request_id);
     r->error_code = upstream_fail_str(fail);
-    if (r->response_started) {
-        conn_close(c, true);
+    if (r->resp == RESP_STARTED) {
+    req_abort(r, true);
         return;
     }
     bool timeout = fail == UP_FAIL_CONNECT_TIMEOUT || fail == UP_FAIL_READ_TIMEOUT;
-    respond_error(r, timeout ? FG_ERR_GATEWAY_TIMEOUT : FG_ERR_BAD_GATEWAY, NULL);
+    req_answer(r, timeout ? FG_ERR_GATEWAY_TIMEOUT : FG_ERR_BAD_GATEWAY);
 }
 
 /* Drop the link to the upstream, then fail the request. */
-static void fail_link(struct conn *c, enum upstream_fail fail)
+static void fail_link(struct req *r, enum upstream_fail fail)
 {
-    bool reused = c->up ? c->up->reused : false;
+    bool reused = r->up ? r->up->reused : false;
 
-    proxy_abort(c);
-    upstream_failed(c, reused, fail);
+    proxy_abort(r);
+    upstream_failed(r, reused, fail);
 }
 
 /* ---- request body: client -> upstream --------------------------------- */
 
-static void request_body_done(struct conn *c)
+static void request_body_done(struct req *r)
 {
-    c->r->body = BODY_NONE;
-    conn_clear_timer(c);
-    if (c->up && !c->r->resp_head_done)
-        set_up_timer(c->up, c->up->pool->u->read_timeout_ms);
+    r->body = BODY_NONE;
+    r->ops->clear_timer(r->conn);
+    if (r->up && r->resp == RESP_NONE)
+        set_up_timer(r->up, r->up->pool->u->read_timeout_ms);
 }
 
 /*
@@ -294,10 +254,10 @@ static void request_body_done(struct conn *c)
 static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
 {
     if (used <= 4096) {
-        evbuffer_add(out, data, used);
+    evbuffer_add(out, data, used);
         evbuffer_drain(in, used);
     } else {
-        evbuffer_remove_buffer(in, out, used);
+    evbuffer_remove_buffer(in, out, used);
     }
 }
 
@@ -316,7 +276,7 @@ static void move_body(struct evbuffer *in, struct evbuffer *out, const char *dat
     size_t tail = used - cut->off - cut->len;
 
     if (cut->len == 0) {
-        move_bytes(in, out, data, used);
+    move_bytes(in, out, data, used);
         return;
     }
     /* Each step leaves the bytes still to move in DATA's chain, so DATA
@@ -328,62 +288,61 @@ static void move_body(struct evbuffer *in, struct evbuffer *out, const char *dat
         move_bytes(in, out, data + cut->off + cut->len, tail);
 }
 
-static void move_request_body(struct conn *c)
+static void move_request_body(struct req *r)
 {
-    struct req *r = c->r;
-    struct evbuffer *in = c->io->in;
+    struct evbuffer *in = r->in;
 
-    /* While connecting, c->up is held but not yet ours (owner unset): body
+    /* While connecting, r->up is held but not yet ours (owner unset): body
      * bytes written now would reach the upstream before the request head. */
-    if (r->body != BODY_PENDING || c->up == NULL || c->up->owner != c)
+    if (r->body != BODY_PENDING || r->up == NULL || r->up->owner != r)
         return;
-    struct evbuffer *out = c->up->io->out;
+    struct evbuffer *out = r->up->io->out;
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
+    struct evbuffer_iovec v;
         struct h1_cut cut;
         size_t used = 0;
         evbuffer_peek(in, -1, NULL, &v, 1);
         enum h1_body_status st = h1_body_feed_cut(&r->h.parser, v.iov_base, v.iov_len, &used, &cut);
         if (st == H1_BODY_ERROR) {
             r->error_code = "bad request body framing";
-            proxy_abort(c);
-            if (r->response_started)
-                conn_close(c, false);
+            proxy_abort(r);
+            if (r->resp == RESP_STARTED)
+                req_abort(r, false);
             else
-                respond_error(r, FG_ERR_BAD_REQUEST, NULL);
+                req_answer(r, FG_ERR_BAD_REQUEST);
             return;
         }
         r->body_seen += used;
         if (r->body_seen > r->cfg->limits.max_body_bytes) {
-            proxy_abort(c);
-            if (r->response_started)
-                conn_close(c, false);
+            proxy_abort(r);
+            if (r->resp == RESP_STARTED)
+                req_abort(r, false);
             else
-                respond_error(r, FG_ERR_BODY_TOO_LARGE, NULL);
+                req_answer(r, FG_ERR_BODY_TOO_LARGE);
             return;
         }
         move_body(in, out, v.iov_base, used, &cut);
         if (st == H1_BODY_DONE) {
-            request_body_done(c);
+            request_body_done(r);
             return;
         }
     }
-    conn_set_timer(c, r->cfg->limits.body_timeout_ms);
+    r->ops->set_timer(r->conn, r->cfg->limits.body_timeout_ms);
 }
 
 /* Move what the client sent of its body, then send it (and any head
  * before it) upstream. */
-static void pump_request(struct conn *c)
+static void pump_request(struct req *r)
 {
-    move_request_body(c);
-    if (c->up && c->up->owner == c)
-        io_flush(c->up->io);
+    move_request_body(r);
+    if (r->up && r->up->owner == r)
+        io_flush(r->up->io);
 }
 
-void proxy_client_readable(struct conn *c)
+void proxy_client_readable(struct req *r)
 {
-    if (c->r->body == BODY_PENDING && c->up)
-        pump_request(c);
+    if (r->body == BODY_PENDING && r->up)
+        pump_request(r);
 }
 
 /*
@@ -392,95 +351,92 @@ void proxy_client_readable(struct conn *c)
  * taking the upstream's bytes (backpressure): that wait is the client's, and
  * only the client's send timeout runs (io_set_send_timeout).
  */
-static void arm_up_timer(struct conn *c)
+static void arm_up_timer(struct req *r)
 {
-    struct upconn *uc = c->up;
+    struct upconn *uc = r->up;
 
-    if (uc == NULL || c->closed || c->state != CONN_PROXYING)
+    if (uc == NULL || r->state != REQ_UPSTREAM)
         return;
-    if (c->r->resp_head_done && io_pending_out(c->io) >= PROXY_WRITE_HIGH)
+    if (r->resp == RESP_STARTED && r->ops->pending_out(r->conn) >= PROXY_WRITE_HIGH)
         event_del(uc->timer);
     else
         set_up_timer(uc, uc->pool->u->read_timeout_ms);
 }
 
-void proxy_client_writable(struct conn *c)
+void proxy_client_writable(struct req *r)
 {
-    if (c->r->resp_head_done && c->up) {
-        pump_response(c);
-        arm_up_timer(c);
+    if (r->resp == RESP_STARTED && r->up) {
+    pump_response(r);
+        arm_up_timer(r);
     }
 }
 
 /* ---- connecting -------------------------------------------------------- */
 
-static void send_continue(struct conn *c)
+static void send_continue(struct req *r)
 {
-    struct req *r = c->r;
-
     /* RFC 9110 10.1.1: the client waits for 100 before sending its body.
      * flowgate says it once the request is going to be forwarded. */
     if (r->h.expect_continue && r->body == BODY_PENDING && !r->expect_sent &&
-        evbuffer_get_length(c->io->in) == 0) {
-        evbuffer_add(c->io->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_get_length(r->in) == 0) {
+    evbuffer_add(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         r->expect_sent = true;
-        io_flush(c->io);
+        req_flush(r);
     }
 }
 
 static void on_upstream_ready(struct upconn *uc, enum upstream_fail fail, void *arg)
 {
-    struct conn *c = arg;
+    struct req *r = arg;
 
-    conn_hold(c);
+    req_hold(r);
     if (fail != UP_FAIL_NONE) {
-        bool reused = uc->reused;
+    bool reused = uc->reused;
         upstream_close(uc);
-        c->up = NULL;
-        upstream_failed(c, reused, fail);
-        conn_release(c);
+        r->up = NULL;
+        upstream_failed(r, reused, fail);
+        req_release(r);
         return;
     }
-    c->up = uc;
-    uc->owner = c;
+    r->up = uc;
+    uc->owner = r;
     const char *addr = upstream_server_text(uc);
-    size_t len = strnlen(addr, sizeof(c->r->upstream_addr) - 1);
-    memcpy(c->r->upstream_addr, addr, len);
-    c->r->upstream_addr[len] = '\0';
-    gettimeofday(&c->r->up_start, NULL);
-    event_assign(uc->timer, c->w->base, -1, 0, up_timeout_cb, uc);
+    size_t len = strnlen(addr, sizeof(r->upstream_addr) - 1);
+    memcpy(r->upstream_addr, addr, len);
+    r->upstream_addr[len] = '\0';
+    gettimeofday(&r->up_start, NULL);
+    event_assign(uc->timer, r->w->base, -1, 0, up_timeout_cb, uc);
     io_setcb(uc->io, up_read_cb, up_write_cb, up_event_cb, uc);
     uc->io->write_low = PROXY_WRITE_LOW;
     io_enable_read(uc->io);
-    if (write_request_head(c, uc, uc->io->out) < 0) {
-        fail_link(c, UP_FAIL_ERROR);
-        conn_release(c);
+    if (write_request_head(r, uc, uc->io->out) < 0) {
+    fail_link(r, UP_FAIL_ERROR);
+        req_release(r);
         return;
     }
-    send_continue(c);
-    if (c->r->body == BODY_PENDING) {
-        pump_request(c);
+    send_continue(r);
+    if (r->body == BODY_PENDING) {
+    pump_request(r);
     } else {
-        request_body_done(c);
+    request_body_done(r);
         io_flush(uc->io);
     }
-    conn_release(c);
+    req_release(r);
 }
 
-static void connect_upstream(struct conn *c, bool allow_pooled)
+static void connect_upstream(struct req *r, bool allow_pooled)
 {
-    struct req *r = c->r;
     struct upstream_pool *pool = r->pool;
     bool ready = false;
 
     r->attempts++;
     /* Held while connecting too: a client that goes away mid-connect closes
      * it through proxy_abort, so no callback can reach a freed connection. */
-    c->up = upstream_get(pool, on_upstream_ready, c, allow_pooled, &ready);
-    if (c->up == NULL)
-        upstream_failed(c, false, UP_FAIL_ERROR);
+    r->up = upstream_get(pool, on_upstream_ready, r, allow_pooled, &ready);
+    if (r->up == NULL)
+        upstream_failed(r, false, UP_FAIL_ERROR);
     else if (ready)
-        on_upstream_ready(c->up, UP_FAIL_NONE, c);
+        on_upstream_ready(r->up, UP_FAIL_NONE, r);
 }
 
 /*
@@ -502,41 +458,28 @@ static bool wants_websocket(const struct req *r)
     return !r->preview || r->cfg->previews.websocket;
 }
 
-void proxy_start(struct conn *c)
+void proxy_start(struct req *r)
 {
-    c->r->tunnel = wants_websocket(c->r);
-    c->state = CONN_PROXYING;
-    c->r->attempts = 0;
-    connect_upstream(c, true);
+    r->tunnel = wants_websocket(r);
+    r->state = REQ_UPSTREAM;
+    r->attempts = 0;
+    connect_upstream(r, true);
 }
 
 /* ---- the response head sent to the client ------------------------------ */
 
-/* On a preview: the platform frames previews, so no X-Frame-Options ever;
- * the preview's own CSP passes (every CSP a response carries is enforced, so
- * it can only narrow flowgate's frame-ancestors); a Set-Cookie for a wider
- * domain than the preview's own host is dropped. */
-static bool drop_preview_response_header(const struct req *r, const struct h1_header *h)
-{
-    if (h1_token_eq(h->name, h->name_len, "X-Frame-Options"))
-        return true;
-    if (h1_token_eq(h->name, h->name_len, "Set-Cookie"))
-        return !preview_set_cookie_allowed(h->value, h->value_len, r->host, r->host_len);
-    return false;
-}
-
 static bool drop_response_header(const struct req *r, const struct h1_header *h)
 {
     static const struct hname fixed[] = {
-        HNAME("Connection"), HNAME("Keep-Alive"), HNAME("Proxy-Connection"), HNAME("TE"),
+    HNAME("Connection"), HNAME("Keep-Alive"), HNAME("Proxy-Connection"), HNAME("TE"),
         HNAME("Trailer"),    HNAME("Upgrade"),    HNAME("Server"),           HNAME("X-Request-Id"),
     };
     const struct fg_headers *sec = &r->cfg->headers;
     const struct {
-        struct hname name;
+    struct hname name;
         const char *value;
     } own[] = {
-        {HNAME("Strict-Transport-Security"), sec->hsts},
+    {HNAME("Strict-Transport-Security"), sec->hsts},
         {HNAME("X-Frame-Options"), sec->frame_options},
         {HNAME("X-Content-Type-Options"), sec->content_type_options},
         {HNAME("X-XSS-Protection"), sec->xss_protection},
@@ -546,15 +489,10 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
 
     if (in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h))
         return true;
-    if (r->preview) {
-        if (drop_preview_response_header(r, h))
-            return true;
-        if (h1_token_eq(h->name, h->name_len, "Content-Security-Policy"))
-            return false;
-    }
-    /* The CORS policy is flowgate's: Access-Control-* and Vary are rewritten. */
-    if (cors_owns_response_header(r->cfg, h->name, h->name_len))
-        return true;
+    /* The stages' rules (preview framing and cookies, the CORS headers). */
+    enum stage_header v = stages_response_header(r, h);
+    if (v != STAGE_HDR_DEFAULT)
+        return v == STAGE_HDR_DROP;
     /* flowgate's configured value replaces the upstream's. */
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         if (own[i].value[0] && in_list(&own[i].name, 1, h))
@@ -564,22 +502,22 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
 
 /* Relay the upstream's head (HEAD_LEN bytes as received): 0, or -1 when it
  * could not be written (no memory). */
-static int write_response_head(struct conn *c, const struct h1_response *resp, size_t head_len)
+static int write_response_head(struct req *r, const struct h1_response *resp, size_t head_len)
 {
-    struct req *r = c->r;
     bool upgrade = resp->status == 101;
     bool conn_lists = resp->connection;
     struct wbuf b;
 
     /* A 101 keeps its Connection: upgrade; the tunnel ends the connection. */
     if (!upgrade && (!r->h.keep_alive || resp->framing == H1_FRAMING_EOF ||
-                     r->body == BODY_PENDING || worker_draining(c->w)))
+                     r->body == BODY_PENDING || worker_draining(r->w)))
         r->close_after = true;
     r->status = resp->status;
     /* The upstream's headers (its Vary values included) are bounded by its
-     * head; flowgate's own by respond_common_len. */
-    wbuf_begin(&b, c->io->out,
-               head_len + resp->reason_len + respond_common_len(r) + sizeof(UPGRADE_LINES) + 64);
+     * head; flowgate's own by respond_common_len and the stages' room. */
+    wbuf_begin(&b, r->out,
+               head_len + resp->reason_len + respond_common_len(r) + stages_response_end_room(r) +
+                   sizeof(UPGRADE_LINES) + 64);
     wbuf_lit(&b, "HTTP/1.1 ");
     wbuf_u64(&b, (uint64_t)resp->status);
     wbuf_lit(&b, " ");
@@ -587,13 +525,13 @@ static int write_response_head(struct conn *c, const struct h1_response *resp, s
         wbuf_put(&b, resp->reason_phrase, resp->reason_len);
     wbuf_lit(&b, "\r\n");
     for (size_t i = 0; i < resp->nheaders; i++) {
-        const struct h1_header *hd = &resp->headers[i];
+    const struct h1_header *hd = &resp->headers[i];
         if (drop_response_header(r, hd) ||
             (conn_lists && named_by_connection(resp->headers, resp->nheaders, hd)))
             continue;
         wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
     }
-    cors_write_vary(r->cfg, resp->headers, resp->nheaders, &b);
+    stages_response_end(r, resp->headers, resp->nheaders, &b);
     respond_common_headers(r, &b);
     if (upgrade)
         wbuf_lit(&b, UPGRADE_LINES);
@@ -602,7 +540,6 @@ static int write_response_head(struct conn *c, const struct h1_response *resp, s
     if (wbuf_end(&b) < 0)
         return -1;
     r->bytes_out += n;
-    r->response_started = true;
     return 0;
 }
 
@@ -610,14 +547,14 @@ static int write_response_head(struct conn *c, const struct h1_response *resp, s
 static int take_response_head(struct upconn *uc, size_t len)
 {
     if (len > uc->head_cap) {
-        char *p = realloc(uc->head_buf, len);
+    char *p = realloc(uc->head_buf, len);
         if (p == NULL)
             return -1;
         uc->head_buf = p;
         uc->head_cap = len;
     }
     if (uc->hdrs == NULL) {
-        uc->hdrs = calloc(256, sizeof(*uc->hdrs));
+    uc->hdrs = calloc(256, sizeof(*uc->hdrs));
         if (uc->hdrs == NULL)
             return -1;
     }
@@ -627,24 +564,24 @@ static int take_response_head(struct upconn *uc, size_t len)
 
 /* A 101 is believed only for a WebSocket upgrade flowgate forwarded, and
  * only when it names websocket (RFC 6455 4.1: the client fails otherwise). */
-static bool accept_switch(const struct conn *c, const struct h1_response *resp)
+static bool accept_switch(const struct req *r, const struct h1_response *resp)
 {
     const struct h1_header *up = h1_find(resp->headers, resp->nheaders, "Upgrade");
 
-    return c->r->tunnel && up != NULL && h1_list_has(up->value, up->value_len, "websocket");
+    return r->tunnel && up != NULL && h1_list_has(up->value, up->value_len, "websocket");
 }
 
 /* Parse response heads until a final one (1xx are swallowed: flowgate
  * already said 100 itself). Returns 1 when a final head was relayed, 2 when
  * a 101 was relayed and the tunnel started, 0 when more bytes are needed,
  * -1 after failing the request. */
-static int read_response_head(struct conn *c, struct upconn *uc)
+static int read_response_head(struct req *r, struct upconn *uc)
 {
     struct evbuffer *in = uc->io->in;
     ssize_t end;
 
     for (;;) {
-        size_t len = evbuffer_get_length(in);
+    size_t len = evbuffer_get_length(in);
         size_t n = len < UP_HEAD_MAX ? len : UP_HEAD_MAX;
         if (n == 0)
             return 0;
@@ -657,108 +594,107 @@ static int read_response_head(struct conn *c, struct upconn *uc)
         uc->resp.headers = uc->hdrs;
         uc->resp.max_headers = 256;
         if (h1_parse_response(&uc->resp, uc->head_buf, (size_t)end,
-                              c->r->h.method == HTTP_HEAD) != H1_OK)
+                              r->h.method == HTTP_HEAD) != H1_OK)
             goto bad;
-        if (uc->resp.status == 101 && !accept_switch(c, &uc->resp))
+        if (uc->resp.status == 101 && !accept_switch(r, &uc->resp))
             goto bad; /* no upgrade was asked for: a 101 cannot be trusted */
         if (uc->resp.status >= 200 || uc->resp.status == 101)
             break;
     }
     struct timeval now;
     gettimeofday(&now, NULL);
-    c->r->upstream_ms = (now.tv_sec - c->r->up_start.tv_sec) * 1e3 +
-                       (now.tv_usec - c->r->up_start.tv_usec) / 1e3;
-    c->r->resp_head_done = true;
-    if (write_response_head(c, &uc->resp, (size_t)end) < 0) {
-        c->r->error_code = "out of memory";
-        proxy_abort(c);
-        conn_close(c, false);
+    r->upstream_ms = (now.tv_sec - r->up_start.tv_sec) * 1e3 +
+                       (now.tv_usec - r->up_start.tv_usec) / 1e3;
+    r->resp = RESP_STARTED;
+    if (write_response_head(r, &uc->resp, (size_t)end) < 0) {
+    r->error_code = "out of memory";
+        proxy_abort(r);
+        req_abort(r, false);
         return -1;
     }
     if (uc->resp.status == 101) {
-        tunnel_start(c, uc);
+    tunnel_start(r, uc);
         return 2;
     }
     return 1;
 
 bad:
-    c->r->error_code = "bad upstream response";
-    proxy_abort(c);
-    if (c->r->response_started)
-        conn_close(c, true);
+    r->error_code = "bad upstream response";
+    proxy_abort(r);
+    if (r->resp == RESP_STARTED)
+        req_abort(r, true);
     else
-        respond_error(c->r, FG_ERR_BAD_GATEWAY, NULL);
+        req_answer(r, FG_ERR_BAD_GATEWAY);
     return -1;
 }
 
 /* ---- response body: upstream -> client --------------------------------- */
 
-static void response_complete(struct conn *c)
+static void response_complete(struct req *r)
 {
-    struct upconn *uc = c->up;
+    struct upconn *uc = r->up;
     /* A declined upgrade leaves a connection that was asked to switch. */
-    bool keep = uc->resp.keep_alive && c->r->body == BODY_NONE && !c->r->up_eof &&
-                !c->w->stopping && !c->r->tunnel;
+    bool keep = uc->resp.keep_alive && r->body == BODY_NONE && !r->up_eof &&
+                !r->w->stopping && !r->tunnel;
 
-    c->up = NULL;
+    r->up = NULL;
     event_del(uc->timer);
     upstream_release(uc, keep);
-    conn_finish_request(c);
+    req_response_done(r);
 }
 
 /* The response was cut short (upstream closed, timed out or broke framing):
  * the client must see it truncated, never completed. Flush what arrived,
  * then close without finishing the message. */
-static void response_truncated(struct conn *c, const char *why)
+static void response_truncated(struct req *r, const char *why)
 {
-    c->r->error_code = why;
-    c->w->stats.upstream_errors++;
-    proxy_abort(c);
-    conn_close(c, true);
+    r->error_code = why;
+    r->w->stats.upstream_errors++;
+    proxy_abort(r);
+    req_abort(r, true);
 }
 
-static void move_response_body(struct conn *c)
+static void move_response_body(struct req *r)
 {
-    struct upconn *uc = c->up;
+    struct upconn *uc = r->up;
     struct evbuffer *in = uc->io->in;
-    struct evbuffer *out = c->io->out;
+    struct evbuffer *out = r->out;
 
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH) {
-        struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
+    struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
         struct h1_cut cut;
         size_t used = 0;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             v.iov_len = 0;
         if (v.iov_len == 0 && uc->resp.framing != H1_FRAMING_NONE) {
-            if (!c->r->up_eof)
+            if (!r->up_eof)
                 return;
             if (h1_body_eof(&uc->resp.parser) == H1_BODY_DONE)
-                response_complete(c);
+                response_complete(r);
             else
-                response_truncated(c, "upstream response truncated");
+                response_truncated(r, "upstream response truncated");
             return;
         }
         enum h1_body_status st =
             h1_body_feed_cut(&uc->resp.parser, v.iov_base, v.iov_len, &used, &cut);
         if (st == H1_BODY_ERROR) {
-            response_truncated(c, "bad upstream response framing");
+            response_truncated(r, "bad upstream response framing");
             return;
         }
         move_body(in, out, v.iov_base, used, &cut);
-        c->r->bytes_out += used - cut.len;
+        r->bytes_out += used - cut.len;
         if (st == H1_BODY_DONE) {
-            response_complete(c);
+            response_complete(r);
             return;
         }
     }
 }
 
 /* Move what the upstream sent of the body, then send it to the client. */
-static void pump_response(struct conn *c)
+static void pump_response(struct req *r)
 {
-    move_response_body(c);
-    if (!c->closed)
-        io_flush(c->io);
+    move_response_body(r);
+    req_flush(r);
 }
 
 /* ---- upstream callbacks -------------------------------------------------- */
@@ -766,62 +702,62 @@ static void pump_response(struct conn *c)
 static void up_read_cb(struct io *io, void *arg)
 {
     struct upconn *uc = arg;
-    struct conn *c = uc->owner;
+    struct req *r = uc->owner;
 
-    conn_hold(c);
-    if (!c->r->resp_head_done) {
-        if (read_response_head(c, uc) == 1 && c->up == uc)
-            pump_response(c);
+    req_hold(r);
+    if (r->resp == RESP_NONE) {
+    if (read_response_head(r, uc) == 1 && r->up == uc)
+            pump_response(r);
     } else {
-        pump_response(c);
+    pump_response(r);
     }
-    if (c->up == uc)
-        arm_up_timer(c);
-    conn_release(c);
+    if (r->up == uc)
+        arm_up_timer(r);
+    req_release(r);
 }
 
 static void up_write_cb(struct io *io, void *arg)
 {
     struct upconn *uc = arg;
-    struct conn *c = uc->owner;
+    struct req *r = uc->owner;
 
-    conn_hold(c);
-    pump_request(c);
-    conn_release(c);
+    req_hold(r);
+    pump_request(r);
+    req_release(r);
 }
 
 static void up_event_cb(struct io *io, int what, void *arg)
 {
     struct upconn *uc = arg;
-    struct conn *c = uc->owner;
+    struct req *r = uc->owner;
 
-    conn_hold(c);
+    req_hold(r);
     if (!(what & (IO_EOF | IO_ERROR)))
         goto out;
-    if (!c->r->resp_head_done) {
-        /* Whatever was received is not a complete head: nothing can be relayed. */
-        fail_link(c, evbuffer_get_length(io->in) ? UP_FAIL_BAD_RESPONSE : UP_FAIL_CLOSED);
+    if (r->resp == RESP_NONE) {
+    /* Whatever was received is not a complete head: nothing can be relayed. */
+        fail_link(r, evbuffer_get_length(io->in) ? UP_FAIL_BAD_RESPONSE : UP_FAIL_CLOSED);
         goto out;
     }
-    c->r->up_eof = true;
-    pump_response(c);
+    r->up_eof = true;
+    pump_response(r);
 out:
-    conn_release(c);
+    req_release(r);
 }
 
 static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upconn *uc = arg;
-    struct conn *c = uc->owner;
+    struct req *r = uc->owner;
 
-    conn_hold(c);
-    if (!c->r->resp_head_done) {
-        proxy_abort(c);
-        upstream_failed(c, false, UP_FAIL_READ_TIMEOUT);
+    req_hold(r);
+    if (r->resp == RESP_NONE) {
+    proxy_abort(r);
+        upstream_failed(r, false, UP_FAIL_READ_TIMEOUT);
     } else {
-        response_truncated(c, "upstream read timeout");
+    response_truncated(r, "upstream read timeout");
     }
-    conn_release(c);
+    req_release(r);
 }
 
 /* ---- WebSocket tunnel ------------------------------------------------------ */
@@ -842,103 +778,102 @@ static size_t tunnel_move(struct evbuffer *in, struct evbuffer *out)
 
 /* The tunnel is over: the upstream link goes (never pooled), the request is
  * logged, and the client connection closes once its output is flushed. */
-static void tunnel_end(struct conn *c, const char *why)
+static void tunnel_end(struct req *r, const char *why)
 {
-    if (why && c->r->error_code == NULL)
-        c->r->error_code = why;
-    proxy_abort(c);
-    c->r->close_after = true;
-    conn_finish_request(c);
+    if (why && r->error_code == NULL)
+        r->error_code = why;
+    proxy_abort(r);
+    r->close_after = true;
+    req_response_done(r);
 }
 
-void proxy_tunnel_pump(struct conn *c)
+void proxy_tunnel_pump(struct req *r)
 {
-    struct upconn *uc = c->up;
-    struct req *r = c->r;
-    size_t up = 0, down;
+    struct upconn *uc = r->up;
+        size_t up = 0, down;
 
-    if (uc == NULL || c->state != CONN_TUNNEL)
+    if (uc == NULL || r->state != REQ_TUNNEL)
         return;
     if (!r->tunnel_half)
-        up = tunnel_move(c->io->in, uc->io->out);
-    down = tunnel_move(uc->io->in, c->io->out);
+        up = tunnel_move(r->in, uc->io->out);
+    down = tunnel_move(uc->io->in, r->out);
     r->body_seen += up;
     r->bytes_out += down;
     io_flush(uc->io);
-    io_flush(c->io); /* the 101 head too, on the first round */
+    req_flush(r); /* the 101 head too, on the first round */
     if (up + down > 0 && !r->tunnel_half)
-        conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
+        r->ops->set_timer(r->conn, r->cfg->limits.keepalive_timeout_ms);
 }
 
-void proxy_tunnel_client_eof(struct conn *c)
+void proxy_tunnel_client_eof(struct req *r)
 {
-    struct upconn *uc = c->up;
-    struct evbuffer *in = c->io->in;
+    struct upconn *uc = r->up;
+    struct evbuffer *in = r->in;
 
     if (uc == NULL) {
-        conn_close(c, false);
+    req_abort(r, false);
         return;
     }
-    c->r->body_seen += evbuffer_get_length(in);
+    r->body_seen += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, uc->io->out, evbuffer_get_length(in));
     io_flush(uc->io);
     if (io_pending_out(uc->io) == 0 || uc->io->error) {
-        tunnel_end(c, NULL);
+    tunnel_end(r, NULL);
         return;
     }
     uc->io->write_low = 0; /* tunnel_up_write_cb: all of it written */
-    c->r->tunnel_half = true;
-    conn_pause_read(c);
-    conn_set_timer(c, TUNNEL_FLUSH_MS);
+    r->tunnel_half = true;
+    r->ops->pause_read(r->conn);
+    r->ops->set_timer(r->conn, TUNNEL_FLUSH_MS);
 }
 
-void proxy_tunnel_timeout(struct conn *c)
+void proxy_tunnel_timeout(struct req *r)
 {
-    tunnel_end(c, c->r->tunnel_half ? NULL : "tunnel idle timeout");
+    tunnel_end(r, r->tunnel_half ? NULL : "tunnel idle timeout");
 }
 
 static void tunnel_up_read_cb(struct io *io, void *arg)
 {
-    struct conn *c = ((struct upconn *)arg)->owner;
+    struct req *r = ((struct upconn *)arg)->owner;
 
-    conn_hold(c);
-    proxy_tunnel_pump(c);
-    conn_release(c);
+    req_hold(r);
+    proxy_tunnel_pump(r);
+    req_release(r);
 }
 
 static void tunnel_up_write_cb(struct io *io, void *arg)
 {
-    struct conn *c = ((struct upconn *)arg)->owner;
+    struct req *r = ((struct upconn *)arg)->owner;
 
-    conn_hold(c);
-    if (c->r->tunnel_half && io_pending_out(io) == 0)
-        tunnel_end(c, NULL);
+    req_hold(r);
+    if (r->tunnel_half && io_pending_out(io) == 0)
+        tunnel_end(r, NULL);
     else
-        proxy_tunnel_pump(c);
-    conn_release(c);
+        proxy_tunnel_pump(r);
+    req_release(r);
 }
 
 /* The upstream closed: what it sent still goes to the client, whatever the
  * watermark (the client connection is flushed before it closes). */
 static void tunnel_up_event_cb(struct io *io, int what, void *arg)
 {
-    struct conn *c = ((struct upconn *)arg)->owner;
+    struct req *r = ((struct upconn *)arg)->owner;
     struct evbuffer *in = io->in;
 
     if (!(what & (IO_EOF | IO_ERROR)))
         return;
-    conn_hold(c);
-    c->r->bytes_out += evbuffer_get_length(in);
-    evbuffer_remove_buffer(in, c->io->out, evbuffer_get_length(in));
-    tunnel_end(c, (what & IO_ERROR) ? "upstream error in tunnel" : NULL);
-    conn_release(c);
+    req_hold(r);
+    r->bytes_out += evbuffer_get_length(in);
+    evbuffer_remove_buffer(in, r->out, evbuffer_get_length(in));
+    tunnel_end(r, (what & IO_ERROR) ? "upstream error in tunnel" : NULL);
+    req_release(r);
 }
 
 /* The 101 went to the client: from now on both sides are byte streams. */
-static void tunnel_start(struct conn *c, struct upconn *uc)
+static void tunnel_start(struct req *r, struct upconn *uc)
 {
-    c->state = CONN_TUNNEL;
-    c->r->close_after = true; /* after a tunnel, no more HTTP on this connection */
+    r->state = REQ_TUNNEL;
+    r->close_after = true; /* after a tunnel, no more HTTP on this connection */
     event_del(uc->timer);
     /* No response head will be parsed on this link again: an idle tunnel
      * should not keep the 8 KB of header slots and the head copy. */
@@ -949,6 +884,6 @@ static void tunnel_start(struct conn *c, struct upconn *uc)
     uc->head_cap = 0;
     memset(&uc->resp, 0, sizeof(uc->resp));
     io_setcb(uc->io, tunnel_up_read_cb, tunnel_up_write_cb, tunnel_up_event_cb, uc);
-    conn_set_timer(c, c->cfg->limits.keepalive_timeout_ms);
-    proxy_tunnel_pump(c);
+    r->ops->set_timer(r->conn, r->cfg->limits.keepalive_timeout_ms);
+    proxy_tunnel_pump(r);
 }

@@ -20,10 +20,10 @@
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
-#include "conn.h"
 #include "fmt.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "req.h"
 #include "respond.h"
 #include "rl_redis.h"
 #include "route.h"
@@ -389,6 +389,7 @@ struct rl_ask {
     struct rl_ask *next;  /* the worker's free list, while idle */
     struct req *r;        /* the waiting request */
     struct rl_call *call; /* pending Redis call, or NULL */
+    stage_resume_fn resume; /* the engine's continuation for R */
     struct rl_plan plan;
 };
 
@@ -423,6 +424,11 @@ const char *rl_outcome_str(enum rl_outcome o)
     return "?";
 }
 
+static struct rl_worker *rl_state(const struct worker *w)
+{
+    return stage_worker_data(w, &ratelimit_stage);
+}
+
 int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen)
 {
     const struct fg_ratelimit *rl = &cfg->rate_limit;
@@ -442,7 +448,7 @@ int ratelimit_worker_init(struct worker *w, const struct fg_config *cfg, char *e
         goto oom;
     rl_link_set_cfg(st->link, (struct fg_config *)cfg, &rl->redis);
     /* Whole before it is seen: the admin thread reads it. */
-    __atomic_store_n(&w->rl, st, __ATOMIC_RELEASE);
+    stage_set_worker_data(w, &ratelimit_stage, st);
     return 0;
 oom:
     if (st != NULL) {
@@ -508,7 +514,7 @@ int ratelimit_worker_reload(struct worker *w, const struct fg_config *cfg, char 
                             size_t errlen)
 {
     const struct fg_ratelimit *rl = &cfg->rate_limit;
-    struct rl_worker *st = w->rl;
+    struct rl_worker *st = rl_state(w);
 
     if (st == NULL)
         return ratelimit_worker_init(w, cfg, err, errlen);
@@ -570,17 +576,19 @@ static void promote_next(struct rl_worker *st)
 
 void ratelimit_worker_stop(struct worker *w)
 {
-    if (w->rl == NULL)
+    struct rl_worker *st = rl_state(w);
+
+    if (st == NULL)
         return;
-    if (w->rl->link != NULL)
-        rl_link_stop(w->rl->link);
-    if (w->rl->next != NULL)
-        rl_link_stop(w->rl->next);
+    if (st->link != NULL)
+        rl_link_stop(st->link);
+    if (st->next != NULL)
+        rl_link_stop(st->next);
 }
 
 void ratelimit_worker_free(struct worker *w)
 {
-    struct rl_worker *st = w->rl;
+    struct rl_worker *st = rl_state(w);
 
     if (st == NULL)
         return;
@@ -601,7 +609,7 @@ void ratelimit_worker_free(struct worker *w)
     }
     free(st->decisions);
     free(st);
-    w->rl = NULL;
+    stage_set_worker_data(w, &ratelimit_stage, NULL);
 }
 
 static int64_t mono_ns(void)
@@ -614,7 +622,7 @@ static int64_t mono_ns(void)
 
 static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
 {
-    struct rl_worker *st = r->c->w->rl;
+    struct rl_worker *st = rl_state(r->w);
 
     r->ratelimit = rl_outcome_str(o); /* for the access log */
     __atomic_fetch_add(&st->decisions[tier * RL_OUT__COUNT + o], 1, __ATOMIC_RELAXED);
@@ -686,14 +694,14 @@ static void add_headers(struct req *r, const struct rl_gcra *g, const struct rl_
     sbuf_i64(&b, ceil_s(res->reset_ns));
     sbuf_lit(&b, "\r\n");
     if ((n = sbuf_end(&b)) > 0)
-        respond_add_header(r, line, (size_t)n);
+        req_add_header(r, line, (size_t)n);
     if (!r->cfg->rate_limit.ietf_headers)
         return;
     /* draft-ietf-httpapi-ratelimit-headers-07, sections 4 and 5 */
     n = snprintf(line, sizeof(line),
                  "RateLimit-Policy: %u;w=%u\r\nRateLimit: limit=%u, remaining=%u, reset=%lld\r\n",
                  g->limit, g->window, g->limit, res->remaining, (long long)ceil_s(res->reset_ns));
-    respond_add_header(r, line, (size_t)n);
+    req_add_header(r, line, (size_t)n);
 }
 
 /* Answer or pass the request on a decision, with the rate-limit headers. */
@@ -708,15 +716,16 @@ static enum stage_verdict apply(struct req *r, const struct rl_plan *p, bool adm
         return STAGE_NEXT;
     char extra[64];
     int64_t retry = ceil_s(res[h].retry_ns);
-    snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (long long)(retry > 0 ? retry : 1));
-    respond_error(r, FG_ERR_RATE_LIMITED, extra);
-    return STAGE_ANSWERED;
+    int n = snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n",
+                     (long long)(retry > 0 ? retry : 1));
+    req_add_header(r, extra, (size_t)n);
+    return stage_answer(r, FG_ERR_RATE_LIMITED, NULL);
 }
 
 /* on_redis_failure = "local": the same limits in this worker alone. */
 static enum stage_verdict decide_local(struct req *r, const struct rl_plan *p)
 {
-    struct rl_worker *st = r->c->w->rl;
+    struct rl_worker *st = rl_state(r->w);
     int64_t now = mono_ns(), tat[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
     struct rl_result res[RL_MAX_LIMITS];
 
@@ -747,16 +756,15 @@ static enum stage_verdict decide_without_redis(struct req *r, const struct rl_pl
     case FG_REDIS_FAIL_DENY: break;
     }
     count_decision(r, p->tier, RL_OUT_FAIL_CLOSED);
-    r->error_code =
-        status == RL_CALL_TIMEOUT ? "rate limit store timeout" : "rate limit store unavailable";
-    respond_error(r, FG_ERR_UNAVAILABLE, NULL);
-    return STAGE_ANSWERED;
+    return stage_answer(r, FG_ERR_UNAVAILABLE,
+                        status == RL_CALL_TIMEOUT ? "rate limit store timeout"
+                                                  : "rate limit store unavailable");
 }
 
 /* An identity Redis refused until T is refused here until T, without asking. */
 static bool refused_by_cache(struct req *r, const struct rl_plan *p, enum stage_verdict *v)
 {
-    struct rl_worker *st = r->c->w->rl;
+    struct rl_worker *st = rl_state(r->w);
     struct rl_result res[RL_MAX_LIMITS];
     int64_t now = mono_ns();
     bool hit = false;
@@ -820,46 +828,41 @@ static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res,
     return 0;
 }
 
-/* The request ended while waiting: let go of the call, then of the ask. */
-static void ask_cancel(void *arg)
+/* The request ended while waiting (stage cancel): let go of the call, then
+ * of the ask. A late reply then finds only the call record. */
+static void ratelimit_cancel(struct req *r)
 {
-    struct rl_ask *q = arg;
+    struct rl_ask *q = r->stage_data;
 
     if (q->call != NULL)
         rl_call_detach(q->call);
-    ask_put(q->r->c->w->rl, q);
+    ask_put(rl_state(r->w), q);
 }
 
 static void ask_done(void *arg, enum rl_call_status status, const redisReply *reply)
 {
     struct rl_ask *q = arg;
     struct req *r = q->r;
-    struct conn *c = r->c;
+    stage_resume_fn resume = q->resume;
+    struct rl_worker *st = rl_state(r->w);
     struct rl_result res[RL_MAX_LIMITS];
     enum stage_verdict v;
     bool admitted;
 
     q->call = NULL;
-    stage_set_cancel(r, NULL, NULL); /* the response below may end the request */
-    conn_hold(c);
     if (status == RL_CALL_OK && parse_reply(reply, q->plan.n, res, &admitted) == 0) {
         if (!admitted)
-            remember_refusals(c->w->rl, &q->plan, res);
+            remember_refusals(st, &q->plan, res);
         v = apply(r, &q->plan, admitted, res, admitted ? RL_OUT_ALLOWED : RL_OUT_LIMITED);
     } else {
         v = decide_without_redis(r, &q->plan, status); /* rl_redis.c counted and logged it */
     }
-    ask_put(c->w->rl, q);
-    /* An answer (429, 503) has finished the request already, and may have
-     * given its memory back to the worker (or freed it): only a request that
-     * goes on is touched again. */
-    if (v == STAGE_NEXT)
-        stage_resume(r, v);
-    conn_release(c);
+    ask_put(st, q);
+    resume(r, v);
 }
 
 /* Ask Redis; STAGE_WAIT when the call is on its way. */
-static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q)
+static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q, stage_resume_fn resume)
 {
     const char *argv[3 * RL_MAX_LIMITS];
     size_t argvlen[3 * RL_MAX_LIMITS];
@@ -875,17 +878,18 @@ static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q)
         argv[n + 2 * i + 1] = num[2 * i + 1];
     }
     q->r = r;
-    q->call = rl_link_eval(r->c->w->rl->link, (int)n, (int)(2 * n), argv, argvlen, ask_done, q);
+    q->resume = resume;
+    q->call = rl_link_eval(rl_state(r->w)->link, (int)n, (int)(2 * n), argv, argvlen, ask_done, q);
     if (q->call == NULL)
         return STAGE_NEXT;
-    stage_set_cancel(r, ask_cancel, q);
+    r->stage_data = q;
     return STAGE_WAIT;
 }
 
-static enum stage_verdict ratelimit_run(struct req *r)
+static enum stage_verdict ratelimit_run(struct req *r, stage_resume_fn resume)
 {
     const struct fg_ratelimit *rl = &r->cfg->rate_limit;
-    struct rl_worker *st = r->c->w->rl;
+    struct rl_worker *st = rl_state(r->w);
     enum stage_verdict v;
 
     if (!rl->enabled || st == NULL)
@@ -910,14 +914,13 @@ static enum stage_verdict ratelimit_run(struct req *r)
         ask_put(st, q);
         return v;
     }
-    if (rl_link_state(st->link) == RL_LINK_UP && ask_redis(r, q) == STAGE_WAIT)
+    if (rl_link_state(st->link) == RL_LINK_UP && ask_redis(r, q, resume) == STAGE_WAIT)
         return STAGE_WAIT;
     v = decide_without_redis(r, &q->plan, RL_CALL_ERROR);
     ask_put(st, q);
     return v;
 }
 
-const struct stage ratelimit_stage = {"ratelimit", ratelimit_run};
 
 /* ---- admin ---------------------------------------------------------------- */
 
@@ -927,7 +930,7 @@ const char *ratelimit_redis_state(const struct fg_config *cfg, const struct work
     if (n == 0 || !cfg->rate_limit.enabled)
         return "disabled";
     for (unsigned i = 0; i < n; i++) {
-        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
+        const struct rl_worker *st = rl_state(&workers[i]);
         if (st == NULL || rl_link_state(__atomic_load_n(&st->link, __ATOMIC_ACQUIRE)) != RL_LINK_UP)
             return "down";
     }
@@ -939,7 +942,7 @@ static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_l
     memset(out, 0, sizeof(*out));
     for (unsigned i = 0; i < n; i++) {
         struct rl_link_stats s;
-        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
+        const struct rl_worker *st = rl_state(&workers[i]);
         const struct rl_link *l = st ? __atomic_load_n(&st->link, __ATOMIC_ACQUIRE) : NULL;
         if (l == NULL)
             continue;
@@ -959,7 +962,7 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
     uint64_t total = 0;
 
     for (unsigned i = 0; i < n; i++) {
-        const struct rl_worker *st = __atomic_load_n(&workers[i].rl, __ATOMIC_ACQUIRE);
+        const struct rl_worker *st = rl_state(&workers[i]);
         if (st == NULL || idx >= __atomic_load_n(&st->decisions_cap, __ATOMIC_ACQUIRE) * RL_OUT__COUNT)
             continue;
         const uint64_t *d = __atomic_load_n(&st->decisions, __ATOMIC_ACQUIRE);
@@ -968,15 +971,13 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
     return total;
 }
 
-#define APPEND(...)                                                                                \
-    (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
+#define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
 
-size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
-                         char *out, size_t cap)
+void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
+                       struct evbuffer *out)
 {
     const struct fg_ratelimit *rl = n ? &cfg->rate_limit : NULL;
     struct rl_link_stats s;
-    size_t len = 0;
     uint64_t cum = 0;
 
     APPEND("# TYPE flowgate_ratelimit_decisions_total counter\n");
@@ -1005,5 +1006,17 @@ size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *worke
            "flowgate_redis_call_duration_seconds_sum %.6f\n"
            "flowgate_redis_call_duration_seconds_count %llu\n",
            (unsigned long long)cum, s.lat_sum_us / 1e6, (unsigned long long)s.calls);
-    return len;
 }
+
+const struct stage ratelimit_stage = {
+    .name = "ratelimit",
+    .run = ratelimit_run,
+    .cancel = ratelimit_cancel,
+    .worker_init = ratelimit_worker_init,
+    .worker_reload = ratelimit_worker_reload,
+    .worker_stop = ratelimit_worker_stop,
+    .worker_free = ratelimit_worker_free,
+    .metrics = ratelimit_metrics,
+    .health_name = "redis",
+    .health = ratelimit_redis_state,
+};

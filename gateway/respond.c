@@ -12,9 +12,9 @@
 
 #include <event2/buffer.h>
 
-#include "conn.h"
-#include "cors.h"
+#include "req.h"
 #include "respond.h"
+#include "stage.h"
 #include "wbuf.h"
 #include "worker.h"
 
@@ -46,6 +46,7 @@ static const struct error_desc errors[FG_ERR__COUNT] = {
                             "service temporarily unavailable"},
     [FG_ERR_EXPECTATION] = {417, "Expectation Failed", "expectation_failed",
                             "unsupported expectation"},
+    [FG_ANSWER_PREFLIGHT] = {204, "No Content", NULL, NULL},
 };
 
 int respond_status(enum fg_error e)
@@ -58,38 +59,19 @@ const char *respond_code(enum fg_error e)
     return errors[e].code;
 }
 
-void respond_add_header(struct req *r, const char *line, size_t len)
-{
-    if (r->extra_len + len <= sizeof(r->rb->extra)) {
-        memcpy(r->rb->extra + r->extra_len, line, len);
-        r->extra_len += len;
-    }
-}
-
-int respond_add_upstream_header(struct req *r, const char *line, size_t len)
-{
-    if (r->up_extra_len + len > sizeof(r->rb->up_extra)) {
-        r->up_extra_overflow = true;
-        return -1;
-    }
-    memcpy(r->rb->up_extra + r->up_extra_len, line, len);
-    r->up_extra_len += len;
-    return 0;
-}
-
 /* The security block for this response: preview or platform, TLS or not. */
 static void security_block(const struct req *r, const char **p, size_t *len)
 {
     const struct fg_headers *h = &r->cfg->headers;
     const struct fg_previews *pv = &r->cfg->previews;
 
-    if (r->preview && r->c->tls) {
+    if (r->preview && r->tls) {
         *p = pv->block_https;
         *len = pv->block_https_len;
     } else if (r->preview) {
         *p = pv->block_http;
         *len = pv->block_http_len;
-    } else if (r->c->tls) {
+    } else if (r->tls) {
         *p = h->block_https;
         *len = h->block_https_len;
     } else {
@@ -126,11 +108,10 @@ void respond_common_headers(struct req *r, struct wbuf *out)
         wbuf_lit(out, "Connection: keep-alive\r\n");
 }
 
-/* Send a complete response flowgate made itself, then finish the request. */
-static void send_own(struct req *r, int status, const char *reason, const char *extra,
-                     const char *ctype, const char *body, size_t body_len)
+/* Write a complete response flowgate made itself: 0, or -1 when out of memory. */
+static int send_own(struct req *r, int status, const char *reason, const char *extra,
+                    const char *ctype, const char *body, size_t body_len)
 {
-    struct conn *c = r->c;
     bool head = r->h.method == HTTP_HEAD;
     size_t extra_len = extra ? strlen(extra) : 0;
     size_t ctype_len = ctype ? strlen(ctype) : 0;
@@ -141,11 +122,11 @@ static void send_own(struct req *r, int status, const char *reason, const char *
      * request that asked to close (Connection: close, HTTP/1.0 without
      * keep-alive) is answered with close, whoever answers (RFC 9112 9.6);
      * so is every request once the process drains, to send its client on. */
-    if (r->body == BODY_PENDING || !r->h.keep_alive || worker_draining(c->w))
+    if (r->body == BODY_PENDING || !r->h.keep_alive || worker_draining(r->w))
         r->close_after = true;
     r->status = status;
-    wbuf_begin(&b, c->io->out,
-               64 + strlen(reason) + respond_common_len(r) + sizeof("Vary: Origin\r\n") +
+    wbuf_begin(&b, r->out,
+               64 + strlen(reason) + respond_common_len(r) + stages_response_end_room(r) +
                    extra_len + ctype_len + 64 + body_len);
     wbuf_lit(&b, "HTTP/1.1 ");
     wbuf_u64(&b, (uint64_t)status);
@@ -153,7 +134,7 @@ static void send_own(struct req *r, int status, const char *reason, const char *
     wbuf_str(&b, reason);
     wbuf_lit(&b, "\r\n");
     respond_common_headers(r, &b);
-    cors_write_vary(r->cfg, NULL, 0, &b);
+    stages_response_end(r, NULL, 0, &b);
     wbuf_put(&b, extra, extra_len);
     if (ctype)
         wbuf_header(&b, "Content-Type", 12, ctype, ctype_len);
@@ -167,21 +148,20 @@ static void send_own(struct req *r, int status, const char *reason, const char *
     if (!head && body_len)
         wbuf_put(&b, body, body_len);
     size_t n = wbuf_len(&b);
-    if (wbuf_end(&b) < 0) {
-        conn_close(c, false); /* out of memory: no half response */
-        return;
-    }
+    if (wbuf_end(&b) < 0)
+        return -1;
     r->bytes_out += n;
-    r->response_started = true;
-    c->state = CONN_RESPONDING;
-    conn_finish_request(c); /* logs, then sends */
+    r->resp = RESP_STARTED;
+    return 0;
 }
 
-void respond_error(struct req *r, enum fg_error e, const char *extra)
+int respond_error(struct req *r, enum fg_error e)
 {
     const struct error_desc *d = &errors[e];
     char body[512];
 
+    if (d->code == NULL) /* a preflight granted: the stage's lines say it all */
+        return send_own(r, d->status, d->reason, NULL, NULL, NULL, 0);
     if (e == FG_ERR_BAD_REQUEST || e == FG_ERR_HEADERS_TOO_LARGE || e == FG_ERR_TIMEOUT)
         r->close_after = true;
     if (r->error_code == NULL)
@@ -190,12 +170,7 @@ void respond_error(struct req *r, enum fg_error e, const char *extra)
      * needs no JSON escaping. */
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}",
                      d->code, d->message, r->request_id);
-    send_own(r, d->status, d->reason, extra, "application/json", body, (size_t)n);
-}
-
-void respond_preflight(struct req *r, const char *extra)
-{
-    send_own(r, 204, "No Content", extra, NULL, NULL, 0);
+    return send_own(r, d->status, d->reason, NULL, "application/json", body, (size_t)n);
 }
 
 static const char *redirect_reason(int status)
@@ -214,26 +189,23 @@ static const char *redirect_reason(int status)
  * the path is the normalised path; the query is as sent (llhttp admits no
  * whitespace or control bytes in a target).
  */
-void respond_redirect(struct req *r)
+int respond_redirect(struct req *r)
 {
     const struct fg_redirect *rd = &r->cfg->redirect;
     size_t qlen = r->h.query ? r->h.query_len : 0;
     char port[16] = "";
 
-    if (r->host_len == 0) {
-        respond_error(r, FG_ERR_BAD_REQUEST, NULL);
-        return;
-    }
+    if (r->host_len == 0)
+        return respond_error(r, FG_ERR_BAD_REQUEST);
     if (rd->https_port != 443)
         snprintf(port, sizeof(port), ":%d", rd->https_port);
     size_t total = r->host_len + r->path_len + qlen + 64;
     char *extra = malloc(total);
-    if (extra == NULL) {
-        conn_close(r->c, false);
-        return;
-    }
+    if (extra == NULL)
+        return -1;
     snprintf(extra, total, "Location: https://%.*s%s%.*s%s%.*s\r\n", (int)r->host_len, r->host,
              port, (int)r->path_len, r->path, qlen ? "?" : "", (int)qlen, qlen ? r->h.query : "");
-    send_own(r, rd->status, redirect_reason(rd->status), extra, NULL, NULL, 0);
+    int rc = send_own(r, rd->status, redirect_reason(rd->status), extra, NULL, NULL, 0);
     free(extra);
+    return rc;
 }

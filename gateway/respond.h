@@ -1,6 +1,7 @@
 /*
- * respond.h - flowgate's own responses: JSON errors,
- * redirects, and the common response headers every response carries.
+ * respond.h - flowgate's own responses: JSON errors, the preflight grant,
+ * redirects, and the common response headers every response carries. It
+ * only writes: the request engine (req.c) decides when, and finishes.
  */
 #ifndef FG_RESPOND_H
 #define FG_RESPOND_H
@@ -25,6 +26,7 @@ enum fg_error {
     FG_ERR_GATEWAY_TIMEOUT = 11,  /* 504 gateway_timeout */
     FG_ERR_UNAVAILABLE = 12,      /* 503 unavailable */
     FG_ERR_EXPECTATION = 13,      /* 417 expectation_failed */
+    FG_ANSWER_PREFLIGHT = 14,     /* 204 to a CORS preflight granted: not an error */
     FG_ERR__COUNT
 };
 
@@ -32,19 +34,18 @@ int respond_status(enum fg_error e);
 const char *respond_code(enum fg_error e);
 
 /*
- * Answer the current request with flowgate's JSON error. EXTRA, when not
- * NULL, is more header lines ("Name: value\r\n...") to include. The
- * connection closes afterwards for 400/408/431, and whenever request body
- * bytes are still unread.
+ * Write flowgate's answer E to R's output: the JSON error (or the empty 204
+ * of a granted preflight) with the common headers, the stages' lines among
+ * them (Allow, WWW-Authenticate, Retry-After, Access-Control-*). Decides
+ * r->close_after: always for 400/408/431, when request body bytes are still
+ * unread, when the client asked to close, when the process drains.
+ * 0, or -1 when out of memory (nothing written). The caller finishes.
  */
-void respond_error(struct req *r, enum fg_error e, const char *extra);
+int respond_error(struct req *r, enum fg_error e);
 
-/* 204 to a CORS preflight; EXTRA holds the Access-Control-Allow-* lines
- * (Allow-Origin and -Credentials come from the request's extra lines). */
-void respond_preflight(struct req *r, const char *extra);
-
-/* The plain-listener redirect to https (redirect.status, Location). */
-void respond_redirect(struct req *r);
+/* The plain-listener redirect to https (redirect.status, Location); a
+ * request without a Host gets 400. 0 or -1 as respond_error. */
+int respond_redirect(struct req *r);
 
 /*
  * Append the headers every response carries: the security header block
@@ -53,14 +54,5 @@ void respond_redirect(struct req *r);
  */
 void respond_common_headers(struct req *r, struct wbuf *out);
 size_t respond_common_len(const struct req *r);
-
-/* Extra response headers a stage wants on the final response, whoever writes
- * it (upstream or flowgate): X-RateLimit-*, CORS. Copied into the request. */
-void respond_add_header(struct req *r, const char *line, size_t len);
-
-/* A header line ("Name: value\r\n") a stage wants on the upstream request
- * (verified claims). Returns 0, or -1 when it does not fit (the caller
- * must then refuse the request rather than forward it without the header). */
-int respond_add_upstream_header(struct req *r, const char *line, size_t len);
 
 #endif

@@ -1,14 +1,18 @@
 /*
  * route.c - choose a route by host and longest path prefix; preview hosts.
  *
- * Everything here is pure: the route table and preview pattern come from the
+ * Matching is pure: the route table and preview pattern come from the
  * configuration snapshot, the host and path from a request already checked
  * by h1.c and normalised by uri.c.
  */
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "req.h"
 #include "route.h"
+#include "upstream.h"
+#include "worker.h"
 
 #define ROUTE_DNS_LABEL_MAX 63
 
@@ -211,3 +215,46 @@ ssize_t route_preview_name(const struct fg_previews *pv, const char *host, size_
     name[n] = '\0';
     return (ssize_t)n;
 }
+
+/* ---- routing a request -------------------------------------------------- */
+
+static bool match_preview(struct req *r)
+{
+    if (r->host_len == 0 || (r->host_port != -1 && r->host_port != r->local_port))
+        return false;
+    return route_preview_name(&r->cfg->previews, r->host, r->host_len, r->preview_name,
+                              sizeof(r->preview_name)) >= 0;
+}
+
+void route_dispatch(struct req *r)
+{
+    if (match_preview(r)) {
+        r->preview = true;
+        r->route = &r->cfg->preview_route;
+        return;
+    }
+    r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);
+    if (r->route)
+        r->pool = &r->snap->pools[r->route->upstream->index];
+}
+
+static enum stage_verdict route_checks(struct req *r, stage_resume_fn resume)
+{
+    const struct fg_route *rt = r->route;
+
+    if (r->h.framing == H1_FRAMING_LENGTH && r->h.content_length > r->cfg->limits.max_body_bytes)
+        return stage_answer(r, FG_ERR_BODY_TOO_LARGE, NULL);
+    if (rt == NULL)
+        return stage_answer(r, FG_ERR_NOT_FOUND, NULL);
+    if (rt->methods && (r->h.method < 0 || r->h.method > 63 ||
+                        !(rt->methods & (UINT64_C(1) << r->h.method)))) {
+        char allow[512];
+        int n = snprintf(allow, sizeof(allow), "Allow: %s\r\n", rt->allow);
+        if (n > 0 && (size_t)n < sizeof(allow))
+            req_add_header(r, allow, (size_t)n);
+        return stage_answer(r, FG_ERR_METHOD, NULL);
+    }
+    return STAGE_NEXT;
+}
+
+const struct stage route_stage = {.name = "route", .run = route_checks};

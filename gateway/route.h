@@ -46,4 +46,20 @@ const struct fg_route *route_match(const struct fg_config *cfg, const char *host
 ssize_t route_preview_name(const struct fg_previews *pv, const char *host, size_t host_len,
                            char *name, size_t namecap);
 
+struct req;
+struct stage;
+
+/*
+ * Route request R: a preview host first (the whole pattern, a valid {name},
+ * and no port other than the listener's own), which takes the snapshot's
+ * preview route (its pool is chosen once the name resolves); else the
+ * route for its host and path, and that route's pool; else none.
+ */
+void route_dispatch(struct req *r);
+
+/* The stage that checks what routing found: 413 for a declared body over
+ * the limit, 404 without a route, 405 (with Allow) for a method the route
+ * does not list. Later stages always have a route. */
+extern const struct stage route_stage;
+
 #endif

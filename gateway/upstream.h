@@ -16,7 +16,7 @@
 #include "io.h"
 
 struct worker;
-struct conn;
+struct req;
 struct upconn;
 
 /* How long a server that refused a connection is skipped. */
@@ -85,7 +85,7 @@ struct upconn {
     enum upconn_state state;
     bool reused;                      /* came from the pool */
     struct event *timer;              /* connect / read deadline */
-    struct conn *owner;               /* the client connection it serves, when ACTIVE */
+    struct req *owner;                /* the request it serves, when ACTIVE */
     upconn_ready_cb ready_cb;
     void *ready_arg;
     struct h1_response resp;          /* parser of the response in flight */

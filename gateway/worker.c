@@ -21,11 +21,11 @@
 #include <event2/event.h>
 
 #include "conn.h"
-#include "jwtauth.h"
 #include "log.h"
-#include "ratelimit.h"
+#include "req.h"
 #include "resolver.h"
 #include "rl_redis.h"
+#include "stage.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -385,6 +385,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     memset(w, 0, sizeof(*w));
     w->wake_fd = -1;
     w->id = id;
+    w->stages = stage_table;
     if (getrandom(&w->rid_state, sizeof(w->rid_state), 0) != sizeof(w->rid_state))
         w->rid_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL + id;
     w->base = event_base_new();
@@ -411,7 +412,7 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     w->generation = w->snap->generation = 1;
     if (set_listeners(w, cfg, true, err, errlen) < 0 || set_resolver(w, cfg, err, errlen) < 0)
         return -1;
-    return ratelimit_worker_init(w, cfg, err, errlen);
+    return stages_worker_init(w, cfg, err, errlen);
 }
 
 int worker_reload(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls,
@@ -457,7 +458,7 @@ static void apply_reload(struct worker *w)
     }
     s->npools = s->cfg->nupstreams;
     if (set_resolver(w, s->cfg, err, sizeof(err)) < 0 ||
-        ratelimit_worker_reload(w, s->cfg, err, sizeof(err)) < 0) {
+        stages_worker_reload(w, s->cfg, err, sizeof(err)) < 0) {
         log_error("worker %u: reload: %s; the old configuration stays", w->id, err);
         goto drop;
     }
@@ -506,12 +507,12 @@ static void stop(struct worker *w)
     struct conn *next;
     for (struct conn *c = w->conns; c; c = next) {
         next = c->next;
-        if (c->idle || c->state == CONN_PROXY_HEADER || c->state == CONN_LINGER ||
+        if (c->state == CONN_IDLE || c->state == CONN_PROXY_HEADER || c->state == CONN_LINGER ||
             (c->state == CONN_READ_HEAD && evbuffer_get_length(c->io->in) == 0))
             conn_close(c, false);
     }
     upstream_pools_close_idle(w);
-    ratelimit_worker_stop(w);
+    stages_worker_stop(w);
     maybe_done(w);
 }
 
@@ -567,10 +568,8 @@ void worker_free(struct worker *w)
     free(w->listeners);
     w->listeners = NULL;
     upstream_pools_free(w);
-    reqbuf_free_all(w);
-    jwtauth_cache_free(w->jwt_cache);
-    w->jwt_cache = NULL;
-    ratelimit_worker_free(w); /* after the connections: their Redis calls are detached */
+    req_free_all(w);
+    stages_worker_free(w); /* after the connections: their Redis calls are detached */
     resolver_free(w->resolver); /* after the connections and the Redis link: their lookups
                                  * are cancelled */
     w->resolver = NULL;

@@ -20,11 +20,9 @@ struct upstream_pool;
 struct upstream_dyn;
 struct resolver;
 struct conn;
-struct jwtauth_cache;
-struct rl_worker;
+struct stage;
 
-/* Reasons a token is refused: jwtauth.h enum jwtauth_result, counted by value. */
-#define WORKER_JWT_REASONS 24
+#define WORKER_STAGES_MAX 8 /* entries of the stage table (stage.c) */
 
 enum listener_kind {
     LISTENER_HTTPS = 0, /* TLS, full proxy */
@@ -63,9 +61,6 @@ struct worker_stats {
     uint64_t upstream_errors;
     uint64_t tls_handshakes;
     uint64_t tls_failures;
-    uint64_t jwt_verified;      /* requests admitted with a verified token */
-    uint64_t jwt_cache_hits;    /* ... of which the token cache answered */
-    uint64_t jwt_rejections[WORKER_JWT_REASONS]; /* 401s by enum jwtauth_result */
 };
 
 struct worker {
@@ -88,15 +83,15 @@ struct worker {
     struct event *wake_ev;          /* reads wake_fd */
     int stop_asked, break_asked;    /* atomic */
     struct conn *conns;             /* every open client connection (list) */
-    struct reqbuf *reqbufs;         /* free request buffers (conn.c) */
+    struct reqbuf *reqbufs;         /* free request buffers (req.c) */
     unsigned nreqbufs;
     uint64_t rid_state;             /* request id generator state */
     uint64_t conn_serial;
     bool stopping;
     bool tearing_down;              /* worker_free: what is left is cut by the shutdown timeout */
     struct worker_stats stats;
-    struct jwtauth_cache *jwt_cache; /* verified tokens; created on first use */
-    struct rl_worker *rl;           /* rate-limit state and Redis link; NULL when off */
+    const struct stage *const *stages;   /* the stage table (stage_table; tests set their own) */
+    void *stage_data[WORKER_STAGES_MAX]; /* each stage's own (stage_worker_data) */
 };
 
 /* Called on a worker's thread when its loop has ended (main sets it). */

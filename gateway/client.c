@@ -1,0 +1,81 @@
+/*
+ * client.c - the real client address and the request id.
+ */
+#include <string.h>
+#include <arpa/inet.h>
+
+#include "cidr.h"
+#include "client.h"
+#include "req.h"
+#include "worker.h"
+
+bool client_valid_request_id(const char *s, size_t n)
+{
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+bool client_peer_trusted(const struct req *r)
+{
+    return r->cfg->trusted_proxies.n > 0 && cidr_set_contains(&r->cfg->trusted_proxies, r->peer);
+}
+
+static bool ip_trusted(const struct req *r, const char *ip, size_t len)
+{
+    return cidr_set_contains_text(&r->cfg->trusted_proxies, ip, len);
+}
+
+void client_find(struct req *r, bool peer_trusted)
+{
+    memcpy(r->client_ip, r->peer_ip, sizeof(r->client_ip));
+    if (!peer_trusted)
+        return;
+    const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");
+    if (xff == NULL)
+        return;
+    r->xff_prior = xff->value;
+    r->xff_prior_len = xff->value_len;
+    size_t end = xff->value_len;
+    while (end > 0) {
+        size_t start = end;
+        while (start > 0 && xff->value[start - 1] != ',')
+            start--;
+        size_t a = start, b = end;
+        while (a < b && (xff->value[a] == ' ' || xff->value[a] == '\t'))
+            a++;
+        while (b > a && (xff->value[b - 1] == ' ' || xff->value[b - 1] == '\t'))
+            b--;
+        if (b > a && b - a < sizeof(r->client_ip)) {
+            unsigned char probe[sizeof(struct in6_addr)];
+            char ip[INET6_ADDRSTRLEN];
+            memcpy(ip, xff->value + a, b - a);
+            ip[b - a] = '\0';
+            if (inet_pton(AF_INET, ip, probe) != 1 && inet_pton(AF_INET6, ip, probe) != 1)
+                return; /* junk in the list: stop trusting it here */
+            memcpy(r->client_ip, ip, b - a + 1);
+            if (!ip_trusted(r, ip, b - a))
+                return;
+        }
+        end = start > 0 ? start - 1 : 0;
+    }
+}
+
+void client_request_id(struct req *r, bool peer_trusted)
+{
+    const struct h1_header *h =
+        peer_trusted ? h1_find(r->h.headers, r->h.nheaders, "X-Request-Id") : NULL;
+
+    if (h && client_valid_request_id(h->value, h->value_len)) {
+        memcpy(r->request_id, h->value, h->value_len);
+        r->request_id[h->value_len] = '\0';
+        return;
+    }
+    worker_request_id(r->w, r->request_id);
+}
