@@ -22,7 +22,8 @@ from harness import (Flowgate, RedisServer, Upstream, build_request, check, eq, 
 
 TIMEOUT = 60
 
-# Cases that fail on the engine as it is (the assertion is the behaviour wanted).
+# Tests whose assertion (always the behaviour wanted) the engine did not meet
+# when this module was written: none, every case passes.
 EXPECTED_TO_FAIL_BEFORE_ENGINE = []
 
 
@@ -67,8 +68,9 @@ def wait_for(cond, what, timeout=8.0):
     fail("%s did not happen within %.0f s" % (what, timeout))
 
 
-def unique(name):
-    return "/%s-%d" % (name, int(time.monotonic() * 1e6))
+def unique(prefix):
+    """PREFIX and a number no other request of the test has."""
+    return "%s-%d" % (prefix, int(time.monotonic() * 1e6))
 
 
 def rst_close(sock):
@@ -261,7 +263,7 @@ def test_client_closes_while_rate_limit_waits_on_redis():
         with Flowgate(cfg, upstream=up) as fg:
             wait_for(lambda: readyz_redis(fg) == "up", "the Redis link coming up")
             eq(fg.get("/warm").status, 200, "a request through the rate limit")
-            path = unique("rl-wait")
+            path = unique("/rl-wait")
             proxy.hold()
             c = fg.tls()
             try:
@@ -289,7 +291,7 @@ def test_client_closes_while_waiting_for_the_upstream_head():
                        {"host": "", "path": "/", "upstream": "api", "auth": "none"}),
         }
         with Flowgate(cfg, upstream=up) as fg:
-            path = unique("/silent/head")[1:]
+            path = unique("/silent/head")
             c = fg.tls()
             try:
                 c.send(build_request("GET", path))
@@ -330,11 +332,10 @@ def test_client_closes_while_the_upstream_connect_is_pending():
                            {"host": "", "path": "/", "upstream": "api", "auth": "none"}),
             }
             with Flowgate(cfg, upstream=up) as fg:
-                path = unique("/stuck/connect")[1:]
+                path = unique("/stuck/connect")
                 c = fg.tls()
                 try:
                     c.send(build_request("GET", path))
-                    check(c.sock.gettimeout() is not None, "client socket without timeout")
                     # Nothing can come back while the connect is pending.
                     c.sock.settimeout(1.0)
                     try:
@@ -365,7 +366,7 @@ def test_client_closes_mid_request_body():
                        {"host": "", "path": "/", "upstream": "api", "auth": "none"}),
         }
         with Flowgate(cfg, upstream=up) as fg:
-            path = unique("/silent/midbody")[1:]
+            path = unique("/silent/midbody")
             c = fg.tls()
             try:
                 c.send(b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
@@ -439,7 +440,7 @@ def test_client_closes_while_the_preview_waits_on_dns():
     name = upstream_name("slowdns")
     with Setup(zone={name: "drop"}) as s:
         fg = s.fg
-        path = unique("dns-wait")
+        path = unique("/dns-wait")
         c = fg.tls()
         try:
             c.send(build_request("GET", path, host=host_of("slowdns")))
@@ -495,7 +496,7 @@ def test_pipelined_requests_each_logged_once_when_the_client_leaves():
     The first is logged as served, the second as abandoned, the third, never
     begun, not at all."""
     with Upstream() as up, Flowgate(upstream=up) as fg:
-        tag = unique("pipe")[1:]
+        tag = unique("pipe")
         first, second, third = "/%s-a" % tag, "/slow/5000?%s=b" % tag, "/%s-c" % tag
         c = fg.tls()
         try:
