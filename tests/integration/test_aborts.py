@@ -421,6 +421,23 @@ def test_upstream_resets_mid_response_body():
             assert_logged_once(fg, up, "request_id", rid, 200, "upstream response truncated")
 
 
+def test_client_closes_mid_response_body():
+    """The client reads the head of a 20 MB response and leaves: one line,
+    the status that was sent, the reason, fewer bytes than the body."""
+    n = 20000000
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        c = fg.tls()
+        try:
+            c.send(build_request("GET", "/bytes/%d" % n))
+            r = c.read_head()
+            eq(r.status, 200, "status")
+        finally:
+            c.close()
+        e = assert_logged_once(fg, up, "request_id", r.header("X-Request-Id"), 200,
+                               "client closed")
+        check(e.get("bytes_out", n) < n, "a cut response logged with its full size: %r" % e)
+
+
 # ------------------------------------------------------------------ 5. read timeout
 
 def test_upstream_read_timeout_before_the_head_is_one_504_line():
