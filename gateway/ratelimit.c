@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <sys/random.h>
 
+#include <event2/buffer.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 
@@ -968,15 +969,13 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
     return total;
 }
 
-#define APPEND(...)                                                                                \
-    (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
+#define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
 
-size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
-                         char *out, size_t cap)
+void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
+                       struct evbuffer *out)
 {
     const struct fg_ratelimit *rl = n ? &cfg->rate_limit : NULL;
     struct rl_link_stats s;
-    size_t len = 0;
     uint64_t cum = 0;
 
     APPEND("# TYPE flowgate_ratelimit_decisions_total counter\n");
@@ -1005,5 +1004,4 @@ size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *worke
            "flowgate_redis_call_duration_seconds_sum %.6f\n"
            "flowgate_redis_call_duration_seconds_count %llu\n",
            (unsigned long long)cum, s.lat_sum_us / 1e6, (unsigned long long)s.calls);
-    return len;
 }

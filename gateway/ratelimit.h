@@ -27,6 +27,7 @@
 #include "cfg.h"
 #include "stage.h"
 
+struct evbuffer;
 struct worker;
 
 #define RL_MAX_LIMITS 8 /* a tier limit and up to 7 endpoint limits per request */
@@ -149,10 +150,9 @@ int ratelimit_worker_reload(struct worker *w, const struct fg_config *cfg, char 
 const char *ratelimit_redis_state(const struct fg_config *cfg, const struct worker *workers,
                                   unsigned n);
 
-/* Append the rate-limit and Redis metrics (Prometheus text) to OUT. Returns
- * the length written (snprintf rules: may exceed CAP when truncated). */
-size_t ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
-                         char *out, size_t cap);
+/* Append the rate-limit and Redis metrics (Prometheus text) to OUT. */
+void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
+                       struct evbuffer *out);
 
 extern const struct stage ratelimit_stage;
 
