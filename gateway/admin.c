@@ -2,11 +2,11 @@
  * admin.c - /healthz, /readyz and /metrics on the admin address.
  *
  * Tiny by design: one request per connection, answered and closed, on
- * flowgate's own socket layer (io.h), with each exchange bounded in time and
- * the open connections in number. Counters
- * are per-worker and summed on scrape (relaxed atomic loads: a scrape may be
- * a few requests behind, never torn). The listener lives until the process
- * exits, so a stop is seen by probes as /readyz turning 503.
+ * flowgate's own socket layer (io.h), each exchange bounded in time and the
+ * open connections in number. Counters are per-worker and summed on scrape
+ * (relaxed atomic loads: a scrape may be a few requests behind, never torn).
+ * The listener lives until the process exits, so a stop is seen by probes as
+ * /readyz turning 503.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -62,7 +62,7 @@ struct admin_conn {
     struct event timer;               /* ADMIN_TIMEOUT_MS from accept: frees the connection */
     struct admin *a;                  /* the listener it came from */
     struct admin_conn *newer, *older; /* in a's list, newest first */
-    bool answered;                    /* the reply is in io->out: input is no longer parsed */
+    bool answered;                    /* the reply is in io->out: reading has stopped */
 };
 
 /* A reply's head, for a body of LEN bytes, on AC's output. */
@@ -284,17 +284,16 @@ static void admin_event_cb(struct io *io, int what, void *arg)
 }
 
 /* One request per connection: the head (at most ADMIN_HEAD_MAX bytes) is
- * parsed once complete, answered, and reading stops. */
+ * parsed once complete and answered; reading stops, and the connection
+ * closes once the reply is written (admin_done). */
 static void admin_read_cb(struct io *io, void *arg)
 {
     struct admin_conn *ac = arg;
     size_t len = evbuffer_get_length(io->in);
     size_t n = len < ADMIN_HEAD_MAX ? len : ADMIN_HEAD_MAX;
-
-    if (ac->answered)
-        return;
     const char *data = (const char *)evbuffer_pullup(io->in, (ssize_t)n);
     ssize_t end = h1_head_end(data, n);
+
     if (end == -2 && len < ADMIN_HEAD_MAX)
         return;
     struct h1_header hdrs[64];
