@@ -1,57 +1,88 @@
 /*
  * admin.c - /healthz, /readyz and /metrics on the admin address.
  *
- * Tiny by design: one request per connection, answered and closed. Counters
- * are per-worker and summed on scrape (relaxed atomic loads: a scrape may be
- * a few requests behind, never torn). The listener lives until the process
- * exits, so a stop is seen by probes as /readyz turning 503.
+ * Tiny by design: one request per connection, answered and closed, on
+ * flowgate's own socket layer (io.h), each exchange bounded in time and the
+ * open connections in number. Counters are per-worker and summed on scrape
+ * (relaxed atomic loads: a scrape may be a few requests behind, never torn).
+ * The listener lives until the process exits, so a stop is seen by probes as
+ * /readyz turning 503.
  */
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/listener.h>
+#include <event2/event.h>
 
 #include "admin.h"
 #include "h1.h"
+#include "io.h"
 #include "stage.h"
 #include "tls.h"
 #include "worker.h"
 
 #define ADMIN_HEAD_MAX 8192
 
+/* How long one admin exchange may last from accept, head to last byte: a
+ * client that sends nothing, or trickles a head that never ends, is let go
+ * after 10 s, far longer than any health checker or scraper needs. */
+#define ADMIN_TIMEOUT_MS 10000
+
+/* Admin connections open at once. At the cap the oldest is closed to take
+ * the newest: a flood of idle connections holds bounded memory and cannot
+ * starve the probe that comes after it. */
+#define ADMIN_CONNS_MAX 64
+
+/* How long accepting pauses when the process is out of descriptors
+ * (the listening socket stays readable: retrying at once would spin). */
+#define ADMIN_ACCEPT_PAUSE_MS 100
+
 struct admin_conn;
 
 struct admin {
-    const struct admin_state *st;
-    struct evconnlistener *lev;
-    struct worker *workers;
-    unsigned nworkers;
-    enum admin_phase phase;   /* what /readyz answers */
-    struct admin_conn *conns; /* open connections: admin_stop frees those a probe left */
+    const struct admin_state *st;       /* main's, read at each request */
+    struct event_base *base;            /* main's loop */
+    int fd;                             /* the listening socket */
+    struct event *accept_ev;            /* the listening socket is readable */
+    struct event *resume_ev;            /* accept again after running out of descriptors */
+    struct worker *workers;             /* their counters are summed on scrape */
+    unsigned nworkers;                  /* how many */
+    enum admin_phase phase;             /* what /readyz answers */
+    struct admin_conn *newest, *oldest; /* open connections: admin_stop frees those a probe left */
+    unsigned nconns;                    /* how many, at most ADMIN_CONNS_MAX */
 };
 
 struct admin_conn {
-    struct bufferevent *bev; /* owns the socket */
-    struct admin *a;
-    struct admin_conn *prev, *next;
+    struct io *io;                    /* owns the socket */
+    struct event timer;               /* ADMIN_TIMEOUT_MS from accept: frees the connection */
+    struct admin *a;                  /* the listener it came from */
+    struct admin_conn *newer, *older; /* in a's list, newest first */
+    bool answered;                    /* the reply is in io->out: reading has stopped */
 };
 
-static void reply(struct bufferevent *bev, int status, const char *ctype, const char *body)
+/* A reply's head, for a body of LEN bytes, on AC's output. */
+static void reply_head(struct admin_conn *ac, int status, const char *ctype, size_t len)
 {
     const char *reason = status == 200   ? "OK"
                          : status == 404 ? "Not Found"
                          : status == 503 ? "Service Unavailable"
                                          : "Bad Request";
 
-    evbuffer_add_printf(bufferevent_get_output(bev),
+    evbuffer_add_printf(ac->io->out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n%s",
-                        status, reason, ctype, strlen(body), body);
+                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                        status, reason, ctype, len);
+}
+
+static void reply(struct admin_conn *ac, int status, const char *ctype, const char *body)
+{
+    reply_head(ac, status, ctype, strlen(body));
+    evbuffer_add(ac->io->out, body, strlen(body));
 }
 
 static uint64_t sum(const struct admin *a, size_t offset)
@@ -81,16 +112,14 @@ static void label_escape(const char *s, char *out, size_t cap)
     out[n] = '\0';
 }
 
-#define APPEND(...)                                                                                \
-    (len += (size_t)snprintf(out + (len < cap ? len : cap), len < cap ? cap - len : 0, __VA_ARGS__))
+#define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
 
 /* The configuration in force and how reloads went; each certificate's
  * notAfter, so an alert can fire before a renewal that silently failed
  * lets one expire. */
-static size_t reload_metrics(const struct admin *a, char *out, size_t cap)
+static void reload_metrics(const struct admin *a, struct evbuffer *out)
 {
     const struct admin_state *st = a->st;
-    size_t len = 0;
 
     APPEND("# TYPE flowgate_config_generation gauge\nflowgate_config_generation %llu\n"
            "# TYPE flowgate_config_reloads_total counter\n"
@@ -111,44 +140,46 @@ static size_t reload_metrics(const struct admin *a, char *out, size_t cap)
         APPEND("flowgate_tls_certificate_expiry_timestamp_seconds{certificate=\"%s\"} %lld\n",
                label, (long long)tls_cert_not_after(st->tls, i));
     }
-    return len;
 }
 
-static void metrics(struct admin *a, struct bufferevent *bev)
+/* The exposition is built whole in its own buffer, as long as the label
+ * values make it, so Content-Length is known before the head is written
+ * and the body is never cut. */
+static void metrics(struct admin_conn *ac)
 {
-    char body[16384];
+    struct admin *a = ac->a;
+    struct evbuffer *body = evbuffer_new();
 
-    int n = snprintf(body, sizeof(body),
-             "# TYPE flowgate_connections_open gauge\n"
-             "flowgate_connections_open %d\n"
-             "# TYPE flowgate_connections_accepted_total counter\n"
-             "flowgate_connections_accepted_total %llu\n"
-             "# TYPE flowgate_requests_finished_total counter\n"
-             "flowgate_requests_finished_total %llu\n"
-             "# TYPE flowgate_upstream_errors_total counter\n"
-             "flowgate_upstream_errors_total %llu\n"
-             "# TYPE flowgate_tls_handshakes_total counter\n"
-             "flowgate_tls_handshakes_total %llu\n"
-             "# TYPE flowgate_tls_handshake_failures_total counter\n"
-             "flowgate_tls_handshake_failures_total %llu\n",
-             __atomic_load_n(&worker_nconns, __ATOMIC_RELAXED),
-             (unsigned long long)sum(a, offsetof(struct worker_stats, accepted)),
-             (unsigned long long)sum(a, offsetof(struct worker_stats, requests)),
-             (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
-             (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
-             (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
-    size_t len = (size_t)n;
-    struct evbuffer *eb = evbuffer_new();
-    for (const struct stage *const *s = stage_table; eb && *s; s++)
+    if (body == NULL) {
+        reply(ac, 503, "application/json", "{\"error\":\"out_of_memory\"}");
+        return;
+    }
+    evbuffer_add_printf(body,
+                        "# TYPE flowgate_connections_open gauge\n"
+                        "flowgate_connections_open %d\n"
+                        "# TYPE flowgate_connections_accepted_total counter\n"
+                        "flowgate_connections_accepted_total %llu\n"
+                        "# TYPE flowgate_requests_finished_total counter\n"
+                        "flowgate_requests_finished_total %llu\n"
+                        "# TYPE flowgate_upstream_errors_total counter\n"
+                        "flowgate_upstream_errors_total %llu\n"
+                        "# TYPE flowgate_tls_handshakes_total counter\n"
+                        "flowgate_tls_handshakes_total %llu\n"
+                        "# TYPE flowgate_tls_handshake_failures_total counter\n"
+                        "flowgate_tls_handshake_failures_total %llu\n",
+                        __atomic_load_n(&worker_nconns, __ATOMIC_RELAXED),
+                        (unsigned long long)sum(a, offsetof(struct worker_stats, accepted)),
+                        (unsigned long long)sum(a, offsetof(struct worker_stats, requests)),
+                        (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
+                        (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
+                        (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
+    for (const struct stage *const *s = stage_table; *s; s++)
         if ((*s)->metrics)
-            (*s)->metrics(a->st->cfg, a->workers, a->nworkers, eb);
-    if (eb && len < sizeof(body))
-        len += evbuffer_remove(eb, body + len, sizeof(body) - 1 - len);
-    body[len] = '\0';
-    evbuffer_free(eb);
-    if (len < sizeof(body))
-        reload_metrics(a, body + len, sizeof(body) - len);
-    reply(bev, 200, "text/plain; version=0.0.4", body);
+            (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);
+    reload_metrics(a, body);
+    reply_head(ac, 200, "text/plain; version=0.0.4", evbuffer_get_length(body));
+    evbuffer_add_buffer(ac->io->out, body);
+    evbuffer_free(body);
 }
 
 /* Ready once listening with a configuration, until a stop begins: from
@@ -158,8 +189,9 @@ static void metrics(struct admin *a, struct bufferevent *bev)
  * shares the one Redis, so taking instances out of rotation could not route
  * around it, and each mode has a defined answer without it (local limits,
  * admit, or 503 unavailable). */
-static void readyz(struct admin *a, struct bufferevent *bev)
+static void readyz(struct admin_conn *ac)
 {
+    struct admin *a = ac->a;
     bool ready = a->phase == ADMIN_SERVING;
     char body[512];
     int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"listeners\":\"%s\"",
@@ -172,52 +204,81 @@ static void readyz(struct admin *a, struct bufferevent *bev)
                           (*s)->health_name, (*s)->health(a->st->cfg, a->workers, a->nworkers));
     if (n > 0 && (size_t)n < sizeof(body) - 1)
         memcpy(body + n, "}", 2);
-    reply(bev, ready ? 200 : 503, "application/json", body);
+    reply(ac, ready ? 200 : 503, "application/json", body);
 }
 
-static void route(struct admin *a, struct bufferevent *bev, const struct h1_request *h)
+static void route(struct admin_conn *ac, const struct h1_request *h)
 {
     if (h1_token_eq(h->path, h->path_len, "/healthz"))
-        reply(bev, 200, "application/json", "{\"status\":\"ok\"}");
+        reply(ac, 200, "application/json", "{\"status\":\"ok\"}");
     else if (h1_token_eq(h->path, h->path_len, "/readyz"))
-        readyz(a, bev);
+        readyz(ac);
     else if (h1_token_eq(h->path, h->path_len, "/metrics"))
-        metrics(a, bev);
+        metrics(ac);
     else
-        reply(bev, 404, "application/json", "{\"error\":\"not_found\"}");
+        reply(ac, 404, "application/json", "{\"error\":\"not_found\"}");
 }
 
+/* Safe inside AC's io callbacks: io_free defers the io's memory. */
 static void admin_conn_free(struct admin_conn *ac)
 {
-    if (ac->prev)
-        ac->prev->next = ac->next;
+    struct admin *a = ac->a;
+
+    if (ac->newer)
+        ac->newer->older = ac->older;
     else
-        ac->a->conns = ac->next;
-    if (ac->next)
-        ac->next->prev = ac->prev;
-    bufferevent_free(ac->bev);
+        a->newest = ac->older;
+    if (ac->older)
+        ac->older->newer = ac->newer;
+    else
+        a->oldest = ac->newer;
+    a->nconns--;
+    evtimer_del(&ac->timer);
+    io_free(ac->io);
     free(ac);
 }
 
-static void admin_write_cb(struct bufferevent *bev, void *arg)
+static void admin_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        admin_conn_free(arg);
+    admin_conn_free(arg);
 }
 
-static void admin_event_cb(struct bufferevent *bev, short what, void *arg)
+/* The reply is written: shut the write side and drop what the client still
+ * sends until it closes (or the exchange's timer ends it), so that unread
+ * input cannot turn the close into a reset that destroys the reply. */
+static void admin_done(struct admin_conn *ac)
 {
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
-        admin_conn_free(arg);
+    if (ac->io->eof)
+        admin_conn_free(ac);
+    else
+        io_linger(ac->io);
 }
 
-static void admin_read_cb(struct bufferevent *bev, void *arg)
+static void admin_write_cb(struct io *io, void *arg)
+{
+    if (io_pending_out(io) == 0)
+        admin_done(arg);
+}
+
+/* An error ends the exchange; so does the client's EOF, unless it only
+ * half-closed after its request and the reply is still being written. */
+static void admin_event_cb(struct io *io, int what, void *arg)
 {
     struct admin_conn *ac = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    size_t len = evbuffer_get_length(in);
+
+    if ((what & IO_ERROR) || !ac->answered || io_pending_out(io) == 0)
+        admin_conn_free(ac);
+}
+
+/* One request per connection: the head (at most ADMIN_HEAD_MAX bytes) is
+ * parsed once complete and answered; reading stops, and the connection
+ * closes once the reply is written (admin_done). */
+static void admin_read_cb(struct io *io, void *arg)
+{
+    struct admin_conn *ac = arg;
+    size_t len = evbuffer_get_length(io->in);
     size_t n = len < ADMIN_HEAD_MAX ? len : ADMIN_HEAD_MAX;
-    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
+    const char *data = (const char *)evbuffer_pullup(io->in, (ssize_t)n);
     ssize_t end = h1_head_end(data, n);
 
     if (end == -2 && len < ADMIN_HEAD_MAX)
@@ -228,36 +289,82 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
     h.headers = hdrs;
     h.max_headers = 64;
     if (end < 0 || h1_parse_request(&h, data, (size_t)end, false) != H1_OK)
-        reply(bev, 400, "application/json", "{\"error\":\"bad_request\"}");
+        reply(ac, 400, "application/json", "{\"error\":\"bad_request\"}");
     else
-        route(ac->a, bev, &h);
-    bufferevent_disable(bev, EV_READ);
-    bufferevent_setcb(bev, NULL, admin_write_cb, admin_event_cb, arg);
+        route(ac, &h);
+    ac->answered = true;
+    io_disable_read(io);
+    io_flush(io);
+    if (io_pending_out(io) == 0)
+        admin_done(ac);
 }
 
-static void admin_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-                            int salen, void *arg)
+/* A new connection, newest of the list; past ADMIN_CONNS_MAX the oldest
+ * makes room. Its whole exchange is bounded by ADMIN_TIMEOUT_MS. */
+static void admin_conn_new(struct admin *a, int fd)
 {
-    struct admin *a = arg;
+    struct timeval tv = {ADMIN_TIMEOUT_MS / 1000, (ADMIN_TIMEOUT_MS % 1000) * 1000};
     struct admin_conn *ac = calloc(1, sizeof(*ac));
-    struct bufferevent *bev =
-        ac ? bufferevent_socket_new(evconnlistener_get_base(lev), fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
-    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
 
-    if (bev == NULL) {
+    if (ac == NULL || (ac->io = io_new(a->base, fd, NULL)) == NULL) {
         free(ac);
         close(fd);
         return;
     }
-    ac->bev = bev;
+    if (a->nconns >= ADMIN_CONNS_MAX)
+        admin_conn_free(a->oldest);
     ac->a = a;
-    ac->next = a->conns;
-    if (a->conns)
-        a->conns->prev = ac;
-    a->conns = ac;
-    bufferevent_setcb(bev, admin_read_cb, NULL, admin_event_cb, ac);
-    bufferevent_set_timeouts(bev, &tv, &tv);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    ac->older = a->newest;
+    if (a->newest)
+        a->newest->newer = ac;
+    else
+        a->oldest = ac;
+    a->newest = ac;
+    a->nconns++;
+    evtimer_assign(&ac->timer, a->base, admin_timeout_cb, ac);
+    evtimer_add(&ac->timer, &tv);
+    ac->io->read_high = ADMIN_HEAD_MAX;
+    io_setcb(ac->io, admin_read_cb, admin_write_cb, admin_event_cb, ac);
+    io_enable_read(ac->io);
+}
+
+static void admin_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin *a = arg;
+
+    event_add(a->accept_ev, NULL);
+}
+
+/* One connection per event (the listening socket is level-triggered). Out
+ * of descriptors, accepting pauses for ADMIN_ACCEPT_PAUSE_MS: the pending
+ * connection keeps the socket readable and would be reported at once. */
+static void admin_accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    struct admin *a = arg;
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+    if (fd >= 0) {
+        admin_conn_new(a, fd);
+    } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        struct timeval tv = {0, ADMIN_ACCEPT_PAUSE_MS * 1000};
+        event_del(a->accept_ev);
+        evtimer_add(a->resume_ev, &tv);
+    }
+}
+
+static int admin_listen(const struct fg_sockaddr *addr, char *err, size_t errlen)
+{
+    int one = 1;
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 || listen(fd, 128) < 0) {
+        snprintf(err, errlen, "admin listen %s: %s", addr->text, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *addr,
@@ -266,18 +373,23 @@ struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *add
 {
     struct admin *a = calloc(1, sizeof(*a));
 
-    if (a == NULL)
+    if (a == NULL) {
+        snprintf(err, errlen, "admin listen %s: out of memory", addr->text);
         return NULL;
+    }
     a->st = st;
+    a->base = base;
     a->workers = workers;
     a->nworkers = nworkers;
-    a->lev = evconnlistener_new_bind(base, admin_accept_cb, a,
-                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                         LEV_OPT_CLOSE_ON_EXEC,
-                                     128, (const struct sockaddr *)&addr->ss, (int)addr->len);
-    if (a->lev == NULL) {
-        snprintf(err, errlen, "admin listen %s: cannot bind", addr->text);
+    if ((a->fd = admin_listen(addr, err, errlen)) < 0) {
         free(a);
+        return NULL;
+    }
+    a->accept_ev = event_new(base, a->fd, EV_READ | EV_PERSIST, admin_accept_cb, a);
+    a->resume_ev = evtimer_new(base, admin_resume_cb, a);
+    if (a->accept_ev == NULL || a->resume_ev == NULL || event_add(a->accept_ev, NULL) < 0) {
+        snprintf(err, errlen, "admin listen %s: event setup failed", addr->text);
+        admin_stop(a);
         return NULL;
     }
     return a;
@@ -293,8 +405,12 @@ void admin_stop(struct admin *a)
 {
     if (a == NULL)
         return;
-    evconnlistener_free(a->lev);
-    while (a->conns)
-        admin_conn_free(a->conns);
+    if (a->accept_ev)
+        event_free(a->accept_ev);
+    if (a->resume_ev)
+        event_free(a->resume_ev);
+    close(a->fd);
+    while (a->oldest)
+        admin_conn_free(a->oldest);
     free(a);
 }

@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <sys/random.h>
 
+#include <event2/buffer.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 

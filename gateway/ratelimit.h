@@ -27,6 +27,7 @@
 #include "cfg.h"
 #include "stage.h"
 
+struct evbuffer;
 struct worker;
 
 #define RL_MAX_LIMITS 8 /* a tier limit and up to 7 endpoint limits per request */
