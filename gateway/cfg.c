@@ -28,6 +28,7 @@
 
 #include "cfg.h"
 #include "cidr.h"
+#include "h1.h"
 
 #define CFG_INT_MAX 2147483647LL
 #define CFG_SECRET_MAX 65536 /* a secret file larger than this is a mistake */
@@ -355,19 +356,6 @@ static bool str_in(const char *s, const char *const *list)
         if (strcmp(s, *list) == 0)
             return true;
     return false;
-}
-
-/* RFC 9110 §5.6.2 token characters: what a header name may contain. */
-static bool is_token(const char *s)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-
-    if (*s == '\0')
-        return false;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && strchr(extra, *s) == NULL)
-            return false;
-    return true;
 }
 
 /* A header value must not be able to start a new header line. */
@@ -1120,7 +1108,7 @@ static void parse_forward_claims(struct cfg_ctx *ctx, const config_setting_t *g)
             }
             header = config_setting_get_string(h);
             claim = config_setting_get_string(c);
-            if (!is_token(header) || claim[0] == '\0') {
+            if (!h1_is_token(header, strlen(header)) || claim[0] == '\0') {
                 cfg_bad(ctx, e, "\"%s\" is not a valid header name or the claim is empty",
                         header);
                 continue;
@@ -1150,7 +1138,7 @@ static void parse_jwt(struct cfg_ctx *ctx, const config_setting_t *root)
     j->max_token_bytes = (uint32_t)get_int(ctx, g, "max_token_bytes", 8192, 16, 1048576);
     if (g == NULL) /* no jwt group: no token is ever verified */
         return;
-    if (j->cookie != NULL && j->cookie[0] != '\0' && !is_token(j->cookie))
+    if (j->cookie != NULL && j->cookie[0] != '\0' && !h1_is_token(j->cookie, strlen(j->cookie)))
         cfg_bad(ctx, member(g, "cookie"), "\"%s\" is not a valid cookie name", j->cookie);
     parse_jwt_keys(ctx, g);
     parse_forward_claims(ctx, g);
@@ -1448,7 +1436,7 @@ static void check_header_names(struct cfg_ctx *ctx, const config_setting_t *list
                                size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (!is_token(v[i]))
+        if (!h1_is_token(v[i], strlen(v[i])))
             cfg_bad(ctx, list, "\"%s\" is not a valid header name", v[i]);
 }
 

@@ -32,12 +32,6 @@ static bool is_alnum(char ch)
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
 }
 
-/* RFC 9110 section 5.6.2 tchar. */
-static bool is_tchar(char ch)
-{
-    return is_alnum(ch) || (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
-}
-
 bool cors_origin_wellformed(const char *o, size_t len)
 {
     size_t i;
@@ -103,17 +97,6 @@ static ssize_t find_header(const struct fg_cors *c, const char *name, size_t len
     return -1;
 }
 
-/* Trim OWS (SP / HTAB, RFC 9110 section 5.6.3) from both ends of a slice. */
-static void trim_ows(const char **s, size_t *len)
-{
-    while (*len > 0 && (**s == ' ' || **s == '\t')) {
-        (*s)++;
-        (*len)--;
-    }
-    while (*len > 0 && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
-        (*len)--;
-}
-
 /* Every non-empty element must be a token naming an allowed header. */
 static int check_requested(const struct fg_cors *c, const char *value, size_t len)
 {
@@ -124,14 +107,11 @@ static int check_requested(const struct fg_cors *c, const char *value, size_t le
             continue;
         const char *e = value + start;
         size_t elen = i - start;
-        trim_ows(&e, &elen);
+        h1_trim_ows(&e, &elen);
         start = i + 1;
         if (elen == 0)
             continue;
-        for (size_t k = 0; k < elen; k++)
-            if (!is_tchar(e[k]))
-                return -1;
-        if (find_header(c, e, elen) < 0)
+        if (!h1_is_token(e, elen) || find_header(c, e, elen) < 0)
             return -1;
     }
     return 0;
@@ -168,11 +148,8 @@ int cors_method_number(const char *value, size_t len)
 {
     char name[32];
 
-    if (len == 0 || len >= sizeof(name))
+    if (len >= sizeof(name) || !h1_is_token(value, len))
         return -1;
-    for (size_t i = 0; i < len; i++)
-        if (!is_tchar(value[i]))
-            return -1;
     memcpy(name, value, len);
     name[len] = '\0';
     return cfg_method_from_name(name);
