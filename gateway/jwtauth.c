@@ -26,6 +26,7 @@
 #include <openssl/rand.h>
 
 #include "conn.h"
+#include "cookie.h"
 #include "h1.h"
 #include "jwtauth.h"
 #include "respond.h"
@@ -90,45 +91,30 @@ int jwtauth_bearer(const char *value, size_t len, const char **tok, size_t *tok_
     if (i == len)
         return -1;
     for (size_t j = i; j < len; j++)
-        if (value[j] == ' ' || value[j] == '\t')
+        if (h1_is_ows(value[j]))
             return -1;
     *tok = value + i;
     *tok_len = len - i;
     return 0;
 }
 
-static size_t skip_ws(const char *s, size_t i, size_t end)
-{
-    while (i < end && (s[i] == ' ' || s[i] == '\t'))
-        i++;
-    return i;
-}
-
 int jwtauth_cookie(const char *value, size_t len, const char *name, const char **tok,
                    size_t *tok_len)
 {
-    size_t nlen = strlen(name);
+    struct cookie ck;
     int found = 0;
 
-    for (size_t i = 0; i < len;) {
-        size_t start = skip_ws(value, i, len), end = start;
-        while (end < len && value[end] != ';')
-            end++;
-        size_t vend = end;
-        while (vend > start && (value[vend - 1] == ' ' || value[vend - 1] == '\t'))
-            vend--;
-        if (vend - start > nlen && memcmp(value + start, name, nlen) == 0 &&
-            value[start + nlen] == '=') {
-            const char *v = value + start + nlen + 1;
-            size_t vlen = vend - start - nlen - 1;
-            if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') /* RFC 6265 4.1.1 */
-                v++, vlen -= 2;
-            if (found++)
-                return -1;
-            *tok = v;
-            *tok_len = vlen;
+    for (size_t pos = 0; cookie_next(value, len, &pos, &ck);) {
+        if (!cookie_name_is(&ck, name))
+            continue;
+        if (found++)
+            return -1;
+        *tok = ck.value;
+        *tok_len = ck.value_len;
+        if (ck.value_len >= 2 && ck.value[0] == '"' && ck.value[ck.value_len - 1] == '"') {
+            (*tok)++; /* RFC 6265 4.1.1: a cookie-value may be quoted */
+            *tok_len -= 2;
         }
-        i = end + 1;
     }
     return found;
 }
