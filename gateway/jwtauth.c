@@ -28,6 +28,7 @@
 #include "conn.h"
 #include "cookie.h"
 #include "h1.h"
+#include "hash.h"
 #include "jwtauth.h"
 #include "respond.h"
 #include "worker.h"
@@ -641,16 +642,11 @@ void jwtauth_cache_free(struct jwtauth_cache *cache)
     free(cache);
 }
 
-/* FNV-1a, seeded. The whole token is compared on a hit, so the hash only
- * spreads entries; the seed keeps anyone from aiming at one set. */
+/* The token's hash under the cache's seed; never 0, which marks an empty slot. */
 static uint64_t token_hash(const struct jwtauth_cache *c, const char *tok, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ULL ^ c->seed;
+    uint64_t h = hash_bytes(tok, len, c->seed);
 
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)tok[i];
-        h *= 0x100000001b3ULL;
-    }
     return h ? h : 1;
 }
 

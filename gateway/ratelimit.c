@@ -22,6 +22,7 @@
 
 #include "conn.h"
 #include "fmt.h"
+#include "hash.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "respond.h"
@@ -325,15 +326,6 @@ static void table_free(struct rl_table *t)
     t->slots = NULL;
 }
 
-static uint64_t table_hash(const struct rl_table *t, const char *key, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL ^ t->seed; /* FNV-1a, seeded */
-
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
-    return h ^ (h >> 29);
-}
-
 static bool slot_is(const struct rl_slot *s, uint64_t h, const char *key, size_t len)
 {
     return s->key != NULL && s->hash == h && s->key_len == len && memcmp(s->key, key, len) == 0;
@@ -342,7 +334,7 @@ static bool slot_is(const struct rl_slot *s, uint64_t h, const char *key, size_t
 /* The live slot for KEY, or NULL. */
 static struct rl_slot *table_find(struct rl_table *t, const char *key, size_t len, int64_t now)
 {
-    uint64_t h = table_hash(t, key, len);
+    uint64_t h = hash_bytes(key, len, t->seed);
 
     for (size_t i = 0; i < RL_PROBE; i++) {
         struct rl_slot *s = &t->slots[(h + i) & t->mask];
@@ -356,7 +348,7 @@ static struct rl_slot *table_find(struct rl_table *t, const char *key, size_t le
  * expires first in the probe window. NULL when out of memory. */
 static struct rl_slot *table_put(struct rl_table *t, const char *key, size_t len, int64_t now)
 {
-    uint64_t h = table_hash(t, key, len);
+    uint64_t h = hash_bytes(key, len, t->seed);
     struct rl_slot *victim = NULL;
 
     for (size_t i = 0; i < RL_PROBE; i++) {
