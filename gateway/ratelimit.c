@@ -22,6 +22,7 @@
 
 #include "conn.h"
 #include "fmt.h"
+#include "freelist.h"
 #include "hash.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -397,9 +398,10 @@ struct rl_worker {
     struct rl_table refused; /* identities Redis refused, until when */
     size_t ntiers;
     uint64_t *decisions;      /* [tier * RL_OUT__COUNT + outcome], atomic */
-    struct rl_ask *free_asks; /* idle records, reused so a request allocates none */
-    unsigned nfree_asks;      /* at most RL_ASK_KEEP */
+    struct freelist free_asks; /* idle records, reused so a request allocates none */
 };
+
+FREELIST_DEFINE(idle_asks, struct rl_ask, next, RL_ASK_KEEP)
 
 const char *rl_outcome_str(enum rl_outcome o)
 {
@@ -573,6 +575,7 @@ void ratelimit_worker_stop(struct worker *w)
 void ratelimit_worker_free(struct worker *w)
 {
     struct rl_worker *st = w->rl;
+    struct rl_ask *q;
 
     if (st == NULL)
         return;
@@ -586,11 +589,9 @@ void ratelimit_worker_free(struct worker *w)
     free(st->old_decisions);
     table_free(&st->local);
     table_free(&st->refused);
-    while (st->free_asks != NULL) { /* every ask is back: the connections went first */
-        struct rl_ask *q = st->free_asks;
-        st->free_asks = q->next;
+    /* Every ask is back: the connections went first. */
+    while ((q = idle_asks_get(&st->free_asks)) != NULL)
         free(q);
-    }
     free(st->decisions);
     free(st);
     w->rl = NULL;
@@ -618,13 +619,9 @@ static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
  * out of memory. Its plan is for the caller to fill. */
 static struct rl_ask *ask_get(struct rl_worker *st)
 {
-    struct rl_ask *q = st->free_asks;
+    struct rl_ask *q = idle_asks_get(&st->free_asks);
 
-    if (q == NULL)
-        return malloc(sizeof(*q));
-    st->free_asks = q->next;
-    st->nfree_asks--;
-    return q;
+    return q != NULL ? q : malloc(sizeof(*q));
 }
 
 /* Give Q back. A call it made must be answered or detached first: a late
@@ -634,15 +631,10 @@ static void ask_put(struct rl_worker *st, struct rl_ask *q)
 {
     if (q == NULL)
         return;
-    if (st->nfree_asks >= RL_ASK_KEEP) {
-        free(q);
-        return;
-    }
     q->r = NULL;
     q->call = NULL;
-    q->next = st->free_asks;
-    st->free_asks = q;
-    st->nfree_asks++;
+    if (!idle_asks_put(&st->free_asks, q))
+        free(q);
 }
 
 static int64_t ceil_s(int64_t ns)
