@@ -6,7 +6,6 @@
  * Nothing here allocates: the policy is the snapshot's, request values are
  * slices of the request head, answers are rendered into stack buffers.
  */
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -15,6 +14,7 @@
 #include "cors.h"
 #include "wbuf.h"
 #include "respond.h"
+#include "route.h"
 
 const char *cors_origin_str(enum cors_origin o)
 {
@@ -27,13 +27,12 @@ const char *cors_origin_str(enum cors_origin o)
     return "?";
 }
 
-static bool is_alnum(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
-}
-
+/* The host and port are what a Host header may carry, by the same rule
+ * (route_host_normalize): an origin the gateway could never be asked for
+ * under that name is not well-formed either. */
 bool cors_origin_wellformed(const char *o, size_t len)
 {
+    char host[CORS_ORIGIN_MAX + 1];
     size_t i;
 
     if (len > CORS_ORIGIN_MAX)
@@ -44,28 +43,7 @@ bool cors_origin_wellformed(const char *o, size_t len)
         i = 7;
     else
         return false;
-    if (o[i] == '[') {
-        size_t start = ++i;
-        while (i < len && (isxdigit((unsigned char)o[i]) || o[i] == ':' || o[i] == '.'))
-            i++;
-        if (i == start || i == len || o[i] != ']')
-            return false;
-        i++;
-    } else {
-        size_t start = i;
-        while (i < len && (is_alnum(o[i]) || o[i] == '.' || o[i] == '-'))
-            i++;
-        if (i == start)
-            return false;
-    }
-    if (i == len)
-        return true;
-    if (o[i++] != ':' || i == len || len - i > 5)
-        return false;
-    for (; i < len; i++)
-        if (o[i] < '0' || o[i] > '9')
-            return false;
-    return true;
+    return route_host_normalize(o + i, len - i, host, sizeof(host), NULL) >= 0;
 }
 
 bool cors_origin_allowed(const struct fg_cors *c, const char *origin, size_t len)
