@@ -28,6 +28,9 @@
 
 #include "cfg.h"
 #include "cidr.h"
+#include "cors.h"
+#include "h1.h"
+#include "route.h"
 
 #define CFG_INT_MAX 2147483647LL
 #define CFG_SECRET_MAX 65536 /* a secret file larger than this is a mistake */
@@ -355,19 +358,6 @@ static bool str_in(const char *s, const char *const *list)
         if (strcmp(s, *list) == 0)
             return true;
     return false;
-}
-
-/* RFC 9110 §5.6.2 token characters: what a header name may contain. */
-static bool is_token(const char *s)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-
-    if (*s == '\0')
-        return false;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && strchr(extra, *s) == NULL)
-            return false;
-    return true;
 }
 
 /* A header value must not be able to start a new header line. */
@@ -1120,7 +1110,7 @@ static void parse_forward_claims(struct cfg_ctx *ctx, const config_setting_t *g)
             }
             header = config_setting_get_string(h);
             claim = config_setting_get_string(c);
-            if (!is_token(header) || claim[0] == '\0') {
+            if (!h1_is_token(header, strlen(header)) || claim[0] == '\0') {
                 cfg_bad(ctx, e, "\"%s\" is not a valid header name or the claim is empty",
                         header);
                 continue;
@@ -1150,7 +1140,7 @@ static void parse_jwt(struct cfg_ctx *ctx, const config_setting_t *root)
     j->max_token_bytes = (uint32_t)get_int(ctx, g, "max_token_bytes", 8192, 16, 1048576);
     if (g == NULL) /* no jwt group: no token is ever verified */
         return;
-    if (j->cookie != NULL && j->cookie[0] != '\0' && !is_token(j->cookie))
+    if (j->cookie != NULL && j->cookie[0] != '\0' && !h1_is_token(j->cookie, strlen(j->cookie)))
         cfg_bad(ctx, member(g, "cookie"), "\"%s\" is not a valid cookie name", j->cookie);
     parse_jwt_keys(ctx, g);
     parse_forward_claims(ctx, g);
@@ -1399,25 +1389,6 @@ static void parse_ratelimit(struct cfg_ctx *ctx, const config_setting_t *root)
  * cors
  */
 
-/* RFC 6454 serialised origin: "scheme://host[:port]", nothing after. */
-static bool is_origin(const char *o)
-{
-    const char *host;
-
-    if (strncmp(o, "https://", 8) == 0)
-        host = o + 8;
-    else if (strncmp(o, "http://", 7) == 0)
-        host = o + 7;
-    else
-        return false;
-    if (*host == '\0')
-        return false;
-    for (; *host; host++)
-        if (strchr("/?#@ ", *host) != NULL || (unsigned char)*host < 0x21)
-            return false;
-    return true;
-}
-
 static void parse_origins(struct cfg_ctx *ctx, const config_setting_t *g)
 {
     struct fg_cors *c = &ctx->cfg->cors;
@@ -1436,7 +1407,7 @@ static void parse_origins(struct cfg_ctx *ctx, const config_setting_t *g)
             c->any_origin = true;
             if (c->credentials)
                 cfg_bad(ctx, e, "\"*\" cannot be used with credentials = true");
-        } else if (!is_origin(o)) {
+        } else if (!cors_origin_wellformed(o, strlen(o))) {
             cfg_bad(ctx, e, "\"%s\" is not an origin (scheme://host[:port])", o);
         } else if ((c->origins[c->norigins] = cfg_strdup(ctx, o)) != NULL) {
             str_lower(c->origins[c->norigins++]);
@@ -1448,7 +1419,7 @@ static void check_header_names(struct cfg_ctx *ctx, const config_setting_t *list
                                size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (!is_token(v[i]))
+        if (!h1_is_token(v[i], strlen(v[i])))
             cfg_bad(ctx, list, "\"%s\" is not a valid header name", v[i]);
 }
 
@@ -1536,12 +1507,30 @@ static struct fg_upstream *find_upstream(struct fg_config *cfg, const char *name
     return NULL;
 }
 
-static bool is_host(const char *h)
+/*
+ * A host name in the configuration is held to the rule a request's Host is
+ * (route_host_normalize): a name that no request could carry would make a
+ * route or a preview pattern that never matches. NAME[0..LEN) normalised
+ * into OUT (lowercase, one trailing dot dropped); no port, no IPv6 literal
+ * (those are addresses, not names). Returns the length, or -1.
+ */
+static ssize_t host_name(const char *name, size_t len, char out[ROUTE_HOST_MAX + 1])
 {
-    for (; *h; h++)
-        if (!isalnum((unsigned char)*h) && *h != '.' && *h != '-' && *h != '_')
-            return false;
-    return true;
+    int port;
+    ssize_t n = route_host_normalize(name, len, out, ROUTE_HOST_MAX + 1, &port);
+
+    return n > 0 && port == -1 && out[0] != '[' ? n : -1;
+}
+
+/* Is PREFIX "x" SUFFIX a host name? Writes it, normalised, to OUT. {name}
+ * stands in as "x", a name route_preview_name accepts. */
+static ssize_t template_host(const char *prefix, const char *suffix, size_t suffix_len,
+                             char out[ROUTE_HOST_MAX + 1])
+{
+    char t[ROUTE_HOST_MAX + 2];
+    int n = snprintf(t, sizeof(t), "%sx%.*s", prefix, (int)suffix_len, suffix);
+
+    return n > 0 && (size_t)n < sizeof(t) ? host_name(t, (size_t)n, out) : -1;
 }
 
 /* An auth mode other than "none" needs keys to verify tokens with. */
@@ -1563,13 +1552,15 @@ static void parse_route(struct cfg_ctx *ctx, const config_setting_t *s, struct f
     const char *path = get_required(ctx, s, "path");
     const char *up = get_required(ctx, s, "upstream");
     config_setting_t *methods = get_list(ctx, s, "methods");
+    char name[ROUTE_HOST_MAX + 1];
 
     check_keys(ctx, s, route_keys);
-    if (!is_host(host))
+    if (host[0] != '\0' && host_name(host, strlen(host), name) < 0) {
         cfg_bad(ctx, member(s, "host"), "\"%s\" is not a host name", host);
-    r->host = cfg_strdup(ctx, host);
-    str_lower(r->host);
-    r->host_len = strlen(host);
+        name[0] = '\0';
+    }
+    r->host = cfg_strdup(ctx, host[0] != '\0' ? name : "");
+    r->host_len = r->host != NULL ? strlen(r->host) : 0;
     if (path != NULL && !is_route_path(path))
         cfg_bad(ctx, member(s, "path"), "must start with '/' and contain no spaces, '?' or '#'");
     if (path == NULL || !is_route_path(path))
@@ -1659,18 +1650,19 @@ static void parse_preview_host(struct cfg_ctx *ctx, const config_setting_t *g)
     struct fg_previews *p = &ctx->cfg->previews;
     const char *host = get_required(ctx, g, "host");
     const char *rest;
+    char name[ROUTE_HOST_MAX + 1];
 
     if (host == NULL)
         return;
     if (split_template(host, &p->host_prefix, &rest) != 0 || rest[0] == '\0' ||
-        !is_host(p->host_prefix) || !is_host(rest)) {
+        template_host(p->host_prefix, rest, strlen(rest), name) < 0) {
         cfg_bad(ctx, member(g, "host"),
                 "\"%s\" must contain \"{name}\" once, followed by a domain suffix", host);
         return;
     }
-    p->host_suffix = cfg_strdup(ctx, rest);
+    /* As requests' hosts are matched: lowercase, no trailing dot. */
+    p->host_suffix = cfg_strdup(ctx, name + strlen(p->host_prefix) + 1);
     str_lower(p->host_prefix);
-    str_lower(p->host_suffix);
 }
 
 static void parse_preview_upstream(struct cfg_ctx *ctx, const config_setting_t *g)
@@ -1678,17 +1670,18 @@ static void parse_preview_upstream(struct cfg_ctx *ctx, const config_setting_t *
     struct fg_previews *p = &ctx->cfg->previews;
     const char *up = get_required(ctx, g, "upstream");
     const char *rest, *colon;
-    char *end;
+    char *end, name[ROUTE_HOST_MAX + 1];
     long port = 0;
 
     if (up == NULL)
         return;
     if (split_template(up, &p->upstream_prefix, &rest) == 0 && (colon = strrchr(rest, ':'))) {
         port = isdigit((unsigned char)colon[1]) ? strtol(colon + 1, &end, 10) : 0;
-        if (port >= 1 && port <= 65535 && *end == '\0' && is_host(p->upstream_prefix)) {
+        if (port >= 1 && port <= 65535 && *end == '\0' &&
+            template_host(p->upstream_prefix, rest, (size_t)(colon - rest), name) >= 0) {
             p->upstream_suffix = strndup(rest, (size_t)(colon - rest));
             p->upstream_port = (int)port;
-            if (p->upstream_suffix != NULL && is_host(p->upstream_suffix))
+            if (p->upstream_suffix != NULL)
                 return;
         }
     }

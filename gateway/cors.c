@@ -6,7 +6,6 @@
  * Nothing here allocates: the policy is the snapshot's, request values are
  * slices of the request head, answers are rendered into stack buffers.
  */
-#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -14,6 +13,7 @@
 #include "cors.h"
 #include "req.h"
 #include "respond.h"
+#include "route.h"
 #include "wbuf.h"
 
 const char *cors_origin_str(enum cors_origin o)
@@ -27,19 +27,12 @@ const char *cors_origin_str(enum cors_origin o)
     return "?";
 }
 
-static bool is_alnum(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
-}
-
-/* RFC 9110 section 5.6.2 tchar. */
-static bool is_tchar(char ch)
-{
-    return is_alnum(ch) || (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
-}
-
+/* The host and port are what a Host header may carry, by the same rule
+ * (route_host_normalize): an origin the gateway could never be asked for
+ * under that name is not well-formed either. */
 bool cors_origin_wellformed(const char *o, size_t len)
 {
+    char host[CORS_ORIGIN_MAX + 1];
     size_t i;
 
     if (len > CORS_ORIGIN_MAX)
@@ -50,28 +43,7 @@ bool cors_origin_wellformed(const char *o, size_t len)
         i = 7;
     else
         return false;
-    if (o[i] == '[') {
-        size_t start = ++i;
-        while (i < len && (isxdigit((unsigned char)o[i]) || o[i] == ':' || o[i] == '.'))
-            i++;
-        if (i == start || i == len || o[i] != ']')
-            return false;
-        i++;
-    } else {
-        size_t start = i;
-        while (i < len && (is_alnum(o[i]) || o[i] == '.' || o[i] == '-'))
-            i++;
-        if (i == start)
-            return false;
-    }
-    if (i == len)
-        return true;
-    if (o[i++] != ':' || i == len || len - i > 5)
-        return false;
-    for (; i < len; i++)
-        if (o[i] < '0' || o[i] > '9')
-            return false;
-    return true;
+    return route_host_normalize(o + i, len - i, host, sizeof(host), NULL) >= 0;
 }
 
 bool cors_origin_allowed(const struct fg_cors *c, const char *origin, size_t len)
@@ -103,17 +75,6 @@ static ssize_t find_header(const struct fg_cors *c, const char *name, size_t len
     return -1;
 }
 
-/* Trim OWS (SP / HTAB, RFC 9110 section 5.6.3) from both ends of a slice. */
-static void trim_ows(const char **s, size_t *len)
-{
-    while (*len > 0 && (**s == ' ' || **s == '\t')) {
-        (*s)++;
-        (*len)--;
-    }
-    while (*len > 0 && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
-        (*len)--;
-}
-
 /* Every non-empty element must be a token naming an allowed header. */
 static int check_requested(const struct fg_cors *c, const char *value, size_t len)
 {
@@ -124,14 +85,11 @@ static int check_requested(const struct fg_cors *c, const char *value, size_t le
             continue;
         const char *e = value + start;
         size_t elen = i - start;
-        trim_ows(&e, &elen);
+        h1_trim_ows(&e, &elen);
         start = i + 1;
         if (elen == 0)
             continue;
-        for (size_t k = 0; k < elen; k++)
-            if (!is_tchar(e[k]))
-                return -1;
-        if (find_header(c, e, elen) < 0)
+        if (!h1_is_token(e, elen) || find_header(c, e, elen) < 0)
             return -1;
     }
     return 0;
@@ -168,11 +126,8 @@ int cors_method_number(const char *value, size_t len)
 {
     char name[32];
 
-    if (len == 0 || len >= sizeof(name))
+    if (len >= sizeof(name) || !h1_is_token(value, len))
         return -1;
-    for (size_t i = 0; i < len; i++)
-        if (!is_tchar(value[i]))
-            return -1;
     memcpy(name, value, len);
     name[len] = '\0';
     return cfg_method_from_name(name);

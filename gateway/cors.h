@@ -63,9 +63,12 @@ const char *cors_origin_str(enum cors_origin o);
 bool cors_origin_allowed(const struct fg_cors *c, const char *origin, size_t len);
 
 /*
- * "http://" or "https://", then a host of [A-Za-z0-9.-] or a bracketed IPv6
- * literal, then optionally ':' and 1-5 digits; nothing else (no userinfo,
- * path, trailing slash or whitespace), at most CORS_ORIGIN_MAX bytes.
+ * "http://" or "https://" (any case), then a host and optional port that
+ * route_host_normalize accepts: a name of letters, digits, '-' and
+ * non-empty '.'-separated labels, or a bracketed IPv6 literal, and a port
+ * of 1..65535; nothing else (no userinfo, path, trailing slash or
+ * whitespace), at most CORS_ORIGIN_MAX bytes. The configured origins are
+ * held to the same rule.
  */
 bool cors_origin_wellformed(const char *origin, size_t len);
 

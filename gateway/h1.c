@@ -40,14 +40,17 @@ static const unsigned char tchar_map[256] = {
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
-static bool is_tchar(unsigned char c)
+bool h1_is_tchar(unsigned char c)
 {
     return tchar_map[c] != 0;
 }
 
-static bool is_ows(char c)
+bool h1_is_token(const char *s, size_t n)
 {
-    return c == ' ' || c == '\t';
+    for (size_t i = 0; i < n; i++)
+        if (!h1_is_tchar((unsigned char)s[i]))
+            return false;
+    return n > 0;
 }
 
 static char ascii_lower(char c)
@@ -60,13 +63,13 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-static void trim_ows(const char **v, size_t *n)
+void h1_trim_ows(const char **v, size_t *n)
 {
-    while (*n > 0 && is_ows((*v)[0])) {
+    while (*n > 0 && h1_is_ows((*v)[0])) {
         (*v)++;
         (*n)--;
     }
-    while (*n > 0 && is_ows((*v)[*n - 1]))
+    while (*n > 0 && h1_is_ows((*v)[*n - 1]))
         (*n)--;
 }
 
@@ -112,7 +115,7 @@ bool h1_list_has(const char *value, size_t len, const char *token)
             continue;
         const char *elem = value + start;
         size_t elen = i - start;
-        trim_ows(&elem, &elen);
+        h1_trim_ows(&elem, &elen);
         if (h1_token_eq(elem, elen, token))
             return true;
         start = i + 1;
@@ -149,7 +152,7 @@ ssize_t h1_head_end(const char *buf, size_t len)
             return -1; /* leading empty line */
         if (stop + 1 == len)
             return -2;
-        if (is_ows(buf[stop + 1]))
+        if (h1_is_ows(buf[stop + 1]))
             return -1;
         if (buf[stop + 1] == '\r') {
             if (stop + 2 == len)
@@ -199,15 +202,15 @@ static enum h1_status parse_field_line(struct h1_fields *f, const char *line, si
 {
     size_t i = 0;
 
-    while (i < n && is_tchar((unsigned char)line[i]))
+    while (i < n && h1_is_tchar((unsigned char)line[i]))
         i++;
     if (i == n) {
         f->reason = "header line without a colon";
         return H1_BAD_REQUEST;
     }
     if (line[i] != ':') {
-        f->reason =
-            is_ows(line[i]) ? "whitespace before header colon" : "invalid character in header name";
+        f->reason = h1_is_ows(line[i]) ? "whitespace before header colon"
+                                       : "invalid character in header name";
         return H1_BAD_REQUEST;
     }
     if (i == 0) {
@@ -223,7 +226,7 @@ static enum h1_status parse_field_line(struct h1_fields *f, const char *line, si
             return H1_BAD_REQUEST;
         }
     }
-    trim_ows(&value, &vlen);
+    h1_trim_ows(&value, &vlen);
     if (!f->keep_underscores && memchr(line, '_', i) != NULL)
         return H1_OK; /* dropped, as nginx does: such names alias '-' ones upstream */
     f->out[f->n++] = (struct h1_header){line, i, value, vlen};
@@ -252,7 +255,7 @@ static enum h1_status parse_fields(struct h1_fields *f, const char *buf, size_t 
             }
             return H1_OK;
         }
-        if (is_ows(buf[pos])) {
+        if (h1_is_ows(buf[pos])) {
             f->reason = "obsolete line folding";
             return H1_BAD_REQUEST;
         }
@@ -282,7 +285,7 @@ static int parse_content_length(const char *v, size_t n, uint64_t *out)
         const char *elem = v + start;
         size_t elen = i - start;
         uint64_t x = 0;
-        trim_ows(&elem, &elen);
+        h1_trim_ows(&elem, &elen);
         if (elen == 0)
             return -1;
         for (size_t k = 0; k < elen; k++) {
@@ -564,7 +567,7 @@ static enum h1_status parse_request_line(struct h1_request *req, const char *lin
 {
     size_t i = 0, t;
 
-    while (i < n && is_tchar((unsigned char)line[i]))
+    while (i < n && h1_is_tchar((unsigned char)line[i]))
         i++;
     if (i == 0 || i == n || line[i] != ' ') {
         req->reason = "malformed method";
@@ -783,7 +786,7 @@ static bool final_coding_chunked(const struct h1_header *h, size_t n)
         comma--;
     const char *v = comma;
     size_t vlen = (size_t)(last->value + last->value_len - comma);
-    trim_ows(&v, &vlen);
+    h1_trim_ows(&v, &vlen);
     return h1_token_eq(v, vlen, "chunked");
 }
 
@@ -917,7 +920,7 @@ static int chunk_size_byte(struct h1_parser *p, char c)
             p->chunk_left = (p->chunk_left << 4) | (uint64_t)d;
             return CS_SIZE;
         }
-        if (c == ';' || is_ows(c))
+        if (c == ';' || h1_is_ows(c))
             return CS_EXT;
         return c == '\r' ? CS_SIZE_LF : -1;
     case CS_EXT:
@@ -940,11 +943,11 @@ static int chunk_trailer_byte(struct h1_parser *p, char c)
     case CS_TRAILER_START:
         if (c == '\r')
             return CS_FINAL_LF;
-        return is_tchar(u) ? CS_TRAILER_NAME : -1;
+        return h1_is_tchar(u) ? CS_TRAILER_NAME : -1;
     case CS_TRAILER_NAME:
         if (c == ':')
             return CS_TRAILER_VALUE;
-        return is_tchar(u) ? CS_TRAILER_NAME : -1;
+        return h1_is_tchar(u) ? CS_TRAILER_NAME : -1;
     case CS_TRAILER_VALUE:
         if (c == '\r')
             return CS_TRAILER_LF;

@@ -189,6 +189,21 @@ static inline bool h1_token_eq(const char *a, size_t alen, const char *lit)
     return h1_token_eq_n(a, alen, lit, strlen(lit));
 }
 
+/* RFC 9110 5.6.2 tchar: may C stand in a token (a field name, a method)? */
+bool h1_is_tchar(unsigned char c);
+
+/* Is S[0..N) a token: at least one byte, and tchar bytes only? */
+bool h1_is_token(const char *s, size_t n);
+
+/* RFC 9110 5.6.3 OWS: SP or HTAB, nothing else (no CR, LF or VT). */
+static inline bool h1_is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Trim OWS from both ends of the slice *V[0..*N). */
+void h1_trim_ows(const char **v, size_t *n);
+
 /* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
 bool h1_list_has(const char *value, size_t len, const char *token);
 

@@ -26,7 +26,9 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include "cookie.h"
 #include "h1.h"
+#include "hash.h"
 #include "jwtauth.h"
 #include "req.h"
 #include "respond.h"
@@ -92,45 +94,30 @@ int jwtauth_bearer(const char *value, size_t len, const char **tok, size_t *tok_
     if (i == len)
         return -1;
     for (size_t j = i; j < len; j++)
-        if (value[j] == ' ' || value[j] == '\t')
+        if (h1_is_ows(value[j]))
             return -1;
     *tok = value + i;
     *tok_len = len - i;
     return 0;
 }
 
-static size_t skip_ws(const char *s, size_t i, size_t end)
-{
-    while (i < end && (s[i] == ' ' || s[i] == '\t'))
-        i++;
-    return i;
-}
-
 int jwtauth_cookie(const char *value, size_t len, const char *name, const char **tok,
                    size_t *tok_len)
 {
-    size_t nlen = strlen(name);
+    struct cookie ck;
     int found = 0;
 
-    for (size_t i = 0; i < len;) {
-        size_t start = skip_ws(value, i, len), end = start;
-        while (end < len && value[end] != ';')
-            end++;
-        size_t vend = end;
-        while (vend > start && (value[vend - 1] == ' ' || value[vend - 1] == '\t'))
-            vend--;
-        if (vend - start > nlen && memcmp(value + start, name, nlen) == 0 &&
-            value[start + nlen] == '=') {
-            const char *v = value + start + nlen + 1;
-            size_t vlen = vend - start - nlen - 1;
-            if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') /* RFC 6265 4.1.1 */
-                v++, vlen -= 2;
-            if (found++)
-                return -1;
-            *tok = v;
-            *tok_len = vlen;
+    for (size_t pos = 0; cookie_next(value, len, &pos, &ck);) {
+        if (!cookie_name_is(&ck, name))
+            continue;
+        if (found++)
+            return -1;
+        *tok = ck.value;
+        *tok_len = ck.value_len;
+        if (ck.value_len >= 2 && ck.value[0] == '"' && ck.value[ck.value_len - 1] == '"') {
+            (*tok)++; /* RFC 6265 4.1.1: a cookie-value may be quoted */
+            *tok_len -= 2;
         }
-        i = end + 1;
     }
     return found;
 }
@@ -657,16 +644,11 @@ void jwtauth_cache_free(struct jwtauth_cache *cache)
     free(cache);
 }
 
-/* FNV-1a, seeded. The whole token is compared on a hit, so the hash only
- * spreads entries; the seed keeps anyone from aiming at one set. */
+/* The token's hash under the cache's seed; never 0, which marks an empty slot. */
 static uint64_t token_hash(const struct jwtauth_cache *c, const char *tok, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ULL ^ c->seed;
+    uint64_t h = hash_bytes(tok, len, c->seed);
 
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)tok[i];
-        h *= 0x100000001b3ULL;
-    }
     return h ? h : 1;
 }
 

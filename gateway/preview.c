@@ -12,9 +12,10 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <netinet/in.h>
 
+#include "cookie.h"
+#include "h1.h"
 #include "preview.h"
 #include "req.h"
 #include "respond.h"
@@ -25,108 +26,59 @@
 
 #define PREVIEW_DNS_NAME_MAX 253
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-static bool ascii_ieq(const char *a, size_t alen, const char *b)
-{
-    size_t blen = strlen(b);
-
-    if (alen != blen)
-        return false;
-    for (size_t i = 0; i < alen; i++) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x = (char)(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z')
-            y = (char)(y - 'A' + 'a');
-        if (x != y)
-            return false;
-    }
-    return true;
-}
-
-/* [*S, *E) trimmed of optional whitespace at both ends. */
-static void trim(const char **s, const char **e)
-{
-    while (*s < *e && is_ows(**s))
-        (*s)++;
-    while (*e > *s && is_ows((*e)[-1]))
-        (*e)--;
-}
-
-static bool cookie_named(const char *name, size_t len, char *const *names, size_t nnames,
-                         const char *extra)
+/* Is C one of the platform's cookies: one of NAMES, or EXTRA (jwt.cookie)? */
+static bool cookie_listed(const struct cookie *c, char *const *names, size_t nnames,
+                          const char *extra)
 {
     for (size_t i = 0; i < nnames; i++)
-        if (ascii_ieq(name, len, names[i]))
+        if (cookie_name_is(c, names[i]))
             return true;
-    return extra && extra[0] && ascii_ieq(name, len, extra);
+    return extra && extra[0] && cookie_name_is(c, extra);
 }
 
 size_t preview_strip_cookies(const char *value, size_t value_len, char *const *names, size_t nnames,
                              const char *extra_name, char *out)
 {
-    const char *p = value, *end = value + value_len;
+    struct cookie ck;
     size_t n = 0;
 
-    while (p < end) {
-        const char *semi = memchr(p, ';', (size_t)(end - p));
-        const char *s = p, *e = semi ? semi : end;
-        p = semi ? semi + 1 : end;
-        trim(&s, &e);
-        if (s == e)
-            continue;
-        /* The name is what comes before '='; a piece without '=' is judged
-         * by all of it, so "session" alone cannot slip through either. */
-        const char *eq = memchr(s, '=', (size_t)(e - s));
-        const char *ns = s, *ne = eq ? eq : e;
-        trim(&ns, &ne);
-        if (cookie_named(ns, (size_t)(ne - ns), names, nnames, extra_name))
+    for (size_t pos = 0; cookie_next(value, value_len, &pos, &ck);) {
+        if (cookie_listed(&ck, names, nnames, extra_name))
             continue;
         if (n > 0) {
             memcpy(out + n, "; ", 2);
             n += 2;
         }
-        memcpy(out + n, s, (size_t)(e - s));
-        n += (size_t)(e - s);
+        memcpy(out + n, ck.pair, ck.pair_len);
+        n += ck.pair_len;
     }
     return n;
 }
 
-/* One Domain attribute value (RFC 6265 5.2.3): an empty one is ignored by
- * user agents (host-only cookie), a leading '.' is dropped; anything else
- * must name HOST itself (a trailing dot is another name: refused). */
-static bool domain_ok(const char *s, const char *e, const char *host, size_t host_len)
+/* One Domain attribute value D[0..N) (RFC 6265 5.2.3): an empty one is
+ * ignored by user agents (host-only cookie), a leading '.' is dropped;
+ * anything else must name HOST itself (a trailing dot is another name:
+ * refused). */
+static bool domain_ok(const char *d, size_t n, const char *host, size_t host_len)
 {
-    trim(&s, &e);
-    if (s < e && *s == '.')
-        s++;
-    if (s == e)
-        return true;
-    return (size_t)(e - s) == host_len && strncasecmp(s, host, host_len) == 0;
+    h1_trim_ows(&d, &n);
+    if (n > 0 && *d == '.')
+        d++, n--;
+    return n == 0 || h1_token_eq_n(d, n, host, host_len);
 }
 
 bool preview_set_cookie_allowed(const char *value, size_t value_len, const char *host,
                                 size_t host_len)
 {
-    const char *end = value + value_len;
-    const char *p = memchr(value, ';', value_len);
+    const char *semi = memchr(value, ';', value_len);
+    struct cookie attr;
 
-    while (p != NULL && p < end) {
-        const char *s = p + 1;
-        const char *semi = memchr(s, ';', (size_t)(end - s));
-        const char *e = semi ? semi : end;
-        const char *eq = memchr(s, '=', (size_t)(e - s));
-        const char *ns = s, *ne = eq ? eq : e;
-        trim(&ns, &ne);
-        if (ascii_ieq(ns, (size_t)(ne - ns), "domain") &&
-            !domain_ok(eq ? eq + 1 : e, e, host, host_len))
+    /* The attributes follow the cookie-pair; their names are case-insensitive. */
+    for (size_t pos = semi ? (size_t)(semi - value) : value_len;
+         cookie_next(value, value_len, &pos, &attr);)
+        if (h1_token_eq(attr.name, attr.name_len, "domain") &&
+            !domain_ok(attr.value, attr.value_len, host, host_len))
             return false;
-        p = semi;
-    }
     return true;
 }
 

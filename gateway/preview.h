@@ -18,9 +18,9 @@
 
 /*
  * Copy the cookie-string VALUE (RFC 6265 5.4: "a=1; b=2") into OUT without
- * the cookies whose name is one of NAMES (ASCII case-insensitively, so a
- * differently cased copy of a platform cookie never passes). Pieces are
- * trimmed and joined with "; " in their original order; empty pieces go.
+ * the cookies whose name is one of NAMES or EXTRA_NAME (cookie_name_is:
+ * byte for byte, as browsers tell cookies apart). Pieces are trimmed and
+ * joined with "; " in their original order; empty pieces go.
  * OUT needs 2 * VALUE_LEN bytes (a bare ';' becomes "; "). Returns the
  * length written; 0 means no cookie is left (drop the header).
  */

@@ -22,6 +22,8 @@
 #include <openssl/evp.h>
 
 #include "fmt.h"
+#include "freelist.h"
+#include "hash.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "req.h"
@@ -326,15 +328,6 @@ static void table_free(struct rl_table *t)
     t->slots = NULL;
 }
 
-static uint64_t table_hash(const struct rl_table *t, const char *key, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL ^ t->seed; /* FNV-1a, seeded */
-
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
-    return h ^ (h >> 29);
-}
-
 static bool slot_is(const struct rl_slot *s, uint64_t h, const char *key, size_t len)
 {
     return s->key != NULL && s->hash == h && s->key_len == len && memcmp(s->key, key, len) == 0;
@@ -343,7 +336,7 @@ static bool slot_is(const struct rl_slot *s, uint64_t h, const char *key, size_t
 /* The live slot for KEY, or NULL. */
 static struct rl_slot *table_find(struct rl_table *t, const char *key, size_t len, int64_t now)
 {
-    uint64_t h = table_hash(t, key, len);
+    uint64_t h = hash_bytes(key, len, t->seed);
 
     for (size_t i = 0; i < RL_PROBE; i++) {
         struct rl_slot *s = &t->slots[(h + i) & t->mask];
@@ -357,7 +350,7 @@ static struct rl_slot *table_find(struct rl_table *t, const char *key, size_t le
  * expires first in the probe window. NULL when out of memory. */
 static struct rl_slot *table_put(struct rl_table *t, const char *key, size_t len, int64_t now)
 {
-    uint64_t h = table_hash(t, key, len);
+    uint64_t h = hash_bytes(key, len, t->seed);
     struct rl_slot *victim = NULL;
 
     for (size_t i = 0; i < RL_PROBE; i++) {
@@ -407,9 +400,10 @@ struct rl_worker {
     struct rl_table refused; /* identities Redis refused, until when */
     size_t ntiers;
     uint64_t *decisions;      /* [tier * RL_OUT__COUNT + outcome], atomic */
-    struct rl_ask *free_asks; /* idle records, reused so a request allocates none */
-    unsigned nfree_asks;      /* at most RL_ASK_KEEP */
+    struct freelist free_asks; /* idle records, reused so a request allocates none */
 };
+
+FREELIST_DEFINE(idle_asks, struct rl_ask, next, RL_ASK_KEEP)
 
 const char *rl_outcome_str(enum rl_outcome o)
 {
@@ -590,6 +584,7 @@ void ratelimit_worker_stop(struct worker *w)
 void ratelimit_worker_free(struct worker *w)
 {
     struct rl_worker *st = rl_state(w);
+    struct rl_ask *q;
 
     if (st == NULL)
         return;
@@ -603,11 +598,9 @@ void ratelimit_worker_free(struct worker *w)
     free(st->old_decisions);
     table_free(&st->local);
     table_free(&st->refused);
-    while (st->free_asks != NULL) { /* every ask is back: the connections went first */
-        struct rl_ask *q = st->free_asks;
-        st->free_asks = q->next;
+    /* Every ask is back: the connections went first. */
+    while ((q = idle_asks_get(&st->free_asks)) != NULL)
         free(q);
-    }
     free(st->decisions);
     free(st);
     stage_set_worker_data(w, &ratelimit_stage, NULL);
@@ -635,13 +628,9 @@ static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
  * out of memory. Its plan is for the caller to fill. */
 static struct rl_ask *ask_get(struct rl_worker *st)
 {
-    struct rl_ask *q = st->free_asks;
+    struct rl_ask *q = idle_asks_get(&st->free_asks);
 
-    if (q == NULL)
-        return malloc(sizeof(*q));
-    st->free_asks = q->next;
-    st->nfree_asks--;
-    return q;
+    return q != NULL ? q : malloc(sizeof(*q));
 }
 
 /* Give Q back. A call it made must be answered or detached first: a late
@@ -651,15 +640,10 @@ static void ask_put(struct rl_worker *st, struct rl_ask *q)
 {
     if (q == NULL)
         return;
-    if (st->nfree_asks >= RL_ASK_KEEP) {
-        free(q);
-        return;
-    }
     q->r = NULL;
     q->call = NULL;
-    q->next = st->free_asks;
-    st->free_asks = q;
-    st->nfree_asks++;
+    if (!idle_asks_put(&st->free_asks, q))
+        free(q);
 }
 
 static int64_t ceil_s(int64_t ns)

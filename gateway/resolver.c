@@ -18,6 +18,7 @@
 
 #include <event2/dns.h>
 
+#include "hash.h"
 #include "log.h"
 #include "resolver.h"
 
@@ -79,14 +80,6 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint32_t name_hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
 }
 
 static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
@@ -424,7 +417,7 @@ enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
                                      struct resolver_wait *wt, resolver_cb cb,
                                      struct sockaddr_storage *addr)
 {
-    uint32_t h = name_hash(name);
+    uint32_t h = (uint32_t)hash_bytes(name, strlen(name), 0);
     struct resolver_entry *e = entry_find(rs, name, h);
 
     if (e == NULL && (e = entry_new(rs, name, h)) == NULL)

@@ -34,6 +34,7 @@
 #include <openssl/sha.h>
 
 #include "fmt.h"
+#include "freelist.h"
 #include "log.h"
 #include "resolver.h"
 #include "rl_redis.h"
@@ -69,13 +70,11 @@ struct rl_link {
     struct rl_link_stats stats;    /* atomic counters (read by admin) */
     struct resolver *rs;           /* the worker's resolver, for a Redis host name */
     struct resolver_wait dns;      /* a lookup in flight (dns.e != NULL) */
-    struct rl_call *free_calls;    /* idle call records (call_free), reused by calls */
-    unsigned nfree_calls;          /* at most RL_CALL_KEEP */
+    struct freelist free_calls;    /* idle call records (call_free), at most RL_CALL_KEEP */
     struct rl_batch *unsent;       /* batches waiting for the flush event, oldest first */
     struct rl_batch *unsent_tail;  /* the newest: calls are added to it while it has room */
     struct event *flush_ev;        /* zero-delay: sends the unsent batches */
-    struct rl_batch *free_batches; /* idle batches, reused */
-    unsigned nfree_batches;        /* at most RL_BATCH_KEEP */
+    struct freelist free_batches;  /* idle batches, at most RL_BATCH_KEEP */
 };
 
 struct rl_call {
@@ -113,6 +112,9 @@ static void link_connect(struct rl_link *l);
 static void link_connect_to(struct rl_link *l, const char *host);
 static void call_destroy(struct rl_call *c);
 static void batch_destroy(struct rl_batch *b);
+
+FREELIST_DEFINE(idle_calls, struct rl_call, next, RL_CALL_KEEP)
+FREELIST_DEFINE(idle_batches, struct rl_batch, next, RL_BATCH_KEEP)
 static void batch_fail_unsent(struct rl_link *l);
 static void flush_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -468,6 +470,9 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
 
 void rl_link_free(struct rl_link *l)
 {
+    struct rl_call *c;
+    struct rl_batch *b;
+
     if (l == NULL)
         return;
     resolver_cancel(&l->dns);
@@ -477,16 +482,11 @@ void rl_link_free(struct rl_link *l)
         redisAsyncFree(ac); /* answers every batch sent with NULL */
     }
     batch_fail_unsent(l);
-    while (l->free_calls != NULL) { /* after the answers above: they come back here */
-        struct rl_call *c = l->free_calls;
-        l->free_calls = c->next;
+    /* After the answers above: their calls and batches come back here. */
+    while ((c = idle_calls_get(&l->free_calls)) != NULL)
         call_destroy(c);
-    }
-    while (l->free_batches != NULL) {
-        struct rl_batch *b = l->free_batches;
-        l->free_batches = b->next;
+    while ((b = idle_batches_get(&l->free_batches)) != NULL)
         batch_destroy(b);
-    }
     if (l->flush_ev)
         event_free(l->flush_ev);
     if (l->retry_ev)
@@ -512,14 +512,10 @@ static void call_destroy(struct rl_call *c)
  * deadline timer. NULL when out of memory. */
 static struct rl_call *call_get(struct rl_link *l)
 {
-    struct rl_call *c = l->free_calls;
+    struct rl_call *c = idle_calls_get(&l->free_calls);
 
-    if (c != NULL) {
-        l->free_calls = c->next;
-        l->nfree_calls--;
-        c->next = NULL;
+    if (c != NULL)
         return c;
-    }
     if ((c = calloc(1, sizeof(*c))) == NULL)
         return NULL;
     c->link = l;
@@ -541,13 +537,8 @@ static void call_free(struct rl_call *c)
     c->done = NULL;
     c->arg = NULL;
     c->late = false;
-    if (l->nfree_calls >= RL_CALL_KEEP) {
+    if (!idle_calls_put(&l->free_calls, c))
         call_destroy(c);
-        return;
-    }
-    c->next = l->free_calls;
-    l->free_calls = c;
-    l->nfree_calls++;
 }
 
 static void record_latency(struct rl_link *l, int64_t us)
@@ -617,16 +608,10 @@ static void batch_destroy(struct rl_batch *b)
 /* An empty batch of L, from its free list or new; NULL when out of memory. */
 static struct rl_batch *batch_get(struct rl_link *l)
 {
-    struct rl_batch *b = l->free_batches;
+    struct rl_batch *b = idle_batches_get(&l->free_batches);
 
-    if (b == NULL) {
-        if ((b = calloc(1, sizeof(*b))) != NULL)
-            b->link = l;
-        return b;
-    }
-    l->free_batches = b->next;
-    l->nfree_batches--;
-    b->next = NULL;
+    if (b == NULL && (b = calloc(1, sizeof(*b))) != NULL)
+        b->link = l;
     return b;
 }
 
@@ -645,13 +630,8 @@ static void batch_free(struct rl_batch *b)
     b->ncalls = b->nkeys = b->nargs = 0;
     b->keys.len = b->args.len = b->cmd.len = 0;
     b->retried = false;
-    if (l->nfree_batches >= RL_BATCH_KEEP) {
+    if (!idle_batches_put(&l->free_batches, b))
         batch_destroy(b);
-    } else {
-        b->next = l->free_batches;
-        l->free_batches = b;
-        l->nfree_batches++;
-    }
     if (l->pending == l->late && l->stopping && l->ac != NULL)
         link_close(l);
 }

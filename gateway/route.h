@@ -10,6 +10,8 @@
 
 #include "cfg.h"
 
+#define ROUTE_HOST_MAX 255 /* longest normalised host: a DNS name is at most 253 */
+
 /*
  * Normalise a Host header value (or absolute-form authority) into OUT:
  * lowercased, port removed (*PORT set to it, or -1 when absent), IPv6

@@ -17,6 +17,7 @@
 
 #include <event2/buffer.h>
 
+#include "hash.h"
 #include "log.h"
 #include "proxy.h"
 #include "upstream.h"
@@ -170,7 +171,6 @@ static uint32_t endpoint_hash(const struct sockaddr_storage *a)
 {
     const unsigned char *b;
     size_t n;
-    uint32_t h = 2166136261u;
 
     if (a->ss_family == AF_INET) {
         b = (const unsigned char *)&((const struct sockaddr_in *)a)->sin_addr;
@@ -179,9 +179,8 @@ static uint32_t endpoint_hash(const struct sockaddr_storage *a)
         b = (const unsigned char *)&((const struct sockaddr_in6 *)a)->sin6_addr;
         n = 16;
     }
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 16777619u;
-    return h; /* by address only: forgetting an address finds every port */
+    /* by address only: forgetting an address finds every port */
+    return (uint32_t)hash_bytes(b, n, 0);
 }
 
 static void dyn_lru_unlink(struct upstream_dyn *d, struct upstream_pool *p)

@@ -207,6 +207,13 @@ CASES = [
      [("Cookie", "access_token=" + token() + "; access_token=" + token())], "bad"),
     ("bad Authorization wins over a good cookie",
      [("Authorization", "Basic eDp5"), ("Cookie", "access_token=" + token())], "bad"),
+    # The cookie is found as the preview rules find the platform's: exact
+    # name (another case is another cookie), trimmed, a bare name counts.
+    ("cookie in another case is another cookie",
+     [("Cookie", "ACCESS_TOKEN=" + token(key=WRONG_SECRET) + "; access_token=" + token())], "ok"),
+    ("cookie name before a space", [("Cookie", "access_token =" + token())], "ok"),
+    ("cookie beside a bare cookie name",
+     [("Cookie", "access_token; access_token=" + token())], "bad"),
 ]
 
 

@@ -382,12 +382,15 @@ def test_credentials_never_reach_a_preview():
         hdrs = [("Authorization", "Bearer platform-token"),
                 ("Cookie", "theme=dark; access_token=AT; session=S; fg_jwt=J; lang=en"),
                 ("Cookie", "refresh_token=RT"),
-                ("Cookie", "cart=3;Session=S2")]
+                ("Cookie", "cart=3;session =S2; Session=own")]
         r = s.fg.get("/", host=host_of("alpha"), headers=hdrs)
         eq(r.status, 200, "status")
         rec = s.mvps["alpha"].requests()[-1]
         eq(req_header(rec, "Authorization"), [], "Authorization at a preview")
-        eq(req_header(rec, "Cookie"), ["theme=dark; lang=en", "cart=3"], "cookies at a preview")
+        # Names compare exactly, as browsers keep them: "Session" is the
+        # preview's own cookie, not the platform's "session".
+        eq(req_header(rec, "Cookie"), ["theme=dark; lang=en", "cart=3; Session=own"],
+           "cookies at a preview")
         # The same on an ordinary route passes untouched.
         s.fg.get("/", host="localhost", headers=hdrs)
         rec = s.api.requests()[-1]

@@ -708,6 +708,20 @@ static void test_err_route(void **state)
                  "test.conf:5: routes[0].methods[1]: unknown method \"FETCH\"");
     expect_error(HEAD "routes = (\n { path = \"/\"; upstream = \"api\"; auth = \"maybe\"; }\n);\n",
                  "test.conf:4: routes[0].auth: \"maybe\" is not one of");
+    /* a route's host is held to the rule of a request's Host: one that no
+     * request could carry would never match */
+    expect_error(HEAD "routes = (\n { host = \"my_app.example.com\"; path = \"/\";\n"
+                      "   upstream = \"api\"; auth = \"none\"; }\n);\n",
+                 "test.conf:4: routes[0].host: \"my_app.example.com\" is not a host name");
+    expect_error(HEAD "routes = (\n { host = \"a..example.com\"; path = \"/\";\n"
+                      "   upstream = \"api\"; auth = \"none\"; }\n);\n",
+                 "test.conf:4: routes[0].host: \"a..example.com\" is not a host name");
+    expect_error(HEAD "routes = (\n { host = \"example.com:443\"; path = \"/\";\n"
+                      "   upstream = \"api\"; auth = \"none\"; }\n);\n",
+                 "routes[0].host: \"example.com:443\" is not a host name");
+    expect_error(HEAD "routes = (\n { host = \"[::1]\"; path = \"/\";\n"
+                      "   upstream = \"api\"; auth = \"none\"; }\n);\n",
+                 "routes[0].host: \"[::1]\" is not a host name");
     /* auth other than none without jwt keys cannot verify anything */
     expect_error(HEAD "routes = (\n { path = \"/\"; upstream = \"api\"; }\n);\n",
                  "test.conf:4: routes[0]: auth \"required\" needs a jwt group");
@@ -764,6 +778,29 @@ static void test_err_cors_star_credentials(void **state)
                  "test.conf:4: cors.origins[0]: \"https://a.com/\" is not an origin");
 }
 
+/* Configured origins are held to the rule of the Origins a request may
+ * carry (cors_origin_wellformed): one that no request could match is an
+ * error, not a dead entry. */
+static void test_err_cors_origin_rule(void **state)
+{
+    static const char *const bad[] = {
+        "https://a_b.example.com", "https://a..example.com", "https://a.com:0",
+        "https://a.com:99999",     "https://[1.2.3.4]",      "https://a.com:",
+    };
+    char text[512], want[128];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), HEAD "cors: {\n origins = [ \"%s\" ]; };\n", bad[i]);
+        snprintf(want, sizeof(want), "cors.origins[0]: \"%s\" is not an origin", bad[i]);
+        expect_error(text, want);
+    }
+    struct fg_config *cfg = expect_ok(
+        HEAD "cors: { origins = [ \"HTTPS://App.Example.com:8443\", \"http://[::1]:3000\" ]; };\n");
+    assert_string_equal(cfg->cors.origins[0], "https://app.example.com:8443");
+    assert_string_equal(cfg->cors.origins[1], "http://[::1]:3000");
+    cfg_unref(cfg);
+}
+
 static void test_err_cert(void **state)
 {
     char text[512];
@@ -793,6 +830,33 @@ static void test_err_previews(void **state)
                  "end in \":port\"");
     expect_error(HEAD "previews: { host = \"{name}.x\";\n upstream = \"svc:80\"; };\n",
                  "test.conf:4: previews.upstream");
+    /* the pattern and the upstream template are host names by the rule of
+     * a request's Host */
+    expect_error(HEAD "previews: {\n host = \"mvp_{name}.x\";\n upstream = \"{name}:80\"; };\n",
+                 "test.conf:4: previews.host");
+    expect_error(HEAD "previews: {\n host = \"{name}..x\";\n upstream = \"{name}:80\"; };\n",
+                 "test.conf:4: previews.host");
+    expect_error(HEAD "previews: { host = \"{name}.x\";\n upstream = \"{name}_svc:80\"; };\n",
+                 "test.conf:4: previews.upstream");
+    expect_error(HEAD "previews: { host = \"{name}.x\";\n upstream = \"{name}..svc:80\"; };\n",
+                 "test.conf:4: previews.upstream");
+}
+
+/* Hosts in the configuration are stored as requests' hosts are matched:
+ * lowercase, without the trailing dot. */
+static void test_hosts_normalised(void **state)
+{
+    struct fg_config *cfg = expect_ok(
+        HEAD "routes = (\n { host = \"API.Example.com.\"; path = \"/\"; upstream = \"api\";\n"
+             "   auth = \"none\"; }\n);\n"
+             "previews: { host = \"MVP-{name}.Preview.Example.com.\";\n"
+             "  upstream = \"mvp-{name}.svc:80\"; };\n");
+
+    assert_string_equal(cfg->routes[0].host, "api.example.com");
+    assert_int_equal(cfg->routes[0].host_len, 15);
+    assert_string_equal(cfg->previews.host_prefix, "mvp-");
+    assert_string_equal(cfg->previews.host_suffix, ".preview.example.com");
+    cfg_unref(cfg);
 }
 
 static void test_err_syntax(void **state)
@@ -856,6 +920,8 @@ int main(void)
         cmocka_unit_test(test_err_cors_star_credentials),
         cmocka_unit_test(test_err_cert),
         cmocka_unit_test(test_err_previews),
+        cmocka_unit_test(test_hosts_normalised),
+        cmocka_unit_test(test_err_cors_origin_rule),
         cmocka_unit_test(test_err_syntax),
         cmocka_unit_test(test_err_several),
         cmocka_unit_test(test_err_truncated),

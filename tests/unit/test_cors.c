@@ -123,6 +123,16 @@ static void test_any_origin_needs_a_wellformed_origin(void **state)
     assert_false(allowed(&c, "https://[]"));
     assert_false(allowed(&c, "file://a.example"));
     assert_false(allowed(&c, "https://a example"));
+    /* the host and port by the rule of a request's Host (route_host_normalize) */
+    assert_true(allowed(&c, "https://A-B.Example:65535"));
+    assert_true(allowed(&c, "http://[2001:db8::1]"));
+    assert_false(allowed(&c, "https://a..example"));
+    assert_false(allowed(&c, "https://.example"));
+    assert_false(allowed(&c, "https://a_b.example"));
+    assert_false(allowed(&c, "https://a.example:0"));
+    assert_false(allowed(&c, "https://a.example:99999"));
+    assert_false(allowed(&c, "https://[1.2.3.4]"));
+    assert_false(allowed(&c, "https://[::1::2]"));
     memcpy(longo, "https://", 8);
     memset(longo + 8, 'a', sizeof(longo) - 9);
     longo[sizeof(longo) - 1] = '\0';

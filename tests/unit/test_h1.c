@@ -971,6 +971,50 @@ static void test_helpers(void **state)
     assert_string_equal(h1_status_str(H1_EXPECTATION), "expectation");
 }
 
+/* RFC 9110 5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" /
+ * "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA; every other
+ * byte (controls, SP, separators, DEL, 0x80 and above) is none. */
+static void test_tchar(void **state)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+
+    for (int c = 0; c < 256; c++) {
+        bool want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    (c != 0 && memchr(extra, c, sizeof(extra) - 1) != NULL);
+        if (h1_is_tchar((unsigned char)c) != want)
+            fail_msg("byte 0x%02x: got %d", c, !want);
+    }
+    assert_true(h1_is_token("X-Request-Id", 12));
+    assert_true(h1_is_token("!#$%&'*+-.^_`|~", 15));
+    assert_false(h1_is_token("", 0));
+    assert_false(h1_is_token("a b", 3));
+    assert_false(h1_is_token("a:", 2));
+    assert_false(h1_is_token("a\0b", 3));
+    assert_false(h1_is_token("\xc3\xa4", 2));
+    /* the length bounds the scan, not a NUL */
+    assert_true(h1_is_token("ab c", 2));
+}
+
+static void test_trim_ows(void **state)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {" \t a b \t ", "a b"}, {"ab", "ab"}, {" \t ", ""},   {"", ""},
+        {"\r a", "\r a"},      /* CR, LF and VT are not OWS */
+        {"a\n", "a\n"},         {"\va\v", "\va\v"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *v = cases[i].in;
+        size_t n = strlen(v);
+        h1_trim_ows(&v, &n);
+        if (n != strlen(cases[i].want) || memcmp(v, cases[i].want, n) != 0)
+            fail_msg("case %zu: got \"%.*s\"", i, (int)n, v);
+    }
+    assert_true(h1_is_ows(' ') && h1_is_ows('\t'));
+    assert_false(h1_is_ows('\r') || h1_is_ows('\n') || h1_is_ows('\0') || h1_is_ows('\v'));
+}
+
 /* The byte-by-byte definition of h1_head_end's verdicts (RFC 9112 2.2,
  * 5.2): the first offending byte decides, running out of input is -2. */
 static ssize_t head_end_reference(const char *buf, size_t len)
@@ -1083,6 +1127,8 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_responses, release_slots),
         cmocka_unit_test_teardown(test_helpers, release_slots),
         cmocka_unit_test(test_head_end_matches_reference),
+        cmocka_unit_test(test_tchar),
+        cmocka_unit_test(test_trim_ows),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

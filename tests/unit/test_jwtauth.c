@@ -178,9 +178,16 @@ static void test_cookie(void **state)
         {"x_access_token=abc", 0, NULL},
         {"access_tokenx=abc", 0, NULL},
         {"Access_Token=abc", 0, NULL},
-        {"access_token", 0, NULL},
+        {"access_token", 1, ""}, /* a bare name: the cookie, empty (no token) */
         {"", 0, NULL},
         {"access_token=a; access_token=b", -1, NULL},
+        /* found as the preview rules find it (cookie.c): a name is trimmed,
+         * and a piece without '=' is that cookie, empty */
+        {"access_token =abc", 1, "abc"},
+        {" access_token\t=abc ;b=1", 1, "abc"},
+        {"access_token; access_token=abc", -1, NULL},
+        {"Access_Token=a; access_token=abc", 1, "abc"},
+        {"access_token=\"ab;c\"", 1, "\"ab"}, /* ';' splits inside quotes too */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t n = strlen(cases[i].in);

@@ -36,7 +36,8 @@ static const struct cookie_case cookie_cases[] = {
     {"a=1; refresh_token=r", NULL, "a=1"},
     {"a=1;session=s;b=2", NULL, "a=1; b=2"},
     {"  a=1 ;  b=2  ", NULL, "a=1; b=2"},
-    {"Session=s; a=1", NULL, "a=1"},                /* names compared case-insensitively */
+    {"Session=s; a=1", NULL, "Session=s; a=1"},     /* names compared byte for byte */
+    {"SESSION=s; session=t", NULL, "SESSION=s"},
     {"session =s; a=1", NULL, "a=1"},               /* whitespace before '=' */
     {"session; a=1", NULL, "a=1"},                  /* a piece without '=' */
     {"sessionid=1; a=1", NULL, "sessionid=1; a=1"}, /* a longer name is another cookie */
