@@ -12,6 +12,8 @@ CC          ?= cc
 FUZZ_CC     ?= clang-14
 FUZZ_SECONDS ?= 60
 
+# llhttp (Debian's node-llhttp) is not part of flowgate: it is the oracle of
+# the differential fuzz target fuzz_h1_llhttp, compiled in its strict mode.
 LLHTTP_DIR  := /usr/share/llhttp
 LLHTTP_INC  := /usr/share/include/llhttp
 PKGS        := libevent libevent_openssl openssl libjwt hiredis jansson libconfig
@@ -22,7 +24,7 @@ PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 VERSION     := 0.1.0
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
-BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -I$(LLHTTP_INC) -Igateway
+BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
 SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS        := $(wildcard gateway/*.c)
@@ -30,10 +32,8 @@ LIB_SRCS    := $(filter-out gateway/main.c,$(SRCS))
 LLHTTP_SRCS := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
 
 OBJS        := $(SRCS:gateway/%.c=build/obj/%.o)
-LLHTTP_OBJS := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/obj/llhttp_%.o)
 ASAN_OBJS   := $(SRCS:gateway/%.c=build/asan/%.o)
 ASAN_LIB    := $(LIB_SRCS:gateway/%.c=build/asan/%.o)
-ASAN_LLHTTP := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
 
 UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
@@ -51,44 +51,42 @@ deps:
 build/obj/%.o: gateway/%.c gateway/*.h | build/obj
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
-# Third-party sources from Debian's node-llhttp, compiled in place, never copied.
-build/obj/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/obj
-	$(CC) -O2 -g -w -I$(LLHTTP_INC) -c -o $@ $<
-
-build/flowgate: $(OBJS) $(LLHTTP_OBJS)
+build/flowgate: $(OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 build/asan/%.o: gateway/%.c gateway/*.h | build/asan
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
-build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/asan
-	$(CC) $(SAN_FLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
-
-build/asan/flowgate: $(ASAN_OBJS) $(ASAN_LLHTTP)
+build/asan/flowgate: $(ASAN_OBJS)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
 
 asan: build/asan/flowgate
 
-build/tests/test_%: tests/unit/test_%.c $(ASAN_LIB) $(ASAN_LLHTTP) | build/tests
+build/tests/test_%: tests/unit/test_%.c $(ASAN_LIB) | build/tests
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka
 
 # The gateway sources are compiled for the fuzzers once (coverage
 # instrumentation without libFuzzer's main), then linked into every target.
 FUZZ_FLAGS  := -Wno-unknown-warning-option -g -O1
-FUZZ_OBJS   := $(LIB_SRCS:gateway/%.c=build/fuzzobj/%.o) \
-               $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/fuzzobj/llhttp_%.o)
+FUZZ_OBJS   := $(LIB_SRCS:gateway/%.c=build/fuzzobj/%.o)
+FUZZ_LLHTTP := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/fuzzobj/llhttp_%.o)
 
 build/fuzzobj/%.o: gateway/%.c gateway/*.h | build/fuzzobj
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address,undefined \
 	    $(PKG_CFLAGS) -c -o $@ $<
 
+# Third-party sources from Debian's node-llhttp, compiled in place, never copied.
 build/fuzzobj/llhttp_%.o: $(LLHTTP_DIR)/%.c | build/fuzzobj
-	$(FUZZ_CC) $(FUZZ_FLAGS) -w -I$(LLHTTP_INC) -fsanitize=fuzzer-no-link,address,undefined \
-	    -c -o $@ $<
+	$(FUZZ_CC) $(FUZZ_FLAGS) -w -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) \
+	    -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJS) gateway/*.h | build/fuzz
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
 	    $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
+
+build/fuzz/fuzz_h1_llhttp: tests/fuzz/fuzz_h1_llhttp.c $(FUZZ_OBJS) $(FUZZ_LLHTTP) gateway/*.h | build/fuzz
+	$(FUZZ_CC) $(BASE_CFLAGS) -I$(LLHTTP_INC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
+	    $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(FUZZ_LLHTTP) $(PKG_LIBS)
 
 build/obj build/asan build/tests build/fuzz build/fuzzobj:
 	@mkdir -p $@
@@ -125,7 +123,7 @@ bench: build/flowgate certs
 # CPU per token verification, uncached and cached (bench/jwt_bench.c).
 bench-jwt: build/bench/jwt_bench
 
-build/bench/jwt_bench: bench/jwt_bench.c $(filter-out build/obj/main.o,$(OBJS)) $(LLHTTP_OBJS)
+build/bench/jwt_bench: bench/jwt_bench.c $(filter-out build/obj/main.o,$(OBJS))
 	@mkdir -p build/bench
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 

@@ -20,6 +20,11 @@ BENCH_PIDS=""
 BENCH_TMP=""
 BENCH_KEEP=${KEEP:-0}
 
+# Scenario S2's token secret and allowed Origin (bench/run, s2_knobs).
+BENCH_JWT_SECRET=bench-jwt-secret-0123456789-abcdefghijklmnopqrstuv
+BENCH_ORIGIN=https://app.example.com
+export BENCH_JWT_SECRET BENCH_ORIGIN
+
 # The response headers every proxy adds (flowgate's defaults, SPEC section 2).
 HDR_HSTS="max-age=31536000; includeSubDomains"
 HDR_XFO="SAMEORIGIN"
@@ -245,9 +250,9 @@ EOF
     FIXED_NGINX_PID=$!
 }
 
-# start_flowgate PORT BACKEND_PORT [NAME]: build/flowgate (a copy), FG_WORKERS
-# (1) workers; NAME (flowgate) names its directory and its PIN_ variable.
-start_flowgate() {
+# flowgate_conf PORT BACKEND_PORT [NAME]: write $BENCH_TMP/NAME/flowgate.conf
+# (the FG_* knobs) and check it with `flowgate -t`; sets FLOWGATE_CONF.
+flowgate_conf() {
     _n=${3:-flowgate}
     _d=$BENCH_TMP/$_n
     mkdir -p "$_d"
@@ -288,9 +293,56 @@ log: { access = ""; error = "$_d/error.log"; level = "warn"; };
 EOF
     "$FLOWGATE_BIN" -t -c "$_d/flowgate.conf" >"$_d/check.out" 2>&1 ||
         die "$_n configuration rejected: $(cat "$_d/check.out")"
-    spawn "$_n" "$FLOWGATE_BIN" -c "$_d/flowgate.conf"
+    FLOWGATE_CONF=$_d/flowgate.conf
+}
+
+# start_flowgate PORT BACKEND_PORT [NAME]: build/flowgate (a copy), FG_WORKERS
+# (1) workers; NAME (flowgate) names its directory and its PIN_ variable.
+start_flowgate() {
+    _n=${3:-flowgate}
+    flowgate_conf "$@"
+    spawn "$_n" "$FLOWGATE_BIN" -c "$FLOWGATE_CONF"
     FLOWGATE_PID=$SPAWNED_PID
     wait_port "$1" "$FLOWGATE_PID" "$_n"
+}
+
+# s2_knobs REDIS_PORT: the flowgate side of scenario S2 (bench/run,
+# bench/callgrind.sh). Sets FG_ROUTES and FG_EXTRA (route /api/ with auth
+# required, the jwt group, tier limits of S2_LIMIT per 60 s in the Redis at
+# REDIS_PORT, CORS for BENCH_ORIGIN), S2_TOKEN (valid for a week) and
+# S2_EXPIRED (expired an hour ago), both signed with BENCH_JWT_SECRET.
+# S2_REDIS_TIMEOUT_MS (50) is the rate limiter's Redis deadline.
+s2_knobs() {
+    S2_LIMIT=1000000000
+    S2_TOKEN=$(python3 "$BENCH_ROOT/tools/devtoken.py" "$BENCH_JWT_SECRET" user-42 premium)
+    S2_EXPIRED=$(SECRET=$BENCH_JWT_SECRET python3 -c '
+import base64, hashlib, hmac, json, os, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+n = int(time.time()) - 3600
+s = b(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "default"}).encode()) + "." + b(json.dumps(
+    {"sub": "user-42", "tier": "premium", "type": "access", "iat": n - 60, "exp": n}).encode())
+print(s + "." + b(hmac.new(os.environ["SECRET"].encode(), s.encode(), hashlib.sha256).digest()))')
+    FG_ROUTES='{ host = ""; path = "/api/"; upstream = "backend"; auth = "required"; },
+  { host = ""; path = "/"; upstream = "backend"; auth = "none"; }'
+    FG_EXTRA="jwt: {
+  algorithm = \"HS256\";
+  keys = ( { kid = \"default\"; secret_env = \"BENCH_JWT_SECRET\"; } );
+  leeway_seconds = 30;
+  require_exp = true;
+};
+rate_limit: {
+  redis: { address = \"127.0.0.1:$1\"; timeout_ms = ${S2_REDIS_TIMEOUT_MS:-50}; };
+  on_redis_failure = \"local\";
+  tiers: {
+    anonymous     = { limit = $S2_LIMIT; window = 60; };
+    authenticated = { limit = $S2_LIMIT; window = 60; };
+    premium       = { limit = $S2_LIMIT; window = 60; };
+  };
+};
+cors: {
+  origins = [ \"$BENCH_ORIGIN\" ];
+  credentials = true;
+};"
 }
 
 # start_nginx_proxy PORT BACKEND_PORT: nginx as the same TLS proxy.

@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include <libconfig.h>
-#include <llhttp.h>
 #include <openssl/tls1.h>
 
 #include "cfg.h"
@@ -71,10 +70,10 @@ struct cfg_buf {
     bool failed; /* an allocation failed; p is then freed and NULL */
 };
 
-/* Method names indexed by llhttp method number: bit n of a mask is method n. */
+/* Method names indexed by method number (enum h1_method): bit n of a mask is method n. */
 static const char *const cfg_methods[64] = {
-#define CFG_METHOD_NAME(num, name, string) [num] = #string,
-    HTTP_METHOD_MAP(CFG_METHOD_NAME)
+#define CFG_METHOD_NAME(num, name, string) [num] = string,
+    H1_METHOD_MAP(CFG_METHOD_NAME)
 #undef CFG_METHOD_NAME
 };
 
@@ -1281,7 +1280,7 @@ static void parse_tiers(struct cfg_ctx *ctx, const config_setting_t *rl)
     }
 }
 
-/* A methods list into a llhttp method mask and, optionally, the "GET, HEAD"
+/* A methods list into a method mask and, optionally, the "GET, HEAD"
  * rendering used by a 405's Allow header (RFC 9110 §10.2.1). */
 static void parse_methods(struct cfg_ctx *ctx, const config_setting_t *list, uint64_t *mask,
                           char **allow)

@@ -125,7 +125,7 @@ struct fg_tier {
 struct fg_endpoint {
     char *path;        /* prefix, segment-boundary match like routes */
     size_t path_len;
-    uint64_t methods;  /* bit n = llhttp method n; 0 = every method */
+    uint64_t methods;  /* bit n = enum h1_method n; 0 = every method */
     uint32_t limit;
     uint32_t window;
     enum fg_rl_key key;
@@ -165,7 +165,7 @@ struct fg_cors {
     size_t norigins;
     bool any_origin;       /* "*" listed (never with credentials) */
     bool credentials;
-    uint64_t methods;      /* llhttp method mask */
+    uint64_t methods;      /* enum h1_method mask */
     char **headers;        /* allowed request headers */
     size_t nheaders;
     char *expose_headers;  /* pre-joined ", " list */
@@ -192,7 +192,7 @@ struct fg_route {
     struct fg_upstream *upstream;
     enum fg_auth_mode auth;
     bool rate_limit;       /* tier limits apply */
-    uint64_t methods;      /* llhttp method mask; 0 = no list (cors.methods for preflight) */
+    uint64_t methods;      /* enum h1_method mask; 0 = no list (cors.methods for preflight) */
     char *allow;           /* "GET, HEAD" pre-rendered for 405 Allow; NULL when no list */
     size_t index;          /* position in the file, for logs and metrics */
 };
@@ -299,7 +299,7 @@ struct fg_config *cfg_load_string(const char *text, const char *name, char *err,
 struct fg_config *cfg_ref(struct fg_config *cfg);
 void cfg_unref(struct fg_config *cfg); /* frees at zero; NULL is fine */
 
-/* Map a method name ("GET") to its llhttp number, -1 when unknown. */
+/* Map a method name ("GET") to its enum h1_method number, -1 when unknown. */
 int cfg_method_from_name(const char *name);
 
 #endif

@@ -143,8 +143,10 @@ ssize_t cors_render_methods(uint64_t mask, char *out, size_t cap)
     for (int m = 0; m < 64; m++) {
         if (!(mask & (UINT64_C(1) << m)))
             continue;
-        int w = snprintf(out + n, cap - n, "%s%s", n ? ", " : "",
-                         llhttp_method_name((llhttp_method_t)m));
+        const char *name = h1_method_name(m);
+        if (name == NULL)
+            continue;
+        int w = snprintf(out + n, cap - n, "%s%s", n ? ", " : "", name);
         if (w < 0 || (size_t)w >= cap - n)
             return -1;
         n += (size_t)w;
@@ -300,7 +302,7 @@ static enum stage_verdict preflight(struct req *r, enum cors_origin o, const str
  * origin may still send them; the browser keeps the answer from the page. */
 static bool is_safe(int method)
 {
-    return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS;
+    return method == H1_METHOD_GET || method == H1_METHOD_HEAD || method == H1_METHOD_OPTIONS;
 }
 
 static enum stage_verdict cors_run(struct req *r, stage_resume_fn resume)
@@ -314,7 +316,7 @@ static enum stage_verdict cors_run(struct req *r, stage_resume_fn resume)
     o = classify(r, &origin);
     if (o == CORS_ORIGIN_ABSENT)
         return STAGE_NEXT;
-    acrm = r->h.method == HTTP_OPTIONS
+    acrm = r->h.method == H1_METHOD_OPTIONS
                ? h1_find(r->h.headers, r->h.nheaders, "Access-Control-Request-Method")
                : NULL;
     if (o == CORS_ORIGIN_ALLOWED)

@@ -97,7 +97,7 @@ int cors_allow_headers(const struct fg_cors *c, const char *value, size_t len, c
 uint64_t cors_route_methods(const struct fg_cors *c, const struct fg_route *rt);
 
 /*
- * The llhttp method number of an Access-Control-Request-Method value, or -1
+ * The method number (enum h1_method) of an Access-Control-Request-Method value, or -1
  * when it is not a known method. Method names are case-sensitive (RFC 9110
  * section 9.1); browsers send the standard ones upper-cased (Fetch "normalize").
  */

@@ -1,26 +1,21 @@
 /*
- * h1.c - strict HTTP/1.1 heads and body framing on top of llhttp.
+ * h1.c - strict HTTP/1.1 heads and body framing.
  *
- * Two readers look at every head. Our own line reader is the source of truth:
- * it splits the head into slices, enforces the rules of RFC 9112 and
- * flowgate's stricter ones (see the README), and decides the framing. llhttp then reads the same head as a
- * second opinion (method names, target and value characters) and keeps the
- * framing state for the body. The Content-Length and Transfer-Encoding lines
- * are not shown to llhttp as sent: it gets one framing line rebuilt from our
- * decision instead. That is how repeated identical Content-Length values are
- * merged (llhttp refuses any repeat), and it guarantees that the body is
- * framed exactly as the head was judged: the two parsers cannot disagree
- * about where a message ends.
+ * One reader: the head is delimited by a byte scan (h1_head_end), split into
+ * slices line by line, and judged by the rules of RFC 9112 and flowgate's
+ * stricter ones (see the README); the framing it decides is the framing the
+ * body is read with, by the same h1_parser, so there is no second opinion to
+ * disagree with. llhttp reads the same bytes in tests/fuzz/fuzz_h1_llhttp.c
+ * instead, where any message flowgate accepts differently is a crash.
  *
- * Parser states, as seen by h1_body_feed:
+ * Body framing, as seen by h1_body_feed:
  *
- *   init --head ok--> paused in on_headers_complete --resume--> body
- *   body --on_message_complete (paused)--> msg_done
- *   any  --llhttp error--> error_state (sticky)
- *
- * Framing NONE marks msg_done at once; llhttp never sees a byte of it.
+ *   NONE, LENGTH 0 ----------------------------------> msg_done
+ *   LENGTH n  --n bytes-->                             msg_done
+ *   CHUNKED   --chunk_scan reaches CS_DONE-->          msg_done
+ *   EOF       --h1_body_eof-->                         msg_done
+ *   any       --framing error--> error_state (sticky)
  */
-#include "fmt.h"
 #include "h1.h"
 
 #include <stdio.h>
@@ -302,6 +297,21 @@ static int parse_content_length(const char *v, size_t n, uint64_t *out)
     return 0;
 }
 
+/*
+ * Does the whitespace after H's trimmed value (up to the line's CR) hold an
+ * HTAB? llhttp keeps such a tab in a Content-Length or Transfer-Encoding
+ * value ("chunked<HTAB>" is not chunked to it), so flowgate refuses those
+ * rather than frame a message differently from a reader that trims less.
+ */
+static bool trailing_htab(const struct h1_header *h)
+{
+    for (const char *c = h->value + h->value_len; h1_is_ows(*c); c++) {
+        if (*c == '\t')
+            return true;
+    }
+    return false;
+}
+
 /* Every Content-Length header merged into one value. 1: present, 0: absent, -1: conflict. */
 static int merged_content_length(const struct h1_header *h, size_t n, uint64_t *out)
 {
@@ -311,7 +321,7 @@ static int merged_content_length(const struct h1_header *h, size_t n, uint64_t *
         uint64_t v = 0;
         if (!h1_token_eq(h[i].name, h[i].name_len, "content-length"))
             continue;
-        if (parse_content_length(h[i].value, h[i].value_len, &v) < 0)
+        if (trailing_htab(&h[i]) || parse_content_length(h[i].value, h[i].value_len, &v) < 0)
             return -1;
         if (have && v != *out)
             return -1;
@@ -364,101 +374,35 @@ static bool keep_alive_of(int minor, unsigned conn_tokens)
     return minor == 1 || (conn_tokens & H1_CONN_KEEP_ALIVE);
 }
 
-/* --- llhttp, the second reader and the body framer --------------------------------------- */
+/* --- methods ------------------------------------------------------------------------------ */
 
-static int on_headers_complete(llhttp_t *llh)
-{
-    struct h1_parser *p = llh->data;
-
-    p->head_done = true;
-    return HPE_PAUSED; /* stop at the first body byte */
-}
-
-static int on_message_complete(llhttp_t *llh)
-{
-    struct h1_parser *p = llh->data;
-
-    p->msg_done = true;
-    return HPE_PAUSED; /* stop at the exact end: what follows is the next message */
-}
-
-static const llhttp_settings_t h1_llhttp_settings = {
-    .on_headers_complete = on_headers_complete,
-    .on_message_complete = on_message_complete,
+static const char *const method_names[H1_METHOD_COUNT] = {
+#define H1_METHOD_STR(num, name, str) [num] = str,
+    H1_METHOD_MAP(H1_METHOD_STR)
+#undef H1_METHOD_STR
 };
 
-/*
- * llhttp is given the shared static settings, not P->settings (kept as a
- * copy for debuggers), and h1_body_feed points llh.data at P before each
- * call: a request that is moved or copied between its head and its body
- * still frames correctly.
- */
-static void parser_init(struct h1_parser *p, llhttp_type_t type, void *cur)
+const char *h1_method_name(int method)
 {
-    memset(p, 0, sizeof(*p));
-    p->settings = h1_llhttp_settings;
-    llhttp_init(&p->llh, type, &h1_llhttp_settings);
-    p->llh.data = p;
-    p->cur = cur;
+    return method >= 0 && method < H1_METHOD_COUNT ? method_names[method] : NULL;
 }
 
-static bool is_framing_line(const char *line, size_t n)
+int h1_method_from_name(const char *name, size_t len)
 {
-    const char *colon = memchr(line, ':', n);
-    size_t nlen = colon ? (size_t)(colon - line) : 0;
-
-    return h1_token_eq(line, nlen, "content-length") ||
-           h1_token_eq(line, nlen, "transfer-encoding");
-}
-
-static int feed_run(struct h1_parser *p, const char *buf, size_t len, const char **reason)
-{
-    llhttp_errno_t err = llhttp_execute(&p->llh, buf, len);
-
-    if (err == HPE_OK)
-        return 0;
-    p->error_state = (int)err;
-    *reason = llhttp_get_error_reason(&p->llh);
-    if (*reason == NULL)
-        *reason = llhttp_errno_name(err);
+    for (int m = 0; m < H1_METHOD_COUNT; m++) {
+        if (strlen(method_names[m]) == len && memcmp(method_names[m], name, len) == 0)
+            return m;
+    }
     return -1;
 }
 
-/*
- * Show the head BUF[0..LEN) (already checked by our reader) to llhttp, with
- * every Content-Length and Transfer-Encoding line replaced by FRAMING (one
- * rebuilt line, or "" for none). On success llhttp stands at the first body
- * byte, unpaused.
- */
-static int feed_head(struct h1_parser *p, const char *buf, size_t len, const char *framing,
-                     const char **reason)
+/* The body of a head that parsed OK is read with the framing it decided. */
+static void parser_start(struct h1_parser *p, enum h1_framing framing, uint64_t content_length)
 {
-    size_t run = 0, pos = (size_t)line_end(buf, len, 0) + 2;
-
-    for (;;) {
-        size_t end = (size_t)line_end(buf, len, pos);
-        if (end == pos)
-            break;
-        if (is_framing_line(buf + pos, end - pos)) {
-            if (pos > run && feed_run(p, buf + run, pos - run, reason) < 0)
-                return -1;
-            run = end + 2;
-        }
-        pos = end + 2;
-    }
-    if ((pos > run && feed_run(p, buf + run, pos - run, reason) < 0) ||
-        feed_run(p, framing, strlen(framing), reason) < 0)
-        return -1;
-    llhttp_errno_t err = llhttp_execute(&p->llh, buf + pos, 2);
-    if (err != HPE_PAUSED || !p->head_done || llhttp_get_error_pos(&p->llh) != buf + len) {
-        p->error_state = err == HPE_OK ? HPE_INTERNAL : (int)err;
-        *reason = err == HPE_OK ? "head not complete" : llhttp_get_error_reason(&p->llh);
-        if (*reason == NULL)
-            *reason = llhttp_errno_name(err);
-        return -1;
-    }
-    llhttp_resume(&p->llh);
-    return 0;
+    *p = (struct h1_parser){.framing = (uint8_t)framing};
+    if (framing == H1_FRAMING_LENGTH)
+        p->left = content_length;
+    p->msg_done = framing == H1_FRAMING_NONE || (framing == H1_FRAMING_LENGTH && p->left == 0);
 }
 
 /* --- requests ------------------------------------------------------------------------------ */
@@ -644,7 +588,7 @@ static enum h1_status request_framing(struct h1_request *req)
         req->reason = "both Content-Length and Transfer-Encoding";
         return H1_BAD_REQUEST;
     }
-    if (nte > 1 || !h1_token_eq(te->value, te->value_len, "chunked")) {
+    if (nte > 1 || !h1_token_eq(te->value, te->value_len, "chunked") || trailing_htab(te)) {
         req->reason = "Transfer-Encoding other than chunked";
         return H1_BAD_REQUEST;
     }
@@ -686,34 +630,18 @@ static enum h1_status request_options(struct h1_request *req)
     return st;
 }
 
-/* The single framing line llhttp is shown in place of the sender's. */
-static const char *framing_line(enum h1_framing f, uint64_t cl, char *tmp, size_t cap)
-{
-    if (f == H1_FRAMING_CHUNKED)
-        return "Transfer-Encoding: chunked\r\n";
-    if (f == H1_FRAMING_LENGTH && cap >= sizeof("Content-Length: \r\n") + FMT_U64_MAX) {
-        size_t n = sizeof("Content-Length: ") - 1;
-        memcpy(tmp, "Content-Length: ", n);
-        n += fmt_u64(tmp + n, cl);
-        memcpy(tmp + n, "\r\n", 3);
-        return tmp;
-    }
-    return "";
-}
-
 enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t len,
                                 bool underscores)
 {
     struct h1_fields f = {req->headers, req->max_headers, 0, underscores, NULL};
     struct h1_header *headers = req->headers;
     size_t max_headers = req->max_headers;
-    char tmp[64];
     enum h1_status st;
 
     memset(req, 0, sizeof(*req));
     req->headers = headers;
     req->max_headers = max_headers;
-    parser_init(&req->parser, HTTP_REQUEST, req);
+    req->parser.error_state = 1; /* until the head is known good */
     ssize_t eol = line_end(buf, len, 0);
     if (eol <= 0) {
         req->reason = "malformed request line";
@@ -733,13 +661,12 @@ enum h1_status h1_parse_request(struct h1_request *req, const char *buf, size_t 
     /* An unmet expectation is reported only once the rest of the head is
      * known to be well formed: a malformed head is a 400 whatever it expects. */
     enum h1_status expect = request_options(req);
-    if (feed_head(&req->parser, buf, len,
-                  framing_line(req->framing, req->content_length, tmp, sizeof(tmp)),
-                  &req->reason) < 0)
+    req->method = h1_method_from_name(req->method_str, req->method_len);
+    if (req->method < 0) {
+        req->reason = "unknown method";
         return H1_BAD_REQUEST;
-    req->method = llhttp_get_method(&req->parser.llh);
-    req->parser.framing = (uint8_t)req->framing;
-    req->parser.msg_done = req->framing == H1_FRAMING_NONE;
+    }
+    parser_start(&req->parser, req->framing, req->content_length);
     return expect;
 }
 
@@ -790,11 +717,24 @@ static bool final_coding_chunked(const struct h1_header *h, size_t n)
     return h1_token_eq(v, vlen, "chunked");
 }
 
+/* Is there a Transfer-Encoding field readers disagree on: empty (llhttp
+ * ignores the field, RFC 9112 6.3 would read until close) or followed by an
+ * HTAB (see trailing_htab)? */
+static bool ambiguous_transfer_encoding(const struct h1_header *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (h1_token_eq(h[i].name, h[i].name_len, "transfer-encoding") &&
+            (h[i].value_len == 0 || trailing_htab(&h[i])))
+            return true;
+    }
+    return false;
+}
+
 /*
  * RFC 9112 6.3, in its order: no body for HEAD, 1xx, 204, 304; then
  * Transfer-Encoding (chunked last, else until close) which overrides
  * Content-Length (and then the connection must not be reused); then
- * Content-Length; then until close.
+ * Content-Length; then until close. An ambiguous Transfer-Encoding is refused.
  */
 static enum h1_status response_framing(struct h1_response *resp, bool head_request)
 {
@@ -802,6 +742,10 @@ static enum h1_status response_framing(struct h1_response *resp, bool head_reque
     int cl = merged_content_length(resp->headers, resp->nheaders, &resp->content_length);
     bool reuse = true;
 
+    if (te && ambiguous_transfer_encoding(resp->headers, resp->nheaders)) {
+        resp->reason = "ambiguous Transfer-Encoding";
+        return H1_BAD_REQUEST;
+    }
     if (cl < 0 && !te) {
         resp->reason = "invalid Content-Length";
         return H1_BAD_REQUEST;
@@ -831,13 +775,12 @@ enum h1_status h1_parse_response(struct h1_response *resp, const char *buf, size
     struct h1_fields f = {resp->headers, resp->max_headers, 0, true, NULL};
     struct h1_header *headers = resp->headers;
     size_t max_headers = resp->max_headers;
-    char tmp[64];
     enum h1_status st;
 
     memset(resp, 0, sizeof(*resp));
     resp->headers = headers;
     resp->max_headers = max_headers;
-    parser_init(&resp->parser, HTTP_RESPONSE, resp);
+    resp->parser.error_state = 1; /* until the head is known good */
     ssize_t eol = line_end(buf, len, 0);
     if (eol <= 0 || parse_status_line(resp, buf, (size_t)eol) != H1_OK) {
         if (resp->reason == NULL)
@@ -852,31 +795,44 @@ enum h1_status h1_parse_response(struct h1_response *resp, const char *buf, size
     }
     if (response_framing(resp, head_request) != H1_OK)
         return H1_BAD_REQUEST;
-    if (feed_head(&resp->parser, buf, len,
-                  framing_line(resp->framing, resp->content_length, tmp, sizeof(tmp)),
-                  &resp->reason) < 0)
-        return H1_BAD_REQUEST;
-    resp->parser.framing = (uint8_t)resp->framing;
-    resp->parser.msg_done = resp->framing == H1_FRAMING_NONE;
+    parser_start(&resp->parser, resp->framing, resp->content_length);
     return H1_OK;
 }
 
 /* --- bodies -------------------------------------------------------------------------------- */
 
 /*
- * Our own reading of the chunked coding (RFC 9112 7.1), run over the same
- * bytes as llhttp, because llhttp 8.1 lets some of it go (a bare LF ends
- * the trailer section; in its loose build any two bytes end chunk data).
+ * The chunked coding (RFC 9112 7.1), one byte at a time so that a body may
+ * arrive in any pieces. Stricter than llhttp 8.1 where that one lets some of
+ * it go (a bare LF ends its trailer section; in its loose build any two bytes
+ * end chunk data). A Transfer-Encoding trailer field is an error, as it is
+ * for llhttp (RFC 9110 6.5.1 forbids framing fields there; a Content-Length
+ * one is cut like any other trailer field).
  *
  *   SIZE_START -hex-> SIZE -CR-> SIZE_LF -LF-> DATA -n bytes-> DATA_CR -> DATA_LF -> SIZE_START
- *                      |  \-; or WS-> EXT -CR-/       \-(size 0)-> TRAILER_START
+ *                      |                       \-(size 0)-> TRAILER_START
+ *                      \-;-> EXT_NAME_START -tchar-> EXT_NAME -CR-> SIZE_LF
+ *   EXT_NAME -=-> EXT_VALUE_START -tchar-> EXT_VALUE -CR-> SIZE_LF
+ *                                  \-"-> EXT_QUOTED -"-> EXT_QUOTED_END -CR-> SIZE_LF
+ *   (EXT_NAME, EXT_QUOTED_END -;-> EXT_NAME_START)
  *   TRAILER_START -tchar-> TRAILER_NAME -:-> TRAILER_VALUE -CR-> TRAILER_LF -LF-> TRAILER_START
  *   TRAILER_START -CR-> FINAL_LF -LF-> DONE
+ *
+ * Chunk extensions (7.1.1) are held to their grammar as strict llhttp holds
+ * them: no whitespace around ";" or "=" (BWS is only for senders that must
+ * be tolerated, and an edge gateway need not), a value is a token or a
+ * quoted-string without quoted-pairs, and no extension follows one with a
+ * token value (";a=b;c": llhttp 8.1 refuses it, so flowgate always has).
  */
 enum chunk_state {
     CS_SIZE_START = 0,
     CS_SIZE,
-    CS_EXT,
+    CS_EXT_NAME_START,
+    CS_EXT_NAME,
+    CS_EXT_VALUE_START,
+    CS_EXT_VALUE,
+    CS_EXT_QUOTED,
+    CS_EXT_QUOTED_END,
     CS_SIZE_LF,
     CS_DATA,
     CS_DATA_CR,
@@ -902,6 +858,38 @@ static bool is_field_ctl(unsigned char c)
     return (c < 0x20 && c != '\t') || c == 0x7f;
 }
 
+/* RFC 9110 5.6.4 qdtext, less the backslash (no quoted-pair). */
+static bool is_qdtext(unsigned char c)
+{
+    return c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c != '\\' && c != 0x7f);
+}
+
+/* One byte of a chunk extension. Returns the next state, or -1. */
+static int chunk_ext_byte(struct h1_parser *p, char c)
+{
+    unsigned char u = (unsigned char)c;
+
+    switch (p->chunk_state) {
+    case CS_EXT_NAME_START: return h1_is_tchar(u) ? CS_EXT_NAME : -1;
+    case CS_EXT_VALUE_START:
+        if (c == '"')
+            return CS_EXT_QUOTED;
+        return h1_is_tchar(u) ? CS_EXT_VALUE : -1;
+    case CS_EXT_QUOTED:
+        if (c == '"')
+            return CS_EXT_QUOTED_END;
+        return is_qdtext(u) ? CS_EXT_QUOTED : -1;
+    default: /* CS_EXT_NAME, CS_EXT_VALUE, CS_EXT_QUOTED_END */
+        if (c == ';')
+            return p->chunk_state == CS_EXT_VALUE ? -1 : CS_EXT_NAME_START;
+        if (c == '\r')
+            return CS_SIZE_LF;
+        if (c == '=' && p->chunk_state == CS_EXT_NAME)
+            return CS_EXT_VALUE_START;
+        return p->chunk_state != CS_EXT_QUOTED_END && h1_is_tchar(u) ? p->chunk_state : -1;
+    }
+}
+
 /* One byte of a chunk-size line. Returns the next state, or -1. */
 static int chunk_size_byte(struct h1_parser *p, char c)
 {
@@ -911,27 +899,36 @@ static int chunk_size_byte(struct h1_parser *p, char c)
     case CS_SIZE_START:
         if (d < 0)
             return -1;
-        p->chunk_left = (uint64_t)d;
+        p->left = (uint64_t)d;
         return CS_SIZE;
     case CS_SIZE:
         if (d >= 0) {
-            if (p->chunk_left > (UINT64_MAX >> 4))
+            if (p->left > (UINT64_MAX >> 4))
                 return -1;
-            p->chunk_left = (p->chunk_left << 4) | (uint64_t)d;
+            p->left = (p->left << 4) | (uint64_t)d;
             return CS_SIZE;
         }
-        if (c == ';' || h1_is_ows(c))
-            return CS_EXT;
+        if (c == ';')
+            return CS_EXT_NAME_START;
         return c == '\r' ? CS_SIZE_LF : -1;
-    case CS_EXT:
-        if (c == '\r')
-            return CS_SIZE_LF;
-        return is_field_ctl((unsigned char)c) ? -1 : CS_EXT;
-    default: /* CS_SIZE_LF */
+    case CS_SIZE_LF:
         if (c != '\n')
             return -1;
-        return p->chunk_left == 0 ? CS_TRAILER_START : CS_DATA;
+        return p->left == 0 ? CS_TRAILER_START : CS_DATA;
+    default: return chunk_ext_byte(p, c);
     }
+}
+
+/* One more byte C of a trailer field name: does the name still spell
+ * "transfer-encoding" so far? UINT8_MAX in P->te_match: it cannot. */
+static void trailer_name_byte(struct h1_parser *p, char c)
+{
+    static const char te[] = "transfer-encoding";
+
+    if (p->te_match < sizeof(te) - 1 && ascii_lower(c) == te[p->te_match])
+        p->te_match++;
+    else
+        p->te_match = UINT8_MAX;
 }
 
 /* One byte of the trailer section. Returns the next state, or -1. */
@@ -943,11 +940,18 @@ static int chunk_trailer_byte(struct h1_parser *p, char c)
     case CS_TRAILER_START:
         if (c == '\r')
             return CS_FINAL_LF;
-        return h1_is_tchar(u) ? CS_TRAILER_NAME : -1;
+        if (!h1_is_tchar(u))
+            return -1;
+        p->te_match = 0;
+        trailer_name_byte(p, c);
+        return CS_TRAILER_NAME;
     case CS_TRAILER_NAME:
         if (c == ':')
-            return CS_TRAILER_VALUE;
-        return h1_is_tchar(u) ? CS_TRAILER_NAME : -1;
+            return p->te_match == sizeof("transfer-encoding") - 1 ? -1 : CS_TRAILER_VALUE;
+        if (!h1_is_tchar(u))
+            return -1;
+        trailer_name_byte(p, c);
+        return CS_TRAILER_NAME;
     case CS_TRAILER_VALUE:
         if (c == '\r')
             return CS_TRAILER_LF;
@@ -995,10 +999,10 @@ static ssize_t chunk_scan(struct h1_parser *p, const char *buf, size_t len, stru
     while (i < len && p->chunk_state != CS_DONE) {
         int next;
         if (p->chunk_state == CS_DATA) {
-            size_t take = len - i < p->chunk_left ? len - i : (size_t)p->chunk_left;
-            p->chunk_left -= take;
+            size_t take = len - i < p->left ? len - i : (size_t)p->left;
+            p->left -= take;
             i += take;
-            if (p->chunk_left == 0)
+            if (p->left == 0)
                 p->chunk_state = CS_DATA_CR;
             continue;
         }
@@ -1025,12 +1029,22 @@ enum h1_body_status h1_body_feed(struct h1_parser *p, const char *buf, size_t le
     return h1_body_feed_cut(p, buf, len, used, NULL);
 }
 
+/* Framing LENGTH: the next P->left bytes, then the message ends. */
+static enum h1_body_status length_feed(struct h1_parser *p, size_t len, size_t *used)
+{
+    size_t take = len < p->left ? len : (size_t)p->left;
+
+    p->left -= take;
+    *used = take;
+    if (p->left > 0)
+        return H1_BODY_MORE;
+    p->msg_done = true;
+    return H1_BODY_DONE;
+}
+
 enum h1_body_status h1_body_feed_cut(struct h1_parser *p, const char *buf, size_t len, size_t *used,
                                      struct h1_cut *cut)
 {
-    bool chunked = p->framing == H1_FRAMING_CHUNKED;
-    size_t n = len;
-
     *used = 0;
     if (cut != NULL)
         *cut = (struct h1_cut){0, 0};
@@ -1038,50 +1052,41 @@ enum h1_body_status h1_body_feed_cut(struct h1_parser *p, const char *buf, size_
         return H1_BODY_DONE;
     if (p->error_state != 0)
         return H1_BODY_ERROR;
-    if (len == 0)
-        buf = "";
-    if (chunked) {
-        ssize_t r = chunk_scan(p, buf, len, cut);
-        if (r < 0) {
-            p->error_state = HPE_INVALID_CHUNK_SIZE;
-            if (cut != NULL)
-                *cut = (struct h1_cut){0, 0};
-            return H1_BODY_ERROR;
-        }
-        n = (size_t)r;
+    switch (p->framing) {
+    case H1_FRAMING_LENGTH: return length_feed(p, len, used);
+    case H1_FRAMING_EOF: *used = len; return H1_BODY_MORE;
+    case H1_FRAMING_CHUNKED: break;
+    default: p->msg_done = true; return H1_BODY_DONE;
     }
-    p->llh.data = p;
-    llhttp_errno_t err = llhttp_execute(&p->llh, buf, n);
-    bool we_done = chunked && p->chunk_state == CS_DONE;
-    if (err == HPE_OK && !we_done) {
-        *used = n;
+    ssize_t r = chunk_scan(p, buf, len, cut);
+    if (r < 0) {
+        p->error_state = 1;
+        if (cut != NULL)
+            *cut = (struct h1_cut){0, 0};
+        return H1_BODY_ERROR;
+    }
+    *used = (size_t)r;
+    if (p->chunk_state != CS_DONE)
         return H1_BODY_MORE;
-    }
-    if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && p->msg_done) {
-        *used = (size_t)(llhttp_get_error_pos(&p->llh) - buf);
-        /* both readers must end the message at the same byte */
-        if (!chunked || (we_done && *used == n))
-            return H1_BODY_DONE;
-        p->msg_done = false;
-    }
-    p->error_state = err == HPE_OK || err == HPE_PAUSED ? HPE_INTERNAL : (int)err;
-    *used = 0;
-    if (cut != NULL)
-        *cut = (struct h1_cut){0, 0};
-    return H1_BODY_ERROR;
+    p->msg_done = true;
+    return H1_BODY_DONE;
 }
 
 enum h1_body_status h1_body_eof(struct h1_parser *p)
 {
-    size_t used;
-
-    /* Step llhttp past states that need no input (into "read until close"). */
-    if (h1_body_feed(p, "", 0, &used) != H1_BODY_MORE)
-        return p->msg_done ? H1_BODY_DONE : H1_BODY_ERROR;
-    llhttp_errno_t err = llhttp_finish(&p->llh);
-    if (err != HPE_OK && err != HPE_PAUSED) {
-        p->error_state = (int)err;
-        return H1_BODY_ERROR;
+    if (p->msg_done)
+        return H1_BODY_DONE;
+    if (p->error_state == 0 && p->framing == H1_FRAMING_EOF) {
+        p->msg_done = true;
+        return H1_BODY_DONE;
     }
-    return p->msg_done ? H1_BODY_DONE : H1_BODY_ERROR;
+    p->error_state = 1;
+    return H1_BODY_ERROR;
+}
+
+bool h1_body_in_data(const struct h1_parser *p)
+{
+    if (p->msg_done || p->error_state != 0)
+        return false;
+    return p->framing != H1_FRAMING_CHUNKED || p->chunk_state == CS_DATA;
 }

@@ -1,18 +1,20 @@
 /*
- * h1.h - HTTP/1.1 message heads and body framing, strict, on top of llhttp.
+ * h1.h - HTTP/1.1 message heads and body framing, strict, flowgate's own.
  *
  * The caller owns the bytes: a head is parsed from one contiguous buffer that
  * stays alive (and unmodified) as long as the h1_request/h1_response that
  * points into it. Header names and values are slices into that buffer.
- * The same llhttp parser that read the head then frames the body: the caller
- * feeds raw body bytes and learns where the message ends, so bodies (chunked
- * included) pass through byte for byte while their framing is still checked.
+ * The parser that read the head then frames the body: the caller feeds raw
+ * body bytes and learns where the message ends, so bodies (chunked included)
+ * pass through byte for byte while their framing is still checked.
  *
  * Strictness (RFC 9112): exactly one framing (TE chunked
  * alone, or one Content-Length, repeats of the same value merged, or none);
  * no bare CR or LF, NUL, obs-fold, whitespace before a colon, invalid token
  * characters, more than one Host, missing Host on HTTP/1.1, or Host that
- * disagrees with an absolute-form target.
+ * disagrees with an absolute-form target. tests/fuzz/fuzz_h1_llhttp.c holds
+ * it against llhttp: flowgate may refuse what llhttp accepts, never the
+ * reverse (beyond the merges above).
  */
 #ifndef FG_H1_H
 #define FG_H1_H
@@ -23,7 +25,60 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include <llhttp.h>
+/*
+ * The request methods flowgate accepts (any other is a 400): llhttp's HTTP
+ * set, with llhttp's numbers, so method masks in configurations (bit n is
+ * method n) and logs keep their meaning. The differential fuzzer checks the
+ * numbering against llhttp's.
+ */
+#define H1_METHOD_MAP(X)                                                                           \
+    X(0, DELETE, "DELETE")                                                                         \
+    X(1, GET, "GET")                                                                               \
+    X(2, HEAD, "HEAD")                                                                             \
+    X(3, POST, "POST")                                                                             \
+    X(4, PUT, "PUT")                                                                               \
+    X(5, CONNECT, "CONNECT")                                                                       \
+    X(6, OPTIONS, "OPTIONS")                                                                       \
+    X(7, TRACE, "TRACE")                                                                           \
+    X(8, COPY, "COPY")                                                                             \
+    X(9, LOCK, "LOCK")                                                                             \
+    X(10, MKCOL, "MKCOL")                                                                          \
+    X(11, MOVE, "MOVE")                                                                            \
+    X(12, PROPFIND, "PROPFIND")                                                                    \
+    X(13, PROPPATCH, "PROPPATCH")                                                                  \
+    X(14, SEARCH, "SEARCH")                                                                        \
+    X(15, UNLOCK, "UNLOCK")                                                                        \
+    X(16, BIND, "BIND")                                                                            \
+    X(17, REBIND, "REBIND")                                                                        \
+    X(18, UNBIND, "UNBIND")                                                                        \
+    X(19, ACL, "ACL")                                                                              \
+    X(20, REPORT, "REPORT")                                                                        \
+    X(21, MKACTIVITY, "MKACTIVITY")                                                                \
+    X(22, CHECKOUT, "CHECKOUT")                                                                    \
+    X(23, MERGE, "MERGE")                                                                          \
+    X(24, MSEARCH, "M-SEARCH")                                                                     \
+    X(25, NOTIFY, "NOTIFY")                                                                        \
+    X(26, SUBSCRIBE, "SUBSCRIBE")                                                                  \
+    X(27, UNSUBSCRIBE, "UNSUBSCRIBE")                                                              \
+    X(28, PATCH, "PATCH")                                                                          \
+    X(29, PURGE, "PURGE")                                                                          \
+    X(30, MKCALENDAR, "MKCALENDAR")                                                                \
+    X(31, LINK, "LINK")                                                                            \
+    X(32, UNLINK, "UNLINK")                                                                        \
+    X(33, SOURCE, "SOURCE")
+
+enum h1_method {
+#define H1_METHOD_ENUM(num, name, str) H1_METHOD_##name = num,
+    H1_METHOD_MAP(H1_METHOD_ENUM)
+#undef H1_METHOD_ENUM
+    H1_METHOD_COUNT
+};
+
+/* "GET" for H1_METHOD_GET; NULL for a number that names no method. */
+const char *h1_method_name(int method);
+
+/* The method spelled NAME[0..LEN) (case-sensitive, RFC 9110 9.1), or -1. */
+int h1_method_from_name(const char *name, size_t len);
 
 struct h1_header {
     const char *name;  /* slice: token characters only */
@@ -49,22 +104,20 @@ enum h1_framing {
     H1_FRAMING_EOF = 3,     /* responses only: until the connection closes */
 };
 
+/* Body framing state; every field is internal to h1.c. */
 struct h1_parser {
-    llhttp_t llh;            /* owns framing state across head and body */
-    llhttp_settings_t settings;
-    void *cur;               /* the h1_request or h1_response being filled */
-    int error_state;         /* internal */
-    bool in_value;           /* internal */
-    bool head_done;          /* internal */
-    bool msg_done;           /* internal */
-    uint8_t framing;         /* internal: enum h1_framing of the message */
-    uint8_t chunk_state;     /* internal: our own check of the chunked coding */
-    uint64_t chunk_left;     /* internal: chunk-size being read, then data bytes left */
+    uint64_t left;           /* LENGTH: body bytes left; chunked: chunk-size being
+                                read, then its data bytes left */
+    int error_state;         /* nonzero: no head parsed, or a framing error (sticky) */
+    bool msg_done;           /* the message ended */
+    uint8_t framing;         /* enum h1_framing of the message */
+    uint8_t chunk_state;     /* where the chunked coding is */
+    uint8_t te_match;        /* chunked: trailer name bytes spelling "transfer-encoding" */
 };
 
 struct h1_request {
     struct h1_parser parser;
-    int method;              /* llhttp_method_t */
+    int method;              /* enum h1_method */
     const char *method_str;
     size_t method_len;
     const char *target;      /* request-target as sent */
@@ -170,6 +223,11 @@ enum h1_body_status h1_body_feed_cut(struct h1_parser *p, const char *buf, size_
 /* EOF on the stream: DONE when the message is complete (EOF-delimited
  * response, or already done), ERROR when it was cut short (truncated). */
 enum h1_body_status h1_body_eof(struct h1_parser *p);
+
+/* Is the next body byte payload, rather than chunked framing (a chunk-size
+ * line, the CRLF after chunk data, the trailer section)? The differential
+ * fuzzer compares payloads with it. */
+bool h1_body_in_data(const struct h1_parser *p);
 
 /* Case-insensitive header lookup helpers over a parsed array. The inline
  * forms let the compiler take a literal's length at compile time. */

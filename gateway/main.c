@@ -20,7 +20,6 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <libconfig.h>
-#include <llhttp.h>
 #include <openssl/crypto.h>
 
 #include "admin.h"
@@ -65,8 +64,6 @@ static void print_versions(void)
     printf("flowgate %s\n", FG_VERSION);
     printf("  libevent %s\n", event_get_version());
     printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
-    printf("  llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
-           LLHTTP_VERSION_PATCH);
     printf("  jansson %s\n", jansson_version_str());
     printf("  libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR,
            LIBCONFIG_VER_REVISION);

@@ -452,7 +452,7 @@ static bool wants_websocket(const struct req *r)
         return false;
     const struct h1_header *up = h1_find(h->headers, h->nheaders, "Upgrade");
 
-    if (up == NULL || h->method != HTTP_GET || h->version_minor != 1 ||
+    if (up == NULL || h->method != H1_METHOD_GET || h->version_minor != 1 ||
         h->framing != H1_FRAMING_NONE || !h1_list_has(up->value, up->value_len, "websocket"))
         return false;
     return !r->preview || r->cfg->previews.websocket;
@@ -594,7 +594,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
         uc->resp.headers = uc->hdrs;
         uc->resp.max_headers = 256;
         if (h1_parse_response(&uc->resp, uc->head_buf, (size_t)end,
-                              r->h.method == HTTP_HEAD) != H1_OK)
+                              r->h.method == H1_METHOD_HEAD) != H1_OK)
             goto bad;
         if (uc->resp.status == 101 && !accept_switch(r, &uc->resp))
             goto bad; /* no upgrade was asked for: a 101 cannot be trusted */

@@ -107,7 +107,7 @@ struct rl_subject {
     const char *tier; /* tier claim value, or NULL */
     const char *path; /* normalised */
     size_t path_len;
-    int method;        /* llhttp method number */
+    int method;        /* enum h1_method */
     bool tier_limited; /* the route has rate_limit = true */
 };
 

@@ -112,7 +112,7 @@ void respond_common_headers(struct req *r, struct wbuf *out)
 static int send_own(struct req *r, int status, const char *reason, const char *extra,
                     const char *ctype, const char *body, size_t body_len)
 {
-    bool head = r->h.method == HTTP_HEAD;
+    bool head = r->h.method == H1_METHOD_HEAD;
     size_t extra_len = extra ? strlen(extra) : 0;
     size_t ctype_len = ctype ? strlen(ctype) : 0;
     struct wbuf b;
@@ -186,7 +186,7 @@ static const char *redirect_reason(int status)
 /*
  * Location: https://HOST[:port]/path?query. The host is the normalised Host
  * (validated characters only, so nothing can be injected into the header);
- * the path is the normalised path; the query is as sent (llhttp admits no
+ * the path is the normalised path; the query is as sent (h1.c admits no
  * whitespace or control bytes in a target).
  */
 int respond_redirect(struct req *r)

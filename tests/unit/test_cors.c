@@ -32,7 +32,7 @@ static struct fg_cors policy(void)
         .norigins = 3,
         .credentials = true,
         .methods =
-            BIT(HTTP_GET) | BIT(HTTP_HEAD) | BIT(HTTP_POST) | BIT(HTTP_PUT) | BIT(HTTP_DELETE),
+            BIT(H1_METHOD_GET) | BIT(H1_METHOD_HEAD) | BIT(H1_METHOD_POST) | BIT(H1_METHOD_PUT) | BIT(H1_METHOD_DELETE),
         .headers = headers,
         .nheaders = 3,
         .expose_headers = "X-Request-Id",
@@ -230,16 +230,16 @@ static void test_route_methods(void **state)
     struct fg_route rt = {.methods = 0};
 
     assert_true(cors_route_methods(&c, &rt) == c.methods);
-    rt.methods = BIT(HTTP_GET) | BIT(HTTP_HEAD) | BIT(HTTP_PATCH);
-    assert_true(cors_route_methods(&c, &rt) == (BIT(HTTP_GET) | BIT(HTTP_HEAD)));
-    rt.methods = BIT(HTTP_PATCH);
+    rt.methods = BIT(H1_METHOD_GET) | BIT(H1_METHOD_HEAD) | BIT(H1_METHOD_PATCH);
+    assert_true(cors_route_methods(&c, &rt) == (BIT(H1_METHOD_GET) | BIT(H1_METHOD_HEAD)));
+    rt.methods = BIT(H1_METHOD_PATCH);
     assert_true(cors_route_methods(&c, &rt) == 0);
 }
 
 static void test_method_number(void **state)
 {
-    assert_int_equal(cors_method_number("PUT", 3), HTTP_PUT);
-    assert_int_equal(cors_method_number("DELETE", 6), HTTP_DELETE);
+    assert_int_equal(cors_method_number("PUT", 3), H1_METHOD_PUT);
+    assert_int_equal(cors_method_number("DELETE", 6), H1_METHOD_DELETE);
     assert_int_equal(cors_method_number("put", 3), -1);
     assert_int_equal(cors_method_number("PUTX", 4), -1);
     assert_int_equal(cors_method_number("PUT", 2), -1); /* "PU" */
@@ -252,12 +252,12 @@ static void test_render_methods(void **state)
     char out[64];
 
     assert_int_equal(
-        cors_render_methods(BIT(HTTP_GET) | BIT(HTTP_POST) | BIT(HTTP_DELETE), out, sizeof(out)),
+        cors_render_methods(BIT(H1_METHOD_GET) | BIT(H1_METHOD_POST) | BIT(H1_METHOD_DELETE), out, sizeof(out)),
         17);
     assert_string_equal(out, "DELETE, GET, POST");
     assert_int_equal(cors_render_methods(0, out, sizeof(out)), 0);
     assert_string_equal(out, "");
-    assert_int_equal(cors_render_methods(BIT(HTTP_GET) | BIT(HTTP_POST), out, 6), -1);
+    assert_int_equal(cors_render_methods(BIT(H1_METHOD_GET) | BIT(H1_METHOD_POST), out, 6), -1);
 }
 
 /* ---- Vary and upstream headers ------------------------------------------- */

@@ -177,7 +177,7 @@ static void test_get(void **state)
     assert_int_equal(parse_req(&req, "GET /a/b?x=1&y HTTP/1.1\r\nHost: Example.COM\r\n"
                                      "User-Agent:  t/1 \r\nAccept: */*\r\n\r\n"),
                      H1_OK);
-    assert_int_equal(req.method, HTTP_GET);
+    assert_int_equal(req.method, H1_METHOD_GET);
     assert_true(slice_is(req.method_str, req.method_len, "GET"));
     assert_true(slice_is(req.target, req.target_len, "/a/b?x=1&y"));
     assert_true(slice_is(req.path, req.path_len, "/a/b"));
@@ -209,7 +209,7 @@ static void test_post_length(void **state)
     assert_int_equal(parse_req(&req, "POST /submit HTTP/1.1\r\nHost: a\r\n"
                                      "Content-Length: 11\r\n\r\n"),
                      H1_OK);
-    assert_int_equal(req.method, HTTP_POST);
+    assert_int_equal(req.method, H1_METHOD_POST);
     assert_null(req.query);
     assert_int_equal(req.framing, H1_FRAMING_LENGTH);
     assert_int_equal(req.content_length, 11);
@@ -276,7 +276,7 @@ static void test_pipelined(void **state)
     n = h1_head_end(buf, len);
     assert_int_equal(n, (ssize_t)len);
     assert_int_equal(h1_parse_request(&req, buf, (size_t)n, false), H1_OK);
-    assert_int_equal(req.method, HTTP_GET);
+    assert_int_equal(req.method, H1_METHOD_GET);
     assert_true(slice_is(req.path, req.path_len, "/b"));
     assert_int_equal(h1_body_feed(&req.parser, buf + n, 0, &used), H1_BODY_DONE);
 }
@@ -360,6 +360,12 @@ static void test_bad_chunks(void **state)
         "5\r\nhello\r\n0\r\nX: y\n\r\n", "5\r\nhello\r\n0\r\nX : y\r\n\r\n",
         "5\r\nhello\r\n0\r\n\n",         "5\r\nhello\r\n0\r\n\rX",
         "5;a\x01\r\nhello\r\n0\r\n\r\n", "\r\n5\r\nhello\r\n0\r\n\r\n",
+        /* chunk extensions as strict llhttp reads them (RFC 9112 7.1.1, no BWS) */
+        "5 \r\nhello\r\n0\r\n\r\n",      "5;\r\nhello\r\n0\r\n\r\n",
+        "5; a\r\nhello\r\n0\r\n\r\n",    "5;a =b\r\nhello\r\n0\r\n\r\n",
+        "5;a=\r\nhello\r\n0\r\n\r\n",    "5;a=b c\r\nhello\r\n0\r\n\r\n",
+        "5;a=b;c\r\nhello\r\n0\r\n\r\n", "5;a=\"x\\\"y\"\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"x\"y\r\nhello\r\n0\r\n\r\n",
     };
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -379,6 +385,34 @@ static void test_bad_chunks(void **state)
                                          "Transfer-Encoding: chunked\r\n\r\n"),
                          H1_OK);
         assert_int_equal(feed_bytewise(&req.parser, bad[i], strlen(bad[i]), &total), H1_BODY_ERROR);
+    }
+}
+
+/* Chunk extensions that follow the grammar pass, byte by byte too. */
+static void test_chunk_extensions(void **state)
+{
+    static const char *good[] = {
+        "5;a\r\nhello\r\n0\r\n\r\n",
+        "5;a;b\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"q v;\"\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"\";b=c\r\nhello\r\n0;last\r\n\r\n",
+    };
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        struct h1_request req;
+        size_t used, total;
+
+        assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                         "Transfer-Encoding: chunked\r\n\r\n"),
+                         H1_OK);
+        assert_int_equal(feed(&req.parser, good[i], strlen(good[i]), &used), H1_BODY_DONE);
+        assert_int_equal(used, strlen(good[i]));
+        assert_int_equal(parse_req(&req, "POST / HTTP/1.1\r\nHost: a\r\n"
+                                         "Transfer-Encoding: chunked\r\n\r\n"),
+                         H1_OK);
+        assert_int_equal(feed_bytewise(&req.parser, good[i], strlen(good[i]), &total),
+                         H1_BODY_DONE);
+        assert_int_equal(total, strlen(good[i]));
     }
 }
 
@@ -673,7 +707,7 @@ static void test_asterisk_form(void **state)
     struct h1_request req;
 
     assert_int_equal(parse_req(&req, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), H1_OK);
-    assert_int_equal(req.method, HTTP_OPTIONS);
+    assert_int_equal(req.method, H1_METHOD_OPTIONS);
     assert_true(slice_is(req.path, req.path_len, "*"));
 }
 
@@ -704,6 +738,7 @@ static const struct bad_case bad_requests[] = {
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n", H1_BAD_REQUEST},
     /* Content-Length */
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
      H1_BAD_REQUEST},
@@ -714,6 +749,7 @@ static const struct bad_case bad_requests[] = {
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", H1_BAD_REQUEST},
+    {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\t\r\n\r\n", H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
      H1_BAD_REQUEST},
     {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n", H1_BAD_REQUEST},
@@ -940,6 +976,10 @@ static void test_bad_responses(void **state)
         "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
         "HTTP/1.1 200 O\x01K\r\n\r\n",
         "ICY 200 OK\r\n\r\n",
+        /* framing llhttp reads differently: an empty coding list, a tab after a value */
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\t\r\n\r\n",
     };
     struct h1_response resp;
 
@@ -1125,6 +1165,7 @@ int main(void)
         cmocka_unit_test_teardown(test_response_chunked, release_slots),
         cmocka_unit_test_teardown(test_response_eof, release_slots),
         cmocka_unit_test_teardown(test_bad_responses, release_slots),
+        cmocka_unit_test_teardown(test_chunk_extensions, release_slots),
         cmocka_unit_test_teardown(test_helpers, release_slots),
         cmocka_unit_test(test_head_end_matches_reference),
         cmocka_unit_test(test_tchar),
