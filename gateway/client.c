@@ -47,20 +47,18 @@ void client_find(struct req *r, bool peer_trusted)
         size_t start = end;
         while (start > 0 && xff->value[start - 1] != ',')
             start--;
-        size_t a = start, b = end;
-        while (a < b && (xff->value[a] == ' ' || xff->value[a] == '\t'))
-            a++;
-        while (b > a && (xff->value[b - 1] == ' ' || xff->value[b - 1] == '\t'))
-            b--;
-        if (b > a && b - a < sizeof(r->client_ip)) {
+        const char *v = xff->value + start;
+        size_t n = end - start;
+        h1_trim_ows(&v, &n);
+        if (n > 0 && n < sizeof(r->client_ip)) {
             unsigned char probe[sizeof(struct in6_addr)];
             char ip[INET6_ADDRSTRLEN];
-            memcpy(ip, xff->value + a, b - a);
-            ip[b - a] = '\0';
+            memcpy(ip, v, n);
+            ip[n] = '\0';
             if (inet_pton(AF_INET, ip, probe) != 1 && inet_pton(AF_INET6, ip, probe) != 1)
                 return; /* junk in the list: stop trusting it here */
-            memcpy(r->client_ip, ip, b - a + 1);
-            if (!ip_trusted(r, ip, b - a))
+            memcpy(r->client_ip, ip, n + 1);
+            if (!ip_trusted(r, ip, n))
                 return;
         }
         end = start > 0 ? start - 1 : 0;

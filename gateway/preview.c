@@ -149,6 +149,7 @@ static enum stage_verdict preview_run(struct req *r, stage_resume_fn resume)
 
     if (!r->preview)
         return STAGE_NEXT;
+    r->no_tunnel = !pv->websocket;
     if (w->resolver == NULL || preview_upstream_host(pv->upstream_prefix, r->preview_name,
                                                      pv->upstream_suffix, host, sizeof(host)) < 0)
         return stage_answer(r, FG_ERR_NOT_FOUND, "preview upstream name too long");
@@ -212,8 +213,14 @@ static enum stage_header preview_response_header(const struct req *r, const stru
     return STAGE_HDR_DEFAULT;
 }
 
+static bool preview_needs_resolver(const struct fg_config *cfg)
+{
+    return cfg->previews.enabled;
+}
+
 const struct stage preview_stage = {
     .name = "preview",
+    .needs_resolver = preview_needs_resolver,
     .run = preview_run,
     .cancel = preview_cancel,
     .request_header = preview_request_header,

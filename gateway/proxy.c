@@ -442,8 +442,8 @@ static void connect_upstream(struct req *r, bool allow_pooled)
 /*
  * RFC 6455 4.1 / RFC 9110 7.8: a GET over HTTP/1.1 without a body, with
  * Connection: upgrade and Upgrade: websocket. Any other upgrade is not
- * tunnelled (its Upgrade header is dropped like any hop-by-hop header);
- * previews tunnel only with previews.websocket.
+ * tunnelled (its Upgrade header is dropped like any hop-by-hop header), nor
+ * one a stage refused (previews without previews.websocket).
  */
 static bool wants_websocket(const struct req *r)
 {
@@ -455,7 +455,7 @@ static bool wants_websocket(const struct req *r)
     if (up == NULL || h->method != H1_METHOD_GET || h->version_minor != 1 ||
         h->framing != H1_FRAMING_NONE || !h1_list_has(up->value, up->value_len, "websocket"))
         return false;
-    return !r->preview || r->cfg->previews.websocket;
+    return !r->no_tunnel;
 }
 
 void proxy_start(struct req *r)

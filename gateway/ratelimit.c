@@ -993,8 +993,16 @@ void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers
            (unsigned long long)cum, s.lat_sum_us / 1e6, (unsigned long long)s.calls);
 }
 
+/* A Redis address given as a host name is resolved by the worker's
+ * resolver, never by a blocking lookup. */
+static bool ratelimit_needs_resolver(const struct fg_config *cfg)
+{
+    return cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis);
+}
+
 const struct stage ratelimit_stage = {
     .name = "ratelimit",
+    .needs_resolver = ratelimit_needs_resolver,
     .run = ratelimit_run,
     .cancel = ratelimit_cancel,
     .worker_init = ratelimit_worker_init,

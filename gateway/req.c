@@ -13,6 +13,7 @@
 #include <sys/time.h>
 
 #include "client.h"
+#include "freelist.h"
 #include "log.h"
 #include "proxy.h"
 #include "req.h"
@@ -74,44 +75,36 @@ static void reqbuf_destroy(struct reqbuf *rb)
     free(rb);
 }
 
+FREELIST_DEFINE(idle_reqbufs, struct reqbuf, next, REQBUF_KEEP)
+
+/* A kept buffer with fewer header slots than MAX_HEADERS (a reload raised
+ * limits.max_headers) is freed: the kept ones are all of the new size soon. */
 struct req *req_get(struct worker *w, size_t max_headers)
 {
-    for (struct reqbuf **pp = &w->reqbufs; *pp; pp = &(*pp)->next) {
-        if ((*pp)->max_headers >= max_headers) {
-            struct reqbuf *rb = *pp;
-            *pp = rb->next;
-            w->nreqbufs--;
-            rb->next = NULL;
-            return &rb->r;
-        }
-    }
-    struct reqbuf *rb = reqbuf_new(max_headers);
+    struct reqbuf *rb;
+
+    while ((rb = idle_reqbufs_get(&w->reqbufs)) != NULL && rb->max_headers < max_headers)
+        reqbuf_destroy(rb);
+    if (rb == NULL)
+        rb = reqbuf_new(max_headers);
     return rb ? &rb->r : NULL;
 }
 
 void req_put(struct req *r)
 {
-    struct worker *w = r->w;
     struct reqbuf *rb = r->rb;
 
     /* A buffer grown for one huge head is not kept for everyone. */
-    if (w->nreqbufs >= REQBUF_KEEP || rb->head_cap > 8192) {
+    if (rb->head_cap > 8192 || !idle_reqbufs_put(&r->w->reqbufs, rb))
         reqbuf_destroy(rb);
-        return;
-    }
-    rb->next = w->reqbufs;
-    w->reqbufs = rb;
-    w->nreqbufs++;
 }
 
 void req_free_all(struct worker *w)
 {
-    while (w->reqbufs) {
-        struct reqbuf *rb = w->reqbufs;
-        w->reqbufs = rb->next;
+    struct reqbuf *rb;
+
+    while ((rb = idle_reqbufs_get(&w->reqbufs)) != NULL)
         reqbuf_destroy(rb);
-    }
-    w->nreqbufs = 0;
 }
 
 /* ---- beginning ------------------------------------------------------------ */
@@ -128,7 +121,12 @@ static void req_reset(struct req *r)
 
 void req_begin(struct req *r)
 {
+    const struct fg_headers *h = &r->cfg->headers;
+
     req_reset(r);
+    /* HSTS only over TLS (RFC 6797 7.2); routing may choose another block. */
+    r->sec_block = r->tls ? h->block_https : h->block_http;
+    r->sec_block_len = r->tls ? h->block_https_len : h->block_http_len;
     gettimeofday(&r->start, NULL);
     memcpy(r->client_ip, r->peer_ip, sizeof(r->client_ip));
 }

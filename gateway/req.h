@@ -34,6 +34,7 @@
 #include "cfg.h"
 #include "h1.h"
 #include "resolver.h"
+#include "route.h"
 #include "stage.h"
 
 struct worker;
@@ -120,6 +121,9 @@ struct req {
     int host_port;                /* port in Host, -1 when none */
     const struct fg_route *route; /* chosen route (cfg->preview_route for previews), or NULL */
     bool preview;                 /* Host is a preview host; preview_name holds {name} */
+    const char *sec_block;        /* the security header lines every response carries */
+    size_t sec_block_len;
+    bool no_tunnel;               /* a stage refused a WebSocket upgrade (it is not tunnelled) */
     struct upstream_pool *pool;   /* where it goes: the route's pool, or a preview's */
     bool pool_held;               /* POOL is held (upstream_pool_hold) until the finish */
     struct upconn *up;            /* the upstream link while UPSTREAM or TUNNEL */
@@ -156,7 +160,7 @@ struct req {
     /* The buffers below are not cleared between requests (req_reset clears
      * only what is above): each is valid up to its length field or NUL. */
     char scratch_begin[0];
-    char host[256];               /* normalised host, lowercase, no port (host_len) */
+    char host[ROUTE_HOST_MAX + 1]; /* normalised host, lowercase, no port (host_len) */
     char preview_name[64];        /* validated {name} when preview (NUL-terminated) */
     char request_id[129];         /* sent upstream and to the client (NUL-terminated) */
     char client_ip[INET6_ADDRSTRLEN]; /* the real client, after trusted proxies */

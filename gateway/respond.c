@@ -2,9 +2,9 @@
  * respond.c - flowgate's own responses.
  *
  * Every response, whoever produced it, carries the same common headers:
- * the pre-rendered security block of the snapshot (HSTS only over TLS; on
- * preview hosts the preview block, with frame-ancestors for X-Frame-Options),
- * X-Request-Id, the stages' extra lines, and Connection.
+ * the pre-rendered security block the request was given (req_begin, and
+ * routing for preview hosts), X-Request-Id, the stages' extra lines, and
+ * Connection.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,43 +60,15 @@ const char *respond_code(enum fg_error e)
 }
 
 /* The security block for this response: preview or platform, TLS or not. */
-static void security_block(const struct req *r, const char **p, size_t *len)
-{
-    const struct fg_headers *h = &r->cfg->headers;
-    const struct fg_previews *pv = &r->cfg->previews;
-
-    if (r->preview && r->tls) {
-        *p = pv->block_https;
-        *len = pv->block_https_len;
-    } else if (r->preview) {
-        *p = pv->block_http;
-        *len = pv->block_http_len;
-    } else if (r->tls) {
-        *p = h->block_https;
-        *len = h->block_https_len;
-    } else {
-        *p = h->block_http;
-        *len = h->block_http_len;
-    }
-}
-
 size_t respond_common_len(const struct req *r)
 {
-    const char *block;
-    size_t len;
-
-    security_block(r, &block, &len);
-    return len + sizeof("X-Request-Id: \r\n") + sizeof(r->request_id) + r->extra_len +
+    return r->sec_block_len + sizeof("X-Request-Id: \r\n") + sizeof(r->request_id) + r->extra_len +
            sizeof("Connection: keep-alive\r\n");
 }
 
 void respond_common_headers(struct req *r, struct wbuf *out)
 {
-    const char *block;
-    size_t len;
-
-    security_block(r, &block, &len);
-    wbuf_put(out, block, len);
+    wbuf_put(out, r->sec_block, r->sec_block_len);
     wbuf_lit(out, "X-Request-Id: ");
     wbuf_str(out, r->request_id);
     wbuf_lit(out, "\r\n");

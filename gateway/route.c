@@ -229,8 +229,12 @@ static bool match_preview(struct req *r)
 void route_dispatch(struct req *r)
 {
     if (match_preview(r)) {
+        const struct fg_previews *pv = &r->cfg->previews;
         r->preview = true;
         r->route = &r->cfg->preview_route;
+        /* frame-ancestors for X-Frame-Options: the platform frames previews */
+        r->sec_block = r->tls ? pv->block_https : pv->block_http;
+        r->sec_block_len = r->tls ? pv->block_https_len : pv->block_http_len;
         return;
     }
     r->route = route_match(r->cfg, r->host, r->host_len, r->path, r->path_len);

@@ -54,8 +54,9 @@ struct stage;
 /*
  * Route request R: a preview host first (the whole pattern, a valid {name},
  * and no port other than the listener's own), which takes the snapshot's
- * preview route (its pool is chosen once the name resolves); else the
- * route for its host and path, and that route's pool; else none.
+ * preview route and security headers (its pool is chosen once the name
+ * resolves); else the route for its host and path, and that route's pool;
+ * else none.
  */
 void route_dispatch(struct req *r);
 

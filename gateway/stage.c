@@ -95,6 +95,14 @@ void stage_set_worker_data(struct worker *w, const struct stage *s, void *data)
     __atomic_store_n(&w->stage_data[slot(w, s)], data, __ATOMIC_RELEASE);
 }
 
+bool stages_need_resolver(const struct worker *w, const struct fg_config *cfg)
+{
+    for (const struct stage *const *s = w->stages; *s; s++)
+        if ((*s)->needs_resolver && (*s)->needs_resolver(cfg))
+            return true;
+    return false;
+}
+
 int stages_worker_init(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen)
 {
     for (const struct stage *const *s = w->stages; *s; s++)

@@ -75,6 +75,8 @@ struct stage {
     void (*response_end)(const struct req *r, const struct h1_header *hs, size_t n,
                          struct wbuf *b);
     size_t response_end_room; /* most bytes response_end writes beyond HS */
+    /* Does the stage look names up through the worker's resolver under CFG? */
+    bool (*needs_resolver)(const struct fg_config *cfg);
     /* Per-worker state: made with the worker, kept or rebuilt on a reload,
      * stopped when the worker drains, freed after its connections. */
     int (*worker_init)(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen);
@@ -110,6 +112,9 @@ enum stage_header stages_response_header(const struct req *r, const struct h1_he
 void stages_response_end(const struct req *r, const struct h1_header *hs, size_t n,
                          struct wbuf *b);
 size_t stages_response_end_room(const struct req *r);
+
+/* Does any stage of W's table need the resolver under CFG? */
+bool stages_need_resolver(const struct worker *w, const struct fg_config *cfg);
 
 /* Every stage's worker hook in turn; 0 or -1 with ERR. */
 int stages_worker_init(struct worker *w, const struct fg_config *cfg, char *err, size_t errlen);

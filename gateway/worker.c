@@ -24,7 +24,6 @@
 #include "log.h"
 #include "req.h"
 #include "resolver.h"
-#include "rl_redis.h"
 #include "stage.h"
 #include "upstream.h"
 #include "worker.h"
@@ -352,8 +351,7 @@ static bool same_resolver(const struct fg_resolver *a, const struct fg_resolver 
  * the worker ends, since a request or the Redis link may still wait on it. */
 static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size_t errlen)
 {
-    bool need = cfg->previews.enabled ||
-                (cfg->rate_limit.enabled && rl_redis_host_is_name(&cfg->rate_limit.redis));
+    bool need = stages_need_resolver(w, cfg);
 
     /* Compared with what the resolver was made from, not with the snapshot
      * before this one: a snapshot without previews in between made none. */

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "cfg.h"
+#include "freelist.h"
 #include "tls.h"
 
 struct upstream_pool;
@@ -83,8 +84,7 @@ struct worker {
     struct event *wake_ev;          /* reads wake_fd */
     int stop_asked, break_asked;    /* atomic */
     struct conn *conns;             /* every open client connection (list) */
-    struct reqbuf *reqbufs;         /* free request buffers (req.c) */
-    unsigned nreqbufs;
+    struct freelist reqbufs;        /* idle request buffers (req.c) */
     uint64_t rid_state;             /* request id generator state */
     uint64_t conn_serial;
     bool stopping;
