@@ -3,8 +3,9 @@
  * round trip, read_high backpressure, write_low after a blocked write, write
  * errors reported from the loop, EOF after the data, io_free inside each
  * callback, the send timeout against a stopped and a slow reader, lingering
- * close, connect, and io_trigger_read. Every wait is bounded: a guard timer
- * fails the test when what it waits for does not come.
+ * close, connect, io_trigger_read, and a TLS exchange against an OpenSSL
+ * client. Every wait is bounded: a guard timer fails the test when what it
+ * waits for does not come.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -13,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -23,8 +25,13 @@
 
 #include <cmocka.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <time.h>
 
 #include "io.h"
+#include "tls.h"
 
 #define GUARD_MS 5000 /* longest wait for anything a test waits for */
 
@@ -716,6 +723,185 @@ static void test_trigger_read(void **state)
     event_base_free(base);
 }
 
+/* ---- TLS ------------------------------------------------------------------------ */
+
+static char certdir[256];
+
+/* Certificates made by certs/gen-dev-certs.sh into a temp directory. */
+static int setup_certs(void **state)
+{
+    const char *script = getenv("FG_CERT_SCRIPT");
+    char cmd[600];
+
+    snprintf(certdir, sizeof(certdir), "%s/fg-test-io-XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (mkdtemp(certdir) == NULL)
+        return -1;
+    snprintf(cmd, sizeof(cmd), "sh %s %s/dev >/dev/null",
+             script ? script : "certs/gen-dev-certs.sh", certdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int teardown_certs(void **state)
+{
+    char cmd[600];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", certdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* The client's side of a TLS test: an OpenSSL client on the peer socket,
+ * stepped between non-blocking rounds of the server's loop. */
+struct tls_client {
+    SSL *ssl;
+    size_t got;   /* application bytes read */
+    char buf[64]; /* the first of them */
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Alternate the server's loop and STEP(client) until STEP says done; fail
+ * after GUARD_MS. */
+static void drive(struct event_base *base, struct tls_client *c, bool (*step)(struct tls_client *c))
+{
+    uint64_t end = now_ms() + GUARD_MS;
+    struct pollfd pfd = {SSL_get_fd(c->ssl), POLLIN, 0};
+
+    while (!step(c)) {
+        if (now_ms() > end)
+            fail_msg("the TLS exchange did not end within %d ms", GUARD_MS);
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        poll(&pfd, 1, 2);
+    }
+}
+
+static bool client_handshake(struct tls_client *c)
+{
+    int r = SSL_do_handshake(c->ssl);
+    int e = SSL_get_error(c->ssl, r);
+
+    if (r != 1 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        fail_msg("client handshake failed (%d)", e);
+    return r == 1;
+}
+
+/* Read what there is; done once 1 MiB has come. */
+static bool client_read_mib(struct tls_client *c)
+{
+    char buf[16384];
+    int n;
+
+    while ((n = SSL_read(c->ssl, buf, sizeof(buf))) > 0) {
+        if (c->got < sizeof(c->buf))
+            memcpy(c->buf + c->got, buf,
+                   (size_t)n < sizeof(c->buf) - c->got ? (size_t)n : sizeof(c->buf) - c->got);
+        c->got += (size_t)n;
+    }
+    if (SSL_get_error(c->ssl, n) != SSL_ERROR_WANT_READ)
+        fail_msg("client read failed (%d)", SSL_get_error(c->ssl, n));
+    return c->got >= (1u << 20);
+}
+
+static bool step_done(struct tls_client *c)
+{
+    return true;
+}
+
+/* Over TLS: the handshake ends in IO_CONNECTED, bytes go both ways, a
+ * large response that blocks drains with write_cb, and the client's
+ * close_notify after its last records is IO_EOF after their bytes. */
+static void test_tls_round_trip(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct fg_config cfg;
+    struct fg_cert cert = {0};
+    char err[256] = "";
+    struct probe p = {0};
+    struct tls_client c = {0};
+    char crt[300], key[300];
+    int fd[2];
+
+    memset(&cfg, 0, sizeof(cfg));
+    snprintf(crt, sizeof(crt), "%s/dev/server.crt", certdir);
+    snprintf(key, sizeof(key), "%s/dev/server.key", certdir);
+    cert.cert_file = crt;
+    cert.key_file = key;
+    cfg.tls.certs = &cert;
+    cfg.tls.ncerts = 1;
+    cfg.tls.min_version = TLS1_2_VERSION;
+    cfg.tls.ciphers = "";
+    struct tls_ctxset *set = tls_build(&cfg, NULL, err, sizeof(err));
+    if (set == NULL)
+        fail_msg("tls_build: %s", err);
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(cctx);
+
+    int sndbuf = 64 * 1024;
+    tcp_pair(fd, 64 * 1024); /* small buffers: 1 MiB does not fit in them */
+    assert_int_equal(setsockopt(fd[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+    p.base = base;
+    p.io = io_new(base, fd[0], tls_new_ssl(set));
+    assert_non_null(p.io);
+    io_setcb(p.io, on_read, on_write, on_event, &p);
+    io_enable_read(p.io);
+    c.ssl = SSL_new(cctx);
+    SSL_set_fd(c.ssl, fd[1]);
+    SSL_set_connect_state(c.ssl);
+    drive(base, &c, client_handshake);
+    p.break_on_event = true;
+    run_until_break(base);
+    assert_int_equal(p.events, 1);
+    assert_int_equal(p.what, IO_CONNECTED);
+
+    p.break_on_event = false;
+    p.break_on_read = true;
+    assert_int_equal(SSL_write(c.ssl, "hello tls", 9), 9);
+    run_until_break(base);
+    char got[16] = "";
+    assert_int_equal(evbuffer_remove(p.io->in, got, sizeof(got) - 1), 9);
+    assert_string_equal(got, "hello tls");
+
+    evbuffer_add(p.io->out, "response", 8);
+    add_bytes(p.io->out, (1u << 20) - 8);
+    io_flush(p.io);
+    assert_true(io_pending_out(p.io) > 0); /* the client reads nothing yet */
+    drive(base, &c, client_read_mib);
+    assert_int_equal(c.got, 1u << 20);
+    assert_memory_equal(c.buf, "response", 8);
+    drive(base, &c, step_done); /* let write_cb run */
+    run_ms(base, 20);
+    assert_true(p.writes >= 1);
+    assert_int_equal(io_pending_out(p.io), 0);
+
+    p.break_on_read = false;
+    p.consume = true;
+    p.got = 0;
+    p.break_on_event = true;
+    /* Two records and close_notify: OpenSSL reads ahead, so the last of
+     * them can sit inside it with no socket event to announce it. */
+    assert_int_equal(SSL_write(c.ssl, "by", 2), 2);
+    assert_int_equal(SSL_write(c.ssl, "e", 1), 1);
+    SSL_shutdown(c.ssl);
+    run_until_break(base);
+    assert_int_equal(p.events, 2);
+    assert_int_equal(p.what, IO_EOF);
+    assert_int_equal(p.got_at_event, 3);
+
+    io_free(p.io);
+    SSL_free(c.ssl);
+    close(fd[1]);
+    SSL_CTX_free(cctx);
+    tls_free(set);
+    ERR_clear_error();
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -730,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_linger),
         cmocka_unit_test(test_connect),
         cmocka_unit_test(test_trigger_read),
+        cmocka_unit_test_setup_teardown(test_tls_round_trip, setup_certs, teardown_certs),
     };
 
     signal(SIGPIPE, SIG_IGN); /* a write to a closed peer is EPIPE, as in flowgate */
