@@ -419,11 +419,11 @@ const char *upstream_fail_str(enum upstream_fail f)
     switch (f) {
     case UP_FAIL_NONE: return "none";
     case UP_FAIL_REFUSED: return "refused";
-    case UP_FAIL_CONNECT_TIMEOUT: return "timeout";
+    case UP_FAIL_CONNECT_TIMEOUT: return "connect timeout";
     case UP_FAIL_ERROR: return "error";
     case UP_FAIL_CLOSED: return "closed";
     case UP_FAIL_BAD_RESPONSE: return "bad response";
-    case UP_FAIL_READ_TIMEOUT: return "timeout";
+    case UP_FAIL_READ_TIMEOUT: return "read timeout";
     }
     return "?";
 }

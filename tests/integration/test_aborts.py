@@ -446,7 +446,7 @@ def test_upstream_read_timeout_before_the_head_is_one_504_line():
         r = fg.get("/slow/3000?case=504")
         eq(r.status, 504, "status")
         rid = r.header("X-Request-Id")
-        e = assert_logged_once(fg, up, "request_id", rid, 504, "timeout")
+        e = assert_logged_once(fg, up, "request_id", rid, 504, "read timeout")
         eq(e.get("upstream"), up.addr, "logged upstream")
 
 

@@ -291,11 +291,11 @@ static void test_fail_str(void **state)
 {
     assert_string_equal(upstream_fail_str(UP_FAIL_NONE), "none");
     assert_string_equal(upstream_fail_str(UP_FAIL_REFUSED), "refused");
-    assert_string_equal(upstream_fail_str(UP_FAIL_CONNECT_TIMEOUT), "timeout");
+    assert_string_equal(upstream_fail_str(UP_FAIL_CONNECT_TIMEOUT), "connect timeout");
     assert_string_equal(upstream_fail_str(UP_FAIL_ERROR), "error");
     assert_string_equal(upstream_fail_str(UP_FAIL_CLOSED), "closed");
     assert_string_equal(upstream_fail_str(UP_FAIL_BAD_RESPONSE), "bad response");
-    assert_string_equal(upstream_fail_str(UP_FAIL_READ_TIMEOUT), "timeout");
+    assert_string_equal(upstream_fail_str(UP_FAIL_READ_TIMEOUT), "read timeout");
     assert_string_equal(upstream_fail_str((enum upstream_fail)99), "?");
 }
 
