@@ -289,9 +289,9 @@ void worker_request_id(struct worker *w, char out[33])
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg);
 
-/* A preview name no longer resolves to OLD: its idle connections there
- * would reach whatever now listens at that address. */
-static void preview_moved(void *arg, const struct sockaddr_storage *old)
+/* A name no longer resolves to OLD: idle upstream connections there would
+ * reach whatever now listens at that address. */
+static void name_moved(void *arg, const struct sockaddr_storage *old)
 {
     upstream_preview_forget(arg, old);
 }
@@ -357,7 +357,7 @@ static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size
      * before this one: a snapshot without previews in between made none. */
     if (!need || (w->resolver && same_resolver(&w->resolver_cfg->resolver, &cfg->resolver)))
         return 0;
-    struct resolver *rs = resolver_new(w->base, &cfg->resolver, preview_moved, w, err, errlen);
+    struct resolver *rs = resolver_new(w->base, &cfg->resolver, name_moved, w, err, errlen);
     if (rs == NULL)
         return -1;
     if (w->resolver) {
