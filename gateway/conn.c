@@ -252,6 +252,13 @@ static const char *ops_tls_version(void *conn)
     return c->io && c->io->ssl ? tls_version_str(c->io->ssl) : NULL;
 }
 
+static const char *ops_tls_sni(void *conn)
+{
+    struct conn *c = conn;
+
+    return c->io && c->io->ssl ? SSL_get_servername(c->io->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}
+
 static const struct req_conn_ops conn_ops = {
     .hold = ops_hold,
     .release = ops_release,
@@ -264,6 +271,7 @@ static const struct req_conn_ops conn_ops = {
     .done = ops_done,
     .close = ops_close,
     .tls_version = ops_tls_version,
+    .tls_sni = ops_tls_sni,
 };
 
 static struct io *conn_make_io(struct conn *c, int fd)

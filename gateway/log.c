@@ -381,6 +381,14 @@ static json_t *log_access_json(const struct log_access_rec *rec) {
     json_object_set_new(o, "tier", log_json_str(rec->tier));
     json_object_set_new(o, "ratelimit", log_json_str(rec->ratelimit));
     json_object_set_new(o, "tls", log_json_str(rec->tls_version));
+    json_object_set_new(o, "sni", log_json_str(rec->sni));
+    json_object_set_new(o, "protocol", log_json_str(rec->protocol));
+    json_object_set_new(o, "user_agent",
+                        log_json_slice(rec->user_agent, rec->user_agent_len < LOG_USER_AGENT_MAX
+                                                            ? rec->user_agent_len
+                                                            : LOG_USER_AGENT_MAX));
+    json_object_set_new(o, "upstream_status",
+                        rec->upstream_status ? json_integer(rec->upstream_status) : json_null());
     json_object_set_new(o, "error", log_json_str(rec->error));
     return o;
 }

@@ -30,6 +30,8 @@ void log_msg(enum fg_log_level level, const char *fmt, ...) __attribute__((forma
 #define log_info(...) log_msg(FG_LOG_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(FG_LOG_DEBUG, __VA_ARGS__)
 
+#define LOG_USER_AGENT_MAX 256 /* longest User-Agent logged: a long one is cut */
+
 /* One access-log record. Strings are (pointer, length) slices, not
  * NUL-terminated; NULL pointer = field omitted (JSON null). */
 struct log_access_rec {
@@ -50,6 +52,10 @@ struct log_access_rec {
     const char *tier;
     const char *ratelimit;   /* outcome or NULL */
     const char *tls_version; /* NULL on plain listeners */
+    const char *sni;         /* TLS server name the client asked for, or NULL */
+    const char *protocol;    /* "HTTP/1.1", "HTTP/1.0" */
+    const char *user_agent; size_t user_agent_len; /* cut to LOG_USER_AGENT_MAX */
+    int upstream_status;     /* the upstream's final status; 0 = none */
     const char *error;       /* flowgate error code or reason, NULL when none */
 };
 

@@ -606,6 +606,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
     r->upstream_ms = (now.tv_sec - r->up_start.tv_sec) * 1e3 +
                        (now.tv_usec - r->up_start.tv_usec) / 1e3;
     r->resp = RESP_STARTED;
+    r->upstream_status = uc->resp.status;
     if (write_response_head(r, &uc->resp, (size_t)end) < 0) {
     r->error_code = "out of memory";
         proxy_abort(r);

@@ -619,6 +619,7 @@ static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
     struct rl_worker *st = rl_state(r->w);
 
     r->ratelimit = rl_outcome_str(o); /* for the access log */
+    r->tier = r->cfg->rate_limit.tiers[tier].name; /* its name is the metrics' tier label */
     __atomic_fetch_add(&st->decisions[tier * RL_OUT__COUNT + o], 1, __ATOMIC_RELAXED);
 }
 

@@ -419,7 +419,13 @@ void req_timeout(struct req *r)
 
 static void log_request(struct req *r)
 {
+    const struct h1_header *ua =
+        r->head_len ? h1_find(r->h.headers, r->h.nheaders, "User-Agent") : NULL;
+    const char *protocol = NULL;
     struct timeval now;
+
+    if (r->h.method_str != NULL)
+        protocol = r->h.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
 
     gettimeofday(&now, NULL);
     struct log_access_rec rec = {
@@ -443,8 +449,13 @@ static void log_request(struct req *r)
         .upstream_ms = r->upstream_ms,
         .user = r->user,
         .user_len = r->user_len,
-        .tier = r->tier,
+        .tier = r->tier ? r->tier : "anonymous",
         .tls_version = r->tls ? r->ops->tls_version(r->conn) : NULL,
+        .sni = r->tls ? r->ops->tls_sni(r->conn) : NULL,
+        .protocol = protocol,
+        .user_agent = ua ? ua->value : NULL,
+        .user_agent_len = ua ? ua->value_len : 0,
+        .upstream_status = r->upstream_status,
         .ratelimit = r->ratelimit,
         .error = r->error_code,
     };

@@ -91,6 +91,7 @@ struct req_conn_ops {
      * response keeps its bytes). The carrier then finishes the request. */
     void (*close)(void *conn, bool flush);
     const char *(*tls_version)(void *conn); /* for the log; NULL when plain */
+    const char *(*tls_sni)(void *conn);     /* the server name asked for, or NULL */
 };
 
 /* Per-request state; in a reqbuf, reset (req_reset) between requests. */
@@ -146,6 +147,7 @@ struct req {
     bool up_extra_overflow;       /* a stage's header did not fit: refuse, never drop */
     /* for the log */
     int status;                   /* final status sent */
+    int upstream_status;          /* the upstream's final status (0: none) */
     const char *error_code;       /* flowgate error code or reason */
     const char *ratelimit;        /* rate-limit outcome */
     uint64_t bytes_out;
