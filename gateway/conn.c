@@ -141,7 +141,7 @@ static void closing_step(struct conn *c)
         return; /* conn_write_cb comes back once the socket took them */
     if (c->r && !io_failed(c->io))
         req_finish(c->r, REQ_END_ABORTED); /* a no-op once it was finished */
-    if (c->w->stopping || io_eof(c->io) || io_failed(c->io)) {
+    if (c->w->stopping || io_ended(c->io)) {
         /* Leaving, or the client already closed its side: nothing to
          * linger for. */
         conn_close(c, false);

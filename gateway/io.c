@@ -132,13 +132,15 @@ static void set_wev(struct io *io, bool on)
         event_add(&io->wev, NULL);
 }
 
-/* Register read interest exactly when something needs the socket readable. */
+/* Register read interest exactly when something needs the socket readable:
+ * the user's reading (the common case, tested first), or a TLS step. */
 static void io_update(struct io *io)
 {
+    bool reading = established(io) && io->want_read && !io->in_full && io->end == IO_END_NONE;
+
     set_interest(&io->rev, &io->rev_on,
-                 usable(io) && (io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read ||
-                                (established(io) && io->want_read && !io->in_full &&
-                                 io->end == IO_END_NONE)));
+                 reading ||
+                     ((io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read) && usable(io)));
 }
 
 /* Bytes may sit decrypted or undecrypted inside OpenSSL, where no socket

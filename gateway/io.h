@@ -171,6 +171,12 @@ static inline bool io_eof(const struct io *io)
     return io->end == IO_END_EOF;
 }
 
+/* The peer closed its side or the socket failed: nothing more comes in. */
+static inline bool io_ended(const struct io *io)
+{
+    return io->end != IO_END_NONE;
+}
+
 /* The socket failed (io->err says why): nothing more goes in or out. */
 static inline bool io_failed(const struct io *io)
 {
