@@ -248,7 +248,7 @@ static void admin_timeout_cb(evutil_socket_t fd, short what, void *arg)
  * input cannot turn the close into a reset that destroys the reply. */
 static void admin_done(struct admin_conn *ac)
 {
-    if (ac->io->eof)
+    if (io_eof(ac->io))
         admin_conn_free(ac);
     else
         io_linger(ac->io);

@@ -137,11 +137,11 @@ static void conn_resume_read(struct conn *c)
 static void closing_step(struct conn *c)
 {
     io_flush(c->io);
-    if (io_pending_out(c->io) > 0 && !c->io->error)
+    if (io_pending_out(c->io) > 0 && !io_failed(c->io))
         return; /* conn_write_cb comes back once the socket took them */
-    if (c->r && !c->io->error)
+    if (c->r && !io_failed(c->io))
         req_finish(c->r, REQ_END_ABORTED); /* a no-op once it was finished */
-    if (c->w->stopping || c->io->eof || c->io->error) {
+    if (c->w->stopping || io_ended(c->io)) {
         /* Leaving, or the client already closed its side: nothing to
          * linger for. */
         conn_close(c, false);
@@ -156,7 +156,7 @@ void conn_close(struct conn *c, bool flush)
 {
     if (c->closed)
         return;
-    if (flush && c->io && !c->io->error && c->state != CONN_CLOSING &&
+    if (flush && c->io && !io_failed(c->io) && c->state != CONN_CLOSING &&
         c->state != CONN_LINGER) {
         /* The last response goes out first; reading stops: nothing the
          * client sends now can matter. The client's pace is bounded by the

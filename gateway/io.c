@@ -27,6 +27,41 @@ static void io_rev_cb(evutil_socket_t fd, short what, void *arg);
 static void io_wev_cb(evutil_socket_t fd, short what, void *arg);
 static void io_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
+const char *io_phase_str(enum io_phase phase)
+{
+    switch (phase) {
+    case IO_PHASE_CONNECTING: return "connecting";
+    case IO_PHASE_HANDSHAKE: return "handshake";
+    case IO_PHASE_OPEN: return "open";
+    case IO_PHASE_LINGER: return "linger";
+    case IO_PHASE_CLOSED: return "closed";
+    }
+    return "?";
+}
+
+const char *io_end_str(enum io_end end)
+{
+    switch (end) {
+    case IO_END_NONE: return "none";
+    case IO_END_EOF: return "eof";
+    case IO_END_ERROR: return "error";
+    }
+    return "?";
+}
+
+/* Connected and not freed. LINGER counts: it reads, and output given to it
+ * anyway meets the shut write side and fails like any write. */
+static bool established(const struct io *io)
+{
+    return io->phase == IO_PHASE_OPEN || io->phase == IO_PHASE_LINGER;
+}
+
+/* Neither freed nor failed: the socket may still be used. */
+static bool usable(const struct io *io)
+{
+    return io->phase != IO_PHASE_CLOSED && io->end != IO_END_ERROR;
+}
+
 static void io_destroy(struct io *io)
 {
     if (io->ssl)
@@ -90,27 +125,29 @@ static void set_wev(struct io *io, bool on)
     io->wev_on = on;
     if (!on)
         event_del(&io->wev);
-    else if (io->phase == IO_PHASE_OPEN && timerisset(&io->send_timeout)) {
+    else if (established(io) && timerisset(&io->send_timeout)) {
         io->outq_mark = send_queue(io);
         event_add(&io->wev, &io->send_timeout);
     } else
         event_add(&io->wev, NULL);
 }
 
-/* Register read interest exactly when something needs the socket readable. */
+/* Register read interest exactly when something needs the socket readable:
+ * the user's reading (the common case, tested first), or a TLS step. */
 static void io_update(struct io *io)
 {
+    bool reading = established(io) && io->want_read && !io->in_full && io->end == IO_END_NONE;
+
     set_interest(&io->rev, &io->rev_on,
-                 !io->dead && !io->error &&
-                     (io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read ||
-                      (io->phase == IO_PHASE_OPEN && io->want_read && !io->in_full && !io->eof)));
+                 reading ||
+                     ((io->phase == IO_PHASE_HANDSHAKE || io->write_wants_read) && usable(io)));
 }
 
 /* Bytes may sit decrypted or undecrypted inside OpenSSL, where no socket
  * event will announce them: read them from the loop. */
 static void kick_pending(struct io *io)
 {
-    if (io->ssl && io->phase == IO_PHASE_OPEN && SSL_has_pending(io->ssl))
+    if (io->ssl && established(io) && SSL_has_pending(io->ssl))
         event_active(&io->rev, EV_READ, 1);
 }
 
@@ -148,7 +185,7 @@ void io_disable_read(struct io *io)
 
 void io_trigger_read(struct io *io)
 {
-    if (io->dead)
+    if (io->phase == IO_PHASE_CLOSED)
         return;
     io->trigger = true;
     event_active(&io->rev, EV_READ, 1);
@@ -173,10 +210,10 @@ static void report(struct io *io, int what)
         return;
     io->reported = true;
     if (what == IO_ERROR) {
-        io->error = true;
+        io->end = IO_END_ERROR;
         set_wev(io, false);
-    } else {
-        io->eof = true;
+    } else if (io->end == IO_END_NONE) {
+        io->end = IO_END_EOF; /* an error io_flush found meanwhile stays */
     }
     io_update(io);
     if (io->event_cb)
@@ -313,19 +350,19 @@ static void do_read(struct io *io)
         io->in_cb = NULL;
     }
 
-    if (io->lingering) {
+    if (io->phase == IO_PHASE_LINGER) {
         if ((st = read_discard(io)) != 0)
             report(io, st);
         return;
     }
-    if (io->want_read && !io->eof && !io->error)
+    if (io->want_read && io->end == IO_END_NONE)
         st = io->ssl ? read_tls(io) : read_plain(io);
     size_t after = evbuffer_get_length(io->in);
     bool trigger = io->trigger;
     io->trigger = false;
     if ((after > before || trigger) && after > 0 && io->read_cb) {
         io->read_cb(io, io->arg);
-        if (io->dead)
+        if (io->phase == IO_PHASE_CLOSED)
             return;
     }
     if (st != 0)
@@ -400,14 +437,14 @@ static int write_out(struct io *io)
 
 void io_flush(struct io *io)
 {
-    if (io->dead || io->error || io->phase != IO_PHASE_OPEN || io->write_wants_read ||
+    if (!established(io) || io->end == IO_END_ERROR || io->write_wants_read ||
         evbuffer_get_length(io->out) == 0)
         return;
     if (io->wev_on && !io->read_wants_write)
         return; /* the socket refused bytes: the write event sends these too */
     if (write_out(io) < 0) {
         /* Reported from the loop: the caller is in the middle of its work. */
-        io->error = true;
+        io->end = IO_END_ERROR;
         set_wev(io, false);
         io_update(io);
         event_active(&io->rev, EV_READ, 1);
@@ -426,7 +463,7 @@ static void handshake(struct io *io)
         io_update(io);
         if (io->event_cb) {
             io->event_cb(io, IO_CONNECTED, io->arg);
-            if (io->dead)
+            if (io->phase == IO_PHASE_CLOSED)
                 return;
         }
         /* The first request often comes with the handshake's last flight
@@ -450,7 +487,7 @@ static void handshake(struct io *io)
 
 static void io_unbusy(struct io *io)
 {
-    if (--io->busy == 0 && io->dead)
+    if (--io->busy == 0 && io->phase == IO_PHASE_CLOSED)
         io_destroy(io);
 }
 
@@ -459,7 +496,7 @@ static void io_rev_cb(evutil_socket_t fd, short what, void *arg)
     struct io *io = arg;
 
     io->busy++;
-    if (io->error) {
+    if (io->end == IO_END_ERROR) {
         report(io, IO_ERROR); /* a write failed inside io_flush */
     } else if (io->phase == IO_PHASE_HANDSHAKE) {
         handshake(io);
@@ -472,13 +509,12 @@ static void io_rev_cb(evutil_socket_t fd, short what, void *arg)
             io->write_wants_read = false;
             io_flush(io);
             size_t after = evbuffer_get_length(io->out);
-            if (!io->dead && !io->error && after < before && after <= io->write_low &&
-                io->write_cb)
+            if (usable(io) && after < before && after <= io->write_low && io->write_cb)
                 io->write_cb(io, io->arg);
         }
-        if (!io->dead && !io->error)
+        if (usable(io))
             do_read(io);
-        else if (io->error)
+        else if (io->end == IO_END_ERROR)
             report(io, IO_ERROR);
     }
     io_unbusy(io);
@@ -533,7 +569,7 @@ static void io_wev_cb(evutil_socket_t fd, short what, void *arg)
             do_read(io);
         }
         size_t before = evbuffer_get_length(io->out);
-        if (!io->dead && !io->error && before > 0 && !io->write_wants_read) {
+        if (usable(io) && before > 0 && !io->write_wants_read) {
             if (write_out(io) < 0) {
                 report(io, IO_ERROR);
             } else {
@@ -543,7 +579,7 @@ static void io_wev_cb(evutil_socket_t fd, short what, void *arg)
                     evbuffer_get_length(io->out) < before && io->write_cb)
                     io->write_cb(io, io->arg);
             }
-        } else if (!io->dead && before == 0) {
+        } else if (io->phase != IO_PHASE_CLOSED && before == 0) {
             set_wev(io, io->read_wants_write);
         }
     }
@@ -599,13 +635,13 @@ struct io *io_connect(struct event_base *base, const struct sockaddr *sa, sockle
 
 void io_linger(struct io *io)
 {
-    if (io->dead || io->error || io->eof || io->lingering)
+    if (io->phase != IO_PHASE_OPEN || io->end != IO_END_NONE)
         return;
-    if (io->ssl && io->phase == IO_PHASE_OPEN)
+    if (io->ssl)
         SSL_shutdown(io->ssl); /* close_notify; its answer is not awaited */
     ERR_clear_error();
     shutdown(io->fd, SHUT_WR);
-    io->lingering = true;
+    io->phase = IO_PHASE_LINGER;
     evbuffer_drain(io->in, evbuffer_get_length(io->in));
     if (io->in_cb) {
         evbuffer_remove_cb_entry(io->in, io->in_cb);
@@ -620,13 +656,13 @@ void io_linger(struct io *io)
 
 void io_free(struct io *io)
 {
-    if (io == NULL || io->dead)
+    if (io == NULL || io->phase == IO_PHASE_CLOSED)
         return;
-    io->dead = true;
     event_del(&io->rev);
     event_del(&io->wev);
-    if (io->ssl && io->phase == IO_PHASE_OPEN && !io->error && !io->eof && !io->lingering)
+    if (io->ssl && io->phase == IO_PHASE_OPEN && io->end == IO_END_NONE)
         SSL_shutdown(io->ssl); /* close_notify, once; its answer is not awaited */
+    io->phase = IO_PHASE_CLOSED;
     ERR_clear_error();
     close(io->fd);
     io->fd = -1;

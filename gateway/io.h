@@ -48,11 +48,46 @@ struct io;
 typedef void (*io_data_cb)(struct io *io, void *arg);
 typedef void (*io_event_cb)(struct io *io, int what, void *arg);
 
+/*
+ * Where the connection is in its life. Phases only move forward:
+ *
+ *   io_connect()  CONNECTING --connected--+
+ *                                         |
+ *   io_new(ssl)   HANDSHAKE --handshake---+--> OPEN --io_linger()--> LINGER
+ *                                         |
+ *   io_new(NULL) -------------------------+
+ *
+ *   any phase --io_free()--> CLOSED
+ *
+ * An error or EOF does not change the phase (see enum io_end).
+ */
 enum io_phase {
-    IO_PHASE_CONNECTING, /* TCP connect in progress */
-    IO_PHASE_HANDSHAKE,  /* TLS server handshake in progress */
-    IO_PHASE_OPEN,
+    IO_PHASE_CONNECTING = 0, /* TCP connect in progress */
+    IO_PHASE_HANDSHAKE = 1,  /* TLS server handshake in progress */
+    IO_PHASE_OPEN = 2,       /* both directions usable */
+    IO_PHASE_LINGER = 3,     /* io_linger: write side shut, input read and dropped */
+    IO_PHASE_CLOSED = 4,     /* io_free: socket closed; memory goes when callbacks unwind */
 };
+const char *io_phase_str(enum io_phase phase);
+
+/*
+ * How the socket's traffic ended, whatever the phase:
+ *
+ *   NONE --peer closed--> EOF --a write fails in io_flush--> ERROR
+ *     |                                                       ^
+ *     +--- a read or write, the connect, TLS, send_timeout ---+
+ *
+ * After EOF output can still go out (a half-closed peer may read); after
+ * ERROR nothing is read or written. The first end is given to event_cb
+ * once (struct io's reported): an error after EOF is not reported again,
+ * and one found inside io_flush is reported from the loop.
+ */
+enum io_end {
+    IO_END_NONE = 0,  /* reading on */
+    IO_END_EOF = 1,   /* the peer closed its side */
+    IO_END_ERROR = 2, /* the socket failed (io->err) */
+};
+const char *io_end_str(enum io_end end);
 
 struct io {
     int fd;
@@ -69,18 +104,16 @@ struct io {
     struct timeval send_timeout; /* longest wait for the socket to take bytes; 0 = none */
     int outq_mark;            /* the kernel's send queue when last seen to move (-1: unknown) */
     int err;                  /* errno of a failed connect or write, for the user */
-    enum io_phase phase;
-    unsigned busy;            /* callbacks on the stack */
-    bool dead;                /* io_free() called: free when busy drops to 0 */
+    enum io_phase phase;      /* where the connection is in its life */
+    enum io_end end;          /* how its traffic ended, if it did */
+    unsigned busy;            /* callbacks on the stack: CLOSED frees when it drops to 0 */
+    bool reported;            /* the end was given to event_cb */
     bool want_read;           /* the user wants input (io_enable_read) */
     bool rev_on, wev_on;      /* registered with the loop */
     bool in_full;             /* reading stopped at read_high */
-    bool eof, error;          /* seen */
-    bool reported;            /* EOF or error given to event_cb */
     bool trigger;             /* io_trigger_read: call read_cb from the loop */
     bool write_wants_read;    /* SSL_write needs the socket readable */
     bool read_wants_write;    /* SSL_read needs the socket writable */
-    bool lingering;           /* io_linger: write side shut, input read and dropped */
 };
 
 /* An accepted socket: plain (SSL NULL; open at once) or TLS (server
@@ -119,7 +152,8 @@ void io_set_send_timeout(struct io *io, uint32_t ms);
  * the peer still sends until it closes (IO_EOF) or the caller's timer
  * ends it. Closing at once with unread input would make the kernel send a
  * reset, which can destroy the response before the peer has read it.
- * Output must be fully written before this is called.
+ * Output must be fully written before this is called. Only an OPEN io with
+ * its traffic not ended lingers; otherwise this does nothing.
  */
 void io_linger(struct io *io);
 
@@ -129,6 +163,24 @@ void io_free(struct io *io);
 static inline size_t io_pending_out(const struct io *io)
 {
     return evbuffer_get_length(io->out);
+}
+
+/* The peer closed its side (IO_EOF); false once a write failed after it. */
+static inline bool io_eof(const struct io *io)
+{
+    return io->end == IO_END_EOF;
+}
+
+/* The peer closed its side or the socket failed: nothing more comes in. */
+static inline bool io_ended(const struct io *io)
+{
+    return io->end != IO_END_NONE;
+}
+
+/* The socket failed (io->err says why): nothing more goes in or out. */
+static inline bool io_failed(const struct io *io)
+{
+    return io->end == IO_END_ERROR;
 }
 
 #endif

@@ -818,7 +818,7 @@ void proxy_tunnel_client_eof(struct req *r)
     r->body_seen += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, uc->io->out, evbuffer_get_length(in));
     io_flush(uc->io);
-    if (io_pending_out(uc->io) == 0 || uc->io->error) {
+    if (io_pending_out(uc->io) == 0 || io_failed(uc->io)) {
     tunnel_end(r, NULL);
         return;
     }

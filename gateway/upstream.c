@@ -377,7 +377,7 @@ void upstream_release(struct upconn *uc, bool keep)
     uc->owner = NULL;
     uc->ready_cb = NULL;
     if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten || p->retired ||
-        evbuffer_get_length(uc->io->in) > 0 || uc->io->eof || uc->io->error ||
+        evbuffer_get_length(uc->io->in) > 0 || io_ended(uc->io) ||
         (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);
         return;
