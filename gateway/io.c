@@ -206,9 +206,12 @@ static void io_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 
 static void report(struct io *io, int what)
 {
-    if (io->reported)
+    /* A freed io tells nothing: its user is gone. An error after an EOF
+     * is told too: a user still writing to a half-closed peer must learn
+     * that its writes fail (the write event would fire for ever). */
+    if (io->phase == IO_PHASE_CLOSED || io->reported == IO_ERROR || io->reported == what)
         return;
-    io->reported = true;
+    io->reported = what;
     if (what == IO_ERROR) {
         io->end = IO_END_ERROR;
         set_wev(io, false);

@@ -18,7 +18,8 @@
  * Callbacks: read_cb when the input grew (or io_trigger_read asked for it),
  * write_cb when output that had to wait drained to write_low, event_cb with
  * IO_CONNECTED (TCP connect or TLS handshake done), IO_EOF or IO_ERROR. EOF
- * and errors are reported once, after the data read before them. Write
+ * and errors are reported once each, after the data read before them (an
+ * error may follow an EOF, never the other way). Write
  * errors found inside io_flush are reported from the loop, never from the
  * caller's stack.
  *
@@ -78,9 +79,10 @@ const char *io_phase_str(enum io_phase phase);
  *     +--- a read or write, the connect, TLS, send_timeout ---+
  *
  * After EOF output can still go out (a half-closed peer may read); after
- * ERROR nothing is read or written. The first end is given to event_cb
- * once (struct io's reported): an error after EOF is not reported again,
- * and one found inside io_flush is reported from the loop.
+ * ERROR nothing is read or written. Each end is given to event_cb once
+ * (struct io's reported): EOF, then an error should a write still fail
+ * after it; one found inside io_flush is reported from the loop. A freed
+ * io reports nothing.
  */
 enum io_end {
     IO_END_NONE = 0,  /* reading on */
@@ -107,7 +109,7 @@ struct io {
     enum io_phase phase;      /* where the connection is in its life */
     enum io_end end;          /* how its traffic ended, if it did */
     unsigned busy;            /* callbacks on the stack: CLOSED frees when it drops to 0 */
-    bool reported;            /* the end was given to event_cb */
+    int reported;             /* the last end given to event_cb: 0, IO_EOF or IO_ERROR */
     bool want_read;           /* the user wants input (io_enable_read) */
     bool rev_on, wev_on;      /* registered with the loop */
     bool in_full;             /* reading stopped at read_high */

@@ -423,6 +423,38 @@ static void test_flush_error_from_loop(void **state)
     event_base_free(base);
 }
 
+/* The peer half-closes (EOF reported), then resets while output waits for
+ * it: the failed write is reported too, once, as IO_ERROR after the EOF, and
+ * write interest goes (the event would otherwise fire for ever). */
+static void test_error_after_eof(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct probe p = {0};
+    struct linger lg = {1, 0};
+    int fd[2];
+
+    tcp_pair(fd, 4096);
+    struct io *io = probe_io(&p, base, fd[0]);
+    p.break_on_event = true;
+    assert_int_equal(shutdown(fd[1], SHUT_WR), 0);
+    run_until_break(base);
+    assert_int_equal(p.what, IO_EOF);
+    add_bytes(io->out, 4 << 20);
+    io_flush(io);
+    assert_true(io->wev_on); /* the peer reads nothing: output waits */
+    assert_int_equal(setsockopt(fd[1], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    close(fd[1]); /* a reset */
+    run_until_break(base);
+    assert_int_equal(p.events, 2);
+    assert_int_equal(p.what, IO_ERROR);
+    assert_true(io_failed(io));
+    assert_false(io->wev_on);
+    run_ms(base, 30);
+    assert_int_equal(p.events, 2);
+    io_free(io);
+    event_base_free(base);
+}
+
 /* What io's first read asks the socket for: the space an empty evbuffer
  * reserves for READ_SIZE bytes. */
 static size_t first_read_ask(size_t read_size)
@@ -910,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_write_low),
         cmocka_unit_test(test_flush_error_from_loop),
         cmocka_unit_test(test_eof_after_data),
+        cmocka_unit_test(test_error_after_eof),
         cmocka_unit_test(test_free_in_callbacks),
         cmocka_unit_test(test_send_timeout_stopped_reader),
         cmocka_unit_test(test_send_timeout_slow_reader),
