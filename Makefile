@@ -22,6 +22,11 @@ PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 VERSION     := 0.1.0
+# The source revision `flowgate -V` prints: `git describe` of this checkout,
+# "unknown" outside one (an unpacked release); REVISION=... overrides it. No
+# date or time goes into the binary: two builds of one revision are the same.
+REVISION    ?= $(shell test -e .git && git describe --always --dirty 2>/dev/null || echo unknown)
+REVISION    := $(REVISION)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
 BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
@@ -59,6 +64,13 @@ build/asan/%.o: gateway/%.c gateway/*.h | build/asan
 
 build/asan/flowgate: $(ASAN_OBJS)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
+
+# Only main.c prints the revision; build/revision changes when it does, so a
+# new commit rebuilds main.o and nothing else.
+$(shell mkdir -p build && echo '$(REVISION)' | cmp -s - build/revision || \
+    echo '$(REVISION)' > build/revision)
+build/obj/main.o build/asan/main.o: build/revision
+build/obj/main.o build/asan/main.o: BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
 
 asan: build/asan/flowgate
 
