@@ -3,11 +3,27 @@
 #   make          build/flowgate (-O2, warnings are errors)
 #   make run      install missing packages, build, dev certs, demo upstream, run
 #   make test     install missing packages, unit + fuzz-corpus + integration tests
-#   make install  /usr/local/bin/flowgate (PREFIX=...), config example, systemd unit
+#   make install  the binary, the systemd unit and an example configuration
+#   make uninstall  the same files, never flowgate.conf
 #   make fuzz     run each libFuzzer target for FUZZ_SECONDS
+#
+# make install writes, each path prefixed by $(DESTDIR) (empty by default; a
+# staging root for packages, e.g. DESTDIR=/tmp/stage):
+#   $(PREFIX)/bin/flowgate                           PREFIX=/usr/local by default
+#   $(UNITDIR)/flowgate.service                      UNITDIR=$(PREFIX)/lib/systemd/system
+#   $(SYSCONFDIR)/flowgate/flowgate.conf.example     SYSCONFDIR=/etc by default
+# The unit's paths (@PREFIX@, @SYSCONFDIR@ in systemd/flowgate.service.in) and
+# the example's /etc/flowgate are written for these values. systemd looks for
+# units of locally installed software in /usr/local/lib/systemd/system and of
+# distribution packages in /usr/lib/systemd/system, which the default UNITDIR
+# gives for PREFIX=/usr/local and PREFIX=/usr; with any other PREFIX set
+# UNITDIR=/etc/systemd/system (the administrator's own units). The example
+# is conf/flowgate.prod.conf; flowgate.conf itself is never written, so an
+# existing one is never replaced.
 
 PREFIX      ?= /usr/local
 SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
 CC          ?= cc
 FUZZ_CC     ?= clang-14
 FUZZ_SECONDS ?= 60
@@ -45,8 +61,8 @@ UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps run test unit fuzz-replay fuzz integration install clean certs asan format bench \
-	bench-jwt
+.PHONY: all deps run test unit fuzz-replay fuzz integration install uninstall clean certs asan \
+	format bench bench-jwt
 
 all: build/flowgate
 
@@ -139,13 +155,22 @@ build/bench/jwt_bench: bench/jwt_bench.c $(filter-out build/obj/main.o,$(OBJS))
 	@mkdir -p build/bench
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# The unit and the example are rewritten for the paths chosen above, then
+# installed: a unit that names another binary than the one installed would
+# start something else, or nothing.
 install: build/flowgate
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/flowgate $(DESTDIR)/lib/systemd/system
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/flowgate
 	install -m 0755 build/flowgate $(DESTDIR)$(PREFIX)/bin/flowgate
-	install -m 0644 conf/flowgate.conf $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
-	sed 's|/usr/local/bin/flowgate|$(PREFIX)/bin/flowgate|' systemd/flowgate.service \
-	    > $(DESTDIR)/lib/systemd/system/flowgate.service
-	chmod 0644 $(DESTDIR)/lib/systemd/system/flowgate.service
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    systemd/flowgate.service.in > $(DESTDIR)$(UNITDIR)/flowgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/flowgate.service
+	sed -e 's|/etc/flowgate/|$(SYSCONFDIR)/flowgate/|g' conf/flowgate.prod.conf \
+	    > $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
+	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/flowgate $(DESTDIR)$(UNITDIR)/flowgate.service \
+	    $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
 
 format:
 	clang-format -i gateway/*.c gateway/*.h tests/unit/*.c tests/fuzz/*.c
