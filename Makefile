@@ -2,7 +2,11 @@
 #
 #   make          build/flowgate (-O2, warnings are errors)
 #   make run      install missing packages, build, dev certs, demo upstream, run
+#                 flowgate on 127.0.0.1; HTTPS_PORT=8443 HTTP_PORT=8080 ADMIN_PORT=9901
+#                 UPSTREAM_PORT=9001 REDIS_PORT=6379 choose its ports
 #   make test     install missing packages, unit + fuzz-corpus + integration tests
+#   make bench    install missing packages, flowgate beside nginx and HAProxy
+#   make deps     the packages of all three (deps-run, deps-test, deps-bench: one)
 #   make install  the binary, the systemd unit and an example configuration
 #   make uninstall  the same files, never flowgate.conf
 #   make fuzz     run each libFuzzer target for FUZZ_SECONDS
@@ -61,13 +65,23 @@ UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps run test unit fuzz-replay fuzz integration install uninstall clean certs asan \
-	format bench bench-jwt
+.PHONY: all deps deps-run deps-test deps-bench run test unit fuzz-replay fuzz integration \
+	install uninstall clean certs asan format bench bench-jwt
 
 all: build/flowgate
 
+# Debian packages: each target installs what it needs, no more (tools/deps.sh).
 deps:
-	@sh tools/deps.sh
+	@sh tools/deps.sh run test bench
+
+deps-run:
+	@sh tools/deps.sh run
+
+deps-test:
+	@sh tools/deps.sh test
+
+deps-bench:
+	@sh tools/deps.sh bench
 
 build/obj/%.o: gateway/%.c gateway/*.h | build/obj
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
@@ -137,15 +151,24 @@ fuzz: $(FUZZ_BINS)
 integration: build/asan/flowgate build/flowgate certs
 	@python3 tests/integration/run.py --binary build/asan/flowgate
 
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory -j$$(nproc) build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs
 	@sh tests/run-all.sh
 
-run: deps
-	@$(MAKE) --no-print-directory build/flowgate certs
-	@sh tools/run-dev.sh
+# make run's ports, all on 127.0.0.1: make run HTTPS_PORT=9443 HTTP_PORT=9080 ...
+HTTPS_PORT    ?= 8443
+HTTP_PORT     ?= 8080
+ADMIN_PORT    ?= 9901
+UPSTREAM_PORT ?= 9001
+REDIS_PORT    ?= 6379
 
-bench: build/flowgate certs
+run: deps-run
+	@$(MAKE) --no-print-directory build/flowgate certs
+	@HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) ADMIN_PORT=$(ADMIN_PORT) \
+	    UPSTREAM_PORT=$(UPSTREAM_PORT) REDIS_PORT=$(REDIS_PORT) sh tools/run-dev.sh
+
+bench: deps-bench
+	@$(MAKE) --no-print-directory build/flowgate certs
 	@sh bench/run
 
 # CPU per token verification, uncached and cached (bench/jwt_bench.c).
