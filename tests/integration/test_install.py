@@ -321,3 +321,28 @@ def test_sigusr1_reopens_logs_and_says_so():
               "no reopen line in the new error log: %r" % text[-500:])
         with open(rotated) as f:
             check("reopened" not in f.read(), "the reopen line went to the rotated file")
+
+
+def test_readme_documents_every_key():
+    """Every key gateway/cfg.c accepts has a row in the README's configuration
+    reference, and appears in both shipped configurations (a JWT key takes
+    secret_env or secret_file, one of the two)."""
+    with open(os.path.join(ROOT, "gateway", "cfg.c")) as f:
+        src = f.read()
+    keys = set()
+    for m in re.finditer(r"static const char \*const \w+_keys\[\] = \{(.*?)\};", src, re.S):
+        keys |= set(re.findall(r'"(\w+)"', m.group(1)))
+    check(len(keys) > 50, "found only %d keys in cfg.c's key lists" % len(keys))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = set()
+    for m in re.finditer(r"^\| `([^`]+)` \| [^|]* \| [^|]+ \|$", readme, re.M):
+        rows |= {part.replace("[]", "") for part in m.group(1).split(".")}
+    eq(sorted(keys - rows), [], "keys without a row in the README's configuration reference")
+    for name in ("flowgate.conf", "flowgate.prod.conf"):
+        with open(os.path.join(ROOT, "conf", name)) as f:
+            text = re.sub(r"#[^\n]*", "", f.read())
+        present = set(re.findall(r"\b(\w+)\s*[=:]", text))
+        missing = keys - present - {"secret_env", "secret_file"}
+        eq(sorted(missing), [], "keys missing from conf/%s" % name)
+        check(present & {"secret_env", "secret_file"}, "conf/%s names no JWT secret" % name)
