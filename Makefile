@@ -2,12 +2,32 @@
 #
 #   make          build/flowgate (-O2, warnings are errors)
 #   make run      install missing packages, build, dev certs, demo upstream, run
+#                 flowgate on 127.0.0.1; HTTPS_PORT=8443 HTTP_PORT=8080 ADMIN_PORT=9901
+#                 UPSTREAM_PORT=9001 REDIS_PORT=6379 choose its ports
 #   make test     install missing packages, unit + fuzz-corpus + integration tests
-#   make install  /usr/local/bin/flowgate (PREFIX=...), config example, systemd unit
+#   make bench    install missing packages, flowgate beside nginx and HAProxy
+#   make deps     the packages of all three (deps-run, deps-test, deps-bench: one)
+#   make install  the binary, the systemd unit and an example configuration
+#   make uninstall  the same files, never flowgate.conf
 #   make fuzz     run each libFuzzer target for FUZZ_SECONDS
+#
+# make install writes, each path prefixed by $(DESTDIR) (empty by default; a
+# staging root for packages, e.g. DESTDIR=/tmp/stage):
+#   $(PREFIX)/bin/flowgate                           PREFIX=/usr/local by default
+#   $(UNITDIR)/flowgate.service                      UNITDIR=$(PREFIX)/lib/systemd/system
+#   $(SYSCONFDIR)/flowgate/flowgate.conf.example     SYSCONFDIR=/etc by default
+# The unit's paths (@PREFIX@, @SYSCONFDIR@ in systemd/flowgate.service.in) and
+# the example's /etc/flowgate are written for these values. systemd looks for
+# units of locally installed software in /usr/local/lib/systemd/system and of
+# distribution packages in /usr/lib/systemd/system, which the default UNITDIR
+# gives for PREFIX=/usr/local and PREFIX=/usr; with any other PREFIX set
+# UNITDIR=/etc/systemd/system (the administrator's own units). The example
+# is conf/flowgate.prod.conf; flowgate.conf itself is never written, so an
+# existing one is never replaced.
 
 PREFIX      ?= /usr/local
 SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
 CC          ?= cc
 FUZZ_CC     ?= clang-14
 FUZZ_SECONDS ?= 60
@@ -22,6 +42,11 @@ PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 VERSION     := 0.1.0
+# The source revision `flowgate -V` prints: `git describe` of this checkout,
+# "unknown" outside one (an unpacked release); REVISION=... overrides it. No
+# date or time goes into the binary: two builds of one revision are the same.
+REVISION    ?= $(shell test -e .git && git describe --always --dirty 2>/dev/null || echo unknown)
+REVISION    := $(REVISION)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
 BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
@@ -40,13 +65,23 @@ UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=build/tests/%)
 FUZZ_SRCS   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all deps run test unit fuzz-replay fuzz integration install clean certs asan format bench \
-	bench-jwt
+.PHONY: all deps deps-run deps-test deps-bench run test unit fuzz-replay fuzz integration \
+	install uninstall clean certs asan format bench bench-jwt
 
 all: build/flowgate
 
+# Debian packages: each target installs what it needs, no more (tools/deps.sh).
 deps:
-	@sh tools/deps.sh
+	@sh tools/deps.sh run test bench
+
+deps-run:
+	@sh tools/deps.sh run
+
+deps-test:
+	@sh tools/deps.sh test
+
+deps-bench:
+	@sh tools/deps.sh bench
 
 build/obj/%.o: gateway/%.c gateway/*.h | build/obj
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
@@ -59,6 +94,13 @@ build/asan/%.o: gateway/%.c gateway/*.h | build/asan
 
 build/asan/flowgate: $(ASAN_OBJS)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
+
+# Only main.c prints the revision; build/revision changes when it does, so a
+# new commit rebuilds main.o and nothing else.
+$(shell mkdir -p build && echo '$(REVISION)' | cmp -s - build/revision || \
+    echo '$(REVISION)' > build/revision)
+build/obj/main.o build/asan/main.o: build/revision
+build/obj/main.o build/asan/main.o: BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
 
 asan: build/asan/flowgate
 
@@ -109,15 +151,24 @@ fuzz: $(FUZZ_BINS)
 integration: build/asan/flowgate build/flowgate certs
 	@python3 tests/integration/run.py --binary build/asan/flowgate
 
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory -j$$(nproc) build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs
 	@sh tests/run-all.sh
 
-run: deps
-	@$(MAKE) --no-print-directory build/flowgate certs
-	@sh tools/run-dev.sh
+# make run's ports, all on 127.0.0.1: make run HTTPS_PORT=9443 HTTP_PORT=9080 ...
+HTTPS_PORT    ?= 8443
+HTTP_PORT     ?= 8080
+ADMIN_PORT    ?= 9901
+UPSTREAM_PORT ?= 9001
+REDIS_PORT    ?= 6379
 
-bench: build/flowgate certs
+run: deps-run
+	@$(MAKE) --no-print-directory build/flowgate certs
+	@HTTPS_PORT=$(HTTPS_PORT) HTTP_PORT=$(HTTP_PORT) ADMIN_PORT=$(ADMIN_PORT) \
+	    UPSTREAM_PORT=$(UPSTREAM_PORT) REDIS_PORT=$(REDIS_PORT) sh tools/run-dev.sh
+
+bench: deps-bench
+	@$(MAKE) --no-print-directory build/flowgate certs
 	@sh bench/run
 
 # CPU per token verification, uncached and cached (bench/jwt_bench.c).
@@ -127,13 +178,22 @@ build/bench/jwt_bench: bench/jwt_bench.c $(filter-out build/obj/main.o,$(OBJS))
 	@mkdir -p build/bench
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
+# The unit and the example are rewritten for the paths chosen above, then
+# installed: a unit that names another binary than the one installed would
+# start something else, or nothing.
 install: build/flowgate
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/flowgate $(DESTDIR)/lib/systemd/system
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/flowgate
 	install -m 0755 build/flowgate $(DESTDIR)$(PREFIX)/bin/flowgate
-	install -m 0644 conf/flowgate.conf $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
-	sed 's|/usr/local/bin/flowgate|$(PREFIX)/bin/flowgate|' systemd/flowgate.service \
-	    > $(DESTDIR)/lib/systemd/system/flowgate.service
-	chmod 0644 $(DESTDIR)/lib/systemd/system/flowgate.service
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    systemd/flowgate.service.in > $(DESTDIR)$(UNITDIR)/flowgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/flowgate.service
+	sed -e 's|/etc/flowgate/|$(SYSCONFDIR)/flowgate/|g' conf/flowgate.prod.conf \
+	    > $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
+	chmod 0644 $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/flowgate $(DESTDIR)$(UNITDIR)/flowgate.service \
+	    $(DESTDIR)$(SYSCONFDIR)/flowgate/flowgate.conf.example
 
 format:
 	clang-format -i gateway/*.c gateway/*.h tests/unit/*.c tests/fuzz/*.c

@@ -31,6 +31,12 @@
 
 #define ERRBUF 16384
 
+/* The source revision the binary was built from (`git describe`, passed by the
+ * Makefile); "unknown" when it was built outside a git checkout. */
+#ifndef FG_REVISION
+#define FG_REVISION "unknown"
+#endif
+
 struct app {
     struct event_base *base;
     struct fg_config *cfg;
@@ -61,7 +67,7 @@ static void usage(FILE *f)
 
 static void print_versions(void)
 {
-    printf("flowgate %s\n", FG_VERSION);
+    printf("flowgate %s (revision %s)\n", FG_VERSION, FG_REVISION);
     printf("  libevent %s\n", event_get_version());
     printf("  %s\n", OpenSSL_version(OPENSSL_VERSION));
     printf("  jansson %s\n", jansson_version_str());
@@ -328,7 +334,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     if (sig == SIGTERM || sig == SIGINT) {
         begin_stop(app);
     } else if (sig == SIGUSR1) {
+        /* Written after the reopen, so an error log that is a file gets it in
+         * the new file: the sign that the old one can be compressed. */
         log_reopen();
+        log_info("SIGUSR1: log files reopened");
     } else if (sig == SIGHUP && app->stopping) {
         /* The process is leaving: READY=1 after STOPPING=1 would be a lie. */
         log_info("reload: ignored while stopping");
@@ -484,7 +493,8 @@ static int run(const char *path)
         log_error("%s", err);
         goto out;
     }
-    log_info("flowgate %s started: %u workers", FG_VERSION, app.nworkers);
+    log_info("flowgate %s (revision %s) started: %u workers", FG_VERSION, FG_REVISION,
+             app.nworkers);
     notify_systemd("READY=1");
     event_base_dispatch(app.base);
     /* The signal events go with the base below: a second SIGTERM (or a
