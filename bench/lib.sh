@@ -25,7 +25,7 @@ BENCH_JWT_SECRET=bench-jwt-secret-0123456789-abcdefghijklmnopqrstuv
 BENCH_ORIGIN=https://app.example.com
 export BENCH_JWT_SECRET BENCH_ORIGIN
 
-# The response headers every proxy adds (flowgate's defaults, SPEC section 2).
+# The response headers every proxy adds (flowgate's defaults).
 HDR_HSTS="max-age=31536000; includeSubDomains"
 HDR_XFO="SAMEORIGIN"
 HDR_XCTO="nosniff"

@@ -33,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
-# The values of the base template's headers group (SPEC section 2 defaults).
+# The values of the base template's headers group (the defaults).
 SECURITY_HEADERS = {
     "X-Frame-Options": "SAMEORIGIN",
     "X-Content-Type-Options": "nosniff",
@@ -277,7 +277,7 @@ def merge(base, overrides):
 
 
 def base_config(https_port, http_port, admin_port, upstream_addr, tmp):
-    """A minimal valid configuration (SPEC section 2) for one test."""
+    """A minimal valid configuration for one test."""
     return {
         "workers": 1,
         "shutdown_timeout_ms": 2000,

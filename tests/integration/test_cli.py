@@ -1,4 +1,4 @@
-"""Command line: -t configuration check, -V (SPEC section 1)."""
+"""Command line: -t configuration check, -V."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""CORS at the edge and per-route methods (SPEC sections 2 `cors` and 3)."""
+"""CORS at the edge and per-route methods."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""Malformed and hostile requests (SPEC sections 3 and 4), one test per case.
+"""Malformed and hostile requests, one test per case.
 
 Every case is sent on its own connection to a fresh flowgate. Kinds:
   head     rejected from the head alone: 400 (or the listed status), close,

@@ -1,5 +1,5 @@
 """JWT verification at the edge: route auth modes, RFC 8725 checks, the 401
-challenge of SPEC section 3, and what the upstream receives (forward_claims).
+challenge a client observes, and what the upstream receives (forward_claims).
 
 Tokens are made here with the standard library only (hmac, hashlib, base64,
 json), so nothing of flowgate's own code or libjwt decides what a valid token

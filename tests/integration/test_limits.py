@@ -1,4 +1,4 @@
-"""Request limits and timeouts (SPEC section 2 "limits", section 3)."""
+"""Request limits and timeouts (the limits group)."""
 
 import socket
 import ssl

@@ -1,5 +1,5 @@
-"""Preview hosts (SPEC section 2 previews/resolver, section 3 404, section 4 last
-bullet): every MVP on its own subdomain, resolved asynchronously, isolated, with
+"""Preview hosts (the previews and resolver groups, 404 for unknown previews):
+every MVP on its own subdomain, resolved asynchronously, isolated, with
 WebSockets.
 
 Each MVP upstream is tests/upstream.py on its own loopback address (127.0.0.2,

@@ -1,4 +1,4 @@
-"""The core proxy: what a client and an upstream observe (SPEC sections 3 and 4)."""
+"""The core proxy: what a client and an upstream observe."""
 
 from harness import (FORBIDDEN_TRAILERS, HSTS, ConnectionClosed, Flowgate, Upstream,
                      assert_closes, assert_error, assert_new_request_id, assert_security_headers,

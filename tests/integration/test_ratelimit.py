@@ -1,4 +1,4 @@
-"""Redis-backed tiered rate limits (SPEC sections 2, 3 and 5): exact bursts per
+"""Redis-backed tiered rate limits: exact bursts per
 tier and endpoint, the 429 and its headers, limits shared by instances through
 one Redis, the steady admitted rate, and each on_redis_failure mode while
 Redis is killed, paused and restarted.

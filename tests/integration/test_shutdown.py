@@ -1,4 +1,4 @@
-"""Graceful stop (SPEC: SIGTERM, shutdown_delay_ms, shutdown_timeout_ms):
+"""Graceful stop (SIGTERM, shutdown_delay_ms, shutdown_timeout_ms):
 /readyz turns 503 at once, the listeners keep accepting for the delay with
 every response saying Connection: close, then they close with the idle
 connections; requests in flight finish, and a request that outlives the

@@ -1,4 +1,4 @@
-"""TLS: versions, SNI certificate choice, ALPN, resumption (SPEC section 2 "tls")."""
+"""TLS: versions, SNI certificate choice, ALPN, resumption (the tls group)."""
 
 import os
 import socket
