@@ -128,6 +128,7 @@ def parse_exposition(text):
             name, labels, v = parse_sample(line, where)
             fam = family_of(name, families)
             check(fam is not None, "%s: sample of no declared family" % where)
+            check(fam not in closed, "%s: family %s split in two" % (where, fam))
             f = families[fam]
             check(f["help"] is not None and f["type"] is not None,
                   "%s: family %s lacks HELP or TYPE" % (where, fam))
