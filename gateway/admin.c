@@ -112,7 +112,8 @@ static void reload_metrics(const struct admin *a, struct evbuffer *out)
 {
     const struct admin_state *st = a->st;
 
-    FAMILY("flowgate_config_generation", "gauge", "Configurations applied since start (1 at start).");
+    FAMILY("flowgate_config_generation", "gauge",
+           "Configurations applied since start (1 at start).");
     APPEND("flowgate_config_generation %llu\n", (unsigned long long)st->generation);
     FAMILY("flowgate_config_reloads_total", "counter", "Reloads by result.");
     APPEND("flowgate_config_reloads_total{result=\"ok\"} %llu\n"

@@ -138,8 +138,8 @@ static size_t collect(const struct metrics_rows *const *tables, size_t ntables,
     return n;
 }
 
-int metrics_rows_sum(const struct metrics_rows *const *tables, size_t ntables,
-                     metrics_row_fn fn, void *arg)
+int metrics_rows_sum(const struct metrics_rows *const *tables, size_t ntables, metrics_row_fn fn,
+                     void *arg)
 {
     size_t max = 0, width = ntables ? tables[0]->width : 0;
 

@@ -83,8 +83,8 @@ typedef void (*metrics_row_fn)(const char *name, const uint64_t *sums, void *arg
 
 /* The reader's side: rows of the same name summed across TABLES (one per
  * worker, all of one width). 0, or -1 when out of memory. */
-int metrics_rows_sum(const struct metrics_rows *const *tables, size_t ntables,
-                     metrics_row_fn fn, void *arg);
+int metrics_rows_sum(const struct metrics_rows *const *tables, size_t ntables, metrics_row_fn fn,
+                     void *arg);
 
 /*
  * Request duration, a histogram with Prometheus's default buckets: the

@@ -460,7 +460,8 @@ static void count_request(struct req *r)
     struct timeval now;
 
     gettimeofday(&now, NULL);
-    int64_t us = (int64_t)(now.tv_sec - r->start.tv_sec) * 1000000 + (now.tv_usec - r->start.tv_usec);
+    int64_t us = (int64_t)(now.tv_sec - r->start.tv_sec) * 1000000 +
+                 (now.tv_usec - r->start.tv_usec);
     metrics_request(&r->w->routes, worker_route_row(r->snap, r->route), r->status, us);
     metrics_bump(&r->w->stats.requests);
 }

@@ -108,11 +108,11 @@ static void test_request_buckets_and_classes(void **state)
 
     metrics_rows_init(&t, METRICS_RT__WIDTH);
     metrics_rows_get(&t, "/");
-    metrics_request(&t, 0, 200, 5000);     /* on the first bound: in it (le) */
-    metrics_request(&t, 0, 404, 5001);     /* just past it: the next one */
-    metrics_request(&t, 0, 0, 60000000);   /* no response, past 10 s: +Inf */
-    metrics_request(&t, 0, 101, -3);       /* a clock step back counts as 0 */
-    metrics_request(&t, 7, 200, 1);        /* not a row: ignored */
+    metrics_request(&t, 0, 200, 5000);   /* on the first bound: in it (le) */
+    metrics_request(&t, 0, 404, 5001);   /* just past it: the next one */
+    metrics_request(&t, 0, 0, 60000000); /* no response, past 10 s: +Inf */
+    metrics_request(&t, 0, 101, -3);     /* a clock step back counts as 0 */
+    metrics_request(&t, 7, 200, 1);      /* not a row: ignored */
     const uint64_t *c = metrics_row(&t, 0);
     assert_int_equal(c[METRICS_RT_CODE + 0], 1);
     assert_int_equal(c[METRICS_RT_CODE + 1], 1);
