@@ -186,11 +186,11 @@ def wait_for(fg, cond, what, timeout=10.0):
 
 
 def quiet(fg):
-    """The exposition once no client connection is open: the harness's
-    readiness probe connected to the TLS port and left, a failed handshake
-    counted only when flowgate has seen it go."""
-    return wait_for(fg, lambda f: value(f, "flowgate_connections_open") == 0,
-                    "no connection open")
+    """The exposition once the harness's readiness probe is accounted for: it
+    connected to the TLS port once and left, a failed handshake that counts
+    only once flowgate has accepted the connection and seen it go."""
+    return wait_for(fg, lambda f: value(f, "flowgate_connections_accepted_total") >= 1
+                    and value(f, "flowgate_connections_open") == 0, "the probe's connection gone")
 
 
 # ------------------------------------------------------------------ the families
@@ -358,8 +358,8 @@ def test_300_routes_are_all_exposed_and_summed_over_workers():
         sent = 40  # one connection each: SO_REUSEPORT spreads them over both workers
         for i in range(sent):
             eq(fg.get("/r%03d/x" % (i % 4)).status, 200, "request %d" % i)
-        fams = wait_for(fg, lambda f: value(f, "flowgate_requests_finished_total") == sent,
-                        "every request counted")
+        fams = wait_for(fg, lambda f: sum(v for _, _, v in f["flowgate_requests_total"]["samples"])
+                        == sent, "every request counted")
         labels = {"/r%03d" % i for i in range(n)} | {"/", "none"}
         got = label_sets(fams, "flowgate_requests_total")
         eq({ls["route"] for ls in got}, labels, "every route's label")
