@@ -50,6 +50,9 @@ REVISION    := $(REVISION)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
 BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
+# The source's revision, for flowgate_build_info (admin.c); "unknown" outside git.
+REVISION    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
 SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS        := $(wildcard gateway/*.c)

@@ -18,13 +18,20 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "admin.h"
 #include "h1.h"
 #include "io.h"
+#include "metrics.h"
 #include "stage.h"
 #include "tls.h"
+#include "upstream.h"
 #include "worker.h"
+
+#ifndef FG_REVISION
+#define FG_REVISION "unknown" /* the Makefile passes the source's git revision */
+#endif
 
 #define ADMIN_HEAD_MAX 8192
 
@@ -89,30 +96,14 @@ static uint64_t sum(const struct admin *a, size_t offset)
 {
     uint64_t total = 0;
 
-    for (unsigned i = 0; i < a->nworkers; i++) {
-        const uint64_t *p = (const uint64_t *)((const char *)&a->workers[i].stats + offset);
-        total += __atomic_load_n(p, __ATOMIC_RELAXED);
-    }
+    for (unsigned i = 0; i < a->nworkers; i++)
+        total += metrics_read((const uint64_t *)((const char *)&a->workers[i].stats + offset));
     return total;
 }
 
-/* A Prometheus label value: backslash, quote and newline escaped, cut to fit. */
-static void label_escape(const char *s, char *out, size_t cap)
-{
-    size_t n = 0;
-
-    for (; *s && n + 3 < cap; s++) {
-        if (*s == '\\' || *s == '"' || *s == '\n') {
-            out[n++] = '\\';
-            out[n++] = *s == '\n' ? 'n' : *s;
-        } else {
-            out[n++] = *s;
-        }
-    }
-    out[n] = '\0';
-}
-
 #define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
+#define FAMILY(name, type, help) APPEND("# HELP " name " " help "\n# TYPE " name " " type "\n")
+#define STAT(field) (unsigned long long)sum(a, offsetof(struct worker_stats, field))
 
 /* The configuration in force and how reloads went; each certificate's
  * notAfter, so an alert can fire before a renewal that silently failed
@@ -121,58 +112,163 @@ static void reload_metrics(const struct admin *a, struct evbuffer *out)
 {
     const struct admin_state *st = a->st;
 
-    APPEND("# TYPE flowgate_config_generation gauge\nflowgate_config_generation %llu\n"
-           "# TYPE flowgate_config_reloads_total counter\n"
-           "flowgate_config_reloads_total{result=\"ok\"} %llu\n"
-           "flowgate_config_reloads_total{result=\"failed\"} %llu\n"
-           "# TYPE flowgate_config_last_reload_success_timestamp_seconds gauge\n"
-           "flowgate_config_last_reload_success_timestamp_seconds %.3f\n",
-           (unsigned long long)st->generation, (unsigned long long)st->reloads_ok,
-           (unsigned long long)st->reloads_failed, st->last_reload_ok);
-    APPEND("# TYPE flowgate_worker_config_generation gauge\n");
+    FAMILY("flowgate_config_generation", "gauge",
+           "Configurations applied since start (1 at start).");
+    APPEND("flowgate_config_generation %llu\n", (unsigned long long)st->generation);
+    FAMILY("flowgate_config_reloads_total", "counter", "Reloads by result.");
+    APPEND("flowgate_config_reloads_total{result=\"ok\"} %llu\n"
+           "flowgate_config_reloads_total{result=\"failed\"} %llu\n",
+           (unsigned long long)st->reloads_ok, (unsigned long long)st->reloads_failed);
+    FAMILY("flowgate_config_last_reload_success_timestamp_seconds", "gauge",
+           "When the configuration in force was applied (start counts).");
+    APPEND("flowgate_config_last_reload_success_timestamp_seconds %.3f\n", st->last_reload_ok);
+    FAMILY("flowgate_worker_config_generation", "gauge",
+           "The configuration generation each worker runs new requests on.");
     for (unsigned i = 0; i < a->nworkers; i++)
         APPEND("flowgate_worker_config_generation{worker=\"%u\"} %llu\n", i,
                (unsigned long long)__atomic_load_n(&a->workers[i].generation, __ATOMIC_ACQUIRE));
-    APPEND("# TYPE flowgate_tls_certificate_expiry_timestamp_seconds gauge\n");
+    FAMILY("flowgate_tls_certificate_expiry_timestamp_seconds", "gauge",
+           "Each certificate's notAfter.");
     for (size_t i = 0; st->tls != NULL && i < tls_ncerts(st->tls) && i < st->cfg->tls.ncerts; i++) {
-        char label[512];
-        label_escape(st->cfg->tls.certs[i].cert_file, label, sizeof(label));
-        APPEND("flowgate_tls_certificate_expiry_timestamp_seconds{certificate=\"%s\"} %lld\n",
-               label, (long long)tls_cert_not_after(st->tls, i));
+        APPEND("flowgate_tls_certificate_expiry_timestamp_seconds{certificate=\"");
+        metrics_put_label(out, st->cfg->tls.certs[i].cert_file);
+        APPEND("\"} %lld\n", (long long)tls_cert_not_after(st->tls, i));
     }
+}
+
+/* What this binary is, as a constant 1 with the facts in its labels. */
+static void build_info(struct evbuffer *out)
+{
+    FAMILY("flowgate_build_info", "gauge", "Always 1: the version, source revision and libraries.");
+    APPEND("flowgate_build_info{version=\"%s\",revision=\"%s\",libevent=\"%s\",openssl=\"%s\"} 1\n",
+           FG_VERSION, FG_REVISION, event_get_version(), OpenSSL_version(OPENSSL_VERSION_STRING));
+}
+
+static void worker_metrics(const struct admin *a, struct evbuffer *out)
+{
+    FAMILY("flowgate_connections_open", "gauge", "Client connections open now.");
+    APPEND("flowgate_connections_open %d\n", __atomic_load_n(&worker_nconns, __ATOMIC_RELAXED));
+    FAMILY("flowgate_connections_accepted_total", "counter", "Client connections accepted.");
+    APPEND("flowgate_connections_accepted_total %llu\n", STAT(accepted));
+    FAMILY("flowgate_requests_finished_total", "counter",
+           "Requests finished, all routes and endings (the sum of flowgate_requests_total).");
+    APPEND("flowgate_requests_finished_total %llu\n", STAT(requests));
+    FAMILY("flowgate_tls_handshakes_total", "counter", "TLS handshakes completed.");
+    APPEND("flowgate_tls_handshakes_total %llu\n", STAT(tls_handshakes));
+    FAMILY("flowgate_tls_handshake_failures_total", "counter",
+           "Client connections that ended during their TLS handshake.");
+    APPEND("flowgate_tls_handshake_failures_total %llu\n", STAT(tls_failures));
+    FAMILY("flowgate_websocket_tunnels_open", "gauge", "WebSocket tunnels relaying now.");
+    APPEND("flowgate_websocket_tunnels_open %llu\n", STAT(tunnels_open));
+    FAMILY("flowgate_preview_dns_lookups_total", "counter",
+           "Preview upstream names looked up (answered from the cache or not).");
+    APPEND("flowgate_preview_dns_lookups_total %llu\n", STAT(preview_dns_lookups));
+    FAMILY("flowgate_preview_dns_failures_total", "counter",
+           "Preview upstream lookups that failed (timeout, SERVFAIL), answered 502.");
+    APPEND("flowgate_preview_dns_failures_total %llu\n", STAT(preview_dns_failures));
+}
+
+/* A route row's two families, each written whole to its own buffer. */
+struct route_out {
+    struct evbuffer *requests, *duration;
+};
+
+static void route_row(const char *name, const uint64_t *c, void *arg)
+{
+    struct route_out *ro = arg;
+    uint64_t cum = 0;
+    struct evbuffer *out = ro->requests;
+
+    for (size_t k = 0; k < METRICS_CODES; k++) {
+        APPEND("flowgate_requests_total{route=\"");
+        metrics_put_label(out, name);
+        APPEND("\",code=\"%s\"} %llu\n", metrics_code_str[k],
+               (unsigned long long)c[METRICS_RT_CODE + k]);
+    }
+    out = ro->duration;
+    for (size_t b = 0; b <= METRICS_DURATION_BUCKETS; b++) {
+        cum += c[METRICS_RT_BUCKET + b];
+        APPEND("flowgate_request_duration_seconds_bucket{route=\"");
+        metrics_put_label(out, name);
+        if (b < METRICS_DURATION_BUCKETS)
+            APPEND("\",le=\"%g\"} %llu\n", metrics_duration_bounds_us[b] / 1e6,
+                   (unsigned long long)cum);
+        else
+            APPEND("\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    /* _count is +Inf's, from the same reads: the two always agree. */
+    const char *parts[] = {"_sum", "_count"};
+    for (size_t i = 0; i < 2; i++) {
+        APPEND("flowgate_request_duration_seconds%s{route=\"", parts[i]);
+        metrics_put_label(out, name);
+        if (i == 0)
+            APPEND("\"} %.6f\n", c[METRICS_RT_SUM_US] / 1e6);
+        else
+            APPEND("\"} %llu\n", (unsigned long long)cum);
+    }
+}
+
+static void upstream_row(const char *name, const uint64_t *c, void *arg)
+{
+    struct evbuffer *out = arg;
+
+    for (int k = UP_FAIL_NONE + 1; k < UP_FAIL__COUNT; k++) {
+        APPEND("flowgate_upstream_errors_total{upstream=\"");
+        metrics_put_label(out, name);
+        APPEND("\",kind=\"%s\"} %llu\n", upstream_fail_str((enum upstream_fail)k),
+               (unsigned long long)c[k]);
+    }
+}
+
+/* The per-route and per-upstream rows, summed over workers by label. */
+static int row_metrics(const struct admin *a, struct evbuffer *out)
+{
+    const struct metrics_rows **t = calloc(a->nworkers ? a->nworkers : 1, sizeof(*t));
+    struct route_out ro = {evbuffer_new(), evbuffer_new()};
+    int rc = -1;
+
+    if (t == NULL || ro.requests == NULL || ro.duration == NULL)
+        goto out;
+    for (unsigned i = 0; i < a->nworkers; i++)
+        t[i] = &a->workers[i].routes;
+    if (metrics_rows_sum(t, a->nworkers, route_row, &ro) < 0)
+        goto out;
+    FAMILY("flowgate_requests_total", "counter",
+           "Requests by route and status class (code \"0\": ended with no response sent).");
+    evbuffer_add_buffer(out, ro.requests);
+    FAMILY("flowgate_request_duration_seconds", "histogram",
+           "Request duration by route, from the complete head to the finish.");
+    evbuffer_add_buffer(out, ro.duration);
+    FAMILY("flowgate_upstream_errors_total", "counter",
+           "Failed exchanges with upstreams (each attempt), by upstream and kind.");
+    for (unsigned i = 0; i < a->nworkers; i++)
+        t[i] = &a->workers[i].upstream_errors;
+    rc = metrics_rows_sum(t, a->nworkers, upstream_row, out);
+out:
+    free(t);
+    if (ro.requests)
+        evbuffer_free(ro.requests);
+    if (ro.duration)
+        evbuffer_free(ro.duration);
+    return rc;
 }
 
 /* The exposition is built whole in its own buffer, as long as the label
  * values make it, so Content-Length is known before the head is written
- * and the body is never cut. */
+ * and the body is never cut. Every family has its HELP and TYPE. */
 static void metrics(struct admin_conn *ac)
 {
     struct admin *a = ac->a;
     struct evbuffer *body = evbuffer_new();
 
-    if (body == NULL) {
+    if (body == NULL || row_metrics(a, body) < 0) {
+        if (body)
+            evbuffer_free(body);
         reply(ac, 503, "application/json", "{\"error\":\"out_of_memory\"}");
         return;
     }
-    evbuffer_add_printf(body,
-                        "# TYPE flowgate_connections_open gauge\n"
-                        "flowgate_connections_open %d\n"
-                        "# TYPE flowgate_connections_accepted_total counter\n"
-                        "flowgate_connections_accepted_total %llu\n"
-                        "# TYPE flowgate_requests_finished_total counter\n"
-                        "flowgate_requests_finished_total %llu\n"
-                        "# TYPE flowgate_upstream_errors_total counter\n"
-                        "flowgate_upstream_errors_total %llu\n"
-                        "# TYPE flowgate_tls_handshakes_total counter\n"
-                        "flowgate_tls_handshakes_total %llu\n"
-                        "# TYPE flowgate_tls_handshake_failures_total counter\n"
-                        "flowgate_tls_handshake_failures_total %llu\n",
-                        __atomic_load_n(&worker_nconns, __ATOMIC_RELAXED),
-                        (unsigned long long)sum(a, offsetof(struct worker_stats, accepted)),
-                        (unsigned long long)sum(a, offsetof(struct worker_stats, requests)),
-                        (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
-                        (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
-                        (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
+    build_info(body);
+    worker_metrics(a, body);
     for (const struct stage *const *s = stage_table; *s; s++)
         if ((*s)->metrics)
             (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);

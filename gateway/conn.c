@@ -489,7 +489,7 @@ static void conn_event_cb(struct io *io, int what, void *arg)
     conn_hold(c);
     if (what & IO_CONNECTED) {
         /* TLS handshake complete. */
-        c->w->stats.tls_handshakes++;
+        metrics_bump(&c->w->stats.tls_handshakes);
         c->state = CONN_READ_HEAD;
         process_input(c);
     } else if (c->state == CONN_REQUEST &&
@@ -497,7 +497,7 @@ static void conn_event_cb(struct io *io, int what, void *arg)
         req_client_eof(c->r);
     } else if (what & (IO_EOF | IO_ERROR)) {
         if (c->state == CONN_HANDSHAKE)
-            c->w->stats.tls_failures++;
+            metrics_bump(&c->w->stats.tls_failures);
         conn_close(c, false);
     }
     conn_release(c);

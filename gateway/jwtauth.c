@@ -916,10 +916,14 @@ static void jwtauth_metrics(const struct fg_config *cfg, const struct worker *ws
                             struct evbuffer *out)
 {
     evbuffer_add_printf(out,
+                        "# HELP flowgate_jwt_verified_total Requests admitted with a verified token."
+                        "\n"
                         "# TYPE flowgate_jwt_verified_total counter\n"
                         "flowgate_jwt_verified_total %llu\n"
+                        "# HELP flowgate_jwt_cache_hits_total Verified tokens the cache answered.\n"
                         "# TYPE flowgate_jwt_cache_hits_total counter\n"
                         "flowgate_jwt_cache_hits_total %llu\n"
+                        "# HELP flowgate_jwt_rejections_total Requests answered 401, by reason.\n"
                         "# TYPE flowgate_jwt_rejections_total counter\n",
                         (unsigned long long)sum(ws, n, offsetof(struct jwt_worker, verified)),
                         (unsigned long long)sum(ws, n, offsetof(struct jwt_worker, cache_hits)));

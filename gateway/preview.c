@@ -121,7 +121,7 @@ static enum stage_verdict preview_use(struct req *r, enum resolver_status st,
     case RESOLVER_FAILED:
     case RESOLVER_PENDING: break;
     }
-    r->w->stats.upstream_errors++;
+    metrics_bump(&r->w->stats.preview_dns_failures);
     return stage_answer(r, FG_ERR_BAD_GATEWAY, "preview resolver failure");
 }
 
@@ -154,6 +154,7 @@ static enum stage_verdict preview_run(struct req *r, stage_resume_fn resume)
                                                      pv->upstream_suffix, host, sizeof(host)) < 0)
         return stage_answer(r, FG_ERR_NOT_FOUND, "preview upstream name too long");
     r->dns_resume = resume;
+    metrics_bump(&w->stats.preview_dns_lookups);
     enum resolver_status st =
         resolver_lookup(w->resolver, host, &r->dns_wait, preview_resolved, &addr);
     if (st != RESOLVER_PENDING)

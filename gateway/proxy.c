@@ -57,6 +57,8 @@ static void set_up_timer(struct upconn *uc, uint32_t ms)
 
 void proxy_abort(struct req *r)
 {
+    if (r->up && r->state == REQ_TUNNEL)
+        metrics_drop(&r->w->stats.tunnels_open); /* a tunnel lives as long as its link */
     if (r->up) {
     upstream_close(r->up);
         r->up = NULL;
@@ -208,9 +210,18 @@ static bool may_retry(const struct req *r, bool was_reused, enum upstream_fail f
     return (UP_RETRY_MASK & (1u << fail)) && r->attempts < nservers;
 }
 
+/* One failed exchange with R's upstream (each attempt counts), by kind. */
+static void count_failure(struct req *r, enum upstream_fail fail)
+{
+    uint64_t *c = metrics_row(&r->w->upstream_errors, worker_upstream_row(r->snap, r->pool));
+
+    if (c != NULL)
+        metrics_bump(&c[fail]);
+}
+
 static void upstream_failed(struct req *r, bool was_reused, enum upstream_fail fail)
 {
-    r->w->stats.upstream_errors++;
+    count_failure(r, fail);
     if (may_retry(r, was_reused, fail)) {
     connect_upstream(r, false);
         return;
@@ -621,6 +632,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
 
 bad:
     r->error_code = "bad upstream response";
+    count_failure(r, UP_FAIL_BAD_RESPONSE);
     proxy_abort(r);
     if (r->resp == RESP_STARTED)
         req_abort(r, true);
@@ -647,10 +659,10 @@ static void response_complete(struct req *r)
 /* The response was cut short (upstream closed, timed out or broke framing):
  * the client must see it truncated, never completed. Flush what arrived,
  * then close without finishing the message. */
-static void response_truncated(struct req *r, const char *why)
+static void response_truncated(struct req *r, enum upstream_fail fail, const char *why)
 {
     r->error_code = why;
-    r->w->stats.upstream_errors++;
+    count_failure(r, fail);
     proxy_abort(r);
     req_abort(r, true);
 }
@@ -673,13 +685,13 @@ static void move_response_body(struct req *r)
             if (h1_body_eof(&uc->resp.parser) == H1_BODY_DONE)
                 response_complete(r);
             else
-                response_truncated(r, "upstream response truncated");
+                response_truncated(r, UP_FAIL_TRUNCATED, "upstream response truncated");
             return;
         }
         enum h1_body_status st =
             h1_body_feed_cut(&uc->resp.parser, v.iov_base, v.iov_len, &used, &cut);
         if (st == H1_BODY_ERROR) {
-            response_truncated(r, "bad upstream response framing");
+            response_truncated(r, UP_FAIL_BAD_FRAMING, "bad upstream response framing");
             return;
         }
         move_body(in, out, v.iov_base, used, &cut);
@@ -756,7 +768,7 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
     proxy_abort(r);
         upstream_failed(r, false, UP_FAIL_READ_TIMEOUT);
     } else {
-    response_truncated(r, "upstream read timeout");
+    response_truncated(r, UP_FAIL_READ_TIMEOUT, "upstream read timeout");
     }
     req_release(r);
 }
@@ -866,6 +878,8 @@ static void tunnel_up_event_cb(struct io *io, int what, void *arg)
     req_hold(r);
     r->bytes_out += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, r->out, evbuffer_get_length(in));
+    if (what & IO_ERROR)
+        count_failure(r, UP_FAIL_ERROR);
     tunnel_end(r, (what & IO_ERROR) ? "upstream error in tunnel" : NULL);
     req_release(r);
 }
@@ -874,6 +888,7 @@ static void tunnel_up_event_cb(struct io *io, int what, void *arg)
 static void tunnel_start(struct req *r, struct upconn *uc)
 {
     r->state = REQ_TUNNEL;
+    metrics_bump(&r->w->stats.tunnels_open);
     r->close_after = true; /* after a tunnel, no more HTTP on this connection */
     event_del(uc->timer);
     /* No response head will be parsed on this link again: an idle tunnel

@@ -620,7 +620,7 @@ static void count_decision(struct req *r, size_t tier, enum rl_outcome o)
 
     r->ratelimit = rl_outcome_str(o); /* for the access log */
     r->tier = r->cfg->rate_limit.tiers[tier].name; /* its name is the metrics' tier label */
-    __atomic_fetch_add(&st->decisions[tier * RL_OUT__COUNT + o], 1, __ATOMIC_RELAXED);
+    metrics_bump(&st->decisions[tier * RL_OUT__COUNT + o]);
 }
 
 /* ---- the stage ------------------------------------------------------------ */
@@ -966,22 +966,28 @@ void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers
     struct rl_link_stats s;
     uint64_t cum = 0;
 
-    APPEND("# TYPE flowgate_ratelimit_decisions_total counter\n");
+    APPEND("# HELP flowgate_ratelimit_decisions_total Rate-limit decisions by tier and outcome.\n"
+           "# TYPE flowgate_ratelimit_decisions_total counter\n");
     for (size_t t = 0; rl != NULL && rl->enabled && t < rl->ntiers; t++)
         for (size_t o = 0; o < RL_OUT__COUNT; o++)
             APPEND("flowgate_ratelimit_decisions_total{tier=\"%s\",outcome=\"%s\"} %llu\n",
                    rl->tiers[t].name, rl_outcome_str((enum rl_outcome)o),
                    (unsigned long long)sum_decisions(workers, n, t * RL_OUT__COUNT + o));
     sum_link_stats(workers, n, &s);
-    APPEND("# TYPE flowgate_redis_up gauge\nflowgate_redis_up %d\n",
+    APPEND("# HELP flowgate_redis_up 1 when every worker's Redis link is up.\n"
+           "# TYPE flowgate_redis_up gauge\nflowgate_redis_up %d\n",
            strcmp(ratelimit_redis_state(cfg, workers, n), "up") == 0);
-    APPEND("# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
+    APPEND("# HELP flowgate_redis_errors_total Redis calls and connections that failed.\n"
+           "# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
            (unsigned long long)s.errors);
-    APPEND("# TYPE flowgate_redis_timeouts_total counter\nflowgate_redis_timeouts_total %llu\n",
+    APPEND("# HELP flowgate_redis_timeouts_total Redis calls past rate_limit.redis.timeout_ms.\n"
+           "# TYPE flowgate_redis_timeouts_total counter\nflowgate_redis_timeouts_total %llu\n",
            (unsigned long long)s.timeouts);
-    APPEND("# TYPE flowgate_redis_batches_total counter\nflowgate_redis_batches_total %llu\n",
+    APPEND("# HELP flowgate_redis_batches_total Pipelined batches of Redis calls sent.\n"
+           "# TYPE flowgate_redis_batches_total counter\nflowgate_redis_batches_total %llu\n",
            (unsigned long long)s.batches);
-    APPEND("# TYPE flowgate_redis_call_duration_seconds histogram\n");
+    APPEND("# HELP flowgate_redis_call_duration_seconds Redis call latency, sent to answered.\n"
+           "# TYPE flowgate_redis_call_duration_seconds histogram\n");
     for (size_t b = 0; b < RL_LAT_BUCKETS; b++) {
         cum += s.lat_buckets[b];
         APPEND("flowgate_redis_call_duration_seconds_bucket{le=\"%g\"} %llu\n",

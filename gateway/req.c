@@ -15,6 +15,7 @@
 #include "client.h"
 #include "freelist.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "req.h"
 #include "respond.h"
@@ -462,6 +463,20 @@ static void log_request(struct req *r)
     log_access(&rec);
 }
 
+/* Count R under its route's label (as its own snapshot names it: a request
+ * that began before a reload counts where it was routed), its status class
+ * and its duration from the head, as logged. */
+static void count_request(struct req *r)
+{
+    struct timeval now;
+
+    gettimeofday(&now, NULL);
+    int64_t us = (int64_t)(now.tv_sec - r->start.tv_sec) * 1000000 +
+                 (now.tv_usec - r->start.tv_usec);
+    metrics_request(&r->w->routes, worker_route_row(r->snap, r->route), r->status, us);
+    metrics_bump(&r->w->stats.requests);
+}
+
 /*
  * A request that did not end with its response sent is logged with the
  * bytes really sent (what never left the output was not) and why: the
@@ -483,5 +498,5 @@ void req_finish(struct req *r, enum req_end how)
     }
     r->state = REQ_DONE;
     log_request(r);
-    r->w->stats.requests++;
+    count_request(r);
 }

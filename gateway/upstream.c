@@ -424,6 +424,9 @@ const char *upstream_fail_str(enum upstream_fail f)
     case UP_FAIL_CLOSED: return "closed";
     case UP_FAIL_BAD_RESPONSE: return "bad response";
     case UP_FAIL_READ_TIMEOUT: return "read timeout";
+    case UP_FAIL_TRUNCATED: return "truncated";
+    case UP_FAIL_BAD_FRAMING: return "bad framing";
+    case UP_FAIL__COUNT: break;
     }
     return "?";
 }

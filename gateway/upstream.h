@@ -60,8 +60,9 @@ enum upconn_state {
     UPCONN_IDLE = 2,    /* in the pool */
 };
 
-/* Why an exchange with an upstream failed before its response was complete.
- * The access log's error field is upstream_fail_str(). */
+/* Why an exchange with an upstream failed before its response was complete:
+ * the kind label of flowgate_upstream_errors_total, and for the first seven
+ * the access log's error field too (upstream_fail_str()). */
 enum upstream_fail {
     UP_FAIL_NONE = 0,            /* connected / no failure */
     UP_FAIL_REFUSED = 1,         /* connect refused: the server is marked down */
@@ -69,7 +70,10 @@ enum upstream_fail {
     UP_FAIL_ERROR = 3,           /* any other socket error, or no memory */
     UP_FAIL_CLOSED = 4,          /* closed or reset before a response head */
     UP_FAIL_BAD_RESPONSE = 5,    /* bytes that are not a response head, then closed */
-    UP_FAIL_READ_TIMEOUT = 6,    /* no response head within read_timeout_ms */
+    UP_FAIL_READ_TIMEOUT = 6,    /* read_timeout_ms without a byte, before or in the body */
+    UP_FAIL_TRUNCATED = 7,       /* closed in the middle of the body */
+    UP_FAIL_BAD_FRAMING = 8,     /* a body that breaks its chunked framing */
+    UP_FAIL__COUNT = 9,
 };
 const char *upstream_fail_str(enum upstream_fail f);
 

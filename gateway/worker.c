@@ -252,7 +252,7 @@ static void listener_accept_cb(evutil_socket_t lfd, short what, void *arg)
                 pause_listeners(w);
             return;
         }
-        w->stats.accepted++;
+        metrics_bump(&w->stats.accepted);
         conn_accept(l, fd, (struct sockaddr *)&ss, len);
     }
 }
@@ -296,6 +296,85 @@ static void name_moved(void *arg, const struct sockaddr_storage *old)
     upstream_preview_forget(arg, old);
 }
 
+/* A route's label: its host and path ("api.example.com/v1"), or its path
+ * alone when it serves any host. Unique, as routes are. NULL on OOM. */
+static char *route_label(const struct fg_route *rt)
+{
+    char *label = malloc(rt->host_len + rt->path_len + 1);
+
+    if (label != NULL) {
+        memcpy(label, rt->host, rt->host_len);
+        memcpy(label + rt->host_len, rt->path, rt->path_len + 1);
+    }
+    return label;
+}
+
+/* Map S's routes and upstreams to W's rows by label, adding the rows new
+ * labels need (on W's thread: the rows' only writer). */
+static int snap_map_rows(struct worker *w, struct wsnap *s)
+{
+    const struct fg_config *cfg = s->cfg;
+    long row;
+
+    s->route_rows = calloc(cfg->nroutes + 2, sizeof(*s->route_rows));
+    s->upstream_rows = calloc(cfg->nupstreams + 1, sizeof(*s->upstream_rows));
+    if (s->route_rows == NULL || s->upstream_rows == NULL)
+        return -1;
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        char *label = route_label(&cfg->routes[i]);
+        row = label ? metrics_rows_get(&w->routes, label) : -1;
+        free(label);
+        if (row < 0)
+            return -1;
+        s->route_rows[i] = (uint32_t)row;
+    }
+    /* The preview row exists only once previews are configured. */
+    const char *preview = cfg->previews.enabled ? WORKER_ROUTE_PREVIEW : WORKER_ROUTE_NONE;
+    if ((row = metrics_rows_get(&w->routes, preview)) < 0)
+        return -1;
+    s->route_rows[cfg->nroutes] = (uint32_t)row;
+    if ((row = metrics_rows_get(&w->routes, WORKER_ROUTE_NONE)) < 0)
+        return -1;
+    s->route_rows[cfg->nroutes + 1] = (uint32_t)row;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        if ((row = metrics_rows_get(&w->upstream_errors, cfg->upstreams[i].name)) < 0)
+            return -1;
+        s->upstream_rows[i] = (uint32_t)row;
+    }
+    if (cfg->previews.enabled &&
+        (row = metrics_rows_get(&w->upstream_errors, WORKER_UPSTREAM_PREVIEW)) < 0)
+        return -1;
+    s->upstream_rows[cfg->nupstreams] = cfg->previews.enabled ? (uint32_t)row : UINT32_MAX;
+    return 0;
+}
+
+size_t worker_route_row(const struct wsnap *s, const struct fg_route *rt)
+{
+    const struct fg_config *cfg;
+
+    if (s == NULL || s->route_rows == NULL)
+        return SIZE_MAX;
+    cfg = s->cfg;
+    if (rt == NULL)
+        return s->route_rows[cfg->nroutes + 1];
+    if (rt == &cfg->preview_route)
+        return s->route_rows[cfg->nroutes];
+    if (rt >= cfg->routes && rt < cfg->routes + cfg->nroutes)
+        return s->route_rows[rt - cfg->routes];
+    return SIZE_MAX;
+}
+
+size_t worker_upstream_row(const struct wsnap *s, const struct upstream_pool *pool)
+{
+    if (s == NULL || s->upstream_rows == NULL || pool == NULL)
+        return SIZE_MAX;
+    if (pool->dyn != NULL)
+        return s->upstream_rows[s->cfg->nupstreams];
+    if (pool->u->index < s->cfg->nupstreams)
+        return s->upstream_rows[pool->u->index];
+    return SIZE_MAX;
+}
+
 static struct wsnap *snap_new(struct worker *w, struct fg_config *cfg, struct tls_ctxset *tls)
 {
     struct wsnap *s = calloc(1, sizeof(*s));
@@ -308,6 +387,10 @@ static struct wsnap *snap_new(struct worker *w, struct fg_config *cfg, struct tl
     s->tls = tls_ref(tls);
     s->npools = cfg->nupstreams;
     s->refs = 1;
+    if (snap_map_rows(w, s) < 0) {
+        worker_snap_release(w, s);
+        return NULL;
+    }
     return s;
 }
 
@@ -324,6 +407,8 @@ void worker_snap_release(struct worker *w, struct wsnap *s)
     upstream_pools_destroy(s->pools, s->npools);
     tls_free(s->tls);
     cfg_unref(s->cfg);
+    free(s->route_rows);
+    free(s->upstream_rows);
     free(s);
 }
 
@@ -384,6 +469,8 @@ int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls
     w->wake_fd = -1;
     w->id = id;
     w->stages = stage_table;
+    metrics_rows_init(&w->routes, METRICS_RT__WIDTH);
+    metrics_rows_init(&w->upstream_errors, UP_FAIL__COUNT);
     if (getrandom(&w->rid_state, sizeof(w->rid_state), 0) != sizeof(w->rid_state))
         w->rid_state = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL + id;
     w->base = event_base_new();
@@ -455,6 +542,10 @@ static void apply_reload(struct worker *w)
         goto drop;
     }
     s->npools = s->cfg->nupstreams;
+    if (snap_map_rows(w, s) < 0) {
+        log_error("worker %u: reload: out of memory; the old configuration stays", w->id);
+        goto drop;
+    }
     if (set_resolver(w, s->cfg, err, sizeof(err)) < 0 ||
         stages_worker_reload(w, s->cfg, err, sizeof(err)) < 0) {
         log_error("worker %u: reload: %s; the old configuration stays", w->id, err);
@@ -592,4 +683,6 @@ void worker_free(struct worker *w)
     }
     if (w->base)
         event_base_free(w->base);
+    metrics_rows_free(&w->routes); /* main's thread: no scrape runs meanwhile */
+    metrics_rows_free(&w->upstream_errors);
 }

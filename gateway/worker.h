@@ -15,6 +15,7 @@
 
 #include "cfg.h"
 #include "freelist.h"
+#include "metrics.h"
 #include "tls.h"
 
 struct upstream_pool;
@@ -54,14 +55,30 @@ struct wsnap {
     size_t npools;
     unsigned refs;                  /* the worker while current, and each connection on it */
     uint64_t generation;            /* main's count of applied configurations */
+    /* Where this snapshot counts, in the worker's rows (metrics.h): each
+     * cfg->routes entry, then the preview route, then requests with no route;
+     * each cfg->upstreams entry, then preview upstreams. */
+    uint32_t *route_rows;           /* cfg->nroutes + 2 */
+    uint32_t *upstream_rows;        /* cfg->nupstreams + 1 */
 };
 
+/* Label values of the rows that are no configured route or upstream: a
+ * route label always holds the route's path ('/'), so neither can clash
+ * with one; an upstream named "preview" shares its row with the previews. */
+#define WORKER_ROUTE_PREVIEW "preview"
+#define WORKER_ROUTE_NONE "none"
+#define WORKER_UPSTREAM_PREVIEW "preview"
+
+/* The worker's own counters and gauges: written by its thread alone
+ * (metrics_bump), summed by the admin thread (metrics_read). */
 struct worker_stats {
-    uint64_t requests;       /* finished requests */
-    uint64_t accepted;
-    uint64_t upstream_errors;
-    uint64_t tls_handshakes;
-    uint64_t tls_failures;
+    uint64_t requests;             /* finished requests */
+    uint64_t accepted;             /* client connections */
+    uint64_t tls_handshakes;       /* completed */
+    uint64_t tls_failures;         /* connections that ended during their handshake */
+    uint64_t tunnels_open;         /* gauge: WebSocket tunnels relaying now */
+    uint64_t preview_dns_lookups;  /* preview upstream names looked up (cached or not) */
+    uint64_t preview_dns_failures; /* ... that failed (timeout, SERVFAIL): answered 502 */
 };
 
 struct worker {
@@ -90,6 +107,8 @@ struct worker {
     bool stopping;
     bool tearing_down;              /* worker_free: what is left is cut by the shutdown timeout */
     struct worker_stats stats;
+    struct metrics_rows routes;     /* by route label: METRICS_RT__WIDTH counters */
+    struct metrics_rows upstream_errors; /* by upstream name: UP_FAIL__COUNT counters */
     const struct stage *const *stages;   /* the stage table (stage_table; tests set their own) */
     void *stage_data[WORKER_STAGES_MAX]; /* each stage's own (stage_worker_data) */
 };
@@ -129,6 +148,12 @@ void worker_free(struct worker *w);
 
 /* A connection closed: account for it and re-arm paused listeners. */
 void worker_conn_closed(struct worker *w);
+
+/* The rows (W's routes and upstream_errors) where a request on snapshot S
+ * counts: for its route RT (NULL: none) and the upstream of POOL. Rows of
+ * an empty table are never counted into (metrics_row). */
+size_t worker_route_row(const struct wsnap *s, const struct fg_route *rt);
+size_t worker_upstream_row(const struct wsnap *s, const struct upstream_pool *pool);
 
 /* A fresh X-Request-Id (32 lowercase hex chars + NUL) into OUT[33]. */
 void worker_request_id(struct worker *w, char out[33]);
