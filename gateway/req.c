@@ -418,17 +418,14 @@ void req_timeout(struct req *r)
     req_abort(r, false);
 }
 
-static void log_request(struct req *r)
+static void log_request(struct req *r, struct timeval now)
 {
     const struct h1_header *ua =
         r->head_len ? h1_find(r->h.headers, r->h.nheaders, "User-Agent") : NULL;
     const char *protocol = NULL;
-    struct timeval now;
 
     if (r->h.method_str != NULL)
         protocol = r->h.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
-
-    gettimeofday(&now, NULL);
     struct log_access_rec rec = {
         .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,
         .request_id = r->request_id,
@@ -466,11 +463,8 @@ static void log_request(struct req *r)
 /* Count R under its route's label (as its own snapshot names it: a request
  * that began before a reload counts where it was routed), its status class
  * and its duration from the head, as logged. */
-static void count_request(struct req *r)
+static void count_request(struct req *r, struct timeval now)
 {
-    struct timeval now;
-
-    gettimeofday(&now, NULL);
     int64_t us = (int64_t)(now.tv_sec - r->start.tv_sec) * 1000000 +
                  (now.tv_usec - r->start.tv_usec);
     metrics_request(&r->w->routes, worker_route_row(r->snap, r->route), r->status, us);
@@ -496,7 +490,9 @@ void req_finish(struct req *r, enum req_end how)
         else if (r->error_code == NULL || (unsent > 0 && r->state == REQ_SENDING))
             r->error_code = req_end_str(how);
     }
+    struct timeval now;
+    gettimeofday(&now, NULL);
     r->state = REQ_DONE;
-    log_request(r);
-    count_request(r);
+    log_request(r, now);
+    count_request(r, now);
 }
