@@ -24,7 +24,7 @@ PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 VERSION     := 0.1.0
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
-BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
+BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway -Ibuild/gen
 SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS        := $(wildcard gateway/*.c)
@@ -88,7 +88,13 @@ build/fuzz/fuzz_h1_llhttp: tests/fuzz/fuzz_h1_llhttp.c $(FUZZ_OBJS) $(FUZZ_LLHTT
 	$(FUZZ_CC) $(BASE_CFLAGS) -I$(LLHTTP_INC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
 	    $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(FUZZ_LLHTTP) $(PKG_LIBS)
 
-build/obj build/asan build/tests build/fuzz build/fuzzobj:
+# The status page is edited as HTML and compiled in as one C string literal.
+build/gen/status_page.h: gateway/status_page.html | build/gen
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+
+build/obj/status.o build/asan/status.o build/fuzzobj/status.o: build/gen/status_page.h
+
+build/obj build/asan build/tests build/fuzz build/fuzzobj build/gen:
 	@mkdir -p $@
 
 certs: certs/dev/server.crt
