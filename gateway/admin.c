@@ -225,11 +225,11 @@ static void exposition(const struct admin *a, struct evbuffer *body)
                         (unsigned long long)sum(a, offsetof(struct worker_stats, upstream_errors)),
                         (unsigned long long)sum(a, offsetof(struct worker_stats, tls_handshakes)),
                         (unsigned long long)sum(a, offsetof(struct worker_stats, tls_failures)));
+    upstream_metrics(a, body);
     for (const struct stage *const *s = stage_table; *s; s++)
         if ((*s)->metrics)
             (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);
     reload_metrics(a, body);
-    upstream_metrics(a, body);
 }
 
 /* The exposition is built whole in its own buffer, as long as the label

@@ -2,9 +2,11 @@
 # Install the Debian 12 packages flowgate builds, runs and tests with.
 # As root: apt-get. Otherwise: print the exact line and stop.
 set -e
+# chromium and a font: the status page's test opens the page in a headless browser.
 PKGS="build-essential pkg-config libevent-dev libssl-dev libjwt-dev libhiredis-dev
 libjansson-dev libconfig-dev node-llhttp libcmocka-dev redis-server curl wrk
-openssl iproute2 python3 clang-14 libclang-rt-14-dev nginx haproxy testssl.sh gnuplot-nox"
+openssl iproute2 python3 clang-14 libclang-rt-14-dev nginx haproxy testssl.sh gnuplot-nox
+chromium fonts-dejavu-core"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
