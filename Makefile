@@ -49,10 +49,7 @@ REVISION    ?= $(shell test -e .git && git describe --always --dirty 2>/dev/null
 REVISION    := $(REVISION)
 WARN        := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS      ?= -O2 -g
-BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway
-# The source's revision, for flowgate_build_info (admin.c); "unknown" outside git.
-REVISION    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
+BASE_CFLAGS := -std=gnu11 $(WARN) -D_GNU_SOURCE -DFG_VERSION=\"$(VERSION)\" -Igateway -Ibuild/gen
 SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 SRCS        := $(wildcard gateway/*.c)
@@ -98,12 +95,14 @@ build/asan/%.o: gateway/%.c gateway/*.h | build/asan
 build/asan/flowgate: $(ASAN_OBJS)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS)
 
-# Only main.c prints the revision; build/revision changes when it does, so a
-# new commit rebuilds main.o and nothing else.
+# Only main.c (-V, the start line) and admin.c (flowgate_build_info) name the
+# revision; build/revision changes when it does, so a
+# new commit rebuilds those two objects and nothing else.
 $(shell mkdir -p build && echo '$(REVISION)' | cmp -s - build/revision || \
     echo '$(REVISION)' > build/revision)
-build/obj/main.o build/asan/main.o: build/revision
-build/obj/main.o build/asan/main.o: BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
+build/obj/main.o build/asan/main.o build/obj/admin.o build/asan/admin.o: build/revision
+build/obj/main.o build/asan/main.o build/obj/admin.o build/asan/admin.o: \
+    BASE_CFLAGS += -DFG_REVISION=\"$(REVISION)\"
 
 asan: build/asan/flowgate
 
@@ -133,7 +132,13 @@ build/fuzz/fuzz_h1_llhttp: tests/fuzz/fuzz_h1_llhttp.c $(FUZZ_OBJS) $(FUZZ_LLHTT
 	$(FUZZ_CC) $(BASE_CFLAGS) -I$(LLHTTP_INC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
 	    $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(FUZZ_LLHTTP) $(PKG_LIBS)
 
-build/obj build/asan build/tests build/fuzz build/fuzzobj:
+# The status page is edited as HTML and compiled in as one C string literal.
+build/gen/status_page.h: gateway/status_page.html | build/gen
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $< > $@
+
+build/obj/status.o build/asan/status.o build/fuzzobj/status.o: build/gen/status_page.h
+
+build/obj build/asan build/tests build/fuzz build/fuzzobj build/gen:
 	@mkdir -p $@
 
 certs: certs/dev/server.crt

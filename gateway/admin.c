@@ -1,18 +1,21 @@
 /*
- * admin.c - /healthz, /readyz and /metrics on the admin address.
+ * admin.c - /healthz, /readyz, /metrics and the status page on the admin
+ * address.
  *
  * Tiny by design: one request per connection, answered and closed, on
  * flowgate's own socket layer (io.h), each exchange bounded in time and the
  * open connections in number. Counters are per-worker and summed on scrape
  * (relaxed atomic loads: a scrape may be a few requests behind, never torn).
  * The listener lives until the process exits, so a stop is seen by probes as
- * /readyz turning 503.
+ * /readyz turning 503. The status page (/) reads /status.json, which is the
+ * exposition itself as JSON (status.c) with the history sampled here.
  */
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 
@@ -25,6 +28,7 @@
 #include "io.h"
 #include "metrics.h"
 #include "stage.h"
+#include "status.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -62,6 +66,8 @@ struct admin {
     enum admin_phase phase;             /* what /readyz answers */
     struct admin_conn *newest, *oldest; /* open connections: admin_stop frees those a probe left */
     unsigned nconns;                    /* how many, at most ADMIN_CONNS_MAX */
+    struct event *sample_ev;            /* every STATUS_SAMPLE_MS: a point of the history */
+    struct status_history history;      /* request totals, for the status page's chart */
 };
 
 struct admin_conn {
@@ -72,8 +78,10 @@ struct admin_conn {
     bool answered;                    /* the reply is in io->out: reading has stopped */
 };
 
-/* A reply's head, for a body of LEN bytes, on AC's output. */
-static void reply_head(struct admin_conn *ac, int status, const char *ctype, size_t len)
+/* A reply's head, for a body of LEN bytes, on AC's output; EXTRA is more
+ * header lines, each ending in CRLF. */
+static void reply_head_with(struct admin_conn *ac, int status, const char *ctype, const char *extra,
+                            size_t len)
 {
     const char *reason = status == 200   ? "OK"
                          : status == 404 ? "Not Found"
@@ -82,8 +90,13 @@ static void reply_head(struct admin_conn *ac, int status, const char *ctype, siz
 
     evbuffer_add_printf(ac->io->out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                        status, reason, ctype, len);
+                        "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                        status, reason, ctype, len, extra);
+}
+
+static void reply_head(struct admin_conn *ac, int status, const char *ctype, size_t len)
+{
+    reply_head_with(ac, status, ctype, "", len);
 }
 
 static void reply(struct admin_conn *ac, int status, const char *ctype, const char *body)
@@ -122,6 +135,11 @@ static void reload_metrics(const struct admin *a, struct evbuffer *out)
     FAMILY("flowgate_config_last_reload_success_timestamp_seconds", "gauge",
            "When the configuration in force was applied (start counts).");
     APPEND("flowgate_config_last_reload_success_timestamp_seconds %.3f\n", st->last_reload_ok);
+    FAMILY("flowgate_config_last_reload_successful", "gauge",
+           "0 when the latest reload failed (the configuration before it stays in force).");
+    APPEND("flowgate_config_last_reload_successful %d\n", !st->last_reload_failed);
+    FAMILY("flowgate_start_time_seconds", "gauge", "When the process started, since the epoch.");
+    APPEND("flowgate_start_time_seconds %.3f\n", st->started);
     FAMILY("flowgate_worker_config_generation", "gauge",
            "The configuration generation each worker runs new requests on.");
     for (unsigned i = 0; i < a->nworkers; i++)
@@ -253,29 +271,155 @@ out:
     return rc;
 }
 
+/*
+ * Is server J of upstream I (of the configuration in force) marked down by a
+ * worker? Only the workers that run the configuration in force are read: a
+ * worker stores its generation (release) after installing that snapshot, and
+ * cannot install another before main hands it one, which main cannot do
+ * while it runs this, so the snapshot read here stays alive. down_until_ms
+ * is the worker's own to write: relaxed atomics on both sides.
+ */
+static bool server_down(const struct admin *a, size_t i, size_t j, uint64_t now)
+{
+    for (unsigned k = 0; k < a->nworkers; k++) {
+        const struct worker *w = &a->workers[k];
+        if (__atomic_load_n(&w->generation, __ATOMIC_ACQUIRE) != a->st->generation ||
+            w->snap == NULL || i >= w->snap->npools)
+            continue;
+        if (__atomic_load_n(&w->snap->pools[i].servers[j].down_until_ms, __ATOMIC_RELAXED) > now)
+            return true;
+    }
+    return false;
+}
+
+static void upstream_metrics(const struct admin *a, struct evbuffer *out)
+{
+    const struct fg_config *cfg = a->st->cfg;
+    uint64_t now = upstream_now_ms();
+
+    FAMILY("flowgate_upstream_server_up", "gauge",
+           "0 while a worker skips the server after it refused a connection.");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct fg_upstream *u = &cfg->upstreams[i];
+        for (size_t j = 0; j < u->nservers; j++) {
+            APPEND("flowgate_upstream_server_up{upstream=\"");
+            metrics_put_label(out, u->name);
+            APPEND("\",server=\"");
+            metrics_put_label(out, u->servers[j].text);
+            APPEND("\"} %d\n", !server_down(a, i, j, now));
+        }
+    }
+}
+
+/* The whole /metrics exposition, appended to BODY; every family has its
+ * HELP and TYPE. 0, or -1 when out of memory. */
+static int exposition(const struct admin *a, struct evbuffer *body)
+{
+    if (row_metrics(a, body) < 0)
+        return -1;
+    build_info(body);
+    worker_metrics(a, body);
+    upstream_metrics(a, body);
+    for (const struct stage *const *s = stage_table; *s; s++)
+        if ((*s)->metrics)
+            (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);
+    reload_metrics(a, body);
+    return 0;
+}
+
 /* The exposition is built whole in its own buffer, as long as the label
  * values make it, so Content-Length is known before the head is written
- * and the body is never cut. Every family has its HELP and TYPE. */
+ * and the body is never cut. */
 static void metrics(struct admin_conn *ac)
 {
-    struct admin *a = ac->a;
     struct evbuffer *body = evbuffer_new();
 
-    if (body == NULL || row_metrics(a, body) < 0) {
+    if (body == NULL || exposition(ac->a, body) < 0) {
         if (body)
             evbuffer_free(body);
         reply(ac, 503, "application/json", "{\"error\":\"out_of_memory\"}");
         return;
     }
-    build_info(body);
-    worker_metrics(a, body);
-    for (const struct stage *const *s = stage_table; *s; s++)
-        if ((*s)->metrics)
-            (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);
-    reload_metrics(a, body);
     reply_head(ac, 200, "text/plain; version=0.0.4", evbuffer_get_length(body));
     evbuffer_add_buffer(ac->io->out, body);
     evbuffer_free(body);
+}
+
+static double now_epoch(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The exposition's families as JSON (status_families); NULL when out of
+ * memory. */
+static json_t *families(const struct admin *a)
+{
+    struct evbuffer *text = evbuffer_new();
+    json_t *fams = NULL;
+
+    if (text != NULL && exposition(a, text) == 0) {
+        size_t len = evbuffer_get_length(text);
+        const char *p = (const char *)evbuffer_pullup(text, -1);
+        fams = status_families(p ? p : "", p ? len : 0);
+    }
+    if (text != NULL)
+        evbuffer_free(text);
+    return fams;
+}
+
+/* Every STATUS_SAMPLE_MS, the request totals: kept here rather than in the
+ * page, so that its chart shows the last minutes from the first load. */
+static void admin_sample_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin *a = arg;
+    json_t *fams = families(a);
+
+    if (fams != NULL)
+        status_history_add(&a->history, fams, now_epoch());
+    json_decref(fams);
+}
+
+/* /status.json: the same figures as /metrics, the history of request
+ * totals, and the uptime. */
+static void status_json(struct admin_conn *ac)
+{
+    struct admin *a = ac->a;
+    double now = now_epoch();
+    json_t *fams = families(a), *history = status_history_json(&a->history);
+    json_t *doc = fams && history
+                      ? json_pack("{s:f, s:f, s:O, s:O}", "uptime_seconds", now - a->st->started,
+                                  "generated_at", now, "families", fams, "history", history)
+                      : NULL;
+    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+
+    json_decref(fams);
+    json_decref(history);
+    json_decref(doc);
+    if (body == NULL) {
+        reply(ac, 503, "application/json", "{\"error\":\"out_of_memory\"}");
+        return;
+    }
+    reply(ac, 200, "application/json", body);
+    free(body);
+}
+
+/* The page may run its own inline script and style and fetch from its own
+ * origin, nothing else: a browser enforces that the page loads no asset
+ * from anywhere. */
+#define STATUS_PAGE_HEADERS                                                                        \
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "                    \
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "              \
+    "form-action 'none'; frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n"
+
+static void status_page(struct admin_conn *ac)
+{
+    size_t len = strlen(status_page_html);
+
+    reply_head_with(ac, 200, "text/html; charset=utf-8", STATUS_PAGE_HEADERS, len);
+    evbuffer_add(ac->io->out, status_page_html, len);
 }
 
 /* Ready once listening with a configuration, until a stop begins: from
@@ -311,6 +455,10 @@ static void route(struct admin_conn *ac, const struct h1_request *h)
         readyz(ac);
     else if (h1_token_eq(h->path, h->path_len, "/metrics"))
         metrics(ac);
+    else if (h1_token_eq(h->path, h->path_len, "/status.json"))
+        status_json(ac);
+    else if (h1_token_eq(h->path, h->path_len, "/"))
+        status_page(ac);
     else
         reply(ac, 404, "application/json", "{\"error\":\"not_found\"}");
 }
@@ -481,13 +629,17 @@ struct admin *admin_start(struct event_base *base, const struct fg_sockaddr *add
         free(a);
         return NULL;
     }
+    struct timeval every = {STATUS_SAMPLE_MS / 1000, (STATUS_SAMPLE_MS % 1000) * 1000};
     a->accept_ev = event_new(base, a->fd, EV_READ | EV_PERSIST, admin_accept_cb, a);
     a->resume_ev = evtimer_new(base, admin_resume_cb, a);
-    if (a->accept_ev == NULL || a->resume_ev == NULL || event_add(a->accept_ev, NULL) < 0) {
+    a->sample_ev = event_new(base, -1, EV_PERSIST, admin_sample_cb, a);
+    if (a->accept_ev == NULL || a->resume_ev == NULL || a->sample_ev == NULL ||
+        event_add(a->accept_ev, NULL) < 0 || event_add(a->sample_ev, &every) < 0) {
         snprintf(err, errlen, "admin listen %s: event setup failed", addr->text);
         admin_stop(a);
         return NULL;
     }
+    admin_sample_cb(-1, 0, a);
     return a;
 }
 
@@ -505,6 +657,8 @@ void admin_stop(struct admin *a)
         event_free(a->accept_ev);
     if (a->resume_ev)
         event_free(a->resume_ev);
+    if (a->sample_ev)
+        event_free(a->sample_ev);
     close(a->fd);
     while (a->oldest)
         admin_conn_free(a->oldest);

@@ -1,6 +1,7 @@
 /*
  * admin.h - the plain admin listener on the main thread: /healthz, /readyz,
- * /metrics. It never serves client traffic and never proxies.
+ * /metrics, and the status page (/ and /status.json). It never serves client
+ * traffic and never proxies.
  */
 #ifndef FG_ADMIN_H
 #define FG_ADMIN_H
@@ -21,6 +22,8 @@ struct admin_state {
     uint64_t generation;               /* 1 at start, +1 per applied reload */
     uint64_t reloads_ok, reloads_failed;
     double last_reload_ok;             /* seconds since the epoch (start counts) */
+    bool last_reload_failed;           /* the latest reload kept the configuration in force */
+    double started;                    /* the process's start, seconds since the epoch */
 };
 
 /* Listen on ADDR. NULL with ERR when it cannot. */

@@ -228,6 +228,7 @@ static void reload(struct app *app, const char *why)
     app->admin_st.generation++;
     app->admin_st.reloads_ok++;
     app->admin_st.last_reload_ok = now_epoch();
+    app->admin_st.last_reload_failed = false;
     log_info("reload: configuration generation %llu in force",
              (unsigned long long)app->admin_st.generation);
     update_watch(app);
@@ -239,6 +240,7 @@ fail:
               (unsigned long long)app->admin_st.generation);
     log_problems(err ? err : "out of memory");
     app->admin_st.reloads_failed++;
+    app->admin_st.last_reload_failed = true;
     tls_free(tls);
     cfg_unref(cfg);
     free(err);
@@ -427,7 +429,7 @@ static int start(struct app *app, char *err)
     app->admin_st.cfg = app->cfg;
     app->admin_st.tls = app->tls;
     app->admin_st.generation = 1;
-    app->admin_st.last_reload_ok = now_epoch();
+    app->admin_st.last_reload_ok = app->admin_st.started = now_epoch();
     if (app->cfg->admin &&
         (app->admin = admin_start(app->base, app->cfg->admin, &app->admin_st, app->workers,
                                   app->nworkers, err, ERRBUF)) == NULL)

@@ -325,9 +325,11 @@ const char *upstream_server_text(const struct upconn *uc)
     return uc->pool->u->servers[uc->server].text;
 }
 
+/* Atomic: the admin reads it from main's thread (flowgate_upstream_server_up). */
 void upstream_mark_down(struct upconn *uc)
 {
-    uc->pool->servers[uc->server].down_until_ms = upstream_now_ms() + UPSTREAM_DOWN_MS;
+    __atomic_store_n(&uc->pool->servers[uc->server].down_until_ms,
+                     upstream_now_ms() + UPSTREAM_DOWN_MS, __ATOMIC_RELAXED);
 }
 
 static void pool_unlink(struct upconn *uc)

@@ -21,7 +21,8 @@ set -eu
 
 RUN_PKGS="build-essential pkg-config libevent-dev libssl-dev libjwt-dev libhiredis-dev
 libjansson-dev libconfig-dev openssl python3 redis-server curl"
-TEST_PKGS="libcmocka-dev clang-14 libclang-rt-14-dev node-llhttp iproute2 testssl.sh"
+TEST_PKGS="libcmocka-dev clang-14 libclang-rt-14-dev node-llhttp iproute2 testssl.sh
+chromium fonts-dejavu-core"
 BENCH_PKGS="wrk nginx haproxy gnuplot-nox valgrind"
 POLICY=/usr/sbin/policy-rc.d
 
