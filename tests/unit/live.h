@@ -31,6 +31,7 @@
 #include "cfg.h"
 #include "h1.h"
 #include "log.h"
+#include "stage.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -43,6 +44,9 @@ static struct tls_ctxset *live_tls;
 static struct worker live_w;
 static int live_port;
 static bool live_running;
+/* The stage table the next worker runs instead of stage_table (NULL: the
+ * real one). The real stages' worker hooks still ran at worker_init. */
+static const struct stage *const *live_stages;
 
 static int live_group_setup(void **state)
 {
@@ -142,7 +146,11 @@ static int live_start(const char *extra)
             return -1;
         }
     }
-    if (live_cfg == NULL || worker_start(&live_w) < 0)
+    if (live_cfg == NULL)
+        return -1;
+    if (live_stages != NULL)
+        live_w.stages = live_stages;
+    if (worker_start(&live_w) < 0)
         return -1;
     live_running = true;
     return 0;
@@ -168,6 +176,8 @@ static void live_stop(void)
         worker_break(&live_w);
         worker_join(&live_w);
     }
+    live_w.stages = stage_table; /* their worker_free: what their worker_init made */
+    live_stages = NULL;
     worker_free(&live_w);
     tls_free(live_tls);
     cfg_unref(live_cfg);

@@ -186,6 +186,47 @@ static void test_client_gone_mid_head(void **state)
     live_log_free(lines, 1);
 }
 
+/* A stage that waits for good: only the engine's cancel ends its call.
+ * Run on the worker's thread; read by the test after the join. */
+static unsigned waits, cancels;
+
+static enum stage_verdict wait_forever(struct req *r, stage_resume_fn resume)
+{
+    __atomic_add_fetch(&waits, 1, __ATOMIC_RELEASE);
+    return STAGE_WAIT;
+}
+
+static void wait_cancel(struct req *r)
+{
+    cancels++;
+}
+
+static const struct stage waiting_stage = {
+    .name = "wait", .run = wait_forever, .cancel = wait_cancel};
+static const struct stage *const waiting_table[] = {&waiting_stage, NULL};
+
+static void test_client_leaves_while_stage_waits(void **state)
+{
+    json_t *lines[2];
+
+    waits = cancels = 0;
+    live_stages = waiting_table;
+    assert_int_equal(live_start(ROUTES), 0);
+    struct client *c = client_open();
+    client_send(c, NOT_FOUND);
+    for (int i = 0; i < LIVE_WAIT_S * 100 && __atomic_load_n(&waits, __ATOMIC_ACQUIRE) == 0; i++)
+        usleep(10000);
+    assert_int_equal(__atomic_load_n(&waits, __ATOMIC_ACQUIRE), 1);
+    client_close(c); /* while the stage waits */
+    live_stop();
+    assert_int_equal(waits, 1);
+    assert_int_equal(cancels, 1);
+    assert_int_equal(live_log(lines, 2), 1);
+    assert_string_equal(log_str(lines[0], "error"), "client closed");
+    assert_int_equal(log_int(lines[0], "bytes_out"), 0);
+    live_log_free(lines, 1);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, teardown)
 
 int main(void)
@@ -198,6 +239,7 @@ int main(void)
         T(test_partial_head_times_out),
         T(test_idle_closes_silently),
         T(test_client_gone_mid_head),
+        T(test_client_leaves_while_stage_waits),
     };
 
     return cmocka_run_group_tests(tests, live_group_setup, live_group_teardown);
