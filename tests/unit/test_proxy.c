@@ -49,26 +49,35 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Take flowgate's connection and read one request head from it into
- * HEAD (NUL-terminated). */
-static void upstream_take_request(char *head, size_t cap)
+/* Read from the upstream's side of the connection until HEAD (NUL-
+ * terminated) holds a whole request head and WANT bytes after it. */
+static void upstream_read_request(char *head, size_t cap, size_t want)
 {
-    struct pollfd p = {.fd = up_listen_fd, .events = POLLIN};
-    struct timeval tv = {.tv_sec = LIVE_WAIT_S};
+    const char *end;
     size_t len = 0;
 
-    assert_int_equal(poll(&p, 1, LIVE_WAIT_S * 1000), 1);
-    up_fd = accept4(up_listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    assert_true(up_fd >= 0);
-    setsockopt(up_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     head[0] = '\0';
-    while (strstr(head, "\r\n\r\n") == NULL) {
+    while ((end = strstr(head, "\r\n\r\n")) == NULL || len < (size_t)(end + 4 - head) + want) {
         assert_true(len + 1 < cap);
         ssize_t n = recv(up_fd, head + len, cap - len - 1, 0);
         assert_true(n > 0);
         len += (size_t)n;
         head[len] = '\0';
     }
+}
+
+/* Take flowgate's next connection and read one request from it: its head
+ * and WANT body bytes. */
+static void upstream_take_request(char *head, size_t cap, size_t want)
+{
+    struct pollfd p = {.fd = up_listen_fd, .events = POLLIN};
+    struct timeval tv = {.tv_sec = LIVE_WAIT_S};
+
+    assert_int_equal(poll(&p, 1, LIVE_WAIT_S * 1000), 1);
+    up_fd = accept4(up_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    assert_true(up_fd >= 0);
+    setsockopt(up_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    upstream_read_request(head, cap, want);
 }
 
 static void upstream_send(const char *s)
@@ -91,7 +100,7 @@ static void test_relayed(void **state)
     json_t *lines[2];
 
     client_send(c, "GET /hello?x=1 HTTP/1.1\r\nHost: app.test\r\nX-Mine: 1\r\n\r\n");
-    upstream_take_request(head, sizeof(head));
+    upstream_take_request(head, sizeof(head), 0);
     assert_non_null(strstr(head, "GET /hello?x=1 HTTP/1.1\r\n"));
     assert_non_null(strstr(head, "\r\nX-Mine: 1\r\n"));
     assert_non_null(strstr(head, "\r\nX-Forwarded-For: 127.0.0.1\r\n"));
@@ -122,7 +131,7 @@ static void test_closed_before_head(void **state)
     json_t *lines[2];
 
     client_send(c, "GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n");
-    upstream_take_request(head, sizeof(head));
+    upstream_take_request(head, sizeof(head), 0);
     close(up_fd);
     up_fd = -1;
     assert_int_equal(client_response(c, &r), 0);
@@ -145,7 +154,7 @@ static void test_truncated_body(void **state)
     json_t *lines[2];
 
     client_send(c, "GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n");
-    upstream_take_request(head, sizeof(head));
+    upstream_take_request(head, sizeof(head), 0);
     upstream_send(head_out);
     upstream_send("0123456789");
     close(up_fd);
@@ -166,14 +175,93 @@ static void test_truncated_body(void **state)
     live_log_free(lines, 1);
 }
 
+static void test_request_body_forwarded(void **state)
+{
+    struct client *c = client_open();
+    struct response r;
+    char head[4096];
+
+    client_send(c, "POST /form HTTP/1.1\r\nHost: app.test\r\nContent-Length: 7\r\n\r\nabc");
+    client_send(c, "defg");
+    upstream_take_request(head, sizeof(head), 7);
+    assert_non_null(strstr(head, "POST /form HTTP/1.1\r\n"));
+    assert_non_null(strstr(head, "\r\nContent-Length: 7\r\n"));
+    assert_string_equal(strstr(head, "\r\n\r\n") + 4, "abcdefg");
+    upstream_send("HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok");
+    assert_int_equal(client_response(c, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.body, "ok");
+}
+
+/* A HEAD's response has no body, whatever its Content-Length says: the
+ * next response on the same connections is read from the right place. */
+static void test_head_response(void **state)
+{
+    struct client *c = client_open();
+    struct response r;
+    char head[4096];
+
+    client_send(c, "HEAD /h HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    upstream_take_request(head, sizeof(head), 0);
+    upstream_send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    client_send(c, "GET /g HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    upstream_read_request(head, sizeof(head), 0); /* on the pooled connection */
+    assert_non_null(strstr(head, "GET /g HTTP/1.1\r\n"));
+    upstream_send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    /* Both answers as they came: HEAD's head alone, then the GET's. */
+    while (memmem(c->buf, c->len, "hello", 5) == NULL)
+        assert_true(client_read(c) > 0);
+    ssize_t end = h1_head_end(c->buf, c->len);
+    assert_true(end > 0);
+    assert_memory_equal(c->buf, "HTTP/1.1 200 OK\r\n", 17);
+    assert_non_null(memmem(c->buf, (size_t)end, "\r\nContent-Length: 5\r\n", 21));
+    c->len -= (size_t)end;
+    memmove(c->buf, c->buf + end, c->len);
+    assert_int_equal(client_response(c, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello");
+    assert_int_equal(c->len, 0);
+}
+
+/* A pooled connection the upstream closed without answering is retried
+ * once on a fresh one: the client never sees the stale link. */
+static void test_stale_pooled_retried(void **state)
+{
+    struct client *c = client_open();
+    struct response r;
+    char head[4096];
+    json_t *lines[3];
+
+    client_send(c, "GET /1 HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    upstream_take_request(head, sizeof(head), 0);
+    upstream_send("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1");
+    assert_int_equal(client_response(c, &r), 0);
+    client_send(c, "GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    upstream_read_request(head, sizeof(head), 0); /* on the pooled connection */
+    assert_non_null(strstr(head, "GET /2 HTTP/1.1\r\n"));
+    close(up_fd);
+    upstream_take_request(head, sizeof(head), 0); /* the retry, fresh */
+    assert_non_null(strstr(head, "GET /2 HTTP/1.1\r\n"));
+    upstream_send("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2");
+    assert_int_equal(client_response(c, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "2");
+    client_close(c);
+    live_stop();
+    assert_int_equal(live_log(lines, 3), 2);
+    assert_int_equal(json_integer_value(json_object_get(lines[1], "status")), 200);
+    assert_null(log_str(lines[1], "error"));
+    live_log_free(lines, 2);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_relayed),
-        T(test_closed_before_head),
-        T(test_truncated_body),
+        T(test_relayed),        T(test_closed_before_head),
+        T(test_truncated_body), T(test_request_body_forwarded),
+        T(test_head_response),  T(test_stale_pooled_retried),
     };
 
     return cmocka_run_group_tests(tests, live_group_setup, live_group_teardown);
