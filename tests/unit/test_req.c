@@ -37,6 +37,7 @@ struct fake_conn {
     unsigned holds, releases, flushes, pauses, resumes;
     unsigned set_timers, clear_timers, done, closes;
     bool close_flush; /* the last close's FLUSH */
+    size_t pending;   /* output bytes the socket has not taken */
 };
 
 static void fc_hold(void *c)
@@ -69,8 +70,8 @@ static void fc_clear_timer(void *c)
 }
 static size_t fc_pending_out(void *c)
 {
-    return 0;
-} /* the socket took every byte */
+    return ((struct fake_conn *)c)->pending;
+}
 static void fc_done(void *c)
 {
     ((struct fake_conn *)c)->done++;
@@ -533,6 +534,46 @@ static void test_client_eof_while_waiting(void **state)
     json_decref(line);
 }
 
+/* The answer is complete and going out when the client half-closes: it
+ * still goes out, then the connection closes. */
+static void test_client_eof_while_sending(void **state)
+{
+    json_t *line;
+
+    feed(GET);
+    assert_int_equal(r->state, REQ_SENDING);
+    assert_false(req_ends_connection(r));
+    req_client_eof(r);
+    assert_int_equal(fc.closes, 0);
+    assert_int_equal(fc.pauses, 1);
+    assert_true(req_ends_connection(r));
+    sent();
+    assert_int_equal(log_lines(&line), 1);
+    assert_int_equal(json_integer_value(json_object_get(line, "status")), 404);
+    assert_string_equal(log_str(line, "error"), "not_found");
+    json_decref(line);
+}
+
+/* A client that stopped taking the answer: the connection is cut and the
+ * request logged as cut, not as served. */
+static void test_timeout_while_sending(void **state)
+{
+    json_t *line;
+
+    feed(GET);
+    size_t total = evbuffer_get_length(out);
+    req_timeout(r);
+    assert_int_equal(fc.closes, 1);
+    assert_false(fc.close_flush);
+    fc.pending = 10; /* the last 10 bytes never left */
+    req_finish(r, REQ_END_SEND_TIMEOUT);
+    assert_int_equal(log_lines(&line), 1);
+    assert_int_equal(json_integer_value(json_object_get(line, "status")), 404);
+    assert_int_equal(json_integer_value(json_object_get(line, "bytes_out")), total - 10);
+    assert_string_equal(log_str(line, "error"), "send timeout");
+    json_decref(line);
+}
+
 /* ---- heads ----------------------------------------------------------------------------- */
 
 static void test_malformed_head(void **state)
@@ -725,6 +766,8 @@ int main(void)
         T(test_client_closes_while_waiting),
         T(test_timeout_while_waiting),
         T(test_client_eof_while_waiting),
+        T(test_client_eof_while_sending),
+        T(test_timeout_while_sending),
         T(test_malformed_head),
         T(test_stage_answer_keeps_first_error),
         T(test_add_header_full),
