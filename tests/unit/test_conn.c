@@ -186,6 +186,27 @@ static void test_client_gone_mid_head(void **state)
     live_log_free(lines, 1);
 }
 
+static void test_head_too_large(void **state)
+{
+    char big[3000];
+    struct response r;
+    json_t *lines[2];
+
+    assert_int_equal(live_start(ROUTES "limits: { max_header_bytes = 1024; };\n"), 0);
+    struct client *c = client_open();
+    snprintf(big, sizeof(big), "GET /x HTTP/1.1\r\nHost: nowhere.test\r\nX-Long: %02000d", 7);
+    client_send(c, big);
+    assert_int_equal(client_response(c, &r), 0);
+    assert_int_equal(r.status, 431);
+    assert_true(resp_has(&r, "Connection: close"));
+    assert_true(client_eof(c));
+    client_close(c);
+    live_stop();
+    assert_int_equal(live_log(lines, 2), 1);
+    assert_int_equal(log_int(lines[0], "status"), 431);
+    live_log_free(lines, 1);
+}
+
 /* A stage that waits for good: only the engine's cancel ends its call.
  * Run on the worker's thread; read by the test after the join. */
 static unsigned waits, cancels;
@@ -239,6 +260,7 @@ int main(void)
         T(test_partial_head_times_out),
         T(test_idle_closes_silently),
         T(test_client_gone_mid_head),
+        T(test_head_too_large),
         T(test_client_leaves_while_stage_waits),
     };
 
