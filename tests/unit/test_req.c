@@ -282,7 +282,7 @@ static int teardown(void **state)
     return 0;
 }
 
-/* ---- helpers ------------------------------------------------------------------ */
+/* ---- feeding heads, reading answers and the log ---------------------------- */
 
 static void feed(const char *head)
 {
