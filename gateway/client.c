@@ -22,6 +22,14 @@ bool client_valid_request_id(const char *s, size_t n)
     return true;
 }
 
+void client_peer_address(struct req *r)
+{
+    size_t n = strnlen(r->peer_ip, sizeof(r->client_ip) - 1);
+
+    memcpy(r->client_ip, r->peer_ip, n);
+    r->client_ip[n] = '\0';
+}
+
 bool client_peer_trusted(const struct req *r)
 {
     return r->cfg->trusted_proxies.n > 0 && cidr_set_contains(&r->cfg->trusted_proxies, r->peer);
@@ -34,7 +42,7 @@ static bool ip_trusted(const struct req *r, const char *ip, size_t len)
 
 void client_find(struct req *r, bool peer_trusted)
 {
-    memcpy(r->client_ip, r->peer_ip, sizeof(r->client_ip));
+    client_peer_address(r);
     if (!peer_trusted)
         return;
     const struct h1_header *xff = h1_find(r->h.headers, r->h.nheaders, "X-Forwarded-For");

@@ -11,6 +11,9 @@
 
 struct req;
 
+/* r->client_ip: the peer's address, until client_find knows better. */
+void client_peer_address(struct req *r);
+
 /* Is the request's peer one of trusted_proxies? */
 bool client_peer_trusted(const struct req *r);
 

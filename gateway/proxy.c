@@ -60,7 +60,7 @@ void proxy_abort(struct req *r)
     if (r->up && r->state == REQ_TUNNEL)
         metrics_drop(&r->w->stats.tunnels_open); /* a tunnel lives as long as its link */
     if (r->up) {
-    upstream_close(r->up);
+        upstream_close(r->up);
         r->up = NULL;
     }
 }
@@ -74,13 +74,15 @@ struct hname {
     const char *name;
     size_t len;
 };
+/* clang-format off */
 #define HNAME(s) {s, sizeof(s) - 1}
+/* clang-format on */
 
 static bool in_list(const struct hname *list, size_t n, const struct h1_header *h)
 {
     for (size_t i = 0; i < n; i++)
-        if (list[i].len == h->name_len && h1_token_eq_n(h->name, h->name_len, list[i].name,
-                                                        list[i].len))
+        if (list[i].len == h->name_len &&
+            h1_token_eq_n(h->name, h->name_len, list[i].name, list[i].len))
             return true;
     return false;
 }
@@ -88,11 +90,14 @@ static bool in_list(const struct hname *list, size_t n, const struct h1_header *
 static bool drop_request_header(const struct h1_header *h)
 {
     static const struct hname fixed[] = {
-    HNAME("Connection"),      HNAME("Keep-Alive"),        HNAME("Proxy-Connection"),
-        HNAME("TE"),              HNAME("Trailer"),           HNAME("Upgrade"),
-        HNAME("Expect"),          HNAME("Content-Length"),    HNAME("X-Forwarded-For"),
-        HNAME("X-Forwarded-Proto"), HNAME("X-Forwarded-Host"), HNAME("X-Real-IP"),
-        HNAME("X-Request-Id"),    HNAME("Forwarded"),         HNAME("HTTP2-Settings"),
+        HNAME("Connection"),       HNAME("Keep-Alive"),
+        HNAME("Proxy-Connection"), HNAME("TE"),
+        HNAME("Trailer"),          HNAME("Upgrade"),
+        HNAME("Expect"),           HNAME("Content-Length"),
+        HNAME("X-Forwarded-For"),  HNAME("X-Forwarded-Proto"),
+        HNAME("X-Forwarded-Host"), HNAME("X-Real-IP"),
+        HNAME("X-Request-Id"),     HNAME("Forwarded"),
+        HNAME("HTTP2-Settings"),
     };
 
     return in_list(fixed, sizeof(fixed) / sizeof(fixed[0]), h);
@@ -132,16 +137,15 @@ static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer 
      * them, twice over for a stage that rewrites one (preview cookies need
      * twice a value's length while they are stripped). */
     wbuf_begin(&b, out,
-               r->head_len * 2 + r->path_len + h->query_len +
-                   r->xff_prior_len + h->host_len + r->up_extra_len +
-                   (server ? strlen(server) : 0) + REQUEST_HEAD_ADDED);
+               r->head_len * 2 + r->path_len + h->query_len + r->xff_prior_len + h->host_len +
+                   r->up_extra_len + (server ? strlen(server) : 0) + REQUEST_HEAD_ADDED);
     /* An HTTP/1.0 client cannot read a chunked response: ask the upstream in
      * 1.0 too, so it answers with a length or by closing. */
     wbuf_put(&b, h->method_str, h->method_len);
     wbuf_lit(&b, " ");
     wbuf_put(&b, r->path, r->path_len);
     if (h->query) {
-    wbuf_lit(&b, "?");
+        wbuf_lit(&b, "?");
         wbuf_put(&b, h->query, h->query_len);
     }
     if (h->version_minor == 0)
@@ -149,7 +153,7 @@ static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer 
     else
         wbuf_lit(&b, " HTTP/1.1\r\n");
     for (size_t i = 0; i < h->nheaders; i++) {
-    const struct h1_header *hd = &h->headers[i];
+        const struct h1_header *hd = &h->headers[i];
         if (drop_request_header(hd) ||
             (conn_lists && named_by_connection(h->headers, h->nheaders, hd)))
             continue;
@@ -160,13 +164,13 @@ static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer 
     if (server)
         wbuf_header(&b, "Host", 4, server, strlen(server));
     if (h->framing == H1_FRAMING_LENGTH) {
-    wbuf_lit(&b, "Content-Length: ");
+        wbuf_lit(&b, "Content-Length: ");
         wbuf_u64(&b, h->content_length);
         wbuf_lit(&b, "\r\n");
     }
     wbuf_lit(&b, "X-Forwarded-For: ");
     if (r->xff_prior) {
-    wbuf_put(&b, r->xff_prior, r->xff_prior_len);
+        wbuf_put(&b, r->xff_prior, r->xff_prior_len);
         wbuf_lit(&b, ", ");
     }
     wbuf_str(&b, r->peer_ip);
@@ -223,14 +227,14 @@ static void upstream_failed(struct req *r, bool was_reused, enum upstream_fail f
 {
     count_failure(r, fail);
     if (may_retry(r, was_reused, fail)) {
-    connect_upstream(r, false);
+        connect_upstream(r, false);
         return;
     }
     log_warn("upstream %s: %s (request %s)", r->pool->u->name, upstream_fail_str(fail),
              r->request_id);
     r->error_code = upstream_fail_str(fail);
     if (r->resp == RESP_STARTED) {
-    req_abort(r, true);
+        req_abort(r, true);
         return;
     }
     bool timeout = fail == UP_FAIL_CONNECT_TIMEOUT || fail == UP_FAIL_READ_TIMEOUT;
@@ -265,10 +269,10 @@ static void request_body_done(struct req *r)
 static void move_bytes(struct evbuffer *in, struct evbuffer *out, const void *data, size_t used)
 {
     if (used <= 4096) {
-    evbuffer_add(out, data, used);
+        evbuffer_add(out, data, used);
         evbuffer_drain(in, used);
     } else {
-    evbuffer_remove_buffer(in, out, used);
+        evbuffer_remove_buffer(in, out, used);
     }
 }
 
@@ -287,7 +291,7 @@ static void move_body(struct evbuffer *in, struct evbuffer *out, const char *dat
     size_t tail = used - cut->off - cut->len;
 
     if (cut->len == 0) {
-    move_bytes(in, out, data, used);
+        move_bytes(in, out, data, used);
         return;
     }
     /* Each step leaves the bytes still to move in DATA's chain, so DATA
@@ -309,7 +313,7 @@ static void move_request_body(struct req *r)
         return;
     struct evbuffer *out = r->up->io->out;
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH && evbuffer_get_length(in) > 0) {
-    struct evbuffer_iovec v;
+        struct evbuffer_iovec v;
         struct h1_cut cut;
         size_t used = 0;
         evbuffer_peek(in, -1, NULL, &v, 1);
@@ -377,7 +381,7 @@ static void arm_up_timer(struct req *r)
 void proxy_client_writable(struct req *r)
 {
     if (r->resp == RESP_STARTED && r->up) {
-    pump_response(r);
+        pump_response(r);
         arm_up_timer(r);
     }
 }
@@ -390,7 +394,7 @@ static void send_continue(struct req *r)
      * flowgate says it once the request is going to be forwarded. */
     if (r->h.expect_continue && r->body == BODY_PENDING && !r->expect_sent &&
         evbuffer_get_length(r->in) == 0) {
-    evbuffer_add(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_add(r->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         r->expect_sent = true;
         req_flush(r);
     }
@@ -402,7 +406,7 @@ static void on_upstream_ready(struct upconn *uc, enum upstream_fail fail, void *
 
     req_hold(r);
     if (fail != UP_FAIL_NONE) {
-    bool reused = uc->reused;
+        bool reused = uc->reused;
         upstream_close(uc);
         r->up = NULL;
         upstream_failed(r, reused, fail);
@@ -421,15 +425,15 @@ static void on_upstream_ready(struct upconn *uc, enum upstream_fail fail, void *
     uc->io->write_low = PROXY_WRITE_LOW;
     io_enable_read(uc->io);
     if (write_request_head(r, uc, uc->io->out) < 0) {
-    fail_link(r, UP_FAIL_ERROR);
+        fail_link(r, UP_FAIL_ERROR);
         req_release(r);
         return;
     }
     send_continue(r);
     if (r->body == BODY_PENDING) {
-    pump_request(r);
+        pump_request(r);
     } else {
-    request_body_done(r);
+        request_body_done(r);
         io_flush(uc->io);
     }
     req_release(r);
@@ -482,15 +486,15 @@ void proxy_start(struct req *r)
 static bool drop_response_header(const struct req *r, const struct h1_header *h)
 {
     static const struct hname fixed[] = {
-    HNAME("Connection"), HNAME("Keep-Alive"), HNAME("Proxy-Connection"), HNAME("TE"),
+        HNAME("Connection"), HNAME("Keep-Alive"), HNAME("Proxy-Connection"), HNAME("TE"),
         HNAME("Trailer"),    HNAME("Upgrade"),    HNAME("Server"),           HNAME("X-Request-Id"),
     };
     const struct fg_headers *sec = &r->cfg->headers;
     const struct {
-    struct hname name;
+        struct hname name;
         const char *value;
     } own[] = {
-    {HNAME("Strict-Transport-Security"), sec->hsts},
+        {HNAME("Strict-Transport-Security"), sec->hsts},
         {HNAME("X-Frame-Options"), sec->frame_options},
         {HNAME("X-Content-Type-Options"), sec->content_type_options},
         {HNAME("X-XSS-Protection"), sec->xss_protection},
@@ -536,7 +540,7 @@ static int write_response_head(struct req *r, const struct h1_response *resp, si
         wbuf_put(&b, resp->reason_phrase, resp->reason_len);
     wbuf_lit(&b, "\r\n");
     for (size_t i = 0; i < resp->nheaders; i++) {
-    const struct h1_header *hd = &resp->headers[i];
+        const struct h1_header *hd = &resp->headers[i];
         if (drop_response_header(r, hd) ||
             (conn_lists && named_by_connection(resp->headers, resp->nheaders, hd)))
             continue;
@@ -558,14 +562,14 @@ static int write_response_head(struct req *r, const struct h1_response *resp, si
 static int take_response_head(struct upconn *uc, size_t len)
 {
     if (len > uc->head_cap) {
-    char *p = realloc(uc->head_buf, len);
+        char *p = realloc(uc->head_buf, len);
         if (p == NULL)
             return -1;
         uc->head_buf = p;
         uc->head_cap = len;
     }
     if (uc->hdrs == NULL) {
-    uc->hdrs = calloc(256, sizeof(*uc->hdrs));
+        uc->hdrs = calloc(256, sizeof(*uc->hdrs));
         if (uc->hdrs == NULL)
             return -1;
     }
@@ -592,7 +596,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
     ssize_t end;
 
     for (;;) {
-    size_t len = evbuffer_get_length(in);
+        size_t len = evbuffer_get_length(in);
         size_t n = len < UP_HEAD_MAX ? len : UP_HEAD_MAX;
         if (n == 0)
             return 0;
@@ -614,18 +618,18 @@ static int read_response_head(struct req *r, struct upconn *uc)
     }
     struct timeval now;
     gettimeofday(&now, NULL);
-    r->upstream_ms = (now.tv_sec - r->up_start.tv_sec) * 1e3 +
-                       (now.tv_usec - r->up_start.tv_usec) / 1e3;
+    r->upstream_ms =
+        (now.tv_sec - r->up_start.tv_sec) * 1e3 + (now.tv_usec - r->up_start.tv_usec) / 1e3;
     r->resp = RESP_STARTED;
     r->upstream_status = uc->resp.status;
     if (write_response_head(r, &uc->resp, (size_t)end) < 0) {
-    r->error_code = "out of memory";
+        r->error_code = "out of memory";
         proxy_abort(r);
         req_abort(r, false);
         return -1;
     }
     if (uc->resp.status == 101) {
-    tunnel_start(r, uc);
+        tunnel_start(r, uc);
         return 2;
     }
     return 1;
@@ -647,8 +651,8 @@ static void response_complete(struct req *r)
 {
     struct upconn *uc = r->up;
     /* A declined upgrade leaves a connection that was asked to switch. */
-    bool keep = uc->resp.keep_alive && r->body == BODY_NONE && !r->up_eof &&
-                !r->w->stopping && !r->tunnel;
+    bool keep =
+        uc->resp.keep_alive && r->body == BODY_NONE && !r->up_eof && !r->w->stopping && !r->tunnel;
 
     r->up = NULL;
     event_del(uc->timer);
@@ -674,7 +678,7 @@ static void move_response_body(struct req *r)
     struct evbuffer *out = r->out;
 
     while (evbuffer_get_length(out) < PROXY_WRITE_HIGH) {
-    struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
+        struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
         struct h1_cut cut;
         size_t used = 0;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
@@ -719,10 +723,10 @@ static void up_read_cb(struct io *io, void *arg)
 
     req_hold(r);
     if (r->resp == RESP_NONE) {
-    if (read_response_head(r, uc) == 1 && r->up == uc)
+        if (read_response_head(r, uc) == 1 && r->up == uc)
             pump_response(r);
     } else {
-    pump_response(r);
+        pump_response(r);
     }
     if (r->up == uc)
         arm_up_timer(r);
@@ -748,7 +752,7 @@ static void up_event_cb(struct io *io, int what, void *arg)
     if (!(what & (IO_EOF | IO_ERROR)))
         goto out;
     if (r->resp == RESP_NONE) {
-    /* Whatever was received is not a complete head: nothing can be relayed. */
+        /* Whatever was received is not a complete head: nothing can be relayed. */
         fail_link(r, evbuffer_get_length(io->in) ? UP_FAIL_BAD_RESPONSE : UP_FAIL_CLOSED);
         goto out;
     }
@@ -765,17 +769,18 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
     req_hold(r);
     if (r->resp == RESP_NONE) {
-    proxy_abort(r);
+        proxy_abort(r);
         upstream_failed(r, false, UP_FAIL_READ_TIMEOUT);
     } else {
-    response_truncated(r, UP_FAIL_READ_TIMEOUT, "upstream read timeout");
+        response_truncated(r, UP_FAIL_READ_TIMEOUT, "upstream read timeout");
     }
     req_release(r);
 }
 
 /* ---- WebSocket tunnel ------------------------------------------------------ */
 
-#define TUNNEL_FLUSH_MS 5000 /* the client left: its last bytes get this long to reach the upstream */
+#define TUNNEL_FLUSH_MS                                                                            \
+    5000 /* the client left: its last bytes get this long to reach the upstream */
 
 /* Move what IN holds to OUT unless OUT is over the high watermark. IN is
  * bounded by its read watermark, so OUT stays bounded too. Returns the bytes moved. */
@@ -803,7 +808,7 @@ static void tunnel_end(struct req *r, const char *why)
 void proxy_tunnel_pump(struct req *r)
 {
     struct upconn *uc = r->up;
-        size_t up = 0, down;
+    size_t up = 0, down;
 
     if (uc == NULL || r->state != REQ_TUNNEL)
         return;
@@ -824,14 +829,14 @@ void proxy_tunnel_client_eof(struct req *r)
     struct evbuffer *in = r->in;
 
     if (uc == NULL) {
-    req_abort(r, false);
+        req_abort(r, false);
         return;
     }
     r->body_seen += evbuffer_get_length(in);
     evbuffer_remove_buffer(in, uc->io->out, evbuffer_get_length(in));
     io_flush(uc->io);
     if (io_pending_out(uc->io) == 0 || io_failed(uc->io)) {
-    tunnel_end(r, NULL);
+        tunnel_end(r, NULL);
         return;
     }
     uc->io->write_low = 0; /* tunnel_up_write_cb: all of it written */

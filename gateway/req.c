@@ -129,7 +129,7 @@ void req_begin(struct req *r)
     r->sec_block = r->tls ? h->block_https : h->block_http;
     r->sec_block_len = r->tls ? h->block_https_len : h->block_http_len;
     gettimeofday(&r->start, NULL);
-    memcpy(r->client_ip, r->peer_ip, sizeof(r->client_ip));
+    client_peer_address(r);
 }
 
 int req_add_header(struct req *r, const char *line, size_t len)

@@ -101,6 +101,7 @@ static const struct req_conn_ops fake_ops = {
     .done = fc_done,
     .close = fc_close,
     .tls_version = fc_tls_version,
+    .tls_sni = fc_tls_version,
 };
 
 /* ---- the stages ----------------------------------------------------------- */

@@ -70,6 +70,7 @@ static const struct req_conn_ops ops = {
     .done = on_done,
     .close = on_close,
     .tls_version = no_tls,
+    .tls_sni = no_tls,
 };
 
 static enum stage_verdict park(struct req *r, stage_resume_fn resume)
@@ -358,7 +359,11 @@ static void test_hsts_only_over_tls(void **state)
     struct answer a;
 
     request("GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n", true);
-    r->tls = false; /* the same request, as a plain listener's */
+    /* The same request, as a plain listener's: req_begin chose the block
+     * without HSTS (a plain listener itself only redirects). */
+    r->tls = false;
+    r->sec_block = cfg->headers.block_http;
+    r->sec_block_len = cfg->headers.block_http_len;
     assert_int_equal(respond_error(r, FG_ERR_NOT_FOUND), 0);
     take_answer(&a);
     assert_false(has_header(&a, "Strict-Transport-Security"));
