@@ -1566,6 +1566,12 @@ static void parse_route(struct cfg_ctx *ctx, const config_setting_t *s, struct f
         path = "/";
     r->path = cfg_strdup(ctx, path);
     r->path_len = strlen(path);
+    if ((r->label = malloc(r->host_len + r->path_len + 1)) == NULL) {
+        cfg_oom(ctx);
+    } else {
+        memcpy(r->label, r->host ? r->host : "", r->host_len);
+        memcpy(r->label + r->host_len, path, r->path_len + 1);
+    }
     if (up != NULL && (r->upstream = find_upstream(ctx->cfg, up)) == NULL)
         cfg_bad(ctx, member(s, "upstream"), "no upstream named \"%s\"", up);
     r->auth = get_auth(ctx, s, FG_AUTH_REQUIRED);
@@ -1734,7 +1740,7 @@ static void parse_previews(struct cfg_ctx *ctx, const config_setting_t *root)
     render_preview_blocks(ctx, p, &ctx->cfg->headers);
     ctx->cfg->preview_route = (struct fg_route){
         .host = "", .path = "/", .path_len = 1, .auth = p->auth, .rate_limit = true,
-        .index = ctx->cfg->nroutes,
+        .index = ctx->cfg->nroutes, .label = "preview",
     };
 }
 
@@ -1944,6 +1950,7 @@ static void free_routing(struct fg_config *cfg)
         free(cfg->routes[i].host);
         free(cfg->routes[i].path);
         free(cfg->routes[i].allow);
+        free(cfg->routes[i].label);
     }
     free(cfg->routes);
     free(cfg->previews.host_prefix);

@@ -195,6 +195,9 @@ struct fg_route {
     uint64_t methods;      /* enum h1_method mask; 0 = no list (cors.methods for preflight) */
     char *allow;           /* "GET, HEAD" pre-rendered for 405 Allow; NULL when no list */
     size_t index;          /* position in the file, for logs and metrics */
+    char *label;           /* host and path ("api.example.com/v1", "/v1" for any host),
+                              "preview" for the preview route: the access log's route and
+                              the metrics' route label */
 };
 
 struct fg_previews {

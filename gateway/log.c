@@ -370,6 +370,7 @@ static json_t *log_access_json(const struct log_access_rec *rec) {
     json_object_set_new(o, "method", log_json_slice(rec->method, rec->method_len));
     json_object_set_new(o, "host", log_json_slice(rec->host, rec->host_len));
     json_object_set_new(o, "path", log_json_path(rec));
+    json_object_set_new(o, "route", log_json_str(rec->route));
     json_object_set_new(o, "status", json_integer(rec->status));
     json_object_set_new(o, "bytes_in", json_integer((json_int_t)rec->bytes_in));
     json_object_set_new(o, "bytes_out", json_integer((json_int_t)rec->bytes_out));

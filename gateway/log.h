@@ -40,6 +40,7 @@ struct log_access_rec {
     const char *client_ip;   /* textual */
     const char *method; size_t method_len;
     const char *host; size_t host_len;
+    const char *route;       /* the matched route's label, or NULL */
     const char *path; size_t path_len;   /* normalised path */
     const char *query; size_t query_len; /* raw query (redacted by log_access) */
     int status;

@@ -435,6 +435,7 @@ static void log_request(struct req *r, struct timeval now)
         .method_len = r->h.method_len,
         .host = r->host,
         .host_len = r->host_len,
+        .route = r->route ? r->route->label : NULL,
         .path = r->path_len ? r->path : NULL,
         .path_len = r->path_len,
         .query = r->path_len ? r->h.query : NULL,

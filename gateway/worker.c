@@ -296,19 +296,6 @@ static void name_moved(void *arg, const struct sockaddr_storage *old)
     upstream_preview_forget(arg, old);
 }
 
-/* A route's label: its host and path ("api.example.com/v1"), or its path
- * alone when it serves any host. Unique, as routes are. NULL on OOM. */
-static char *route_label(const struct fg_route *rt)
-{
-    char *label = malloc(rt->host_len + rt->path_len + 1);
-
-    if (label != NULL) {
-        memcpy(label, rt->host, rt->host_len);
-        memcpy(label + rt->host_len, rt->path, rt->path_len + 1);
-    }
-    return label;
-}
-
 /* Map S's routes and upstreams to W's rows by label, adding the rows new
  * labels need (on W's thread: the rows' only writer). */
 static int snap_map_rows(struct worker *w, struct wsnap *s)
@@ -321,10 +308,7 @@ static int snap_map_rows(struct worker *w, struct wsnap *s)
     if (s->route_rows == NULL || s->upstream_rows == NULL)
         return -1;
     for (size_t i = 0; i < cfg->nroutes; i++) {
-        char *label = route_label(&cfg->routes[i]);
-        row = label ? metrics_rows_get(&w->routes, label) : -1;
-        free(label);
-        if (row < 0)
+        if ((row = metrics_rows_get(&w->routes, cfg->routes[i].label)) < 0)
             return -1;
         s->route_rows[i] = (uint32_t)row;
     }

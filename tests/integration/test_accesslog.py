@@ -30,6 +30,9 @@ def test_protocol_user_agent_sni_and_upstream_status():
         eq(e.get("user_agent"), "probe/1.0 (flowgate test)", "user agent")
         eq(e.get("sni"), "localhost", "TLS server name")
         eq(e.get("upstream_status"), 201, "upstream status")
+        eq(e.get("route"), "/", "the matched route, as the metrics' route label")
+        check(fg.metrics().get('flowgate_requests_total{route="/",code="2xx"}', 0) >= 1,
+              "the metrics count the same route label")
 
         with Conn.tls(fg.https_port) as c:
             c.send(b"GET /ten HTTP/1.0\r\nHost: localhost\r\nUser-Agent: "
@@ -50,6 +53,7 @@ def test_protocol_user_agent_sni_and_upstream_status():
         eq(r.status, 308, "the plain listener's redirect")
         e = line_for(fg, r.header("X-Request-Id"))
         eq(e.get("upstream_status"), None, "no upstream status on flowgate's own answer")
+        eq(e.get("route"), None, "no route for the plain listener's redirect")
         eq(e.get("sni"), None, "no server name on the plain listener")
         eq(e.get("tls"), None, "no TLS version on the plain listener")
 

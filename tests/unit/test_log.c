@@ -108,6 +108,7 @@ static struct log_access_rec sample_rec(void) {
         .ratelimit = "allowed",
         .tls_version = "TLSv1.3",
         .sni = "api.example.com",
+        .route = "api.example.com/v1",
         .protocol = "HTTP/1.1",
         .user_agent = "curl/7.88.1 and then some",
         .user_agent_len = 11,
@@ -151,11 +152,12 @@ static void test_access_fields(void **state) {
     assert_str_field(j, "ratelimit", "allowed");
     assert_str_field(j, "tls", "TLSv1.3");
     assert_str_field(j, "sni", "api.example.com");
+    assert_str_field(j, "route", "api.example.com/v1");
     assert_str_field(j, "protocol", "HTTP/1.1");
     assert_str_field(j, "user_agent", "curl/7.88.1");
     assert_int_equal(json_integer_value(json_object_get(j, "upstream_status")), 201);
     assert_true(json_is_null(json_object_get(j, "error")));
-    assert_int_equal(json_object_size(j), 21);
+    assert_int_equal(json_object_size(j), 22);
     json_decref(j);
     log_close();
 }
@@ -168,7 +170,7 @@ static void test_access_nulls(void **state) {
     static const char *nulls[] = {"request_id", "client_ip", "method",      "host",
                                   "path",       "upstream",  "upstream_ms", "user",
                                   "tier",       "ratelimit", "tls",         "sni",
-                                  "protocol",   "user_agent", "upstream_status"};
+                                  "protocol",   "user_agent", "upstream_status", "route"};
     json_t *j;
 
     open_logs(path, "stderr", FG_LOG_INFO);
