@@ -169,14 +169,14 @@ void rl_timeouts_reset(struct rl_timeouts *t)
 
 static void set_state(struct rl_link *l, enum rl_link_state st)
 {
-    __atomic_store_n(&l->state, (int)st, __ATOMIC_RELAXED);
+    __atomic_store_n(&l->state, (int)st, __ATOMIC_RELEASE);
 }
 
 enum rl_link_state rl_link_state(const struct rl_link *l)
 {
     if (l == NULL)
         return RL_LINK_DOWN;
-    return (enum rl_link_state)__atomic_load_n(&l->state, __ATOMIC_RELAXED);
+    return (enum rl_link_state)__atomic_load_n(&l->state, __ATOMIC_ACQUIRE);
 }
 
 void rl_link_set_cfg(struct rl_link *l, struct fg_config *owner, const struct fg_redis *cfg)
@@ -895,6 +895,10 @@ static void call_deadline_cb(evutil_socket_t fd, short what, void *arg)
     c->arg = NULL;
     c->late = true;
     l->late++;
+    /* Down before the answer goes: whoever saw this request's 503 and then
+     * asks /readyz must find the link down, not still up. */
+    if (down && l->ac != NULL)
+        set_state(l, RL_LINK_DOWN);
     if (done != NULL) {
         note_timeout(l);
         done(done_arg, RL_CALL_TIMEOUT, NULL);
