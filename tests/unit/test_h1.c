@@ -124,6 +124,41 @@ static ssize_t head_end(const char *s, size_t len)
     return h1_head_end(at_page_end(s, len), len);
 }
 
+/* A control character anywhere in a long value is refused, at every offset
+ * a word-at-a-time scan could miss (word boundaries, the tail); HTAB, SP and
+ * obs-text (0x80-0xff) pass wherever they are. */
+static void test_value_controls_at_every_offset(void **state)
+{
+    static const unsigned char bad[] = {0x01, 0x08, 0x0b, 0x1f, 0x7f};
+    static const unsigned char good[] = {'\t', ' ', 0x80, 0xa0, 0xff, '~', 0x20, 0x7e};
+    struct h1_request req;
+    char head[256];
+
+    for (size_t len = 1; len <= 40; len++) {
+        for (size_t at = 0; at < len; at++) {
+            char value[64];
+            memset(value, 'v', len);
+            value[len] = '\0';
+            for (size_t b = 0; b < sizeof(bad); b++) {
+                value[at] = (char)bad[b];
+                int n = snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nX-V: %s\r\n\r\n",
+                                 value);
+                if (parse_req_n(&req, head, (size_t)n, 64, false) != H1_BAD_REQUEST)
+                    fail_msg("byte 0x%02x at %zu of %zu accepted", bad[b], at, len);
+            }
+            for (size_t g = 0; g < sizeof(good); g++) {
+                value[at] = (char)good[g];
+                if (at == 0 && (good[g] == '\t' || good[g] == ' '))
+                    continue; /* leading OWS is trimmed, not part of the value */
+                int n = snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nX-V: %s\r\n\r\n",
+                                 value);
+                if (parse_req_n(&req, head, (size_t)n, 64, false) != H1_OK)
+                    fail_msg("byte 0x%02x at %zu of %zu refused", good[g], at, len);
+            }
+        }
+    }
+}
+
 static void test_head_end(void **state)
 {
     const char *ok = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -1136,6 +1171,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_head_end, release_slots),
         cmocka_unit_test_teardown(test_head_end_rejects, release_slots),
+        cmocka_unit_test_teardown(test_value_controls_at_every_offset, release_slots),
         cmocka_unit_test_teardown(test_get, release_slots),
         cmocka_unit_test_teardown(test_post_length, release_slots),
         cmocka_unit_test_teardown(test_content_length_zero, release_slots),
