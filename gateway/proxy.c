@@ -216,7 +216,7 @@ static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer 
  * charging a card), and another try would also double the client's wait.
  */
 #define UP_RETRY_MASK                                                                              \
-    ((1u << UP_FAIL_REFUSED) | (1u << UP_FAIL_CONNECT_TIMEOUT) | (1u << UP_FAIL_ERROR) |          \
+    ((1u << UP_FAIL_REFUSED) | (1u << UP_FAIL_CONNECT_TIMEOUT) | (1u << UP_FAIL_ERROR) |           \
      (1u << UP_FAIL_CLOSED) | (1u << UP_FAIL_BAD_RESPONSE))
 
 /* The one place that decides between another try and the failure answer:

@@ -546,8 +546,8 @@ static void test_refused_server_ejected(void **state)
         upstream_close(uc);
     }
     run_ms(st.base, 400);
-    pool->next = 0; /* its turn */
-    struct upconn *uc = connect_new(pool, st.base, UP_FAIL_REFUSED); /* back, failing again */
+    pool->next = 0; /* its turn: back, and failing again */
+    struct upconn *uc = connect_new(pool, st.base, UP_FAIL_REFUSED);
     assert_int_equal(uc->server, 0);
     upstream_close(uc);
     for (int i = 0; i < 2; i++) {
