@@ -341,12 +341,10 @@ void upstream_server_failed(struct upconn *uc)
                          __ATOMIC_RELAXED);
 }
 
-void upstream_server_ok(struct upconn *uc)
+void upstream_server_recovered(struct upconn *uc)
 {
     struct upstream_server_state *s = &uc->pool->servers[uc->server];
 
-    if (s->fails == 0)
-        return;
     s->fails = 0;
     __atomic_store_n(&s->down_until_ms, 0, __ATOMIC_RELAXED);
 }

@@ -146,8 +146,14 @@ const char *upstream_server_text(const struct upconn *uc);
 void upstream_server_failed(struct upconn *uc);
 
 /* UC's server answered with a response head: its failures are forgotten and
- * an ejected server is back at once. */
-void upstream_server_ok(struct upconn *uc);
+ * an ejected server is back at once. Inline: every response passes here, and
+ * almost always finds nothing to forget. */
+void upstream_server_recovered(struct upconn *uc);
+static inline void upstream_server_ok(struct upconn *uc)
+{
+    if (uc->pool->servers[uc->server].fails != 0)
+        upstream_server_recovered(uc);
+}
 
 uint64_t upstream_now_ms(void);
 
