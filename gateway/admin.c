@@ -272,8 +272,8 @@ out:
 }
 
 /*
- * Is server J of upstream I (of the configuration in force) marked down by a
- * worker? Only the workers that run the configuration in force are read: a
+ * Is server J of upstream I (of the configuration in force) ejected by a
+ * worker (max_fails consecutive failures, for fail_timeout_ms)? Only the workers that run the configuration in force are read: a
  * worker stores its generation (release) after installing that snapshot, and
  * cannot install another before main hands it one, which main cannot do
  * while it runs this, so the snapshot read here stays alive. down_until_ms
@@ -298,7 +298,7 @@ static void upstream_metrics(const struct admin *a, struct evbuffer *out)
     uint64_t now = upstream_now_ms();
 
     FAMILY("flowgate_upstream_server_up", "gauge",
-           "0 while a worker skips the server after it refused a connection.");
+           "0 while a worker skips the server: ejected after max_fails consecutive failures.");
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct fg_upstream *u = &cfg->upstreams[i];
         for (size_t j = 0; j < u->nservers; j++) {

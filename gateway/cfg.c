@@ -114,10 +114,11 @@ static const char *const cors_keys[] = {
     "origins", "credentials", "methods", "headers", "expose_headers", "max_age", NULL,
 };
 static const char *const upstream_keys[] = {
-    "servers", "connect_timeout_ms", "read_timeout_ms", "keepalive", NULL,
+    "servers", "connect_timeout_ms", "read_timeout_ms", "keepalive", "max_tries", "max_fails",
+    "fail_timeout_ms", NULL,
 };
 static const char *const route_keys[] = {
-    "host", "path", "upstream", "auth", "rate_limit", "methods", NULL,
+    "host", "path", "upstream", "auth", "rate_limit", "methods", "read_timeout_ms", NULL,
 };
 static const char *const previews_keys[] = {
     "host", "upstream", "auth", "strip_credentials", "platform_cookies", "frame_ancestors",
@@ -1479,6 +1480,9 @@ static void parse_upstream(struct cfg_ctx *ctx, const config_setting_t *s, struc
     u->connect_timeout_ms = (uint32_t)get_int(ctx, s, "connect_timeout_ms", 2000, 1, CFG_INT_MAX);
     u->read_timeout_ms = (uint32_t)get_int(ctx, s, "read_timeout_ms", 30000, 1, CFG_INT_MAX);
     u->keepalive = (uint32_t)get_int(ctx, s, "keepalive", 64, 0, 65535);
+    u->max_tries = (uint32_t)get_int(ctx, s, "max_tries", 2, 1, FG_UPSTREAM_TRIES_MAX);
+    u->max_fails = (uint32_t)get_int(ctx, s, "max_fails", 3, 0, 1000);
+    u->fail_timeout_ms = (uint32_t)get_int(ctx, s, "fail_timeout_ms", 10000, 1, CFG_INT_MAX);
 }
 
 static void parse_upstreams(struct cfg_ctx *ctx, const config_setting_t *root)
@@ -1574,6 +1578,7 @@ static void parse_route(struct cfg_ctx *ctx, const config_setting_t *s, struct f
     }
     if (up != NULL && (r->upstream = find_upstream(ctx->cfg, up)) == NULL)
         cfg_bad(ctx, member(s, "upstream"), "no upstream named \"%s\"", up);
+    r->read_timeout_ms = (uint32_t)get_int(ctx, s, "read_timeout_ms", 0, 1, CFG_INT_MAX);
     r->auth = get_auth(ctx, s, FG_AUTH_REQUIRED);
     r->rate_limit = get_bool(ctx, s, "rate_limit", true);
     if (methods != NULL)

@@ -172,14 +172,19 @@ struct fg_cors {
     uint32_t max_age;
 };
 
+#define FG_UPSTREAM_TRIES_MAX 16 /* bound on max_tries (nginx's proxy_next_upstream_tries) */
+
 struct fg_upstream {
     char *name;
     struct fg_sockaddr *servers;
     size_t nservers;
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;
-    uint32_t keepalive;  /* idle connections kept per worker */
-    size_t index;        /* position in cfg->upstreams: per-worker pool slot */
+    uint32_t keepalive;       /* idle connections kept per worker */
+    uint32_t max_tries;       /* attempts of one request, on distinct servers (1 .. 16) */
+    uint32_t max_fails;       /* consecutive failed attempts that eject a server; 0 = never */
+    uint32_t fail_timeout_ms; /* how long an ejected server is skipped */
+    size_t index;             /* position in cfg->upstreams: per-worker pool slot */
 };
 
 enum fg_auth_mode { FG_AUTH_NONE = 0, FG_AUTH_OPTIONAL = 1, FG_AUTH_REQUIRED = 2 };
@@ -190,6 +195,7 @@ struct fg_route {
     char *path;            /* prefix, begins with '/' */
     size_t path_len;
     struct fg_upstream *upstream;
+    uint32_t read_timeout_ms; /* bound on the upstream's silence; 0 = the upstream's */
     enum fg_auth_mode auth;
     bool rate_limit;       /* tier limits apply */
     uint64_t methods;      /* enum h1_method mask; 0 = no list (cors.methods for preflight) */

@@ -13,7 +13,9 @@
  *
  *   proxy_start -> connect/reuse -> head + body up -> response head down
  *        ^  (reused connection died before answering: retry once fresh)
- *        +-- refused: next server --+      -> body down -> finish
+ *        +-- refused, connect timeout, closed before any response byte,
+ *            no body byte sent yet: next server (max_tries in all)
+ *                                          -> body down -> finish
  *                                          -> 101 to a WebSocket upgrade: tunnel
  *
  * A tunnel (RFC 6455 4.1) relays bytes as they come in both directions with
@@ -53,6 +55,15 @@ static void set_up_timer(struct upconn *uc, uint32_t ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     event_add(uc->timer, &tv);
+}
+
+/* The bound on the upstream's silence: the route's (a long generation
+ * endpoint beside short API calls on one upstream), else the upstream's. */
+static uint32_t read_timeout_ms(const struct req *r)
+{
+    uint32_t ms = r->route != NULL ? r->route->read_timeout_ms : 0;
+
+    return ms != 0 ? ms : r->pool->u->read_timeout_ms;
 }
 
 void proxy_abort(struct req *r)
@@ -196,22 +207,29 @@ static int write_request_head(struct req *r, struct upconn *uc, struct evbuffer 
 
 /* ---- failures before a response -------------------------------------- */
 
-/* Failures after which the next server is tried (nginx's failure mask):
- * a timeout is not, since another try would double the client's wait. */
+/*
+ * Failures after which the next server is tried (nginx's proxy_next_upstream
+ * error timeout): the request never reached a server (refused, connect
+ * timeout or error), or one closed or garbled its answer before a response
+ * head, which a server's crash or restart does. A read timeout is not: the
+ * server took the request and went silent, it may be acting on it (a POST
+ * charging a card), and another try would also double the client's wait.
+ */
 #define UP_RETRY_MASK                                                                              \
-    ((1u << UP_FAIL_REFUSED) | (1u << UP_FAIL_ERROR) | (1u << UP_FAIL_CLOSED) |                    \
-     (1u << UP_FAIL_BAD_RESPONSE))
+    ((1u << UP_FAIL_REFUSED) | (1u << UP_FAIL_CONNECT_TIMEOUT) | (1u << UP_FAIL_ERROR) |           \
+     (1u << UP_FAIL_CLOSED) | (1u << UP_FAIL_BAD_RESPONSE))
 
-/* The one place that decides between another try and the failure answer. */
-static bool may_retry(const struct req *r, bool was_reused, enum upstream_fail fail)
+/* The one place that decides between another try and the failure answer:
+ * never once a body byte left (it cannot be sent again), and at most
+ * max_tries tries, each on a server of its own. */
+static bool may_retry(const struct req *r, enum upstream_fail fail)
 {
-    size_t nservers = r->pool->u->nservers;
+    const struct fg_upstream *u = r->pool->u;
 
     if (r->body_seen > 0 || r->resp == RESP_STARTED)
         return false; /* body bytes are gone upstream: cannot replay them */
-    if (was_reused)
-        return r->attempts <= nservers + 1; /* a stale pooled connection */
-    return (UP_RETRY_MASK & (1u << fail)) && r->attempts < nservers;
+    return (UP_RETRY_MASK & (1u << fail)) && r->attempts < u->max_tries &&
+           r->attempts < u->nservers;
 }
 
 /* One failed exchange with R's upstream (each attempt counts), by kind. */
@@ -223,10 +241,16 @@ static void count_failure(struct req *r, enum upstream_fail fail)
         metrics_bump(&c[fail]);
 }
 
+/* A pooled connection that closes before answering was most likely closed
+ * by the server's idle timeout as the request crossed it (RFC 9112 9.3.1):
+ * it is no try, and says nothing of the server (nginx does the same). The
+ * next try is on a new connection, so this happens once a request. */
 static void upstream_failed(struct req *r, bool was_reused, enum upstream_fail fail)
 {
     count_failure(r, fail);
-    if (may_retry(r, was_reused, fail)) {
+    if (was_reused && fail == UP_FAIL_CLOSED)
+        r->attempts--;
+    if (may_retry(r, fail)) {
         connect_upstream(r, false);
         return;
     }
@@ -241,11 +265,15 @@ static void upstream_failed(struct req *r, bool was_reused, enum upstream_fail f
     req_answer(r, timeout ? FG_ERR_GATEWAY_TIMEOUT : FG_ERR_BAD_GATEWAY);
 }
 
-/* Drop the link to the upstream, then fail the request. */
+/* Drop the link to the upstream, then fail the request. Out of memory
+ * (UP_FAIL_ERROR here) says nothing of the server, nor a stale pooled
+ * connection (upstream_failed). */
 static void fail_link(struct req *r, enum upstream_fail fail)
 {
     bool reused = r->up ? r->up->reused : false;
 
+    if (r->up && (fail == UP_FAIL_BAD_RESPONSE || (fail == UP_FAIL_CLOSED && !reused)))
+        upstream_server_failed(r->up);
     proxy_abort(r);
     upstream_failed(r, reused, fail);
 }
@@ -257,7 +285,7 @@ static void request_body_done(struct req *r)
     r->body = BODY_NONE;
     r->ops->clear_timer(r->conn);
     if (r->up && r->resp == RESP_NONE)
-        set_up_timer(r->up, r->up->pool->u->read_timeout_ms);
+        set_up_timer(r->up, read_timeout_ms(r));
 }
 
 /*
@@ -375,7 +403,7 @@ static void arm_up_timer(struct req *r)
     if (r->resp == RESP_STARTED && r->ops->pending_out(r->conn) >= PROXY_WRITE_HIGH)
         event_del(uc->timer);
     else
-        set_up_timer(uc, uc->pool->u->read_timeout_ms);
+        set_up_timer(uc, read_timeout_ms(r));
 }
 
 void proxy_client_writable(struct req *r)
@@ -447,7 +475,7 @@ static void connect_upstream(struct req *r, bool allow_pooled)
     r->attempts++;
     /* Held while connecting too: a client that goes away mid-connect closes
      * it through proxy_abort, so no callback can reach a freed connection. */
-    r->up = upstream_get(pool, on_upstream_ready, r, allow_pooled, &ready);
+    r->up = upstream_get(pool, on_upstream_ready, r, allow_pooled, &r->up_tried, &ready);
     if (r->up == NULL)
         upstream_failed(r, false, UP_FAIL_ERROR);
     else if (ready)
@@ -478,6 +506,7 @@ void proxy_start(struct req *r)
     r->tunnel = wants_websocket(r);
     r->state = REQ_UPSTREAM;
     r->attempts = 0;
+    r->up_tried = 0;
     connect_upstream(r, true);
 }
 
@@ -616,6 +645,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
         if (uc->resp.status >= 200 || uc->resp.status == 101)
             break;
     }
+    upstream_server_ok(uc);
     struct timeval now;
     gettimeofday(&now, NULL);
     r->upstream_ms =
@@ -637,6 +667,7 @@ static int read_response_head(struct req *r, struct upconn *uc)
 bad:
     r->error_code = "bad upstream response";
     count_failure(r, UP_FAIL_BAD_RESPONSE);
+    upstream_server_failed(uc);
     proxy_abort(r);
     if (r->resp == RESP_STARTED)
         req_abort(r, true);
@@ -768,6 +799,7 @@ static void up_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct req *r = uc->owner;
 
     req_hold(r);
+    upstream_server_failed(uc);
     if (r->resp == RESP_NONE) {
         proxy_abort(r);
         upstream_failed(r, false, UP_FAIL_READ_TIMEOUT);

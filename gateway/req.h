@@ -154,7 +154,8 @@ struct req {
     struct timeval start;         /* head complete */
     struct timeval up_start;      /* request started upstream */
     double upstream_ms;
-    unsigned attempts;            /* upstream connection attempts */
+    unsigned attempts;            /* upstream tries (a stale pooled connection is none) */
+    uint64_t up_tried;            /* servers tried, bit i % 64 for server i (upstream_get) */
     /* identity, filled by the JWT stage; NULL when anonymous */
     const char *user;             /* points into user_buf */
     size_t user_len;

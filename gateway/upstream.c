@@ -255,6 +255,7 @@ static struct upstream_pool *dyn_new_pool(struct worker *w, const struct sockadd
     p->dyn_u.connect_timeout_ms = UPSTREAM_PREVIEW_CONNECT_MS;
     p->dyn_u.read_timeout_ms = UPSTREAM_PREVIEW_READ_MS;
     p->dyn_u.keepalive = UPSTREAM_PREVIEW_KEEPALIVE;
+    p->dyn_u.max_tries = 1; /* its one server: no other to try */
     p->u = &p->dyn_u;
     p->servers = &p->dyn_state;
     p->base = w->base;
@@ -325,11 +326,27 @@ const char *upstream_server_text(const struct upconn *uc)
     return uc->pool->u->servers[uc->server].text;
 }
 
-/* Atomic: the admin reads it from main's thread (flowgate_upstream_server_up). */
-void upstream_mark_down(struct upconn *uc)
+/* Atomic: the admin reads down_until_ms from main's thread
+ * (flowgate_upstream_server_up). A server past max_fails stays there: after
+ * its fail_timeout_ms, the first failure ejects it again (as nginx does). */
+void upstream_server_failed(struct upconn *uc)
 {
-    __atomic_store_n(&uc->pool->servers[uc->server].down_until_ms,
-                     upstream_now_ms() + UPSTREAM_DOWN_MS, __ATOMIC_RELAXED);
+    const struct fg_upstream *u = uc->pool->u;
+    struct upstream_server_state *s = &uc->pool->servers[uc->server];
+
+    if (s->fails < UINT32_MAX)
+        s->fails++;
+    if (u->max_fails != 0 && s->fails >= u->max_fails)
+        __atomic_store_n(&s->down_until_ms, upstream_now_ms() + u->fail_timeout_ms,
+                         __ATOMIC_RELAXED);
+}
+
+void upstream_server_recovered(struct upconn *uc)
+{
+    struct upstream_server_state *s = &uc->pool->servers[uc->server];
+
+    s->fails = 0;
+    __atomic_store_n(&s->down_until_ms, 0, __ATOMIC_RELAXED);
 }
 
 static void pool_unlink(struct upconn *uc)
@@ -401,19 +418,31 @@ void upstream_release(struct upconn *uc, bool keep)
         p->dyn->nidle++;
 }
 
-static size_t pick_server(struct upstream_pool *p)
+#define SERVER_BIT(i) ((uint64_t)1 << ((i) % 64))
+
+/*
+ * The next server round-robin that is neither ejected nor in TRIED. When
+ * every server left is ejected, the one ejected longest ago (the nearest to
+ * its return) is tried anyway: an operator expects a request to reach a
+ * server that may have recovered rather than a 502 no server was asked for
+ * (Envoy's panic threshold; nginx says "no live upstreams" instead). When
+ * every server was tried, plain round-robin.
+ */
+static size_t pick_server(struct upstream_pool *p, uint64_t tried)
 {
-    size_t n = p->u->nservers;
+    size_t n = p->u->nservers, best = n;
     uint64_t now = upstream_now_ms();
 
-    for (size_t tries = 0; tries < n; tries++) {
+    for (size_t k = 0; k < n; k++) {
         size_t i = p->next++ % n;
+        if (tried & SERVER_BIT(i))
+            continue;
         if (p->servers[i].down_until_ms <= now)
             return i;
+        if (best == n || p->servers[i].down_until_ms < p->servers[best].down_until_ms)
+            best = i;
     }
-    /* Every server is marked down: try them anyway, in turn, rather than
-     * failing without an attempt. */
-    return p->next++ % n;
+    return best < n ? best : p->next++ % n;
 }
 
 const char *upstream_fail_str(enum upstream_fail f)
@@ -441,8 +470,8 @@ static void connect_done(struct upconn *uc, enum upstream_fail fail)
     event_del(uc->timer);
     if (fail == UP_FAIL_NONE)
         uc->state = UPCONN_ACTIVE;
-    else if (fail == UP_FAIL_REFUSED)
-        upstream_mark_down(uc);
+    else
+        upstream_server_failed(uc);
     if (cb)
         cb(uc, fail, arg);
 }
@@ -479,7 +508,7 @@ static struct upconn *pooled(struct upstream_pool *p)
 }
 
 struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled, bool *ready)
+                            bool allow_pooled, uint64_t *tried, bool *ready)
 {
     struct upconn *uc = allow_pooled ? pooled(p) : NULL;
 
@@ -493,7 +522,8 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
         return NULL;
     uc->pool = p;
     upstream_pool_hold(p);
-    uc->server = pick_server(p);
+    uc->server = pick_server(p, *tried);
+    *tried |= SERVER_BIT(uc->server);
     uc->ready_cb = cb;
     uc->ready_arg = arg;
     uc->state = UPCONN_CONNECTING;
@@ -508,7 +538,7 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
          * the server. */
         uc->ready_cb = NULL;
         if (errno != EMFILE && errno != ENFILE && errno != ENOMEM && errno != ENOBUFS)
-            upstream_mark_down(uc);
+            upstream_server_failed(uc);
         goto fail;
     }
     io_setcb(uc->io, NULL, NULL, connect_event_cb, uc);

@@ -1,7 +1,14 @@
 /*
  * upstream.h - connections to upstream servers: per-worker keep-alive pools,
- * round-robin over an upstream's servers, a refusing server skipped for a
- * while, connect timeouts.
+ * round-robin over an upstream's servers, passive ejection of a failing
+ * server, connect timeouts.
+ *
+ * A server's health, per worker (nginx's max_fails / fail_timeout):
+ *
+ *   UP --failed attempt--> fails+1 --fails == max_fails--> EJECTED
+ *    ^  (a response head: fails = 0)                          |
+ *    +------- fail_timeout_ms later: tried again; one more failure ejects it
+ *             again, one response brings it back -------------+
  */
 #ifndef FG_UPSTREAM_H
 #define FG_UPSTREAM_H
@@ -19,11 +26,11 @@ struct worker;
 struct req;
 struct upconn;
 
-/* How long a server that refused a connection is skipped. */
-#define UPSTREAM_DOWN_MS 5000
-
+/* One server's health, kept by one worker. */
 struct upstream_server_state {
-    uint64_t down_until_ms;  /* monotonic ms; 0 = up */
+    uint64_t down_until_ms; /* monotonic ms the ejection ends; 0 = never ejected. The worker's
+                               own to write, with a relaxed atomic store: the admin reads it */
+    uint32_t fails;         /* consecutive failed attempts; 0 after a response head */
 };
 
 struct upstream_pool {
@@ -65,7 +72,7 @@ enum upconn_state {
  * the access log's error field too (upstream_fail_str()). */
 enum upstream_fail {
     UP_FAIL_NONE = 0,            /* connected / no failure */
-    UP_FAIL_REFUSED = 1,         /* connect refused: the server is marked down */
+    UP_FAIL_REFUSED = 1,         /* connect refused */
     UP_FAIL_CONNECT_TIMEOUT = 2, /* no connect within connect_timeout_ms */
     UP_FAIL_ERROR = 3,           /* any other socket error, or no memory */
     UP_FAIL_CLOSED = 4,          /* closed or reset before a response head */
@@ -113,12 +120,15 @@ void upstream_pools_close_idle(struct worker *w); /* shutting down */
 /*
  * Get a connection to one of POOL's servers: an idle pooled one (*READY set
  * true: usable now, CB is never called) or a new connect (*READY false: CB
- * runs from the loop when the connect ends). Servers marked down are skipped
- * unless all are down. NULL when no socket could be made. The caller keeps
- * the pointer so it can upstream_close() a connect it no longer wants.
+ * runs from the loop when the connect ends). A new connect goes to the next
+ * server, round-robin, that is neither ejected nor in *TRIED (the servers
+ * this request tried already: bit i % 64 for server i); when every server
+ * left is ejected, to the one ejected longest ago. Its bit is then set in
+ * *TRIED. NULL when no socket could be made. The caller keeps the pointer so
+ * it can upstream_close() a connect it no longer wants.
  */
 struct upconn *upstream_get(struct upstream_pool *pool, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled, bool *ready);
+                            bool allow_pooled, uint64_t *tried, bool *ready);
 
 /* Done with UC after a complete exchange: pool it when KEEP, else close. */
 void upstream_release(struct upconn *uc, bool keep);
@@ -129,8 +139,21 @@ void upstream_close(struct upconn *uc);
 /* The server's address text ("127.0.0.1:9001"). */
 const char *upstream_server_text(const struct upconn *uc);
 
-/* Mark the server of UC as refusing (skipped for UPSTREAM_DOWN_MS). */
-void upstream_mark_down(struct upconn *uc);
+/* An attempt on UC's server failed (refused, connect timeout or error,
+ * closed before or in its response, bad response head, read timeout): one
+ * more consecutive failure, and at max_fails the server is ejected for
+ * fail_timeout_ms. upstream.c counts the connect's own failures. */
+void upstream_server_failed(struct upconn *uc);
+
+/* UC's server answered with a response head: its failures are forgotten and
+ * an ejected server is back at once. Inline: every response passes here, and
+ * almost always finds nothing to forget. */
+void upstream_server_recovered(struct upconn *uc);
+static inline void upstream_server_ok(struct upconn *uc)
+{
+    if (uc->pool->servers[uc->server].fails != 0)
+        upstream_server_recovered(uc);
+}
 
 uint64_t upstream_now_ms(void);
 

@@ -110,13 +110,14 @@ def test_status_json_is_the_exposition_with_history():
 
 
 def test_upstream_server_marked_down_is_reported():
-    """A server that refuses connections is skipped for a while; the gauge
-    says so for that server alone."""
+    """A server that refused max_fails connections in a row (one here) is
+    ejected for a while; the gauge says so for that server alone."""
     closed = "%s:%d" % (LOOPBACK, free_port())
     with Upstream() as up:
         cfg = dict(ROUTES, upstreams={"api": {"servers": [closed, up.addr],
                                               "connect_timeout_ms": 2000,
-                                              "read_timeout_ms": 10000, "keepalive": 8}})
+                                              "read_timeout_ms": 10000, "keepalive": 8,
+                                              "max_fails": 1}})
         with Flowgate(cfg, upstream=up) as fg:
             # Round robin: within two requests one goes to the closed port.
             for i in range(4):

@@ -145,13 +145,14 @@ static char *full_config(void)
              "upstreams: {\n"
              "  api = { servers = [ \"127.0.0.1:9001\", \"[::1]:9002\" ];\n"
              "          connect_timeout_ms = 100;\n"
-             "          read_timeout_ms = 200; keepalive = 8; };\n"
+             "          read_timeout_ms = 200; keepalive = 8; max_tries = 16;\n"
+             "          max_fails = 0; fail_timeout_ms = 500; };\n"
              "  web = { servers = [ \"127.0.0.1:9003\" ]; };\n"
              "};\n"
              "routes = (\n"
              "  { host = \"\"; path = \"/\"; upstream = \"web\"; auth = \"optional\";\n"
              "    methods = [ \"GET\", \"HEAD\", \"GET\" ]; },\n"
-             "  { host = \"\"; path = \"/api/\"; upstream = \"api\"; },\n"
+             "  { host = \"\"; path = \"/api/\"; upstream = \"api\"; read_timeout_ms = 90000; },\n"
              "  { host = \"Admin.Example.COM\"; path = \"/api/\"; upstream = \"api\";\n"
              "    auth = \"none\"; rate_limit = false; },\n"
              "  { path = \"/api/auth/\"; upstream = \"api\"; auth = \"none\"; }\n"
@@ -337,11 +338,17 @@ static void test_full_upstreams_routes(void **state)
     assert_int_equal(cfg->upstreams[0].connect_timeout_ms, 100);
     assert_int_equal(cfg->upstreams[0].read_timeout_ms, 200);
     assert_int_equal(cfg->upstreams[0].keepalive, 8);
+    assert_int_equal(cfg->upstreams[0].max_tries, 16);
+    assert_int_equal(cfg->upstreams[0].max_fails, 0);
+    assert_int_equal(cfg->upstreams[0].fail_timeout_ms, 500);
     assert_string_equal(cfg->upstreams[1].name, "web");
     assert_int_equal(cfg->upstreams[1].index, 1);
     assert_int_equal(cfg->upstreams[1].connect_timeout_ms, 2000);
     assert_int_equal(cfg->upstreams[1].read_timeout_ms, 30000);
     assert_int_equal(cfg->upstreams[1].keepalive, 64);
+    assert_int_equal(cfg->upstreams[1].max_tries, 2);
+    assert_int_equal(cfg->upstreams[1].max_fails, 3);
+    assert_int_equal(cfg->upstreams[1].fail_timeout_ms, 10000);
 
     /* longest first; at equal length the named host first; file order kept */
     assert_int_equal(cfg->nroutes, 4);
@@ -362,6 +369,8 @@ static void test_full_upstreams_routes(void **state)
     assert_true(r[2].methods == 0);
     assert_null(r[2].allow);
     assert_ptr_equal(r[2].upstream, &cfg->upstreams[0]);
+    assert_int_equal(r[2].read_timeout_ms, 90000);
+    assert_int_equal(r[1].read_timeout_ms, 0); /* the upstream's */
     assert_string_equal(r[3].path, "/");
     assert_int_equal(r[3].path_len, 1);
     assert_int_equal(r[3].index, 0);
@@ -669,6 +678,29 @@ static void test_err_range(void **state)
     cfg_unref(expect_ok(text));
 }
 
+/* The first line of HEAD, and an upstream whose second line is KEYS. */
+#define UPSTREAM_WITH(keys)                                                                        \
+    "listen: { https = [ ]; http = [ \"127.0.0.1:8080\" ]; admin = \"\"; };\n"                     \
+    "upstreams: { api = { servers = [ \"127.0.0.1:9001\" ];\n" keys " }; };\n"
+
+static void test_err_upstream_failover(void **state)
+{
+    expect_error(UPSTREAM_WITH("max_tries = 0;"),
+                 "test.conf:3: upstreams.api.max_tries: must be between 1 and 16, not 0");
+    expect_error(UPSTREAM_WITH("max_tries = 17;"),
+                 "test.conf:3: upstreams.api.max_tries: must be between 1 and 16, not 17");
+    expect_error(UPSTREAM_WITH("max_fails = -1;"),
+                 "test.conf:3: upstreams.api.max_fails: must be between 0 and 1000, not -1");
+    expect_error(UPSTREAM_WITH("max_fails = \"3\";"),
+                 "test.conf:3: upstreams.api.max_fails: must be an integer");
+    expect_error(UPSTREAM_WITH("\n fail_timeout_ms = 0;"),
+                 "test.conf:4: upstreams.api.fail_timeout_ms: must be between 1");
+    cfg_unref(expect_ok(UPSTREAM_WITH("max_tries = 1; max_fails = 1000; fail_timeout_ms = 1;")));
+    expect_error(HEAD "routes = (\n { path = \"/\"; upstream = \"api\"; auth = \"none\";\n"
+                      "   read_timeout_ms = 0; }\n);\n",
+                 "test.conf:5: routes[0].read_timeout_ms: must be between 1");
+}
+
 static void test_err_address(void **state)
 {
     expect_error("listen: { https = [ ];\n  http = [ \"localhost:80\" ]; };\n",
@@ -913,6 +945,7 @@ int main(void)
         cmocka_unit_test(test_err_secret_in_file),
         cmocka_unit_test(test_err_wrong_type),
         cmocka_unit_test(test_err_range),
+        cmocka_unit_test(test_err_upstream_failover),
         cmocka_unit_test(test_err_address),
         cmocka_unit_test(test_err_route),
         cmocka_unit_test(test_err_secret_missing),

@@ -3,7 +3,8 @@
  * 127.0.0.0/8 run by the test: keep-alive reuse, idle connections the
  * server closes or writes to, a refused connect, a connect timeout (a
  * listener whose accept queue is full drops the SYN, so the connect hangs),
- * round-robin and skipping a server marked down, preview pools (one per
+ * round-robin, passive ejection (max_fails, fail_timeout_ms, the servers a
+ * request tried already, every server ejected), preview pools (one per
  * address, forgotten by address, the least recently used evicted), and
  * upstream_fail_str. Every wait is bounded by a guard timer.
  */
@@ -53,8 +54,8 @@ struct setup {
     struct worker w;      /* only id, base and dyn are used */
     struct fg_config cfg; /* only the upstream list */
     struct fg_upstream u;
-    struct fg_sockaddr servers[2];
-    char text[2][32];            /* the servers' texts */
+    struct fg_sockaddr servers[3];
+    char text[3][32];            /* the servers' texts */
     struct upstream_pool *pools; /* upstream_pools_new's; NULL for preview tests */
 };
 
@@ -235,6 +236,9 @@ static void setup_pools(struct setup *st, struct server *const *servers, size_t 
     st->u.connect_timeout_ms = connect_ms;
     st->u.read_timeout_ms = 1000;
     st->u.keepalive = keepalive;
+    st->u.max_tries = 2;
+    st->u.max_fails = 3;
+    st->u.fail_timeout_ms = 10000;
     st->cfg.upstreams = &st->u;
     st->cfg.nupstreams = 1;
     st->pools = upstream_pools_new(&st->w, &st->cfg);
@@ -265,9 +269,11 @@ static struct upconn *connect_new(struct upstream_pool *pool, struct event_base 
 {
     struct ready r = {0};
     bool ready = true;
-    struct upconn *uc = upstream_get(pool, on_ready, &r, false, &ready);
+    uint64_t tried = 0;
+    struct upconn *uc = upstream_get(pool, on_ready, &r, false, &tried, &ready);
 
     assert_non_null(uc);
+    assert_true(tried == (uint64_t)1 << uc->server);
     assert_false(ready);
     assert_int_equal(uc->state, UPCONN_CONNECTING);
     run_until(base, ready_called, &r);
@@ -309,6 +315,7 @@ static void test_keepalive_reuse(void **state)
     struct setup st;
     struct ready r = {0};
     bool ready = false;
+    uint64_t tried = 0;
 
     setup_init(&st);
     server_start(&srv, st.base, "127.0.0.1", 16);
@@ -326,7 +333,7 @@ static void test_keepalive_reuse(void **state)
     run_ms(st.base, 30); /* an idle connection nobody touches stays */
     assert_int_equal(pool->nidle, 1);
 
-    struct upconn *again = upstream_get(pool, on_ready, &r, true, &ready);
+    struct upconn *again = upstream_get(pool, on_ready, &r, true, &tried, &ready);
     assert_true(ready);
     assert_ptr_equal(again, uc);
     assert_true(again->reused);
@@ -337,7 +344,7 @@ static void test_keepalive_reuse(void **state)
     assert_int_equal(r.calls, 0);
     assert_int_equal(srv.nconns, 1);
 
-    struct upconn *other = upstream_get(pool, on_ready, &r, false, &ready);
+    struct upconn *other = upstream_get(pool, on_ready, &r, false, &tried, &ready);
     assert_false(ready);
     assert_ptr_not_equal(other, again);
     run_until(st.base, ready_called, &r);
@@ -393,6 +400,7 @@ static void test_idle_closed_by_server(void **state)
     struct setup st;
     struct ready r = {0};
     bool ready = true;
+    uint64_t tried = 0;
 
     setup_init(&st);
     server_start(&srv, st.base, "127.0.0.1", 16);
@@ -413,7 +421,7 @@ static void test_idle_closed_by_server(void **state)
     run_until(st.base, pool_empty, pool);
     assert_true(server_sees_close(&srv, 1));
 
-    struct upconn *uc = upstream_get(pool, on_ready, &r, true, &ready);
+    struct upconn *uc = upstream_get(pool, on_ready, &r, true, &tried, &ready);
     assert_false(ready);
     run_until(st.base, ready_called, &r);
     assert_int_equal(r.fail, UP_FAIL_NONE);
@@ -423,7 +431,8 @@ static void test_idle_closed_by_server(void **state)
 }
 
 /* A port where nothing listens: UP_FAIL_REFUSED through the ready callback
- * (from the loop), and the server is marked down for a while. */
+ * (from the loop), counted as one failure of the server; at max_fails
+ * consecutive ones it is ejected for fail_timeout_ms. */
 static void test_refused(void **state)
 {
     struct server closed;
@@ -433,17 +442,22 @@ static void test_refused(void **state)
     setup_init(&st);
     server_start(&closed, NULL, "127.0.0.1", -1);
     setup_pools(&st, list, 1, 4, 1000);
+    st.u.max_fails = 2;
+    struct upstream_server_state *s = &st.pools[0].servers[0];
+    upstream_close(connect_new(&st.pools[0], st.base, UP_FAIL_REFUSED));
+    assert_int_equal(s->fails, 1);
+    assert_true(s->down_until_ms == 0);
     uint64_t before = upstream_now_ms();
-    struct upconn *uc = connect_new(&st.pools[0], st.base, UP_FAIL_REFUSED);
-    assert_true(st.pools[0].servers[0].down_until_ms >= before + UPSTREAM_DOWN_MS);
-    upstream_close(uc);
+    upstream_close(connect_new(&st.pools[0], st.base, UP_FAIL_REFUSED));
+    assert_int_equal(s->fails, 2);
+    assert_true(s->down_until_ms >= before + st.u.fail_timeout_ms);
     setup_free(&st);
     server_stop(&closed);
 }
 
 /* A listener whose accept queue is full drops new SYNs: the connect hangs
- * and connect_timeout_ms ends it with UP_FAIL_CONNECT_TIMEOUT. A timeout
- * does not mark the server down. */
+ * and connect_timeout_ms ends it with UP_FAIL_CONNECT_TIMEOUT, one failure
+ * of the server. */
 static void test_connect_timeout(void **state)
 {
     struct server full;
@@ -458,15 +472,16 @@ static void test_connect_timeout(void **state)
 
     struct upconn *uc = connect_new(&st.pools[0], st.base, UP_FAIL_CONNECT_TIMEOUT);
     assert_int_equal(uc->state, UPCONN_CONNECTING);
-    assert_int_equal(st.pools[0].servers[0].down_until_ms, 0);
+    assert_int_equal(st.pools[0].servers[0].fails, 1);
+    assert_true(st.pools[0].servers[0].down_until_ms == 0); /* max_fails is 3 */
     upstream_close(uc);
     close(filler);
     setup_free(&st);
     server_stop(&full);
 }
 
-/* New connections alternate between two servers; a server marked down is
- * skipped while any other is up, and tried when all are down. */
+/* New connections alternate between two servers; an ejected server is
+ * skipped while any other is not, and tried when all are. */
 static void test_round_robin(void **state)
 {
     struct server a, b;
@@ -478,6 +493,7 @@ static void test_round_robin(void **state)
     server_start(&a, st.base, "127.0.0.1", 16);
     server_start(&b, st.base, "127.0.0.1", 16);
     setup_pools(&st, list, 2, 0, 1000);
+    st.u.max_fails = 1;
     struct upstream_pool *pool = &st.pools[0];
     for (int i = 0; i < 4; i++) {
         uc[i] = connect_new(pool, st.base, UP_FAIL_NONE);
@@ -488,15 +504,15 @@ static void test_round_robin(void **state)
     assert_int_equal(a.nconns, 2);
     assert_int_equal(b.nconns, 2);
 
-    upstream_mark_down(uc[0]);
+    upstream_server_failed(uc[0]);
     for (int i = 0; i < 4; i++)
         upstream_close(uc[i]);
     for (int i = 0; i < 3; i++) {
         uc[i] = connect_new(pool, st.base, UP_FAIL_NONE);
         assert_int_equal(uc[i]->server, 1);
     }
-    upstream_mark_down(uc[0]);
-    uc[3] = connect_new(pool, st.base, UP_FAIL_NONE); /* both down: tried anyway */
+    upstream_server_failed(uc[0]);
+    uc[3] = connect_new(pool, st.base, UP_FAIL_NONE); /* both ejected: tried anyway */
     for (int i = 0; i < 4; i++)
         upstream_close(uc[i]);
     setup_free(&st);
@@ -504,9 +520,11 @@ static void test_round_robin(void **state)
     server_stop(&b);
 }
 
-/* A server that refuses is skipped by the next requests: the other one
- * gets them. */
-static void test_refused_server_skipped(void **state)
+/* A server that refuses max_fails times in a row is skipped by the next
+ * requests (no connect reaches it: the other one gets them all), until
+ * fail_timeout_ms has passed; then it is tried again, and its first
+ * failure ejects it at once. */
+static void test_refused_server_ejected(void **state)
 {
     struct server closed, up;
     struct server *list[] = {&closed, &up};
@@ -516,11 +534,23 @@ static void test_refused_server_skipped(void **state)
     server_start(&closed, NULL, "127.0.0.1", -1);
     server_start(&up, st.base, "127.0.0.1", 16);
     setup_pools(&st, list, 2, 0, 1000);
+    st.u.max_fails = 2;
+    st.u.fail_timeout_ms = 300;
     struct upstream_pool *pool = &st.pools[0];
+    upstream_close(connect_new(pool, st.base, UP_FAIL_REFUSED)); /* 1 of 2: stays */
+    upstream_close(connect_new(pool, st.base, UP_FAIL_NONE));
+    upstream_close(connect_new(pool, st.base, UP_FAIL_REFUSED)); /* 2 of 2: ejected */
+    for (int i = 0; i < 4; i++) {
+        struct upconn *uc = connect_new(pool, st.base, UP_FAIL_NONE);
+        assert_int_equal(uc->server, 1);
+        upstream_close(uc);
+    }
+    run_ms(st.base, 400);
+    pool->next = 0; /* its turn: back, and failing again */
     struct upconn *uc = connect_new(pool, st.base, UP_FAIL_REFUSED);
     assert_int_equal(uc->server, 0);
     upstream_close(uc);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 2; i++) {
         uc = connect_new(pool, st.base, UP_FAIL_NONE);
         assert_int_equal(uc->server, 1);
         upstream_close(uc);
@@ -528,6 +558,102 @@ static void test_refused_server_skipped(void **state)
     setup_free(&st);
     server_stop(&closed);
     server_stop(&up);
+}
+
+/* A response resets a server's failures and ends its ejection; with
+ * max_fails 0 no number of failures ejects it. */
+static void test_ok_resets_and_max_fails_zero(void **state)
+{
+    struct server a, b;
+    struct server *list[] = {&a, &b};
+    struct setup st;
+
+    setup_init(&st);
+    server_start(&a, st.base, "127.0.0.1", 16);
+    server_start(&b, st.base, "127.0.0.1", 16);
+    setup_pools(&st, list, 2, 0, 1000);
+    st.u.max_fails = 2;
+    struct upstream_server_state *s = &st.pools[0].servers[0];
+    struct upconn *uc = connect_new(&st.pools[0], st.base, UP_FAIL_NONE);
+    assert_int_equal(uc->server, 0);
+    upstream_server_failed(uc);
+    upstream_server_ok(uc);
+    upstream_server_failed(uc); /* not two in a row */
+    assert_int_equal(s->fails, 1);
+    assert_true(s->down_until_ms == 0);
+    upstream_server_failed(uc);
+    assert_true(s->down_until_ms > upstream_now_ms());
+    upstream_server_ok(uc);
+    assert_int_equal(s->fails, 0);
+    assert_true(s->down_until_ms == 0);
+
+    st.u.max_fails = 0;
+    for (int i = 0; i < 100; i++)
+        upstream_server_failed(uc);
+    assert_true(s->down_until_ms == 0);
+    upstream_close(uc);
+    setup_free(&st);
+    server_stop(&a);
+    server_stop(&b);
+}
+
+/* A request's next try skips the servers it tried already, even when the
+ * round-robin cursor points at one; with all three ejected, the one
+ * ejected longest ago (the nearest to its return) is tried; once every
+ * server was tried, plain round-robin. */
+static void test_tried_and_all_ejected(void **state)
+{
+    struct server a, b, c;
+    struct server *list[] = {&a, &b, &c};
+    struct setup st;
+    struct ready r = {0};
+    bool ready;
+
+    setup_init(&st);
+    server_start(&a, st.base, "127.0.0.1", 16);
+    server_start(&b, st.base, "127.0.0.1", 16);
+    server_start(&c, st.base, "127.0.0.1", 16);
+    setup_pools(&st, list, 3, 0, 1000);
+    struct upstream_pool *pool = &st.pools[0];
+    uint64_t tried = 1u << 0 | 1u << 1; /* a and b tried by this request */
+    pool->next = 0;
+    struct upconn *uc = upstream_get(pool, on_ready, &r, false, &tried, &ready);
+    assert_int_equal(uc->server, 2);
+    assert_true(tried == 7);
+    upstream_close(uc);
+    uc = upstream_get(pool, on_ready, &r, false, &tried, &ready); /* every one tried */
+    assert_non_null(uc);
+    upstream_close(uc);
+
+    /* Ejected for 3 s, 1 s and 2 s: b returns first. */
+    st.u.max_fails = 1;
+    struct upconn *ucs[3];
+    for (int i = 0; i < 3; i++) {
+        pool->next = (size_t)i;
+        ucs[i] = connect_new(pool, st.base, UP_FAIL_NONE);
+        assert_int_equal(ucs[i]->server, (size_t)i);
+    }
+    st.u.fail_timeout_ms = 3000;
+    upstream_server_failed(ucs[0]);
+    st.u.fail_timeout_ms = 1000;
+    upstream_server_failed(ucs[1]);
+    st.u.fail_timeout_ms = 2000;
+    upstream_server_failed(ucs[2]);
+    for (int i = 0; i < 3; i++) {
+        upstream_close(ucs[i]);
+        uc = connect_new(pool, st.base, UP_FAIL_NONE);
+        assert_int_equal(uc->server, 1);
+        upstream_close(uc);
+    }
+    /* b tried by this request already: c, the next nearest. */
+    tried = 1u << 1;
+    uc = upstream_get(pool, on_ready, &r, false, &tried, &ready);
+    assert_int_equal(uc->server, 2);
+    upstream_close(uc);
+    setup_free(&st);
+    server_stop(&a);
+    server_stop(&b);
+    server_stop(&c);
 }
 
 static struct sockaddr_storage storage_of(const struct server *s, uint16_t port)
@@ -644,7 +770,9 @@ int main(void)
         cmocka_unit_test(test_fail_str),         cmocka_unit_test(test_keepalive_reuse),
         cmocka_unit_test(test_keepalive_bounds), cmocka_unit_test(test_idle_closed_by_server),
         cmocka_unit_test(test_refused),          cmocka_unit_test(test_connect_timeout),
-        cmocka_unit_test(test_round_robin),      cmocka_unit_test(test_refused_server_skipped),
+        cmocka_unit_test(test_round_robin),      cmocka_unit_test(test_refused_server_ejected),
+        cmocka_unit_test(test_ok_resets_and_max_fails_zero),
+        cmocka_unit_test(test_tried_and_all_ejected),
         cmocka_unit_test(test_preview_pools),    cmocka_unit_test(test_preview_pool_eviction),
     };
 
