@@ -34,14 +34,14 @@ import threading
 import time
 
 from harness import (JWT_SECRET, Conn, ConnectionClosed, RedisServer, TestFailure,
-                     build_request, check, client_context, eq, fail, plain_request)
-from test_previews import Setup, host_of
+                     build_request, check, client_context, eq, fail)
+from test_previews import Setup, host_of, upstream_name
 
 TIMEOUT = 60
 
 SEED = int(os.environ.get("FG_CHAOS_SEED", "20240611"))
-THREADS = 12
-STORM_S = 7.0
+THREADS = int(os.environ.get("FG_CHAOS_THREADS", "12"))
+STORM_S = float(os.environ.get("FG_CHAOS_SECONDS", "7"))
 ORIGIN = "https://app.example.com"
 
 # Every reason a line of this storm may carry in "error" (None: served).
@@ -190,19 +190,24 @@ class Client:
         if kind == 5:
             return "GET", "/open/c%d" % tag, [("Origin", "https://evil.test")], "localhost"
         if kind == 6:
-            return "GET", "/p%d" % tag, [], host_of(rng.choice(["alpha", "alpha", "nobody"]))
+            return ("GET", "/p%d" % tag, [],
+                    host_of(rng.choice(["alpha", "alpha", "nobody", "slowdns"])))
         if kind == 7:
             return "GET", "/slow/%d" % rng.choice([10, 200, 900, 1600]), [], "localhost"
         if kind == 8:
             return "GET", rng.choice(["/truncate", "/reset", "/close-before", "/trickle?ms=20"]), \
                 [], "localhost"
         if kind == 9:
-            return "GET", "/bytes/%d" % rng.choice([0, 100, 70000]), [], "localhost"
+            return (rng.choice(["GET", "HEAD"]), "/bytes/%d" % rng.choice([0, 100, 70000]), [],
+                    "localhost")
         return "GET", "/open/k%d" % tag, [], "localhost"
 
     def request_bytes(self):
         """(bytes, method, path)"""
         m, p, h, host = self.target()
+        if m == "GET" and self.rng.random() < 0.2:
+            m, p = "POST", p.replace("/open/", "/echo/", 1)
+            return build_request(m, p, h, b"p" * self.rng.randrange(0, 3000), host), m, p
         return build_request(m, p, h, None, host), m, p
 
     # -- scripts
@@ -218,7 +223,7 @@ class Client:
             c.close()
 
     def s_cut_head(self):
-        c = self.connect()
+        c = self.connect(tls=self.rng.random() < 0.8)
         data = self.request_bytes()[0]
         c.send(data[:self.rng.randrange(1, len(data))])
         self.end(c)
@@ -309,7 +314,7 @@ class Client:
         self.end(c)
 
     def s_pipeline(self):
-        c = self.connect()
+        c = self.connect(tls=self.rng.random() < 0.8)
         k = self.rng.randrange(2, 6)
         reqs = [self.request_bytes() for _ in range(k)]
         if self.rng.random() < 0.3:
@@ -399,7 +404,7 @@ class Client:
 
 # ------------------------------------------------------------------ the storm
 
-def chaos_config(redis):
+def chaos_config(redis, on_redis_failure):
     return {
         "limits": {"header_timeout_ms": 1500, "body_timeout_ms": 1500,
                    "keepalive_timeout_ms": 2000, "send_timeout_ms": 1000},
@@ -409,7 +414,7 @@ def chaos_config(redis):
         "cors": {"origins": [ORIGIN], "credentials": True},
         "rate_limit": {
             "redis": {"address": redis.addr, "timeout_ms": 200, "key_prefix": "chaos:"},
-            "on_redis_failure": "local",
+            "on_redis_failure": on_redis_failure,
             "tiers": {"anonymous": {"limit": 100000, "window": 60},
                       "authenticated": {"limit": 100000, "window": 60}},
             "endpoints": ({"path": "/tight", "limit": 5, "window": 60, "key": "ip"},),
@@ -464,10 +469,14 @@ def check_log(log, seen):
               % (e.get("error"), json.dumps(e)))
 
 
-def storm(label, scripts, redis_stalls, threads=THREADS, duration=STORM_S):
+def storm(label, scripts, redis_stalls, on_redis_failure="local", threads=THREADS,
+          duration=STORM_S):
     seed = SEED + sum(label.encode())
     print("chaos %s: seed %d (FG_CHAOS_SEED=%d)" % (label, seed, SEED))
-    with RedisServer() as redis, Setup(names=("alpha",), extra=chaos_config(redis)) as s:
+    # A name whose DNS queries go unanswered: its preview requests wait.
+    zone = {upstream_name("slowdns"): "drop"}
+    with RedisServer() as redis, Setup(names=("alpha",), zone=zone,
+                                       extra=chaos_config(redis, on_redis_failure)) as s:
         fg = s.fg
         deadline = time.monotonic() + duration
         seen, faults, mixups = [], [], []
@@ -507,7 +516,7 @@ def test_chaos_mixed():
 
 def test_chaos_redis_stalls():
     storm("redis", ("s_simple", "s_cut_head", "s_cut_body", "s_pipeline", "s_idle",
-                    "s_expect_wait"), redis_stalls=True)
+                    "s_expect_wait"), redis_stalls=True, on_redis_failure="deny")
 
 
 def test_chaos_cuts_and_tunnels():
