@@ -714,7 +714,8 @@ static void move_response_body(struct req *r)
         size_t used = 0;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             v.iov_len = 0;
-        if (v.iov_len == 0 && uc->resp.framing != H1_FRAMING_NONE) {
+        /* An empty body (Content-Length: 0) is done with no byte to feed. */
+        if (v.iov_len == 0 && uc->resp.framing != H1_FRAMING_NONE && !uc->resp.parser.msg_done) {
             if (!r->up_eof)
                 return;
             if (h1_body_eof(&uc->resp.parser) == H1_BODY_DONE)

@@ -379,3 +379,23 @@ def test_tunnel_closed_by_the_client_closes_at_once():
                   % (time.monotonic() - started))
         finally:
             c.close()
+
+
+def test_empty_response_body_ends_with_the_head():
+    """An upstream's 200 with Content-Length: 0 on a keep-alive link is
+    complete once its head is read: it is logged as served, and a request
+    pipelined after it is answered, without waiting for more upstream bytes
+    that never come (read_timeout_ms is a minute)."""
+    cfg = {"upstreams": {"api": {"read_timeout_ms": 60000}}}
+    with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
+        c = fg.tls()
+        try:
+            c.send("GET /bytes/0 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                   "GET /status/201 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            r = c.read_response(timeout=10)
+            eq((r.status, r.header("Content-Length"), r.body), (200, "0", b""), "empty response")
+            eq(c.read_response(timeout=10).status, 201, "the request pipelined after it")
+        finally:
+            c.close()
+        e = log_for(fg, "/bytes/0")
+        eq((e.get("status"), e.get("error")), (200, None), "logged status and error")
