@@ -179,3 +179,24 @@ def test_reload_follows_the_new_path_and_keeps_the_state():
         eq(count(a, "/status/500"), old, "the old path is no longer checked")
         eq(fg.get("/after").status, 200, "a request after the reload")
         eq(a.targets().count("/after"), 1, "it reached A")
+
+
+def test_metrics_have_help_and_type_and_only_checked_upstreams():
+    """Both families carry HELP and TYPE; an upstream without a
+    health_check has no healthy gauge (its servers are never checked)."""
+    with Upstream("a") as a, Upstream("b") as b, \
+            Flowgate({"upstreams": {
+                "api": {"servers": [a.addr], "health_check": health()},
+                "other": {"servers": [b.addr]}}}) as fg:
+        eventually("a check counted", lambda: checks(fg, a.addr, "pass") >= 1)
+        r = plain_request(fg.admin_port, "GET", "/metrics", host="127.0.0.1")
+        text = r.body.decode()
+        for name, kind in (("flowgate_upstream_server_healthy", "gauge"),
+                           ("flowgate_upstream_health_checks_total", "counter")):
+            check("# HELP %s " % name in text, "HELP of %s" % name)
+            check("# TYPE %s %s\n" % (name, kind) in text, "TYPE of %s" % name)
+        m = fg.metrics()
+        eq([k for k in m if k.startswith("flowgate_upstream_server_healthy")],
+           ['flowgate_upstream_server_healthy{upstream="api",server="%s"}' % a.addr],
+           "healthy gauges")
+        eq(count(b, "/healthz"), 0, "an upstream without health_check is not checked")
