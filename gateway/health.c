@@ -32,21 +32,21 @@
 
 struct health_server {
     struct health *h;
-    char *upstream;              /* its upstream's name (owned): half of its key */
-    char *server;                /* its address as written (owned): the other half */
-    struct fg_upstream *u;       /* in h->cfg */
-    size_t index;                /* the server's position in u->servers */
-    struct io *io;               /* the check in flight; NULL while waiting */
-    struct event *timer;         /* next check while waiting, deadline while checking */
-    uint32_t fails, passes;      /* consecutive results; one of them is 0 */
-    bool down;                   /* the verdict, as written into u->health[index] */
-    bool taken;                  /* health_apply: kept for the next configuration */
+    char *upstream;                  /* its upstream's name (owned): half of its key */
+    char *server;                    /* its address as written (owned): the other half */
+    struct fg_upstream *u;           /* in h->cfg */
+    size_t index;                    /* the server's position in u->servers */
+    struct io *io;                   /* the check in flight; NULL while waiting */
+    struct event *timer;             /* next check while waiting, deadline while checking */
+    uint32_t fails, passes;          /* consecutive results; one of them is 0 */
+    bool down;                       /* the verdict, as written into u->health[index] */
+    bool taken;                      /* health_apply: kept for the next configuration */
     uint64_t results[HEALTH__COUNT]; /* checks by result, since the server was first listed */
 };
 
 struct health {
-    struct event_base *base;     /* main's loop */
-    struct fg_config *cfg;       /* the snapshot checked (a reference); NULL before the first */
+    struct event_base *base; /* main's loop */
+    struct fg_config *cfg;   /* the snapshot checked (a reference); NULL before the first */
     struct health_server **servers;
     size_t n;
 };
@@ -132,8 +132,8 @@ static void check_end(struct health_server *s, enum health_result r)
             s->fails++;
         if (!s->down && s->fails >= hc->fall) {
             server_mark(s, true);
-            log_warn("upstream %s: server %s unhealthy (%u checks failed, last: %s)",
-                     s->upstream, s->server, s->fails, health_result_str(r));
+            log_warn("upstream %s: server %s unhealthy (%u checks failed, last: %s)", s->upstream,
+                     s->server, s->fails, health_result_str(r));
         }
     }
     struct timeval tv = ms_tv(hc->interval_ms);

@@ -14,7 +14,7 @@ on a number of checks is derived from the elapsed time the test measured.
 import signal
 import time
 
-from harness import Flowgate, Upstream, check, eq, fail, plain_request
+from harness import Flowgate, Upstream, check, eq, fail, free_port, plain_request
 
 TIMEOUT = 60
 INTERVAL_MS = 100
@@ -200,3 +200,26 @@ def test_metrics_have_help_and_type_and_only_checked_upstreams():
            ['flowgate_upstream_server_healthy{upstream="api",server="%s"}' % a.addr],
            "healthy gauges")
         eq(count(b, "/healthz"), 0, "an upstream without health_check is not checked")
+
+
+def test_refused_timeout_and_garbage_are_failures():
+    """A closed port (refused), a path that hangs past timeout_ms, and a
+    server that closes before any status line all fail their checks."""
+    dead = "127.0.0.1:%d" % free_port()
+    with Upstream("a") as a, Upstream("b") as b, \
+            Flowgate({"upstreams": {
+                "api": {"servers": [dead, a.addr],
+                        "health_check": health(path="/slow/3000", timeout_ms=100, fall=1)},
+                "other": {"servers": [b.addr],
+                          "health_check": health(path="/close-before", fall=1)}}}) as fg:
+        def other(result):
+            return metric(fg, "flowgate_upstream_health_checks_total", upstream="other",
+                          server=b.addr, result=result) or 0.0
+        eventually("every kind of failure counted",
+                   lambda: checks(fg, dead, "refused") >= 1 and checks(fg, a.addr, "timeout") >= 1
+                   and other("bad_response") >= 1)
+        eventually("all three unhealthy",
+                   lambda: healthy(fg, dead) == 0.0 and healthy(fg, a.addr) == 0.0 and
+                   metric(fg, "flowgate_upstream_server_healthy", upstream="other",
+                          server=b.addr) == 0.0)
+        eq(checks(fg, a.addr, "pass") + other("pass"), 0.0, "no pass")
