@@ -25,6 +25,7 @@
 
 #include "admin.h"
 #include "h1.h"
+#include "health.h"
 #include "io.h"
 #include "metrics.h"
 #include "stage.h"
@@ -320,6 +321,7 @@ static int exposition(const struct admin *a, struct evbuffer *body)
     build_info(body);
     worker_metrics(a, body);
     upstream_metrics(a, body);
+    health_metrics(a->st->health, body);
     for (const struct stage *const *s = stage_table; *s; s++)
         if ((*s)->metrics)
             (*s)->metrics(a->st->cfg, a->workers, a->nworkers, body);

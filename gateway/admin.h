@@ -13,6 +13,7 @@
 
 struct admin;
 struct tls_ctxset;
+struct health;
 
 /* What main tells the admin about the configuration in force. Owned by
  * main and read by the admin on main's thread only. */
@@ -24,6 +25,7 @@ struct admin_state {
     double last_reload_ok;             /* seconds since the epoch (start counts) */
     bool last_reload_failed;           /* the latest reload kept the configuration in force */
     double started;                    /* the process's start, seconds since the epoch */
+    const struct health *health;       /* active health checks (health_metrics) */
 };
 
 /* Listen on ADDR. NULL with ERR when it cannot. */

@@ -115,7 +115,10 @@ static const char *const cors_keys[] = {
 };
 static const char *const upstream_keys[] = {
     "servers", "connect_timeout_ms", "read_timeout_ms", "keepalive", "max_tries", "max_fails",
-    "fail_timeout_ms", NULL,
+    "fail_timeout_ms", "health_check", NULL,
+};
+static const char *const health_keys[] = {
+    "path", "interval_ms", "timeout_ms", "fall", "rise", NULL,
 };
 static const char *const route_keys[] = {
     "host", "path", "upstream", "auth", "rate_limit", "methods", "read_timeout_ms", NULL,
@@ -1461,6 +1464,40 @@ static void parse_cors(struct cfg_ctx *ctx, const config_setting_t *root)
  * upstreams and routes
  */
 
+/* The check's request line is written as is: a path that would break it
+ * (spaces, control characters) or carry a fragment is refused here. */
+static bool health_path_ok(const char *p)
+{
+    if (p == NULL || p[0] != '/')
+        return false;
+    for (; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f || *p == '#')
+            return false;
+    return true;
+}
+
+/* health_check = { path; interval_ms; timeout_ms; fall; rise; } (optional).
+ * Every server starts healthy: the state array is zeroed. */
+static void parse_health_check(struct cfg_ctx *ctx, const config_setting_t *s,
+                               struct fg_upstream *u)
+{
+    config_setting_t *g = get_group(ctx, s, "health_check", health_keys);
+    struct fg_health_check *hc;
+
+    if (g == NULL)
+        return;
+    if ((hc = u->health_check = cfg_calloc(ctx, 1, sizeof(*hc))) == NULL)
+        return;
+    hc->path = get_str(ctx, g, "path", "/healthz");
+    if (hc->path != NULL && !health_path_ok(hc->path))
+        cfg_bad(ctx, member(g, "path"), "must start with '/' and contain no spaces, controls or '#'");
+    hc->interval_ms = (uint32_t)get_int(ctx, g, "interval_ms", 2000, 10, 3600000);
+    hc->timeout_ms = (uint32_t)get_int(ctx, g, "timeout_ms", 1000, 1, 3600000);
+    hc->fall = (uint32_t)get_int(ctx, g, "fall", 3, 1, 1000);
+    hc->rise = (uint32_t)get_int(ctx, g, "rise", 2, 1, 1000);
+    u->health = cfg_calloc(ctx, u->nservers ? u->nservers : 1, sizeof(*u->health));
+}
+
 static void parse_upstream(struct cfg_ctx *ctx, const config_setting_t *s, struct fg_upstream *u)
 {
     config_setting_t *servers;
@@ -1483,6 +1520,7 @@ static void parse_upstream(struct cfg_ctx *ctx, const config_setting_t *s, struc
     u->max_tries = (uint32_t)get_int(ctx, s, "max_tries", 2, 1, FG_UPSTREAM_TRIES_MAX);
     u->max_fails = (uint32_t)get_int(ctx, s, "max_fails", 3, 0, 1000);
     u->fail_timeout_ms = (uint32_t)get_int(ctx, s, "fail_timeout_ms", 10000, 1, CFG_INT_MAX);
+    parse_health_check(ctx, s, u);
 }
 
 static void parse_upstreams(struct cfg_ctx *ctx, const config_setting_t *root)
@@ -1949,6 +1987,10 @@ static void free_routing(struct fg_config *cfg)
     for (size_t i = 0; cfg->upstreams != NULL && i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].name);
         free_sockaddrs(cfg->upstreams[i].servers, cfg->upstreams[i].nservers);
+        if (cfg->upstreams[i].health_check != NULL)
+            free(cfg->upstreams[i].health_check->path);
+        free(cfg->upstreams[i].health_check);
+        free(cfg->upstreams[i].health);
     }
     free(cfg->upstreams);
     for (size_t i = 0; cfg->routes != NULL && i < cfg->nroutes; i++) {

@@ -174,6 +174,24 @@ struct fg_cors {
 
 #define FG_UPSTREAM_TRIES_MAX 16 /* bound on max_tries (nginx's proxy_next_upstream_tries) */
 
+/* An upstream's active health check (health_check group); absent = none. */
+struct fg_health_check {
+    char *path;           /* GET target, begins with '/' */
+    uint32_t interval_ms; /* from the end of one check to the start of the next */
+    uint32_t timeout_ms;  /* connect to status line */
+    uint32_t fall;        /* consecutive failed checks that mark a server unhealthy */
+    uint32_t rise;        /* consecutive passed checks that mark it healthy again */
+};
+
+/* What the checker (main's thread) last concluded of one server, read by
+ * every worker's server choice with relaxed atomics. It lives in the
+ * snapshot so a worker reaches it through the upstream it already holds,
+ * with no lookup and no lock; the checker keeps it for the snapshot in force
+ * and carries it into the next one at a reload (health.c). */
+struct fg_server_health {
+    uint8_t down; /* atomic: 1 = unhealthy (fall failed checks in a row); zeroed = healthy */
+};
+
 struct fg_upstream {
     char *name;
     struct fg_sockaddr *servers;
@@ -185,6 +203,9 @@ struct fg_upstream {
     uint32_t max_fails;       /* consecutive failed attempts that eject a server; 0 = never */
     uint32_t fail_timeout_ms; /* how long an ejected server is skipped */
     size_t index;             /* position in cfg->upstreams: per-worker pool slot */
+    struct fg_health_check *health_check; /* NULL: no active checks */
+    struct fg_server_health *health;      /* nservers entries with a health_check, else NULL */
+    uint32_t health_ndown;    /* atomic: servers marked unhealthy (panic when all of them) */
 };
 
 enum fg_auth_mode { FG_AUTH_NONE = 0, FG_AUTH_OPTIONAL = 1, FG_AUTH_REQUIRED = 2 };

@@ -24,6 +24,7 @@
 
 #include "admin.h"
 #include "cfg.h"
+#include "health.h"
 #include "log.h"
 #include "tls.h"
 #include "watch.h"
@@ -54,6 +55,7 @@ struct app {
     bool stopping;
     struct admin_state admin_st; /* what /metrics says of the configuration in force */
     struct watch *watch;         /* reload.watch: files of the snapshot in force; or NULL */
+    struct health *health;       /* active health checks, on this loop */
 };
 
 static void usage(FILE *f)
@@ -216,6 +218,10 @@ static void reload(struct app *app, const char *why)
     if (cfg->workers != app->nworkers)
         log_warn("reload: workers = %u needs a restart (%u run now); the rest applies",
                  cfg->workers, app->nworkers);
+    /* Before the workers get the snapshot: it carries the verdicts of servers
+     * still listed, so none of them gets traffic again in between. */
+    if (health_apply(app->health, cfg) < 0)
+        log_error("reload: health checks: out of memory; the previous ones go on");
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_reload(&app->workers[i], cfg, tls, app->admin_st.generation + 1) < 0)
             log_error("reload: worker %u: out of memory; it keeps the old configuration", i);
@@ -426,6 +432,11 @@ static int start(struct app *app, char *err)
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_init(&app->workers[i], i, app->cfg, app->tls, err, ERRBUF) < 0)
             return -1;
+    if ((app->health = health_new(app->base)) == NULL || health_apply(app->health, app->cfg) < 0) {
+        snprintf(err, ERRBUF, "health checks: out of memory");
+        return -1;
+    }
+    app->admin_st.health = app->health;
     app->admin_st.cfg = app->cfg;
     app->admin_st.tls = app->tls;
     app->admin_st.generation = 1;
@@ -455,6 +466,7 @@ static void cleanup(struct app *app)
     free(app->workers);
     admin_stop(app->admin);
     watch_free(app->watch);
+    health_free(app->health);
     struct event *evs[] = {app->sig_term, app->sig_int, app->sig_hup, app->sig_usr1,
                            app->tick, app->delay, app->deadline, app->exited_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)

@@ -18,6 +18,7 @@
 #include <event2/buffer.h>
 
 #include "hash.h"
+#include "health.h"
 #include "log.h"
 #include "proxy.h"
 #include "upstream.h"
@@ -437,7 +438,7 @@ static size_t pick_server(struct upstream_pool *p, uint64_t tried)
         size_t i = p->next++ % n;
         if (tried & SERVER_BIT(i))
             continue;
-        if (p->servers[i].down_until_ms <= now)
+        if (p->servers[i].down_until_ms <= now && health_usable(p->u, i))
             return i;
         if (best == n || p->servers[i].down_until_ms < p->servers[best].down_until_ms)
             best = i;
@@ -494,10 +495,14 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     connect_done(arg, UP_FAIL_CONNECT_TIMEOUT);
 }
 
+/* An idle connection to a server the health checks took out is closed
+ * rather than used. */
 static struct upconn *pooled(struct upstream_pool *p)
 {
-    struct upconn *uc = pool_pop(p);
+    struct upconn *uc;
 
+    while ((uc = pool_pop(p)) != NULL && !health_usable(p->u, uc->server))
+        upconn_free(uc);
     if (uc == NULL)
         return NULL;
     uc->state = UPCONN_ACTIVE;

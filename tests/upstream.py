@@ -36,6 +36,7 @@ Paths:
   /set-cookie       one Set-Cookie header per ?c= value, in order
   /trailers         chunked "trailers\n" whose trailer section holds X-Trailer and a
                     Set-Cookie
+  /health/set       ?status=N: /healthz answers status N from now on (health-check tests)
   /ws               WebSocket (RFC 6455): 101 with Sec-WebSocket-Accept, then every text,
                     binary or continuation frame echoed back unmasked, ping answered
                     with pong, close answered with close (then the connection ends)
@@ -252,6 +253,13 @@ class Conn:
         close = not keep
         name = self.server.name
 
+        if path == "/health/set":
+            self.server.health_status = int(query.get("status", ["200"])[0])
+            return await self.send(204, b"", [], close, no_body=True)
+        if path == "/healthz" and self.server.health_status is not None:
+            code = self.server.health_status
+            return await self.send(code, b'{"health":%d}' % code,
+                                   [("Content-Type", "application/json")], close, head_only)
         if path == "/echo":
             return await self.send(200, req["body"], [("Content-Type", "application/octet-stream")],
                                    close, head_only)
@@ -435,6 +443,7 @@ class Server:
     def __init__(self, name, record):
         self.name = name
         self.recorder = Recorder(record)
+        self.health_status = None  # /health/set: what /healthz answers
 
     async def on_client(self, reader, writer):
         await Conn(self, reader, writer).run()

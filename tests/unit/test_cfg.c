@@ -146,7 +146,9 @@ static char *full_config(void)
              "  api = { servers = [ \"127.0.0.1:9001\", \"[::1]:9002\" ];\n"
              "          connect_timeout_ms = 100;\n"
              "          read_timeout_ms = 200; keepalive = 8; max_tries = 16;\n"
-             "          max_fails = 0; fail_timeout_ms = 500; };\n"
+             "          max_fails = 0; fail_timeout_ms = 500;\n"
+             "          health_check = { path = \"/ready?full=1\"; interval_ms = 500;\n"
+             "                           timeout_ms = 300; fall = 4; rise = 1; }; };\n"
              "  web = { servers = [ \"127.0.0.1:9003\" ]; };\n"
              "};\n"
              "routes = (\n"
@@ -341,6 +343,18 @@ static void test_full_upstreams_routes(void **state)
     assert_int_equal(cfg->upstreams[0].max_tries, 16);
     assert_int_equal(cfg->upstreams[0].max_fails, 0);
     assert_int_equal(cfg->upstreams[0].fail_timeout_ms, 500);
+    assert_non_null(cfg->upstreams[0].health_check);
+    assert_string_equal(cfg->upstreams[0].health_check->path, "/ready?full=1");
+    assert_int_equal(cfg->upstreams[0].health_check->interval_ms, 500);
+    assert_int_equal(cfg->upstreams[0].health_check->timeout_ms, 300);
+    assert_int_equal(cfg->upstreams[0].health_check->fall, 4);
+    assert_int_equal(cfg->upstreams[0].health_check->rise, 1);
+    assert_non_null(cfg->upstreams[0].health); /* every server starts healthy */
+    assert_int_equal(cfg->upstreams[0].health[0].down, 0);
+    assert_int_equal(cfg->upstreams[0].health[1].down, 0);
+    assert_int_equal(cfg->upstreams[0].health_ndown, 0);
+    assert_null(cfg->upstreams[1].health_check); /* absent: no active checks */
+    assert_null(cfg->upstreams[1].health);
     assert_string_equal(cfg->upstreams[1].name, "web");
     assert_int_equal(cfg->upstreams[1].index, 1);
     assert_int_equal(cfg->upstreams[1].connect_timeout_ms, 2000);
@@ -701,6 +715,44 @@ static void test_err_upstream_failover(void **state)
                  "test.conf:5: routes[0].read_timeout_ms: must be between 1");
 }
 
+static void test_err_health_check(void **state)
+{
+    struct fg_config *cfg = expect_ok(UPSTREAM_WITH("health_check = { };"));
+    const struct fg_health_check *hc = cfg->upstreams[0].health_check;
+
+    assert_non_null(hc); /* an empty group: the defaults */
+    assert_string_equal(hc->path, "/healthz");
+    assert_int_equal(hc->interval_ms, 2000);
+    assert_int_equal(hc->timeout_ms, 1000);
+    assert_int_equal(hc->fall, 3);
+    assert_int_equal(hc->rise, 2);
+    cfg_unref(cfg);
+    expect_error(UPSTREAM_WITH("health_check = \"/healthz\";"),
+                 "test.conf:3: upstreams.api.health_check: must be a group { ... }");
+    expect_error(UPSTREAM_WITH("health_check = {\n port = 1; };"),
+                 "test.conf:4: unknown key 'upstreams.api.health_check.port'");
+    expect_error(UPSTREAM_WITH("health_check = {\n path = \"healthz\"; };"),
+                 "test.conf:4: upstreams.api.health_check.path: must start with '/'");
+    expect_error(UPSTREAM_WITH("health_check = { path = \"/a b\"; };"),
+                 "test.conf:3: upstreams.api.health_check.path: must start with '/'");
+    expect_error(UPSTREAM_WITH("health_check = { path = \"/a#b\"; };"),
+                 "test.conf:3: upstreams.api.health_check.path: must start with '/'");
+    expect_error(UPSTREAM_WITH("health_check = { interval_ms = 9; };"),
+                 "test.conf:3: upstreams.api.health_check.interval_ms: must be between 10 and "
+                 "3600000, not 9");
+    expect_error(UPSTREAM_WITH("health_check = { timeout_ms = 0; };"),
+                 "test.conf:3: upstreams.api.health_check.timeout_ms: must be between 1");
+    expect_error(UPSTREAM_WITH("health_check = { fall = 0; };"),
+                 "test.conf:3: upstreams.api.health_check.fall: must be between 1 and 1000, not 0");
+    expect_error(UPSTREAM_WITH("health_check = { rise = 1001; };"),
+                 "test.conf:3: upstreams.api.health_check.rise: must be between 1 and 1000, not "
+                 "1001");
+    expect_error(UPSTREAM_WITH("health_check = { rise = \"2\"; };"),
+                 "test.conf:3: upstreams.api.health_check.rise: must be an integer");
+    cfg_unref(expect_ok(UPSTREAM_WITH("health_check = { interval_ms = 10; timeout_ms = 3600000;"
+                                      " fall = 1000; rise = 1; };")));
+}
+
 static void test_err_address(void **state)
 {
     expect_error("listen: { https = [ ];\n  http = [ \"localhost:80\" ]; };\n",
@@ -946,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_err_wrong_type),
         cmocka_unit_test(test_err_range),
         cmocka_unit_test(test_err_upstream_failover),
+        cmocka_unit_test(test_err_health_check),
         cmocka_unit_test(test_err_address),
         cmocka_unit_test(test_err_route),
         cmocka_unit_test(test_err_secret_missing),
