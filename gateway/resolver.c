@@ -444,10 +444,10 @@ static void entry_resolve(struct resolver *rs, struct resolver_entry *e)
     e->query = q;
 }
 
-/* NAME's entry, answered when fresh (NULL when out of memory). Otherwise
- * WT waits on it. */
+/* NAME's entry, answered when fresh for AHEAD_MS more (NULL when out of
+ * memory). Otherwise WT waits on it. */
 static struct resolver_entry *lookup(struct resolver *rs, const char *name,
-                                     struct resolver_wait *wt, resolver_cb cb)
+                                     struct resolver_wait *wt, resolver_cb cb, uint64_t ahead_ms)
 {
     uint32_t h = (uint32_t)hash_bytes(name, strlen(name), 0);
     struct resolver_entry *e = entry_find(rs, name, h);
@@ -455,7 +455,7 @@ static struct resolver_entry *lookup(struct resolver *rs, const char *name,
     if (e == NULL && (e = entry_new(rs, name, h)) == NULL)
         return NULL;
     entry_touch(rs, e);
-    if (!e->querying && (e->st == RESOLVER_PENDING || e->expires_ms <= now_ms()))
+    if (!e->querying && (e->st == RESOLVER_PENDING || e->expires_ms <= now_ms() + ahead_ms))
         entry_resolve(rs, e);
     if (!e->querying)
         return e;
@@ -473,7 +473,7 @@ enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
                                      struct resolver_wait *wt, resolver_cb cb,
                                      struct sockaddr_storage *addr)
 {
-    struct resolver_entry *e = lookup(rs, name, wt, cb);
+    struct resolver_entry *e = lookup(rs, name, wt, cb, 0);
 
     if (e == NULL)
         return RESOLVER_FAILED;
@@ -486,9 +486,9 @@ enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
 
 enum resolver_status resolver_lookup_all(struct resolver *rs, const char *name,
                                          struct resolver_wait *wt, resolver_cb cb,
-                                         struct resolver_answer *ans)
+                                         uint64_t ahead_ms, struct resolver_answer *ans)
 {
-    struct resolver_entry *e = lookup(rs, name, wt, cb);
+    struct resolver_entry *e = lookup(rs, name, wt, cb, ahead_ms);
 
     if (e == NULL)
         return RESOLVER_FAILED;

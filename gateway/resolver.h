@@ -83,10 +83,12 @@ struct resolver_answer {
 };
 
 /* As resolver_lookup, with the whole answer (upstream servers given by
- * name): WT->cb's address is then the first only; look up again for all. */
+ * name), and an answer that expires within AHEAD_MS already looked up
+ * again (a refresh before expiry): WT->cb's address is then the first
+ * only; look up again for all. */
 enum resolver_status resolver_lookup_all(struct resolver *rs, const char *name,
                                          struct resolver_wait *wt, resolver_cb cb,
-                                         struct resolver_answer *ans);
+                                         uint64_t ahead_ms, struct resolver_answer *ans);
 
 /* Stop waiting: the callback will not be called. Idempotent. */
 void resolver_cancel(struct resolver_wait *wt);

@@ -10,10 +10,9 @@
 #include "req.h"
 #include "route.h"
 #include "stage.h"
-#include "upname.h"
 #include "worker.h"
 
-_Static_assert(7 <= WORKER_STAGES_MAX, "worker stage slots");
+_Static_assert(6 <= WORKER_STAGES_MAX, "worker stage slots");
 
 /*
  * CORS comes first, before the route's own checks: a preflight is answered
@@ -21,12 +20,10 @@ _Static_assert(7 <= WORKER_STAGES_MAX, "worker stage slots");
  * and 405 carry the CORS headers like every other response. The preview
  * stage comes last: a request refused by a token or a limit never costs a
  * DNS query (random preview names cannot flood the resolver past the rate
- * limit). So does the wait for an upstream name's first answer, last of
- * all.
+ * limit).
  */
 const struct stage *const stage_table[] = {&cors_stage,      &route_stage,   &jwtauth_stage,
-                                          &ratelimit_stage, &preview_stage, &upname_stage,
-                                          NULL};
+                                          &ratelimit_stage, &preview_stage, NULL};
 
 enum stage_verdict stage_answer(struct req *r, enum fg_error e, const char *why)
 {

@@ -17,7 +17,10 @@
 #include "upname.h"
 #include "worker.h"
 
-#define UPNAME_RECHECK_SLACK_MS 10 /* past the expiry: the cache sees it stale */
+#define UPNAME_AHEAD_MAX_MS                                                                        \
+    1000                   /* a name is looked up again this long before its answer                \
+                              expires, or a quarter of its life when shorter */
+#define UPNAME_SLACK_MS 20 /* the timer may fire a little early (coarse clock) */
 
 struct upname {
     struct upstream_pool *pool;
@@ -27,11 +30,12 @@ struct upname {
     struct resolver_wait wait;        /* the lookup in flight, if any */
     struct event *timer;              /* the next lookup */
     enum resolver_status st;          /* the last answer; PENDING before the first */
+    uint64_t ahead_ms;                /* the next lookup refreshes answers expiring within it */
     struct fg_sockaddr addrs[UPSTREAM_NAME_SLOTS]; /* what the slots point at */
     char text[UPSTREAM_NAME_SLOTS][56];            /* "10.0.0.7:8080" */
 };
 
-static void refresh(struct upname *n);
+static void refresh(struct upname *n, uint64_t ahead_ms);
 
 /* ---- the answer into the slots -------------------------------------------- */
 
@@ -114,6 +118,19 @@ static void apply(struct upname *n, const struct resolver_answer *ans)
     }
 }
 
+/* The next lookup, before EXPIRES_MS: requests never find the answer
+ * stale, so never wait for its refresh. */
+static void arm(struct upname *n, uint64_t expires_ms)
+{
+    uint64_t now = upstream_now_ms(), left = expires_ms > now ? expires_ms - now : 0;
+    uint64_t ahead = left / 4 < UPNAME_AHEAD_MAX_MS ? left / 4 : UPNAME_AHEAD_MAX_MS;
+    uint64_t ms = left - ahead;
+
+    n->ahead_ms = ahead + UPNAME_SLACK_MS;
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    event_add(n->timer, &tv);
+}
+
 /* Record answer ST: a name not found has no address any more; a failed
  * lookup keeps the addresses it had (they are likely still there, and an
  * outage of DNS should not become one of the upstream). */
@@ -128,10 +145,7 @@ static void answered(struct upname *n, enum resolver_status st, const struct res
     }
     if (st != RESOLVER_FAILED || n->st == RESOLVER_PENDING)
         n->st = st;
-    uint64_t now = upstream_now_ms();
-    uint64_t ms = (ans->expires_ms > now ? ans->expires_ms - now : 0) + UPNAME_RECHECK_SLACK_MS;
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    event_add(n->timer, &tv);
+    arm(n, ans->expires_ms);
 }
 
 /* ---- lookups ----------------------------------------------------------------- */
@@ -139,20 +153,24 @@ static void answered(struct upname *n, enum resolver_status st, const struct res
 static void name_resolved(struct resolver_wait *wt, enum resolver_status st,
                           const struct sockaddr_storage *addr)
 {
-    refresh((struct upname *)((char *)wt - offsetof(struct upname, wait)));
+    refresh((struct upname *)((char *)wt - offsetof(struct upname, wait)), 0);
 }
 
-/* Look the name up: a fresh answer is applied now, otherwise the lookup's
- * answer calls back here. The resolver caches the answer: this is also how
- * a name is brought up to date after someone else waited on its entry. */
-static void refresh(struct upname *n)
+/* Look the name up, the cached answer refreshed when it expires within
+ * AHEAD_MS (the timer's lookups only: an answer that just came is taken as
+ * it is, even a failure's short one). A fresh answer is applied now,
+ * otherwise the lookup's answer calls back here. The resolver caches the
+ * answer: this is also how a name is brought up to date after someone else
+ * waited on its entry. */
+static void refresh(struct upname *n, uint64_t ahead_ms)
 {
     struct resolver_answer ans = {.naddrs = 0, .expires_ms = 0};
     enum resolver_status st = RESOLVER_FAILED;
 
     resolver_cancel(&n->wait);
     if (n->w->resolver != NULL)
-        st = resolver_lookup_all(n->w->resolver, n->server->host, &n->wait, name_resolved, &ans);
+        st = resolver_lookup_all(n->w->resolver, n->server->host, &n->wait, name_resolved, ahead_ms,
+                                 &ans);
     if (st == RESOLVER_PENDING)
         return;
     if (ans.expires_ms == 0)
@@ -162,7 +180,9 @@ static void refresh(struct upname *n)
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-    refresh(arg);
+    struct upname *n = arg;
+
+    refresh(n, n->ahead_ms);
 }
 
 int upname_pool_init(struct worker *w, struct upstream_pool *p)
@@ -214,7 +234,7 @@ void upname_pool_free(struct upstream_pool *p)
     p->names = NULL;
 }
 
-/* ---- the stage ------------------------------------------------------------- */
+/* ---- the wait for a first answer (the route stage's) ----------------------- */
 
 /* A name of P that never answered yet (NULL when none). */
 static struct upname *pending_name(const struct upstream_pool *p)
@@ -257,11 +277,11 @@ static enum stage_verdict upname_check(struct req *r)
     while (p->nlive == 0 && (n = pending_name(p)) != NULL) {
         if (r->w->resolver == NULL)
             break;
-        enum resolver_status st = resolver_lookup(r->w->resolver, n->server->host, &r->dns_wait,
-                                                  upname_resumed, &addr);
+        enum resolver_status st =
+            resolver_lookup(r->w->resolver, n->server->host, &r->dns_wait, upname_resumed, &addr);
         if (st == RESOLVER_PENDING)
             return STAGE_WAIT;
-        refresh(n); /* answered from the cache: no longer pending */
+        refresh(n, 0); /* answered from the cache: no longer pending */
         if (n->st == RESOLVER_PENDING)
             break; /* (out of memory in the resolver) */
     }
@@ -276,7 +296,7 @@ static void upname_resumed(struct resolver_wait *wt, enum resolver_status st,
     r->dns_resume(r, upname_check(r));
 }
 
-static enum stage_verdict upname_run(struct req *r, stage_resume_fn resume)
+enum stage_verdict upname_wait(struct req *r, stage_resume_fn resume)
 {
     if (r->pool == NULL || r->pool->names == NULL || r->pool->nlive > 0)
         return STAGE_NEXT;
@@ -284,22 +304,15 @@ static enum stage_verdict upname_run(struct req *r, stage_resume_fn resume)
     return upname_check(r);
 }
 
-static void upname_cancel(struct req *r)
+void upname_cancel(struct req *r)
 {
     resolver_cancel(&r->dns_wait);
 }
 
-static bool upname_needs_resolver(const struct fg_config *cfg)
+bool upname_needs_resolver(const struct fg_config *cfg)
 {
     for (size_t i = 0; i < cfg->nupstreams; i++)
         if (cfg->upstreams[i].nnames > 0)
             return true;
     return false;
 }
-
-const struct stage upname_stage = {
-    .name = "upname",
-    .needs_resolver = upname_needs_resolver,
-    .run = upname_run,
-    .cancel = upname_cancel,
-};

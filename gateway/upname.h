@@ -14,8 +14,9 @@
  *         each answer arms the timer for its expiry, which looks it up again
  *
  * A request whose upstream has no address yet waits for the first answer
- * (the upname stage); with none to come (not found, no answer), it gets a
- * 502 whose log error says so, counted as kind "dns".
+ * (upname_wait, the route stage's last check); with none to come (not
+ * found, no answer), it gets a 502 whose log error says so, counted as kind
+ * "dns".
  */
 #ifndef FG_UPNAME_H
 #define FG_UPNAME_H
@@ -36,6 +37,15 @@ void upname_pool_stop(struct upstream_pool *p);
 /* Stopped, then freed. */
 void upname_pool_free(struct upstream_pool *p);
 
-extern const struct stage upname_stage;
+/* R's route goes to its pool: on at once when the pool has an address
+ * (always, without names); otherwise wait for a name's first answer
+ * (STAGE_WAIT, RESUME called later) or answer 502. A stage's run. */
+enum stage_verdict upname_wait(struct req *r, stage_resume_fn resume);
+
+/* The wait ends with the request: a stage's cancel. */
+void upname_cancel(struct req *r);
+
+/* Does CFG give a server by name (the worker then needs its resolver)? */
+bool upname_needs_resolver(const struct fg_config *cfg);
 
 #endif

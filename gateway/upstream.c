@@ -454,10 +454,9 @@ void upstream_release(struct upconn *uc, bool keep)
 
     uc->owner = NULL;
     uc->ready_cb = NULL;
-    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten || p->retired ||
-        s->gen != uc->gen ||
-        evbuffer_get_length(uc->io->in) > 0 || io_ended(uc->io) ||
-        (p->dyn && !dyn_make_room(p->dyn))) {
+    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten ||
+        p->retired || s->gen != uc->gen || evbuffer_get_length(uc->io->in) > 0 ||
+        io_ended(uc->io) || (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);
         return;
     }
@@ -586,21 +585,15 @@ static struct upconn *pooled(struct upstream_pool *p, size_t i)
     return uc;
 }
 
-struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled, uint64_t *tried, bool *ready)
+/* A new connection to slot I of P; CB runs when its connect ends. NULL
+ * when no socket could be made. Never inlined: upstream_get's reuse of a
+ * pooled connection, every keep-alive request's path, stays a short leaf. */
+__attribute__((noinline)) static struct upconn *upconn_connect(struct upstream_pool *p, size_t i,
+                                                               upconn_ready_cb cb, void *arg)
 {
-    size_t i = pick_server(p, *tried);
-    struct upconn *uc;
+    struct upconn *uc = calloc(1, sizeof(*uc));
 
-    *ready = false;
-    if (i == p->nslots)
-        return NULL;
-    *tried |= SERVER_BIT(i);
-    if (allow_pooled && (uc = pooled(p, i)) != NULL) {
-        *ready = true;
-        return uc;
-    }
-    if ((uc = calloc(1, sizeof(*uc))) == NULL)
+    if (uc == NULL)
         return NULL;
     uc->pool = p;
     upstream_pool_hold(p);
@@ -636,4 +629,21 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
 fail:
     upconn_free(uc);
     return NULL;
+}
+
+struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
+                            bool allow_pooled, uint64_t *tried, bool *ready)
+{
+    /* One address (the common case): round-robin has no choice to make. */
+    size_t i = p->nslots == 1 ? (p->servers[0].sa != NULL ? 0 : 1) : pick_server(p, *tried);
+
+    *ready = false;
+    if (i == p->nslots)
+        return NULL;
+    *tried |= SERVER_BIT(i);
+    if (allow_pooled && p->servers[i].idle != NULL) {
+        *ready = true;
+        return pooled(p, i);
+    }
+    return upconn_connect(p, i, cb, arg);
 }

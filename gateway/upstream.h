@@ -39,10 +39,10 @@ struct upstream_server_state {
     uint32_t nidle;         /* idle keep-alive connections to it */
     struct upconn *idle;    /* ... (LIFO) */
     const struct fg_sockaddr *sa; /* the address; NULL: a name's slot with none now */
-    uint32_t gen;           /* bumped when a name's slot changes address: what a
-                               connection to the old one shows says nothing of the new */
-    uint32_t seq;           /* (atomic) odd while upname.c rewrites the slot: the admin
-                               reads sa and down_until_ms between two equal even values */
+    uint32_t gen;                 /* bumped when a name's slot changes address: what a
+                                     connection to the old one shows says nothing of the new */
+    uint32_t seq;                 /* (atomic) odd while upname.c rewrites the slot: the admin
+                                     reads sa and down_until_ms between two equal even values */
 };
 
 #define UPSTREAM_NAME_SLOTS 8 /* addresses used of one name's answer */
@@ -111,10 +111,10 @@ typedef void (*upconn_ready_cb)(struct upconn *uc, enum upstream_fail fail, void
 struct upconn {
     struct upstream_pool *pool;
     struct upconn *next_idle;
-    size_t server;                    /* its address: index into pool->servers */
-    uint32_t gen;                     /* that slot's gen when connected */
-    const char *text;                 /* the address, for logs: the configuration's, or
-                                         text_buf for an address of a name */
+    size_t server;    /* its address: index into pool->servers */
+    uint32_t gen;     /* that slot's gen when connected */
+    const char *text; /* the address, for logs: the configuration's, or
+                         text_buf for an address of a name */
     char text_buf[56];
     struct io *io;
     enum upconn_state state;

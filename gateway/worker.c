@@ -643,7 +643,8 @@ void worker_free(struct worker *w)
     upstream_pools_free(w);
     req_free_all(w);
     stages_worker_free(w); /* after the connections: their Redis calls are detached */
-    if (w->snap != NULL) /* names' lookups, before their resolver goes */
+    /* Upstream names' lookups end before their resolver goes. */
+    if (w->snap != NULL)
         upstream_pools_retire(w->snap->pools, w->snap->npools);
     resolver_free(w->resolver); /* after the connections and the Redis link: their lookups
                                  * are cancelled */
