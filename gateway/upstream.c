@@ -45,8 +45,9 @@ static int pool_slots(struct upstream_pool *p)
             k += UPSTREAM_NAME_SLOTS;
             continue;
         }
+        if (p->nlive++ == 0)
+            p->first_live = k;
         p->servers[k++].sa = &u->servers[i];
-        p->nlive++;
     }
     return 0;
 }
@@ -403,6 +404,8 @@ void upstream_slot_set(struct upstream_pool *p, size_t i, const struct fg_sockad
     s->fails = 0;
     s->gen++;
     __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+    for (p->first_live = 0; p->first_live < p->nslots && p->servers[p->first_live].sa == NULL;)
+        p->first_live++;
 }
 
 static void pool_unlink(struct upconn *uc)
@@ -491,11 +494,10 @@ void upstream_release(struct upconn *uc, bool keep)
  */
 static size_t pick_server(struct upstream_pool *p, uint64_t tried)
 {
-    size_t n = p->nslots, best = n, any = n;
+    size_t n = p->nslots, best = n, any = n, i = p->next % n;
     uint64_t now = 0;
 
-    for (size_t k = 0; k < n; k++) {
-        size_t i = p->next++ % n;
+    for (size_t k = 0; k < n; k++, i = i + 1 < n ? i + 1 : 0) {
         const struct upstream_server_state *s = &p->servers[i];
         if (s->sa == NULL)
             continue;
@@ -503,12 +505,16 @@ static size_t pick_server(struct upstream_pool *p, uint64_t tried)
             any = i;
         if (tried & SERVER_BIT(i))
             continue;
-        if (s->down_until_ms == 0 || s->down_until_ms <= (now ? now : (now = upstream_now_ms())))
+        if (s->down_until_ms == 0 || s->down_until_ms <= (now ? now : (now = upstream_now_ms()))) {
+            p->next = i + 1;
             return i;
+        }
         if (best == n || s->down_until_ms < p->servers[best].down_until_ms)
             best = i;
     }
-    return best < n ? best : any;
+    i = best < n ? best : any;
+    p->next = i + 1;
+    return i;
 }
 
 const char *upstream_fail_str(enum upstream_fail f)
@@ -635,7 +641,7 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
                             bool allow_pooled, uint64_t *tried, bool *ready)
 {
     /* One address (the common case): round-robin has no choice to make. */
-    size_t i = p->nslots == 1 ? (p->servers[0].sa != NULL ? 0 : 1) : pick_server(p, *tried);
+    size_t i = p->nlive == 1 ? p->first_live : pick_server(p, *tried);
 
     *ready = false;
     if (i == p->nslots)

@@ -56,6 +56,7 @@ struct upstream_pool {
                                            an address, UPSTREAM_NAME_SLOTS for a name */
     size_t nslots;
     size_t nlive;                       /* slots with an address */
+    size_t first_live;                  /* the first of them (the one, when nlive == 1) */
     struct upname *names;               /* u->nnames of them (upname.c); NULL without */
     size_t next;                        /* round-robin cursor */
     uint32_t nidle;                     /* idle connections over every slot */
