@@ -100,7 +100,7 @@ def test_nxdomain_is_502_with_one_log_line():
         r = fg.get("/nx")
         eq(r.status, 502, "status for a name that does not exist")
         eq(r.json().get("error"), "bad_gateway", "error code")
-        lines = [e for e in fg.access_log() if e.get("path", e.get("target")) == "/nx"]
+        lines = [e for e in fg.access_log() if e.get("path") == "/nx"]
         eq(len(lines), 1, "access-log lines for the request: %r" % lines)
         eq(lines[0].get("error"), "upstream name not found", "logged error")
         eq(lines[0].get("status"), 502, "logged status")
@@ -220,3 +220,38 @@ def test_keepalive_reuse_respects_ejection():
             check(mb.requests(), "b served")
     finally:
         flaky.close()
+
+
+def test_first_request_waits_for_the_first_answer():
+    """The name's first query goes unanswered: a request waits on it (no
+    502 while an answer may come) and is served once the retried query is
+    answered."""
+    port = common_port([A])
+    hosts = os.path.join(tmpdir(), "hosts")
+    write_hosts(hosts, [])
+    with Mvp("a", A, port), Dns({NAME: "drop"}) as dns, \
+            Flowgate(names_config(port, hosts, dns)) as fg:
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=fg.get("/first")))
+        t.start()
+        time.sleep(0.5)
+        dns.set({NAME: [A, 30]})
+        t.join(20)
+        check("r" in out, "the waiting request never ended")
+        eq(out["r"].status, 200, "status of the request that waited (body %r)" % out["r"].body)
+        eq(json.loads(out["r"].body)["upstream"], "a", "served by the answer's address")
+
+
+
+def test_servfail_without_an_address_is_502():
+    """A name whose lookups fail (SERVFAIL) and that never had an address:
+    502, logged as not resolved, counted as kind "dns"."""
+    hosts = os.path.join(tmpdir(), "hosts")
+    write_hosts(hosts, [])
+    with Dns({NAME: "servfail"}) as dns, Flowgate(names_config(8080, hosts, dns)) as fg:
+        r = fg.get("/sf")
+        eq(r.status, 502, "status")
+        lines = [e for e in fg.access_log() if e.get("path") == "/sf"]
+        eq([e.get("error") for e in lines], ["upstream name not resolved"], "logged error")
+        eq(metric(fg, "flowgate_upstream_errors_total", upstream="api", kind="dns"), 1.0,
+           "dns errors counted")
