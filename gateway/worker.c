@@ -415,9 +415,10 @@ static bool same_resolver(const struct fg_resolver *a, const struct fg_resolver 
 }
 
 /* The resolver serves preview names, upstream servers given by name, and a
- * Redis address given as a host name (never a blocking lookup on a worker). A reload whose resolver group
- * changed makes a new one; the old one stays (unused for new lookups) until
- * the worker ends, since a request or the Redis link may still wait on it. */
+ * Redis address given as a host name (never a blocking lookup on a worker).
+ * A reload whose resolver group changed makes a new one; the old one stays
+ * (unused for new lookups) until the worker ends, since a request or the
+ * Redis link may still wait on it. */
 static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size_t errlen)
 {
     bool need = stages_need_resolver(w, cfg);
