@@ -255,3 +255,26 @@ def test_servfail_without_an_address_is_502():
         eq([e.get("error") for e in lines], ["upstream name not resolved"], "logged error")
         eq(metric(fg, "flowgate_upstream_errors_total", upstream="api", kind="dns"), 1.0,
            "dns errors counted")
+
+
+def test_reloads_keep_names_resolved():
+    """A reload builds new pools: their names resolve again (from the
+    worker's cache) with no request failing; a reload to an address and
+    back to the name works as well."""
+    from test_reload import hup, write_config
+    port = common_port([A, B])
+    hosts = os.path.join(tmpdir(), "hosts")
+    write_hosts(hosts, [(A, NAME), (B, NAME)])
+    with Mvp("a", A, port) as ma, Mvp("b", B, port), \
+            Flowgate(dict(names_config(port, hosts), workers=2)) as fg:
+        eq(sorted(who(fg, "/x%d" % i) for i in range(4)), ["a", "a", "b", "b"], "before")
+        write_config(fg, dict(names_config(port, hosts, keepalive=4), workers=2), upstream=ma)
+        hup(fg, failed=False)
+        eq(sorted(who(fg, "/y%d" % i) for i in range(4)), ["a", "a", "b", "b"], "after a reload")
+        write_config(fg, {"workers": 2, "upstreams": {"api": {"servers": [ma.addr]}}},
+                     upstream=ma)
+        hup(fg, failed=False)
+        eq({who(fg, "/z%d" % i) for i in range(3)}, {"a"}, "an address again")
+        write_config(fg, dict(names_config(port, hosts), workers=2), upstream=ma)
+        hup(fg, failed=False)
+        eq(sorted(who(fg, "/w%d" % i) for i in range(4)), ["a", "a", "b", "b"], "the name again")
