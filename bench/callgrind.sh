@@ -1,7 +1,7 @@
 #!/bin/sh
 # bench/callgrind.sh - instructions per request, counted by callgrind.
 #
-#   sh bench/callgrind.sh BINARY [S1|S2]
+#   sh bench/callgrind.sh BINARY [S1|S1N|S2]
 #
 # Runs BINARY under `valgrind --tool=callgrind` twice, behind the nginx
 # backend of bench/lib.sh: once for 200 and once for 2200 keep-alive requests
@@ -11,6 +11,8 @@
 # cancelled out. Every answer must be a 200.
 #
 #   S1  GET / (route auth = "none")                                 (default)
+#   S1N S1 with the upstream server given by name, resolved through a hosts
+#       file (resolver.hosts_file): what a resolved name costs a request
 #   S2  GET /api/items with a valid HS256 JWT and an allowed Origin: the
 #       route requires auth, the jwt group, tier limits in a redis-server
 #       started for the run, CORS (s2_knobs in bench/lib.sh, as bench/run)
@@ -23,11 +25,11 @@ set -eu
 
 . "$(dirname "$0")/lib.sh"
 
-[ $# -ge 1 ] || die "usage: sh bench/callgrind.sh BINARY [S1|S2]"
+[ $# -ge 1 ] || die "usage: sh bench/callgrind.sh BINARY [S1|S1N|S2]"
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 SCEN=${2:-S1}
 [ -x "$BIN" ] || die "$1 is not an executable"
-case $SCEN in S1 | S2) ;; *) die "unknown scenario $SCEN (S1 or S2)" ;; esac
+case $SCEN in S1 | S1N | S2) ;; *) die "unknown scenario $SCEN (S1, S1N or S2)" ;; esac
 need valgrind callgrind_annotate python3 openssl /usr/sbin/nginx
 [ "$SCEN" = S2 ] && need redis-server curl
 
@@ -38,6 +40,11 @@ start_backend "$BACKEND_PORT"
 
 REQ_PATH=/
 set --
+if [ "$SCEN" = S1N ]; then
+    printf '127.0.0.1 backend.bench.test\n' >"$BENCH_TMP/hosts"
+    FG_UPSTREAM_HOST=backend.bench.test
+    FG_EXTRA="resolver: { hosts_file = \"$BENCH_TMP/hosts\"; };"
+fi
 if [ "$SCEN" = S2 ]; then
     REDIS_PORT=$(free_port)
     spawn redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \

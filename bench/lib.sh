@@ -10,6 +10,7 @@
 #
 # Knobs read by the start_* functions (unset: the core.sh setup):
 #   FG_WORKERS=1 FG_TICKETS=true FG_ADMIN=PORT FG_ROUTES=... FG_EXTRA=...
+#   FG_UPSTREAM_HOST=127.0.0.1 (a name: with a resolver group in FG_EXTRA)
 #   NGX_RESUME=1 (0: no tickets, no session cache) NGX_STREAM=0 (1: no
 #   request/response buffering)  HAP_RESUME=1 (0: no-tls-tickets, cache 0)
 #   HAP_FRONTEND=... (lines before default_backend) HAP_EXTRA=... (sections)
@@ -282,7 +283,7 @@ headers: {
   server = "";
 };
 upstreams: {
-  backend = { servers = [ "127.0.0.1:$2" ]; connect_timeout_ms = 2000;
+  backend = { servers = [ "${FG_UPSTREAM_HOST:-127.0.0.1}:$2" ]; connect_timeout_ms = 2000;
               read_timeout_ms = 30000; keepalive = 64; };
 };
 routes = (

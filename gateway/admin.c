@@ -280,17 +280,97 @@ out:
  * while it runs this, so the snapshot read here stays alive. down_until_ms
  * is the worker's own to write: relaxed atomics on both sides.
  */
-static bool server_down(const struct admin *a, size_t i, size_t j, uint64_t now)
+/* Worker W's pools for the configuration in force (NULL while it has not
+ * taken it yet). */
+static const struct upstream_pool *worker_pools(const struct admin *a, const struct worker *w)
 {
-    for (unsigned k = 0; k < a->nworkers; k++) {
-        const struct worker *w = &a->workers[k];
-        if (__atomic_load_n(&w->generation, __ATOMIC_ACQUIRE) != a->st->generation ||
-            w->snap == NULL || i >= w->snap->npools)
-            continue;
-        if (__atomic_load_n(&w->snap->pools[i].servers[j].down_until_ms, __ATOMIC_RELAXED) > now)
+    if (__atomic_load_n(&w->generation, __ATOMIC_ACQUIRE) != a->st->generation || w->snap == NULL)
+        return NULL;
+    return w->snap->pools;
+}
+
+/* Slot K (a server given as an address) is down in some worker. */
+static bool server_down(const struct admin *a, size_t i, size_t k, uint64_t now)
+{
+    for (unsigned n = 0; n < a->nworkers; n++) {
+        const struct upstream_pool *pools = worker_pools(a, &a->workers[n]);
+        if (pools != NULL &&
+            __atomic_load_n(&pools[i].servers[k].down_until_ms, __ATOMIC_RELAXED) > now)
             return true;
     }
     return false;
+}
+
+/* Distinct addresses of one name shown: the workers resolve it apart, and
+ * may disagree for a moment while its answer changes. */
+#define NAME_ADDRS_SEEN (4 * UPSTREAM_NAME_SLOTS)
+
+/* One address of a name, as the admin saw it in the workers. */
+struct name_addr {
+    char text[56];
+    bool down; /* in some worker */
+};
+
+/* Slot S's address and ejection, read between two equal even values of its
+ * seq (the worker rewrites a name's slots: upstream_slot_set). False when
+ * the slot is empty, or kept changing. */
+static bool read_slot(const struct upstream_server_state *s, struct name_addr *out, uint64_t now)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+        if (seq & 1)
+            continue;
+        const struct fg_sockaddr *sa = __atomic_load_n(&s->sa, __ATOMIC_RELAXED);
+        if (sa != NULL) {
+            memcpy(out->text, sa->text, sizeof(out->text) - 1);
+            out->text[sizeof(out->text) - 1] = '\0';
+        }
+        out->down = __atomic_load_n(&s->down_until_ms, __ATOMIC_RELAXED) > now;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq)
+            return sa != NULL;
+    }
+    return false;
+}
+
+/* Add A to the N addresses in V[NAME_ADDRS_SEEN] (one entry per address:
+ * down when any worker has it down). */
+static void add_name_addr(struct name_addr *v, size_t *n, const struct name_addr *a)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp(v[i].text, a->text) == 0) {
+            v[i].down |= a->down;
+            return;
+        }
+    }
+    if (*n < NAME_ADDRS_SEEN)
+        v[(*n)++] = *a;
+}
+
+/* Every address the workers hold for the name at slots K.., one sample
+ * each, with the name as server and the address as address. */
+static void name_metrics(const struct admin *a, struct evbuffer *out, size_t i, size_t k,
+                         const struct fg_upstream *u, const struct fg_sockaddr *server,
+                         uint64_t now)
+{
+    struct name_addr v[NAME_ADDRS_SEEN], one;
+    size_t n = 0;
+
+    for (unsigned w = 0; w < a->nworkers; w++) {
+        const struct upstream_pool *pools = worker_pools(a, &a->workers[w]);
+        for (size_t j = 0; pools != NULL && j < UPSTREAM_NAME_SLOTS; j++)
+            if (read_slot(&pools[i].servers[k + j], &one, now))
+                add_name_addr(v, &n, &one);
+    }
+    for (size_t j = 0; j < n; j++) {
+        APPEND("flowgate_upstream_server_up{upstream=\"");
+        metrics_put_label(out, u->name);
+        APPEND("\",server=\"");
+        metrics_put_label(out, server->text);
+        APPEND("\",address=\"");
+        metrics_put_label(out, v[j].text);
+        APPEND("\"} %d\n", !v[j].down);
+    }
 }
 
 static void upstream_metrics(const struct admin *a, struct evbuffer *out)
@@ -299,15 +379,21 @@ static void upstream_metrics(const struct admin *a, struct evbuffer *out)
     uint64_t now = upstream_now_ms();
 
     FAMILY("flowgate_upstream_server_up", "gauge",
-           "0 while a worker skips the server: ejected after max_fails consecutive failures.");
+           "0 while a worker skips the server: ejected after max_fails consecutive failures. "
+           "A server given by name has one sample per address (label address).");
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct fg_upstream *u = &cfg->upstreams[i];
-        for (size_t j = 0; j < u->nservers; j++) {
+        for (size_t j = 0, k = 0; j < u->nservers; j++) {
+            if (u->servers[j].host != NULL) {
+                name_metrics(a, out, i, k, u, &u->servers[j], now);
+                k += UPSTREAM_NAME_SLOTS;
+                continue;
+            }
             APPEND("flowgate_upstream_server_up{upstream=\"");
             metrics_put_label(out, u->name);
             APPEND("\",server=\"");
             metrics_put_label(out, u->servers[j].text);
-            APPEND("\"} %d\n", !server_down(a, i, j, now));
+            APPEND("\"} %d\n", !server_down(a, i, k++, now));
         }
     }
 }

@@ -665,9 +665,30 @@ static int parse_sockaddr(const char *text, struct fg_sockaddr *out)
     return (out->text = strdup(text)) != NULL ? 0 : -1;
 }
 
-/* A list of listener or server addresses; DEF is used when S is absent. */
+static ssize_t host_name(const char *name, size_t len, char out[ROUTE_HOST_MAX + 1]);
+
+/* "name:port" (an upstream server the workers resolve): the name held to
+ * the one host rule, the port kept in OUT's (otherwise empty) address.
+ * Only the syntax is checked: names resolve at run time. */
+static int parse_named(const char *text, struct fg_sockaddr *out)
+{
+    char host[ROUTE_HOST_MAX + 8], norm[ROUTE_HOST_MAX + 1];
+    int p;
+
+    if (text[0] == '[' || split_hostport(text, host, sizeof(host), &p) != 0 ||
+        host_name(host, strlen(host), norm) < 0)
+        return -1;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&out->ss;
+    s4->sin_port = htons((uint16_t)p);
+    if ((out->host = strdup(norm)) == NULL)
+        return -1;
+    return (out->text = strdup(text)) != NULL ? 0 : -1;
+}
+
+/* A list of listener or server addresses; DEF is used when S is absent.
+ * With NAMES, "name:port" is accepted too (*NNAMES counts them). */
 static void get_addrs(struct cfg_ctx *ctx, const config_setting_t *g, const char *name,
-                      const char *def, struct fg_sockaddr **out, size_t *nout)
+                      const char *def, struct fg_sockaddr **out, size_t *nout, size_t *nnames)
 {
     config_setting_t *s = get_list(ctx, g, name);
     size_t n = 0;
@@ -690,19 +711,26 @@ static void get_addrs(struct cfg_ctx *ctx, const config_setting_t *g, const char
             }
             text = config_setting_get_string(e);
         }
-        if (parse_sockaddr(text, &(*out)[*nout]) != 0) {
-            cfg_bad(ctx, e ? e : s, "bad address \"%s\" (expected IPv4:port or [IPv6]:port)",
-                    text);
+        if (parse_sockaddr(text, &(*out)[*nout]) == 0) {
+            (*nout)++;
             continue;
         }
-        (*nout)++;
+        if (nnames != NULL && parse_named(text, &(*out)[*nout]) == 0) {
+            (*nout)++;
+            (*nnames)++;
+            continue;
+        }
+        cfg_bad(ctx, e ? e : s, "bad address \"%s\" (expected IPv4:port or [IPv6]:port%s)", text,
+                nnames != NULL ? " or name:port" : "");
     }
 }
 
 static void free_sockaddrs(struct fg_sockaddr *a, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(a[i].text);
+        free(a[i].host);
+    }
     free(a);
 }
 
@@ -869,8 +897,8 @@ static void parse_listen(struct cfg_ctx *ctx, const config_setting_t *root)
     config_setting_t *g = get_group(ctx, root, "listen", listen_keys);
     const char *admin;
 
-    get_addrs(ctx, g, "https", "0.0.0.0:8443", &cfg->https, &cfg->nhttps);
-    get_addrs(ctx, g, "http", "0.0.0.0:8080", &cfg->http, &cfg->nhttp);
+    get_addrs(ctx, g, "https", "0.0.0.0:8443", &cfg->https, &cfg->nhttps, NULL);
+    get_addrs(ctx, g, "http", "0.0.0.0:8080", &cfg->http, &cfg->nhttp, NULL);
     admin = get_cstr(ctx, g, "admin", "127.0.0.1:9901");
     if (admin[0] != '\0') {
         if ((cfg->admin = cfg_calloc(ctx, 1, sizeof(*cfg->admin))) == NULL)
@@ -1513,7 +1541,7 @@ static void parse_upstream(struct cfg_ctx *ctx, const config_setting_t *s, struc
         cfg_bad(ctx, servers ? servers : s, "'servers' must list at least one address");
         return;
     }
-    get_addrs(ctx, s, "servers", NULL, &u->servers, &u->nservers);
+    get_addrs(ctx, s, "servers", NULL, &u->servers, &u->nservers, &u->nnames);
     u->connect_timeout_ms = (uint32_t)get_int(ctx, s, "connect_timeout_ms", 2000, 1, CFG_INT_MAX);
     u->read_timeout_ms = (uint32_t)get_int(ctx, s, "read_timeout_ms", 30000, 1, CFG_INT_MAX);
     u->keepalive = (uint32_t)get_int(ctx, s, "keepalive", 64, 0, 65535);

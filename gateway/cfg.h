@@ -26,6 +26,9 @@ struct fg_sockaddr {
     struct sockaddr_storage ss; /* the address, AF_INET/AF_INET6/AF_UNIX */
     socklen_t len;              /* its length for bind/connect */
     char *text;                 /* as written in the file, for logs */
+    char *host;                 /* an upstream server given as "name:port": the name
+                                   (normalised), resolved by each worker; ss holds only
+                                   the port then. NULL for an address */
 };
 
 struct fg_cert {
@@ -196,6 +199,7 @@ struct fg_upstream {
     char *name;
     struct fg_sockaddr *servers;
     size_t nservers;
+    size_t nnames;            /* servers given by name (fg_sockaddr.host) */
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;
     uint32_t keepalive;       /* idle connections kept per worker */

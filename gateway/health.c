@@ -197,6 +197,8 @@ static void check_start(struct health_server *s)
     const struct fg_sockaddr *sa = &s->u->servers[s->index];
     struct timeval tv = ms_tv(s->u->health_check->timeout_ms);
 
+    if (sa->host != NULL)
+        return; /* a name: its addresses live in each worker's pool, not checked here */
     s->io = io_connect(s->h->base, (const struct sockaddr *)&sa->ss, sa->len);
     if (s->io == NULL) {
         check_end(s, errno == ECONNREFUSED ? HEALTH_REFUSED : HEALTH_ERROR);

@@ -229,7 +229,7 @@ static bool may_retry(const struct req *r, enum upstream_fail fail)
     if (r->body_seen > 0 || r->resp == RESP_STARTED)
         return false; /* body bytes are gone upstream: cannot replay them */
     return (UP_RETRY_MASK & (1u << fail)) && r->attempts < u->max_tries &&
-           r->attempts < u->nservers;
+           r->attempts < r->pool->nlive;
 }
 
 /* One failed exchange with R's upstream (each attempt counts), by kind. */

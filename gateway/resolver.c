@@ -33,8 +33,9 @@ struct resolver_entry {
     bool querying;                              /* a lookup is under way (query may lag) */
     struct resolver_wait *waiters;              /* requests waiting for the answer */
     enum resolver_status st;                    /* last answer; PENDING before the first */
-    bool have_addr;                             /* addr holds the last OK answer */
-    struct sockaddr_storage addr;               /* port 0 */
+    bool have_addr;                             /* addrs hold the last OK answer */
+    struct sockaddr_storage addrs[RESOLVER_ADDRS_MAX]; /* port 0; the first is a preview's */
+    size_t naddrs;
     uint64_t expires_ms;                        /* monotonic: the answer is stale from then */
     unsigned notifying;                         /* answering waiters: never evicted now */
     uint32_t hash;
@@ -227,6 +228,20 @@ static const struct hosts_rec *hosts_find(const struct resolver *rs, const char 
     return lo < rs->nhosts && strcmp(rs->hosts[lo].name, name) == 0 ? &rs->hosts[lo] : NULL;
 }
 
+/* Every address the file gives H's name (its lines in file order, from H,
+ * the first), into ADDRS[RESOLVER_ADDRS_MAX]; returns how many. */
+static size_t hosts_addrs(const struct resolver *rs, const struct hosts_rec *h,
+                          struct sockaddr_storage *addrs)
+{
+    const struct hosts_rec *end = rs->hosts + rs->nhosts;
+    const char *name = h->name;
+    size_t n = 0;
+
+    for (; h < end && n < RESOLVER_ADDRS_MAX && strcmp(h->name, name) == 0; h++)
+        addrs[n++] = h->addr;
+    return n;
+}
+
 /* ---- cache entries --------------------------------------------------------- */
 
 static void lru_unlink(struct resolver *rs, struct resolver_entry *e)
@@ -317,19 +332,29 @@ static struct resolver_entry *entry_new(struct resolver *rs, const char *name, u
     return e;
 }
 
-/* Record an answer; tell the owner of pools when the name left an address. */
+static bool addr_in(const struct sockaddr_storage *a, const struct sockaddr_storage *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (same_addr(a, &v[i]))
+            return true;
+    return false;
+}
+
+/* Record an answer (N addresses ADDRS); tell the owner of pools when the
+ * name left the address a preview used (the first). */
 static void entry_set(struct resolver_entry *e, enum resolver_status st,
-                      const struct sockaddr_storage *addr, uint64_t ttl_ms)
+                      const struct sockaddr_storage *addrs, size_t n, uint64_t ttl_ms)
 {
     struct resolver *rs = e->rs;
-    bool moved =
-        e->have_addr && st != RESOLVER_FAILED && (st != RESOLVER_OK || !same_addr(&e->addr, addr));
-    struct sockaddr_storage old = e->addr;
+    bool moved = e->have_addr && st != RESOLVER_FAILED &&
+                 (st != RESOLVER_OK || !addr_in(&e->addrs[0], addrs, n));
+    struct sockaddr_storage old = e->addrs[0];
 
     e->st = st;
     e->expires_ms = now_ms() + ttl_ms;
     if (st == RESOLVER_OK) {
-        e->addr = *addr;
+        memcpy(e->addrs, addrs, n * sizeof(*addrs));
+        e->naddrs = n;
         e->have_addr = true;
     } else if (st == RESOLVER_NOT_FOUND) {
         e->have_addr = false;
@@ -352,7 +377,7 @@ static void entry_notify(struct resolver_entry *e)
             e->waiters->prev = NULL;
         wt->e = NULL;
         wt->next = wt->prev = NULL;
-        wt->cb(wt, e->st, e->st == RESOLVER_OK ? &e->addr : NULL);
+        wt->cb(wt, e->st, e->st == RESOLVER_OK ? &e->addrs[0] : NULL);
     }
     e->notifying--;
 }
@@ -368,22 +393,26 @@ static uint64_t dns_ttl_ms(int ttl)
 static void dns_answer(int result, char type, int count, int ttl, void *addresses, void *arg)
 {
     struct resolver_entry *e = arg;
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss[RESOLVER_ADDRS_MAX];
+    size_t n = 0;
 
     e->query = NULL;
     e->querying = false;
     if (result == DNS_ERR_NONE && type == DNS_IPv4_A && count > 0) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        memset(&ss, 0, sizeof(ss));
-        s4->sin_family = AF_INET;
-        memcpy(&s4->sin_addr, addresses, 4); /* the first: one pool per MVP */
-        entry_set(e, RESOLVER_OK, &ss, dns_ttl_ms(ttl));
+        /* Every record, in the answer's order (the first is a preview's). */
+        memset(ss, 0, sizeof(ss));
+        for (; n < (size_t)count && n < RESOLVER_ADDRS_MAX; n++) {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss[n];
+            s4->sin_family = AF_INET;
+            memcpy(&s4->sin_addr, (const char *)addresses + 4 * n, 4);
+        }
+        entry_set(e, RESOLVER_OK, ss, n, dns_ttl_ms(ttl));
     } else if (result == DNS_ERR_NOTEXIST || result == DNS_ERR_NONE) {
         /* NXDOMAIN, or a name with no A record (NODATA). */
-        entry_set(e, RESOLVER_NOT_FOUND, NULL, RESOLVER_NEGATIVE_TTL_MS);
+        entry_set(e, RESOLVER_NOT_FOUND, NULL, 0, RESOLVER_NEGATIVE_TTL_MS);
     } else {
         log_warn("resolver: %s: %s", e->name, evdns_err_to_string(result));
-        entry_set(e, RESOLVER_FAILED, NULL, RESOLVER_FAILED_TTL_MS);
+        entry_set(e, RESOLVER_FAILED, NULL, 0, RESOLVER_FAILED_TTL_MS);
     }
     entry_notify(e);
 }
@@ -396,7 +425,9 @@ static void entry_resolve(struct resolver *rs, struct resolver_entry *e)
 
     hosts_refresh(rs, now);
     if ((h = hosts_find(rs, e->name)) != NULL) {
-        entry_set(e, RESOLVER_OK, &h->addr, RESOLVER_HOSTS_TTL_MS);
+        struct sockaddr_storage addrs[RESOLVER_ADDRS_MAX];
+        size_t n = hosts_addrs(rs, h, addrs);
+        entry_set(e, RESOLVER_OK, addrs, n, RESOLVER_HOSTS_TTL_MS);
         return;
     }
     e->querying = true;
@@ -407,29 +438,27 @@ static void entry_resolve(struct resolver *rs, struct resolver_entry *e)
         return; /* answered from inside the call */
     if (q == NULL) {
         e->querying = false;
-        entry_set(e, RESOLVER_FAILED, NULL, RESOLVER_FAILED_TTL_MS);
+        entry_set(e, RESOLVER_FAILED, NULL, 0, RESOLVER_FAILED_TTL_MS);
         return;
     }
     e->query = q;
 }
 
-enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
-                                     struct resolver_wait *wt, resolver_cb cb,
-                                     struct sockaddr_storage *addr)
+/* NAME's entry, answered when fresh for AHEAD_MS more (NULL when out of
+ * memory). Otherwise WT waits on it. */
+static struct resolver_entry *lookup(struct resolver *rs, const char *name,
+                                     struct resolver_wait *wt, resolver_cb cb, uint64_t ahead_ms)
 {
     uint32_t h = (uint32_t)hash_bytes(name, strlen(name), 0);
     struct resolver_entry *e = entry_find(rs, name, h);
 
     if (e == NULL && (e = entry_new(rs, name, h)) == NULL)
-        return RESOLVER_FAILED;
+        return NULL;
     entry_touch(rs, e);
-    if (!e->querying && (e->st == RESOLVER_PENDING || e->expires_ms <= now_ms()))
+    if (!e->querying && (e->st == RESOLVER_PENDING || e->expires_ms <= now_ms() + ahead_ms))
         entry_resolve(rs, e);
-    if (!e->querying) {
-        if (e->st == RESOLVER_OK)
-            *addr = e->addr;
-        return e->st;
-    }
+    if (!e->querying)
+        return e;
     wt->e = e;
     wt->cb = cb;
     wt->prev = NULL;
@@ -437,7 +466,38 @@ enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
     if (e->waiters)
         e->waiters->prev = wt;
     e->waiters = wt;
-    return RESOLVER_PENDING;
+    return e;
+}
+
+enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
+                                     struct resolver_wait *wt, resolver_cb cb,
+                                     struct sockaddr_storage *addr)
+{
+    struct resolver_entry *e = lookup(rs, name, wt, cb, 0);
+
+    if (e == NULL)
+        return RESOLVER_FAILED;
+    if (e->querying)
+        return RESOLVER_PENDING;
+    if (e->st == RESOLVER_OK)
+        *addr = e->addrs[0];
+    return e->st;
+}
+
+enum resolver_status resolver_lookup_all(struct resolver *rs, const char *name,
+                                         struct resolver_wait *wt, resolver_cb cb,
+                                         uint64_t ahead_ms, struct resolver_answer *ans)
+{
+    struct resolver_entry *e = lookup(rs, name, wt, cb, ahead_ms);
+
+    if (e == NULL)
+        return RESOLVER_FAILED;
+    if (e->querying)
+        return RESOLVER_PENDING;
+    ans->naddrs = e->st == RESOLVER_OK ? e->naddrs : 0;
+    memcpy(ans->addrs, e->addrs, ans->naddrs * sizeof(*ans->addrs));
+    ans->expires_ms = e->expires_ms;
+    return e->st;
 }
 
 void resolver_cancel(struct resolver_wait *wt)

@@ -1,11 +1,13 @@
 /*
- * resolver.h - per-worker asynchronous name resolution for preview upstreams.
+ * resolver.h - per-worker asynchronous name resolution for preview upstreams
+ * and upstream servers given by name.
  *
  * One evdns_base per worker (no blocking getaddrinfo on a worker). Names are
  * looked up first in resolver.hosts_file, parsed by this module into a table
  * that is re-read when the file changes (its mtime/size/inode looked at no
  * more than once a second); its answers are cached for RESOLVER_HOSTS_TTL_MS.
- * Other names go to DNS (A records): answers are cached for their TTL (at
+ * A name's every address is kept (up to RESOLVER_ADDRS_MAX; hosts lines in
+ * file order). Other names go to DNS (A records): answers are cached for their TTL (at
  * most RESOLVER_MAX_TTL_MS), a name that does not exist for
  * RESOLVER_NEGATIVE_TTL_MS, a failure (timeout, SERVFAIL) for
  * RESOLVER_FAILED_TTL_MS. Concurrent lookups of one name wait on one query.
@@ -30,6 +32,7 @@
 #define RESOLVER_NEGATIVE_TTL_MS 5000
 #define RESOLVER_FAILED_TTL_MS 1000
 #define RESOLVER_MAX_ENTRIES 4096 /* per worker; least recently used out */
+#define RESOLVER_ADDRS_MAX 8      /* addresses kept of one answer */
 
 enum resolver_status {
     RESOLVER_OK = 0,        /* an address */
@@ -71,6 +74,21 @@ void resolver_free(struct resolver *rs); /* pending queries are dropped, no call
 enum resolver_status resolver_lookup(struct resolver *rs, const char *name,
                                      struct resolver_wait *wt, resolver_cb cb,
                                      struct sockaddr_storage *addr);
+
+/* Every address of a fresh answer, and when it goes stale. */
+struct resolver_answer {
+    struct sockaddr_storage addrs[RESOLVER_ADDRS_MAX]; /* port 0 */
+    size_t naddrs;                                     /* 0 unless RESOLVER_OK */
+    uint64_t expires_ms;                               /* monotonic (upstream_now_ms's clock) */
+};
+
+/* As resolver_lookup, with the whole answer (upstream servers given by
+ * name), and an answer that expires within AHEAD_MS already looked up
+ * again (a refresh before expiry): WT->cb's address is then the first
+ * only; look up again for all. */
+enum resolver_status resolver_lookup_all(struct resolver *rs, const char *name,
+                                         struct resolver_wait *wt, resolver_cb cb,
+                                         uint64_t ahead_ms, struct resolver_answer *ans);
 
 /* Stop waiting: the callback will not be called. Idempotent. */
 void resolver_cancel(struct resolver_wait *wt);

@@ -11,6 +11,7 @@
 
 #include "req.h"
 #include "route.h"
+#include "upname.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -258,7 +259,12 @@ static enum stage_verdict route_checks(struct req *r, stage_resume_fn resume)
             req_add_header(r, allow, (size_t)n);
         return stage_answer(r, FG_ERR_METHOD, NULL);
     }
+    if (r->pool != NULL && r->pool->names != NULL && r->pool->nlive == 0)
+        return upname_wait(r, resume); /* an upstream given by name: an address first */
     return STAGE_NEXT;
 }
 
-const struct stage route_stage = {.name = "route", .run = route_checks};
+const struct stage route_stage = {.name = "route",
+                                  .run = route_checks,
+                                  .cancel = upname_cancel,
+                                  .needs_resolver = upname_needs_resolver};

@@ -21,6 +21,7 @@
 #include "health.h"
 #include "log.h"
 #include "proxy.h"
+#include "upname.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -29,6 +30,27 @@ uint64_t upstream_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* P's address slots: a server given as an address has its slot, live
+ * from the start; a name's slots stay empty until upname.c fills them. */
+static int pool_slots(struct upstream_pool *p)
+{
+    const struct fg_upstream *u = p->u;
+
+    p->nslots = u->nservers + u->nnames * (UPSTREAM_NAME_SLOTS - 1);
+    if ((p->servers = calloc(p->nslots ? p->nslots : 1, sizeof(*p->servers))) == NULL)
+        return -1;
+    for (size_t i = 0, k = 0; i < u->nservers; i++) {
+        if (u->servers[i].host != NULL) {
+            k += UPSTREAM_NAME_SLOTS;
+            continue;
+        }
+        if (p->nlive++ == 0)
+            p->first_live = k;
+        p->servers[k++].sa = &u->servers[i];
+    }
+    return 0;
 }
 
 struct upstream_pool *upstream_pools_new(struct worker *w, const struct fg_config *cfg)
@@ -40,13 +62,12 @@ struct upstream_pool *upstream_pools_new(struct worker *w, const struct fg_confi
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         struct upstream_pool *p = &pools[i];
         p->u = &cfg->upstreams[i];
-        p->servers = calloc(p->u->nservers ? p->u->nservers : 1, sizeof(*p->servers));
-        if (p->servers == NULL) {
-            upstream_pools_destroy(pools, i);
-            return NULL;
-        }
         p->next = w->id; /* spread the workers' first picks */
         p->base = w->base;
+        if (pool_slots(p) < 0 || upname_pool_init(w, p) < 0) {
+            upstream_pools_destroy(pools, i + 1);
+            return NULL;
+        }
     }
     return pools;
 }
@@ -88,19 +109,29 @@ void upstream_pool_release(struct upstream_pool *p)
         free(p);
 }
 
-/* Take the first idle connection out of P's list (NULL when none). */
-static struct upconn *pool_pop(struct upstream_pool *p)
+/* Take the first idle connection to slot S of P out (NULL when none). */
+static struct upconn *slot_pop(struct upstream_pool *p, struct upstream_server_state *s)
 {
-    struct upconn *uc = p->idle;
+    struct upconn *uc = s->idle;
 
     if (uc == NULL)
         return NULL;
-    p->idle = uc->next_idle;
+    s->idle = uc->next_idle;
+    s->nidle--;
     p->nidle--;
     if (p->dyn)
         p->dyn->nidle--;
     uc->next_idle = NULL;
     return uc;
+}
+
+/* Any idle connection of P (NULL when none). */
+static struct upconn *pool_pop(struct upstream_pool *p)
+{
+    for (size_t i = 0; p->nidle > 0 && i < p->nslots; i++)
+        if (p->servers[i].idle != NULL)
+            return slot_pop(p, &p->servers[i]);
+    return NULL;
 }
 
 static void pool_close_idle(struct upstream_pool *p)
@@ -114,6 +145,7 @@ static void pool_close_idle(struct upstream_pool *p)
 void upstream_pools_retire(struct upstream_pool *pools, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        upname_pool_stop(&pools[i]);
         pool_close_idle(&pools[i]);
         pools[i].retired = true;
     }
@@ -122,16 +154,21 @@ void upstream_pools_retire(struct upstream_pool *pools, size_t n)
 void upstream_pools_destroy(struct upstream_pool *pools, size_t n)
 {
     for (size_t i = 0; pools != NULL && i < n; i++) {
+        upname_pool_free(&pools[i]);
         pool_close_idle(&pools[i]);
         free(pools[i].servers);
     }
     free(pools);
 }
 
+/* Shutting down: names are no longer refreshed (their timers would keep
+ * the draining loop alive), in-flight requests keep their addresses. */
 void upstream_pools_close_idle(struct worker *w)
 {
-    for (size_t i = 0; w->snap != NULL && i < w->snap->npools; i++)
+    for (size_t i = 0; w->snap != NULL && i < w->snap->npools; i++) {
+        upname_pool_stop(&w->snap->pools[i]);
         pool_close_idle(&w->snap->pools[i]);
+    }
     if (w->dyn == NULL)
         return;
     /* Closing a pool's last idle connection never frees it: it is still in
@@ -258,7 +295,9 @@ static struct upstream_pool *dyn_new_pool(struct worker *w, const struct sockadd
     p->dyn_u.keepalive = UPSTREAM_PREVIEW_KEEPALIVE;
     p->dyn_u.max_tries = 1; /* its one server: no other to try */
     p->u = &p->dyn_u;
+    p->dyn_state.sa = &p->dyn_server;
     p->servers = &p->dyn_state;
+    p->nslots = p->nlive = 1;
     p->base = w->base;
     p->dyn = w->dyn;
     return p;
@@ -322,11 +361,6 @@ static bool dyn_make_room(struct upstream_dyn *d)
     return false;
 }
 
-const char *upstream_server_text(const struct upconn *uc)
-{
-    return uc->pool->u->servers[uc->server].text;
-}
-
 /* Atomic: the admin reads down_until_ms from main's thread
  * (flowgate_upstream_server_up). A server past max_fails stays there: after
  * its fail_timeout_ms, the first failure ejects it again (as nginx does). */
@@ -335,6 +369,8 @@ void upstream_server_failed(struct upconn *uc)
     const struct fg_upstream *u = uc->pool->u;
     struct upstream_server_state *s = &uc->pool->servers[uc->server];
 
+    if (s->gen != uc->gen)
+        return; /* the slot holds another address now */
     if (s->fails < UINT32_MAX)
         s->fails++;
     if (u->max_fails != 0 && s->fails >= u->max_fails)
@@ -346,17 +382,42 @@ void upstream_server_recovered(struct upconn *uc)
 {
     struct upstream_server_state *s = &uc->pool->servers[uc->server];
 
+    if (s->gen != uc->gen)
+        return;
     s->fails = 0;
     __atomic_store_n(&s->down_until_ms, 0, __ATOMIC_RELAXED);
 }
 
+/* A name's slot moves to SA (NULL: empty). Written between two bumps of
+ * seq, which the admin thread reads around its copy of the slot. */
+void upstream_slot_set(struct upstream_pool *p, size_t i, const struct fg_sockaddr *sa)
+{
+    struct upstream_server_state *s = &p->servers[i];
+    struct upconn *uc;
+
+    while ((uc = slot_pop(p, s)) != NULL)
+        upconn_free(uc);
+    p->nlive += (sa != NULL) - (s->sa != NULL);
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&s->sa, sa, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->down_until_ms, 0, __ATOMIC_RELAXED);
+    s->fails = 0;
+    s->gen++;
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+    for (p->first_live = 0; p->first_live < p->nslots && p->servers[p->first_live].sa == NULL;)
+        p->first_live++;
+}
+
 static void pool_unlink(struct upconn *uc)
 {
-    struct upconn **pp = &uc->pool->idle;
+    struct upstream_server_state *s = &uc->pool->servers[uc->server];
+    struct upconn **pp = &s->idle;
     while (*pp && *pp != uc)
         pp = &(*pp)->next_idle;
     if (*pp) {
         *pp = uc->next_idle;
+        s->nidle--;
         uc->pool->nidle--;
         if (uc->pool->dyn)
             uc->pool->dyn->nidle--;
@@ -393,12 +454,13 @@ static void idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
 void upstream_release(struct upconn *uc, bool keep)
 {
     struct upstream_pool *p = uc->pool;
+    struct upstream_server_state *s = &p->servers[uc->server];
 
     uc->owner = NULL;
     uc->ready_cb = NULL;
-    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten || p->retired ||
-        evbuffer_get_length(uc->io->in) > 0 || io_ended(uc->io) ||
-        (p->dyn && !dyn_make_room(p->dyn))) {
+    if (!keep || p->u->keepalive == 0 || p->nidle >= p->u->keepalive || p->forgotten ||
+        p->retired || s->gen != uc->gen || evbuffer_get_length(uc->io->in) > 0 ||
+        io_ended(uc->io) || (p->dyn && !dyn_make_room(p->dyn))) {
         upconn_free(uc);
         return;
     }
@@ -412,8 +474,9 @@ void upstream_release(struct upconn *uc, bool keep)
     event_assign(uc->timer, p->base, -1, 0, idle_timeout_cb, uc);
     struct timeval tv = {.tv_sec = 30, .tv_usec = 0};
     event_add(uc->timer, &tv);
-    uc->next_idle = p->idle;
-    p->idle = uc;
+    uc->next_idle = s->idle;
+    s->idle = uc;
+    s->nidle++;
     p->nidle++;
     if (p->dyn)
         p->dyn->nidle++;
@@ -422,28 +485,50 @@ void upstream_release(struct upconn *uc, bool keep)
 #define SERVER_BIT(i) ((uint64_t)1 << ((i) % 64))
 
 /*
- * The next server round-robin that is neither ejected nor in TRIED. When
- * every server left is ejected, the one ejected longest ago (the nearest to
- * its return) is tried anyway: an operator expects a request to reach a
+ * The next address round-robin that is neither ejected nor in TRIED. When
+ * every address left is ejected, the one ejected longest ago (the nearest
+ * to its return) is tried anyway: an operator expects a request to reach a
  * server that may have recovered rather than a 502 no server was asked for
  * (Envoy's panic threshold; nginx says "no live upstreams" instead). When
- * every server was tried, plain round-robin.
+ * every address was tried, plain round-robin. The clock is read only when
+ * an address was ever ejected. P->nslots when no slot has an address.
  */
+/* The active health checks' verdict on slot S: servers given as addresses
+ * are checked (health.h); a name's addresses are not (yet), so pass. */
+static bool slot_healthy(const struct upstream_pool *p, const struct upstream_server_state *s)
+{
+    const struct fg_upstream *u = p->u;
+
+    if (u->health == NULL || s->sa < u->servers || s->sa >= u->servers + u->nservers)
+        return true;
+    return health_usable(u, (size_t)(s->sa - u->servers));
+}
+
 static size_t pick_server(struct upstream_pool *p, uint64_t tried)
 {
-    size_t n = p->u->nservers, best = n;
-    uint64_t now = upstream_now_ms();
+    size_t n = p->nslots, best = n, any = n, i = p->next % n;
+    uint64_t now = 0;
 
-    for (size_t k = 0; k < n; k++) {
-        size_t i = p->next++ % n;
+    for (size_t k = 0; k < n; k++, i = i + 1 < n ? i + 1 : 0) {
+        const struct upstream_server_state *s = &p->servers[i];
+        if (s->sa == NULL)
+            continue;
+        if (any == n)
+            any = i;
         if (tried & SERVER_BIT(i))
             continue;
-        if (p->servers[i].down_until_ms <= now && health_usable(p->u, i))
+        if ((s->down_until_ms == 0 ||
+             s->down_until_ms <= (now ? now : (now = upstream_now_ms()))) &&
+            slot_healthy(p, s)) {
+            p->next = i + 1;
             return i;
-        if (best == n || p->servers[i].down_until_ms < p->servers[best].down_until_ms)
+        }
+        if (best == n || s->down_until_ms < p->servers[best].down_until_ms)
             best = i;
     }
-    return best < n ? best : p->next++ % n;
+    i = best < n ? best : any;
+    p->next = i + 1;
+    return i;
 }
 
 const char *upstream_fail_str(enum upstream_fail f)
@@ -458,9 +543,20 @@ const char *upstream_fail_str(enum upstream_fail f)
     case UP_FAIL_READ_TIMEOUT: return "read timeout";
     case UP_FAIL_TRUNCATED: return "truncated";
     case UP_FAIL_BAD_FRAMING: return "bad framing";
+    case UP_FAIL_DNS: return "dns";
     case UP_FAIL__COUNT: break;
     }
     return "?";
+}
+
+/* The address text a connection logs: the configuration's own string
+ * lives as long as the pool; a name's slot may be rewritten meanwhile. */
+static const char *conn_text(struct upconn *uc, const struct fg_sockaddr *sa)
+{
+    if (sa->host == NULL)
+        return sa->text;
+    snprintf(uc->text_buf, sizeof(uc->text_buf), "%s", sa->text);
+    return uc->text_buf;
 }
 
 static void connect_done(struct upconn *uc, enum upstream_fail fail)
@@ -495,14 +591,11 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     connect_done(arg, UP_FAIL_CONNECT_TIMEOUT);
 }
 
-/* An idle connection to a server the health checks took out is closed
- * rather than used. */
-static struct upconn *pooled(struct upstream_pool *p)
+/* An idle connection to slot I of P, made ready for a request. */
+static struct upconn *pooled(struct upstream_pool *p, size_t i)
 {
-    struct upconn *uc;
+    struct upconn *uc = slot_pop(p, &p->servers[i]);
 
-    while ((uc = pool_pop(p)) != NULL && !health_usable(p->u, uc->server))
-        upconn_free(uc);
     if (uc == NULL)
         return NULL;
     uc->state = UPCONN_ACTIVE;
@@ -512,30 +605,28 @@ static struct upconn *pooled(struct upstream_pool *p)
     return uc;
 }
 
-struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
-                            bool allow_pooled, uint64_t *tried, bool *ready)
+/* A new connection to slot I of P; CB runs when its connect ends. NULL
+ * when no socket could be made. Never inlined: upstream_get's reuse of a
+ * pooled connection, every keep-alive request's path, stays a short leaf. */
+__attribute__((noinline)) static struct upconn *upconn_connect(struct upstream_pool *p, size_t i,
+                                                               upconn_ready_cb cb, void *arg)
 {
-    struct upconn *uc = allow_pooled ? pooled(p) : NULL;
+    struct upconn *uc = calloc(1, sizeof(*uc));
 
-    *ready = uc != NULL;
-    if (uc)
-        return uc;
-    if (p->u->nservers == 0)
-        return NULL;
-    uc = calloc(1, sizeof(*uc));
     if (uc == NULL)
         return NULL;
     uc->pool = p;
     upstream_pool_hold(p);
-    uc->server = pick_server(p, *tried);
-    *tried |= SERVER_BIT(uc->server);
+    uc->server = i;
+    uc->gen = p->servers[i].gen;
+    uc->text = conn_text(uc, p->servers[i].sa);
     uc->ready_cb = cb;
     uc->ready_arg = arg;
     uc->state = UPCONN_CONNECTING;
     uc->timer = evtimer_new(p->base, connect_timeout_cb, uc);
     if (uc->timer == NULL)
         goto fail;
-    const struct fg_sockaddr *sa = &p->u->servers[uc->server];
+    const struct fg_sockaddr *sa = p->servers[i].sa;
     uc->io = io_connect(p->base, (const struct sockaddr *)&sa->ss, sa->len);
     if (uc->io == NULL) {
         /* Immediate failure (refused on loopback, say): the caller answers
@@ -558,4 +649,21 @@ struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *a
 fail:
     upconn_free(uc);
     return NULL;
+}
+
+struct upconn *upstream_get(struct upstream_pool *p, upconn_ready_cb cb, void *arg,
+                            bool allow_pooled, uint64_t *tried, bool *ready)
+{
+    /* One address (the common case): round-robin has no choice to make. */
+    size_t i = p->nlive == 1 ? p->first_live : pick_server(p, *tried);
+
+    *ready = false;
+    if (i == p->nslots)
+        return NULL;
+    *tried |= SERVER_BIT(i);
+    if (allow_pooled && p->servers[i].idle != NULL) {
+        *ready = true;
+        return pooled(p, i);
+    }
+    return upconn_connect(p, i, cb, arg);
 }

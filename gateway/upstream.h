@@ -26,20 +26,40 @@ struct worker;
 struct req;
 struct upconn;
 
-/* One server's health, kept by one worker. */
+/*
+ * One address a pool's requests go to, with its health, kept by one worker:
+ * a server given as an address, or one address of a server given by name
+ * (UPSTREAM_NAME_SLOTS slots each, filled from its resolver answer by
+ * upname.c). Round-robin, keep-alive and ejection are per address.
+ */
 struct upstream_server_state {
     uint64_t down_until_ms; /* monotonic ms the ejection ends; 0 = never ejected. The worker's
                                own to write, with a relaxed atomic store: the admin reads it */
     uint32_t fails;         /* consecutive failed attempts; 0 after a response head */
+    uint32_t nidle;         /* idle keep-alive connections to it */
+    struct upconn *idle;    /* ... (LIFO) */
+    const struct fg_sockaddr *sa; /* the address; NULL: a name's slot with none now */
+    uint32_t gen;                 /* bumped when a name's slot changes address: what a
+                                     connection to the old one shows says nothing of the new */
+    uint32_t seq;                 /* (atomic) odd while upname.c rewrites the slot: the admin
+                                     reads sa and down_until_ms between two equal even values */
 };
+
+#define UPSTREAM_NAME_SLOTS 8 /* addresses used of one name's answer */
+
+struct upname;
 
 struct upstream_pool {
     const struct fg_upstream *u;        /* config (the worker's snapshot), or &dyn_u */
     struct event_base *base;            /* the worker's loop */
-    struct upstream_server_state *servers;
+    struct upstream_server_state *servers; /* address slots, in the servers' order: one for
+                                           an address, UPSTREAM_NAME_SLOTS for a name */
+    size_t nslots;
+    size_t nlive;                       /* slots with an address */
+    size_t first_live;                  /* the first of them (the one, when nlive == 1) */
+    struct upname *names;               /* u->nnames of them (upname.c); NULL without */
     size_t next;                        /* round-robin cursor */
-    struct upconn *idle;                /* idle keep-alive connections (LIFO) */
-    uint32_t nidle;
+    uint32_t nidle;                     /* idle connections over every slot */
     /* Preview pools only (one per resolved address, see upstream_preview_pool). */
     struct upstream_dyn *dyn;           /* the worker's table; NULL for configured upstreams */
     struct upstream_pool *hnext;        /* hash chain in dyn */
@@ -80,7 +100,8 @@ enum upstream_fail {
     UP_FAIL_READ_TIMEOUT = 6,    /* read_timeout_ms without a byte, before or in the body */
     UP_FAIL_TRUNCATED = 7,       /* closed in the middle of the body */
     UP_FAIL_BAD_FRAMING = 8,     /* a body that breaks its chunked framing */
-    UP_FAIL__COUNT = 9,
+    UP_FAIL_DNS = 9,             /* a server's name gave no address (not found, no answer) */
+    UP_FAIL__COUNT = 10,
 };
 const char *upstream_fail_str(enum upstream_fail f);
 
@@ -91,7 +112,11 @@ typedef void (*upconn_ready_cb)(struct upconn *uc, enum upstream_fail fail, void
 struct upconn {
     struct upstream_pool *pool;
     struct upconn *next_idle;
-    size_t server;                    /* index into pool->u->servers */
+    size_t server;    /* its address: index into pool->servers */
+    uint32_t gen;     /* that slot's gen when connected */
+    const char *text; /* the address, for logs: the configuration's, or
+                         text_buf for an address of a name */
+    char text_buf[56];
     struct io *io;
     enum upconn_state state;
     bool reused;                      /* came from the pool */
@@ -118,14 +143,15 @@ void upstream_pools_free(struct worker *w);       /* the preview pools */
 void upstream_pools_close_idle(struct worker *w); /* shutting down */
 
 /*
- * Get a connection to one of POOL's servers: an idle pooled one (*READY set
- * true: usable now, CB is never called) or a new connect (*READY false: CB
- * runs from the loop when the connect ends). A new connect goes to the next
- * server, round-robin, that is neither ejected nor in *TRIED (the servers
- * this request tried already: bit i % 64 for server i); when every server
- * left is ejected, to the one ejected longest ago. Its bit is then set in
- * *TRIED. NULL when no socket could be made. The caller keeps the pointer so
- * it can upstream_close() a connect it no longer wants.
+ * Get a connection to one of POOL's addresses. The address comes first: the
+ * next one, round-robin, that is neither ejected nor in *TRIED (the
+ * addresses this request tried already: bit i % 64 for slot i); when every
+ * one left is ejected, the one ejected longest ago. Its bit is then set in
+ * *TRIED. Then an idle pooled connection to it (with ALLOW_POOLED; *READY
+ * set true: usable now, CB is never called) or a new connect (*READY false:
+ * CB runs from the loop when the connect ends). NULL when the pool has no
+ * address or no socket could be made. The caller keeps the pointer so it
+ * can upstream_close() a connect it no longer wants.
  */
 struct upconn *upstream_get(struct upstream_pool *pool, upconn_ready_cb cb, void *arg,
                             bool allow_pooled, uint64_t *tried, bool *ready);
@@ -137,7 +163,14 @@ void upstream_release(struct upconn *uc, bool keep);
 void upstream_close(struct upconn *uc);
 
 /* The server's address text ("127.0.0.1:9001"). */
-const char *upstream_server_text(const struct upconn *uc);
+static inline const char *upstream_server_text(const struct upconn *uc)
+{
+    return uc->text;
+}
+
+/* Slot I of P (a name's) now holds SA, or (NULL) nothing: its idle
+ * connections are closed and its health starts afresh. */
+void upstream_slot_set(struct upstream_pool *p, size_t i, const struct fg_sockaddr *sa);
 
 /* An attempt on UC's server failed (refused, connect timeout or error,
  * closed before or in its response, bad response head, read timeout): one

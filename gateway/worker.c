@@ -414,10 +414,11 @@ static bool same_resolver(const struct fg_resolver *a, const struct fg_resolver 
            same_strv(a->nameservers, a->nnameservers, b->nameservers, b->nnameservers);
 }
 
-/* The resolver serves preview names, and a Redis address given as a host
- * name (never a blocking lookup on a worker). A reload whose resolver group
- * changed makes a new one; the old one stays (unused for new lookups) until
- * the worker ends, since a request or the Redis link may still wait on it. */
+/* The resolver serves preview names, upstream servers given by name, and a
+ * Redis address given as a host name (never a blocking lookup on a worker).
+ * A reload whose resolver group changed makes a new one; the old one stays
+ * (unused for new lookups) until the worker ends, since a request or the
+ * Redis link may still wait on it. */
 static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size_t errlen)
 {
     bool need = stages_need_resolver(w, cfg);
@@ -643,6 +644,9 @@ void worker_free(struct worker *w)
     upstream_pools_free(w);
     req_free_all(w);
     stages_worker_free(w); /* after the connections: their Redis calls are detached */
+    /* Upstream names' lookups end before their resolver goes. */
+    if (w->snap != NULL)
+        upstream_pools_retire(w->snap->pools, w->snap->npools);
     resolver_free(w->resolver); /* after the connections and the Redis link: their lookups
                                  * are cancelled */
     w->resolver = NULL;

@@ -95,7 +95,7 @@ struct worker {
     struct resolver **old_resolvers; /* replaced by reloads, kept for their last lookups */
     size_t nold_resolvers;
     struct upstream_dyn *dyn;       /* preview pools by address; created on first use */
-    struct resolver *resolver;      /* preview upstream names; NULL without previews */
+    struct resolver *resolver;      /* preview and upstream server names; NULL without */
     struct event *resume_ev;        /* re-arms paused listeners */
     int wake_fd;                    /* eventfd: another thread asks (stop_asked, break_asked) */
     struct event *wake_ev;          /* reads wake_fd */

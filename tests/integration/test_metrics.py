@@ -20,7 +20,7 @@ LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
 TYPES = ("counter", "gauge", "histogram", "summary", "untyped")
 CODES = ("0", "1xx", "2xx", "3xx", "4xx", "5xx")
 KINDS = ("refused", "connect timeout", "error", "closed", "bad response", "read timeout",
-         "truncated", "bad framing")
+         "truncated", "bad framing", "dns")
 
 
 # ------------------------------------------------------------------ the parser

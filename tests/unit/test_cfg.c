@@ -753,6 +753,55 @@ static void test_err_health_check(void **state)
                                       " fall = 1000; rise = 1; };")));
 }
 
+/* An upstream server may be "name:port": the name held to the host rule
+ * (lowercased, one trailing dot dropped), never resolved at load. */
+static void test_upstream_server_names(void **state)
+{
+    struct fg_config *cfg = expect_ok(
+        "listen: { https = [ ]; http = [ \"127.0.0.1:8080\" ]; admin = \"\"; };\n"
+        "upstreams: { api = { servers = [ \"API.Platform.svc.cluster.local.:8080\",\n"
+        "  \"127.0.0.1:9001\", \"no-such-name.invalid:1\" ]; }; };\n");
+    const struct fg_upstream *u = &cfg->upstreams[0];
+
+    assert_int_equal(u->nservers, 3);
+    assert_int_equal(u->nnames, 2);
+    assert_string_equal(u->servers[0].host, "api.platform.svc.cluster.local");
+    assert_string_equal(u->servers[0].text, "API.Platform.svc.cluster.local.:8080");
+    assert_int_equal(ntohs(((const struct sockaddr_in *)&u->servers[0].ss)->sin_port), 8080);
+    assert_null(u->servers[1].host);
+    assert_int_equal(u->servers[1].ss.ss_family, AF_INET);
+    assert_string_equal(u->servers[2].host, "no-such-name.invalid");
+    cfg_unref(cfg);
+
+    static const char *const bad[] = {
+        "api",            /* no port */
+        "api:0",          /* port out of range */
+        "api:65536",      /* ... */
+        "api:http",       /* not a number */
+        "a_b.local:80",   /* not a host name character */
+        "a b:80",         /* ... */
+        "user@api:80",    /* userinfo */
+        "[api]:80",       /* brackets are for IPv6 */
+        ":80",            /* no host */
+        "api:80:80",      /* two ports */
+    };
+    char text[512], want[128];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text),
+                 "listen: { https = [ ]; http = [ \"127.0.0.1:8080\" ]; admin = \"\"; };\n"
+                 "upstreams: { api = {\n servers = [ \"%s\" ]; }; };\n",
+                 bad[i]);
+        snprintf(want, sizeof(want),
+                 "test.conf:3: upstreams.api.servers[0]: bad address \"%s\" (expected IPv4:port "
+                 "or [IPv6]:port or name:port)",
+                 bad[i]);
+        expect_error(text, want);
+    }
+    /* Listeners still take addresses only. */
+    expect_error("listen: { https = [ ];\n  http = [ \"localhost:80\" ]; };\n",
+                 "bad address \"localhost:80\" (expected IPv4:port or [IPv6]:port)");
+}
+
 static void test_err_address(void **state)
 {
     expect_error("listen: { https = [ ];\n  http = [ \"localhost:80\" ]; };\n",
@@ -999,7 +1048,7 @@ int main(void)
         cmocka_unit_test(test_err_range),
         cmocka_unit_test(test_err_upstream_failover),
         cmocka_unit_test(test_err_health_check),
-        cmocka_unit_test(test_err_address),
+        cmocka_unit_test(test_err_address), cmocka_unit_test(test_upstream_server_names),
         cmocka_unit_test(test_err_route),
         cmocka_unit_test(test_err_secret_missing),
         cmocka_unit_test(test_err_secret_short),

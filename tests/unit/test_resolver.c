@@ -332,6 +332,17 @@ static void test_hosts_file(void **state)
     assert_int_equal(resolver_lookup(f.rs, "mvp-b.test", &a.wt, on_answer, &a.addr), RESOLVER_OK);
     assert_ip(&a.addr, "127.0.0.6");
     assert_int_equal(f.dns.queries, 0);
+    /* The whole answer: every line naming the host, in file order. */
+    struct resolver_answer all;
+    assert_int_equal(resolver_lookup_all(f.rs, "mvp-a.test", &a.wt, on_answer, 0, &all),
+                     RESOLVER_OK);
+    assert_int_equal(all.naddrs, 2);
+    assert_ip(&all.addrs[0], "127.0.0.5");
+    assert_ip(&all.addrs[1], "127.0.0.6");
+    assert_int_equal(resolver_lookup_all(f.rs, "mvp-b.test", &a.wt, on_answer, 0, &all),
+                     RESOLVER_OK);
+    assert_int_equal(all.naddrs, 1);
+    assert_int_equal(f.dns.queries, 0);
     assert_int_equal(a.calls, 0);
 
     assert_int_equal(lookup(&f, "mvp-c.test", &a), RESOLVER_NOT_FOUND);
@@ -363,6 +374,20 @@ static void test_dns_answer_cached(void **state)
     assert_int_equal(b.calls, 0);
     assert_int_equal(recs[0].queries, 1);
     assert_int_equal(f.moves.calls, 0);
+
+    /* Refreshed ahead: an answer that expires within AHEAD_MS (60 s TTL,
+     * asked 61 s ahead) is looked up again; the lookup waits for it. */
+    struct resolver_answer all;
+    assert_int_equal(resolver_lookup_all(f.rs, "app.test", &b.wt, on_answer, 1000, &all),
+                     RESOLVER_OK);
+    assert_int_equal(all.naddrs, 1);
+    assert_int_equal(recs[0].queries, 1);
+    b.base = f.base;
+    assert_int_equal(resolver_lookup_all(f.rs, "app.test", &b.wt, on_answer, 61000, &all),
+                     RESOLVER_PENDING);
+    run_until_answer(&f);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(recs[0].queries, 2);
     fixture_stop(&f);
 }
 

@@ -302,6 +302,7 @@ static void test_fail_str(void **state)
     assert_string_equal(upstream_fail_str(UP_FAIL_CLOSED), "closed");
     assert_string_equal(upstream_fail_str(UP_FAIL_BAD_RESPONSE), "bad response");
     assert_string_equal(upstream_fail_str(UP_FAIL_READ_TIMEOUT), "read timeout");
+    assert_string_equal(upstream_fail_str(UP_FAIL_DNS), "dns");
     assert_string_equal(upstream_fail_str((enum upstream_fail)99), "?");
 }
 
@@ -380,7 +381,7 @@ static void test_keepalive_bounds(void **state)
     upstream_release(a, true);
     upstream_release(b, true);
     assert_int_equal(pool->nidle, 1);
-    assert_ptr_equal(pool->idle, a);
+    assert_ptr_equal(pool->servers[0].idle, a);
 
     struct upconn *c = connect_new(pool, st.base, UP_FAIL_NONE);
     upstream_pools_retire(st.pools, 1);
@@ -389,6 +390,63 @@ static void test_keepalive_bounds(void **state)
     assert_int_equal(pool->nidle, 0);
     setup_free(&st);
     server_stop(&srv);
+}
+
+/* A pooled connection, like a new one, goes to the server round-robin
+ * chooses, never to an ejected one: the server is chosen first, then an
+ * idle connection to it is reused. */
+static void test_pooled_per_server(void **state)
+{
+    struct server s0, s1;
+    struct server *list[] = {&s0, &s1};
+    struct setup st;
+    struct ready r = {0};
+    bool ready = false;
+
+    setup_init(&st);
+    server_start(&s0, st.base, "127.0.0.1", 16);
+    server_start(&s1, st.base, "127.0.0.1", 16);
+    setup_pools(&st, list, 2, 4, 1000);
+    struct upstream_pool *pool = &st.pools[0];
+    struct upconn *a = connect_new(pool, st.base, UP_FAIL_NONE);
+    struct upconn *b = connect_new(pool, st.base, UP_FAIL_NONE);
+    assert_int_not_equal(a->server, b->server);
+    upstream_release(a, true);
+    upstream_release(b, true);
+    assert_int_equal(pool->servers[a->server].nidle, 1);
+    assert_int_equal(pool->servers[b->server].nidle, 1);
+
+    /* Taken and given back one at a time: the servers still alternate
+     * (a last-in-first-out pool would hand out the same one twice). */
+    for (int i = 0; i < 4; i++) {
+        uint64_t tried = 0;
+        struct upconn *x = upstream_get(pool, on_ready, &r, true, &tried, &ready);
+        assert_true(ready);
+        assert_true(x == a || x == b);
+        assert_ptr_equal(x, i % 2 == 0 ? a : b);
+        upstream_release(x, true);
+    }
+
+    /* A's server ejected, its connection on top of the pool: only B's
+     * server is handed out, reused. */
+    uint64_t tried = 0;
+    struct upconn *x = upstream_get(pool, on_ready, &r, true, &tried, &ready);
+    assert_ptr_equal(x, a);
+    for (uint32_t i = 0; i < pool->u->max_fails; i++)
+        upstream_server_failed(a);
+    upstream_release(a, true);
+    for (int i = 0; i < 3; i++) {
+        tried = 0;
+        x = upstream_get(pool, on_ready, &r, true, &tried, &ready);
+        assert_true(ready);
+        assert_ptr_equal(x, b);
+        upstream_release(x, true);
+    }
+    assert_int_equal(pool->servers[a->server].nidle, 1);
+    assert_int_equal(r.calls, 0);
+    setup_free(&st);
+    server_stop(&s0);
+    server_stop(&s1);
 }
 
 /* An idle connection the server closes, or writes to unasked, leaves the
@@ -768,7 +826,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fail_str),         cmocka_unit_test(test_keepalive_reuse),
-        cmocka_unit_test(test_keepalive_bounds), cmocka_unit_test(test_idle_closed_by_server),
+        cmocka_unit_test(test_keepalive_bounds), cmocka_unit_test(test_pooled_per_server),
+        cmocka_unit_test(test_idle_closed_by_server),
         cmocka_unit_test(test_refused),          cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_round_robin),      cmocka_unit_test(test_refused_server_ejected),
         cmocka_unit_test(test_ok_resets_and_max_fails_zero),
