@@ -17,7 +17,8 @@
 # Environment:
 #   DURATION=10 ROUNDS=3         seconds per wrk run, rounds of alternation
 #   WRK_THREADS=1 WRK_CONNECTIONS=64
-#   TARGETS="backend flowgate nginx haproxy"
+#   TARGETS="backend flowgate nginx haproxy"   (also flowgate_name: flowgate with
+#                                its upstream given by a host name, resolved from a hosts file)
 #   PIN_WRK, PIN_BACKEND, PIN_FLOWGATE, PIN_NGINX, PIN_HAPROXY
 #                                a taskset CPU list for that process (unset: none)
 #   FLOWGATE=PATH                measure this binary instead of building build/flowgate
@@ -63,6 +64,17 @@ for t in $TARGETS; do
         start_flowgate "$p" "$BACKEND_PORT"
         check_target flowgate "https://127.0.0.1:$p/" tls
         eval "URL_flowgate=https://127.0.0.1:$p/ PID_flowgate=$FLOWGATE_PID"
+        ;;
+    flowgate_name)
+        # The same flowgate with its upstream given by name (a hosts-file
+        # answer): once resolved, a name should cost nothing per request.
+        p=$(free_port)
+        printf '127.0.0.1 backend.bench.test\n' >"$BENCH_TMP/hosts"
+        FG_UPSTREAM_HOST=backend.bench.test \
+            FG_EXTRA="resolver: { hosts_file = \"$BENCH_TMP/hosts\"; };" \
+            start_flowgate "$p" "$BACKEND_PORT" flowgate_name
+        check_target flowgate_name "https://127.0.0.1:$p/" tls
+        eval "URL_flowgate_name=https://127.0.0.1:$p/ PID_flowgate_name=$FLOWGATE_PID"
         ;;
     nginx)
         p=$(free_port)
