@@ -29,7 +29,7 @@
 struct resolver_entry {
     struct resolver_entry *hnext;               /* hash chain */
     struct resolver_entry *lru_prev, *lru_next; /* most recently used first */
-    struct evdns_request *query;                /* DNS query in flight, or NULL */
+    struct dns_query *query;                    /* DNS lookup in flight, or NULL */
     bool querying;                              /* a lookup is under way (query may lag) */
     struct resolver_wait *waiters;              /* requests waiting for the answer */
     enum resolver_status st;                    /* last answer; PENDING before the first */
@@ -41,6 +41,18 @@ struct resolver_entry {
     uint32_t hash;
     struct resolver *rs;
     char name[]; /* lowercase, NUL-terminated */
+};
+
+/* A DNS lookup of one entry: its A and AAAA queries, sent together, and
+ * their answers until both came (the entry's answer is their union). */
+struct dns_query {
+    struct resolver_entry *e;
+    bool ended[2];        /* [0] A, [1] AAAA answered (perhaps while being sent) */
+    unsigned outstanding; /* queries not answered, +1 while both are sent */
+    int result[2];        /* DNS_ERR_* */
+    int ttl[2];           /* seconds; of an answer with addresses */
+    struct sockaddr_storage addrs[2][RESOLVER_ADDRS_MAX]; /* port 0 */
+    size_t naddrs[2];
 };
 
 struct hosts_rec {
@@ -290,6 +302,7 @@ static void entry_free(struct resolver *rs, struct resolver_entry *e)
     *pp = e->hnext;
     lru_unlink(rs, e);
     rs->nentries--;
+    free(e->query); /* only from resolver_free, whose evdns_base_free dropped its queries */
     free(e);
 }
 
@@ -390,38 +403,118 @@ static uint64_t dns_ttl_ms(int ttl)
     return ms > RESOLVER_MAX_TTL_MS ? RESOLVER_MAX_TTL_MS : ms;
 }
 
-static void dns_answer(int result, char type, int count, int ttl, void *addresses, void *arg)
+/* One query's addresses into Q (family index I: 0 for A, 1 for AAAA). */
+static void dns_keep(struct dns_query *q, int i, int count, const void *addresses)
 {
-    struct resolver_entry *e = arg;
+    size_t len = i == 0 ? 4 : 16;
+
+    /* Every record, in the answer's order (the first is a preview's). */
+    for (size_t n = 0; n < (size_t)count && n < RESOLVER_ADDRS_MAX; n++) {
+        if (i == 0) {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&q->addrs[0][n];
+            s4->sin_family = AF_INET;
+            memcpy(&s4->sin_addr, (const char *)addresses + len * n, len);
+        } else {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&q->addrs[1][n];
+            s6->sin6_family = AF_INET6;
+            memcpy(&s6->sin6_addr, (const char *)addresses + len * n, len);
+        }
+        q->naddrs[i]++;
+    }
+}
+
+/* NXDOMAIN, or a name without a record of the type asked (NODATA). */
+static bool dns_said_none(const struct dns_query *q, int i)
+{
+    return q->result[i] == DNS_ERR_NOTEXIST || q->result[i] == DNS_ERR_NODATA ||
+           (q->result[i] == DNS_ERR_NONE && q->naddrs[i] == 0);
+}
+
+/* Both queries ended: the union of their addresses (A first) with the
+ * smaller TTL of the answers that had some. Either family's addresses make
+ * a success; the name does not exist only when neither query found it. */
+static void dns_done(struct dns_query *q)
+{
+    struct resolver_entry *e = q->e;
     struct sockaddr_storage ss[RESOLVER_ADDRS_MAX];
     size_t n = 0;
+    int ttl = -1;
 
     e->query = NULL;
     e->querying = false;
-    if (result == DNS_ERR_NONE && type == DNS_IPv4_A && count > 0) {
-        /* Every record, in the answer's order (the first is a preview's). */
-        memset(ss, 0, sizeof(ss));
-        for (; n < (size_t)count && n < RESOLVER_ADDRS_MAX; n++) {
-            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss[n];
-            s4->sin_family = AF_INET;
-            memcpy(&s4->sin_addr, (const char *)addresses + 4 * n, 4);
-        }
+    for (int i = 0; i < 2; i++) {
+        for (size_t k = 0; k < q->naddrs[i] && n < RESOLVER_ADDRS_MAX; k++)
+            ss[n++] = q->addrs[i][k];
+        if (q->naddrs[i] > 0 && (ttl < 0 || q->ttl[i] < ttl))
+            ttl = q->ttl[i];
+    }
+    if (n > 0) {
         entry_set(e, RESOLVER_OK, ss, n, dns_ttl_ms(ttl));
-    } else if (result == DNS_ERR_NOTEXIST || result == DNS_ERR_NONE) {
-        /* NXDOMAIN, or a name with no A record (NODATA). */
+    } else if (dns_said_none(q, 0) && dns_said_none(q, 1)) {
         entry_set(e, RESOLVER_NOT_FOUND, NULL, 0, RESOLVER_NEGATIVE_TTL_MS);
     } else {
-        log_warn("resolver: %s: %s", e->name, evdns_err_to_string(result));
+        int err = dns_said_none(q, 0) ? q->result[1] : q->result[0];
+        log_warn("resolver: %s: %s", e->name, evdns_err_to_string(err));
         entry_set(e, RESOLVER_FAILED, NULL, 0, RESOLVER_FAILED_TTL_MS);
     }
+    free(q);
     entry_notify(e);
 }
 
-/* Start a lookup for E: the hosts file answers at once, DNS later. */
+/* One query ended (I: 0 for A, 1 for AAAA); the last one answers E. */
+static void dns_ended(struct dns_query *q, int i, int result, char type, int count, int ttl,
+                      const void *addresses)
+{
+    char want = i == 0 ? DNS_IPv4_A : DNS_IPv6_AAAA;
+
+    q->ended[i] = true;
+    q->result[i] = result;
+    if (result == DNS_ERR_NONE && type == want && count > 0) {
+        dns_keep(q, i, count, addresses);
+        q->ttl[i] = ttl;
+    }
+    if (--q->outstanding == 0)
+        dns_done(q);
+}
+
+static void dns_answer_a(int result, char type, int count, int ttl, void *addresses, void *arg)
+{
+    dns_ended(arg, 0, result, type, count, ttl, addresses);
+}
+
+static void dns_answer_aaaa(int result, char type, int count, int ttl, void *addresses,
+                            void *arg)
+{
+    dns_ended(arg, 1, result, type, count, ttl, addresses);
+}
+
+/* Send Q's query I. evdns may answer from inside the call; a query it
+ * cannot send ends at once as a failure. */
+static void dns_send(struct resolver *rs, struct dns_query *q, int i)
+{
+    const char *name = q->e->name;
+    struct evdns_request *req;
+
+    /* No search domains: the template already makes a complete name. */
+    if (i == 0)
+        req = evdns_base_resolve_ipv4(rs->dns, name, DNS_QUERY_NO_SEARCH, dns_answer_a, q);
+    else
+        req = evdns_base_resolve_ipv6(rs->dns, name, DNS_QUERY_NO_SEARCH, dns_answer_aaaa, q);
+    /* Neither sent nor answered from inside the call: a failure. */
+    if (req == NULL && !q->ended[i]) {
+        q->ended[i] = true;
+        q->result[i] = DNS_ERR_UNKNOWN;
+        q->outstanding--;
+    }
+}
+
+/* Start a lookup for E: the hosts file answers at once, DNS (A and AAAA
+ * queries in parallel) later. */
 static void entry_resolve(struct resolver *rs, struct resolver_entry *e)
 {
     uint64_t now = now_ms();
     const struct hosts_rec *h;
+    struct dns_query *q;
 
     hosts_refresh(rs, now);
     if ((h = hosts_find(rs, e->name)) != NULL) {
@@ -430,18 +523,19 @@ static void entry_resolve(struct resolver *rs, struct resolver_entry *e)
         entry_set(e, RESOLVER_OK, addrs, n, RESOLVER_HOSTS_TTL_MS);
         return;
     }
-    e->querying = true;
-    /* No search domains: the template already makes a complete name. */
-    struct evdns_request *q =
-        evdns_base_resolve_ipv4(rs->dns, e->name, DNS_QUERY_NO_SEARCH, dns_answer, e);
-    if (!e->querying)
-        return; /* answered from inside the call */
-    if (q == NULL) {
-        e->querying = false;
+    if ((q = calloc(1, sizeof(*q))) == NULL) {
         entry_set(e, RESOLVER_FAILED, NULL, 0, RESOLVER_FAILED_TTL_MS);
         return;
     }
+    q->e = e;
+    /* The extra one keeps Q while both are sent, whatever answers inside. */
+    q->outstanding = 3;
     e->query = q;
+    e->querying = true;
+    dns_send(rs, q, 0);
+    dns_send(rs, q, 1);
+    if (--q->outstanding == 0)
+        dns_done(q);
 }
 
 /* NAME's entry, answered when fresh for AHEAD_MS more (NULL when out of

@@ -7,10 +7,12 @@
  * that is re-read when the file changes (its mtime/size/inode looked at no
  * more than once a second); its answers are cached for RESOLVER_HOSTS_TTL_MS.
  * A name's every address is kept (up to RESOLVER_ADDRS_MAX; hosts lines in
- * file order). Other names go to DNS (A records): answers are cached for their TTL (at
- * most RESOLVER_MAX_TTL_MS), a name that does not exist for
- * RESOLVER_NEGATIVE_TTL_MS, a failure (timeout, SERVFAIL) for
- * RESOLVER_FAILED_TTL_MS. Concurrent lookups of one name wait on one query.
+ * file order). Other names go to DNS, A and AAAA queries at once: the answer
+ * is the union of their addresses (A first) with the smaller TTL of the two,
+ * cached for it (at most RESOLVER_MAX_TTL_MS). A name neither query found
+ * (NXDOMAIN, no record) is cached for RESOLVER_NEGATIVE_TTL_MS, a failure
+ * (timeout, SERVFAIL) with no address from the other query for
+ * RESOLVER_FAILED_TTL_MS. Concurrent lookups of one name wait on one lookup.
  *
  *   entry: (none) --lookup--> PENDING --answer--> OK | NOT_FOUND | FAILED
  *                                ^                        |
@@ -36,7 +38,7 @@
 
 enum resolver_status {
     RESOLVER_OK = 0,        /* an address */
-    RESOLVER_NOT_FOUND = 1, /* NXDOMAIN, no A record, not in the hosts file */
+    RESOLVER_NOT_FOUND = 1, /* NXDOMAIN, no A or AAAA record, not in hosts */
     RESOLVER_FAILED = 2,    /* timeout, SERVFAIL, no nameserver answered */
     RESOLVER_PENDING = 3,   /* the waiter's callback will be called */
 };

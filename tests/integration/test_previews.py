@@ -134,10 +134,12 @@ class Dns:
             json.dump(zone, f)
         os.replace(tmp, self.zone_file)
 
-    def queries(self, name=None):
+    def queries(self, name=None, qtype=1):
+        """Names of the queries of QTYPE received: a lookup asks A (1) and
+        AAAA (28) at once, so the A queries count lookups."""
         with open(self.log) as f:
-            qs = [line.split()[0] for line in f if line.strip()]
-        return [q for q in qs if name is None or q == name]
+            qs = [line.split() for line in f if line.strip()]
+        return [q for q, t in qs if (name is None or q == name) and int(t) == qtype]
 
     def __exit__(self, *exc):
         stop_process(self.proc)
@@ -302,6 +304,7 @@ def test_many_requests_answered_by_one_dns_answer():
             assert_preview_error(r, 404, "not_found")
             c.close()
         eq(s.dns.queries(), [upstream_name("ghost")], "one DNS query for all of them")
+        eq(s.dns.queries(qtype=28), [upstream_name("ghost")], "and one AAAA query")
         eq(s.fg.get("/", host=host_of("alpha")).status, 200, "flowgate still serves")
 
 

@@ -4,7 +4,8 @@
  * (UDP, on the same loop) whose answers each test sets and whose queries it
  * counts: hosts-file answers without a query, DNS answers cached for their
  * TTL, one query for concurrent lookups, NXDOMAIN, SERVFAIL and a server
- * that never answers, cancelled waiters, and the `moved` callback.
+ * that never answers, cancelled waiters, the `moved` callback, and A and
+ * AAAA answers merged.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -36,17 +37,23 @@ static char hosts_path[200];
 
 enum dns_kind {
     DNS_NXDOMAIN = 0, /* also the answer for a name not in the table */
-    DNS_A = 1,
+    DNS_A = 1,        /* a record of the type: A, or AAAA when the type is */
     DNS_SERVFAIL = 2,
     DNS_SILENT = 3, /* no reply at all */
+    DNS_NODATA = 4, /* no record of the type: a name listed for the other only */
 };
 
+#define QTYPE_A 1
+#define QTYPE_AAAA 28
+
+/* The answer to queries of one type for a name. */
 struct dns_rec {
     const char *name; /* lowercase */
     enum dns_kind kind;
     const char *ip; /* DNS_A */
     uint32_t ttl;   /* seconds */
-    int queries;    /* received for this name */
+    int queries;    /* received for this name and type */
+    int type;       /* QTYPE_A or QTYPE_AAAA */
 };
 
 struct dns_server {
@@ -54,7 +61,8 @@ struct dns_server {
     struct event *ev;     /* answers from the loop */
     struct dns_rec *recs; /* the test's table: changed between lookups */
     size_t nrecs;
-    int queries;   /* received, for any name */
+    int queries;   /* A queries received, for any name: one a lookup */
+    int queries6;  /* AAAA queries received, for any name */
     char addr[32]; /* "127.0.0.1:port", for the resolver */
 };
 
@@ -80,20 +88,26 @@ static size_t dns_question(const unsigned char *q, size_t n, char *name, size_t 
     return pos + 5 <= n ? pos + 5 : 0;
 }
 
-static struct dns_rec *dns_find(struct dns_server *d, const char *name)
+/* NAME's record for queries of QTYPE; *LISTED tells whether NAME has any. */
+static struct dns_rec *dns_find(struct dns_server *d, const char *name, int qtype, bool *listed)
 {
-    for (size_t i = 0; i < d->nrecs; i++)
-        if (strcmp(d->recs[i].name, name) == 0)
+    *listed = false;
+    for (size_t i = 0; i < d->nrecs; i++) {
+        if (strcmp(d->recs[i].name, name) != 0)
+            continue;
+        *listed = true;
+        if (d->recs[i].type == qtype)
             return &d->recs[i];
+    }
     return NULL;
 }
 
-/* The reply to query Q (question ending at END) into R; its length. The
- * question is copied as sent: the resolver randomises its case. */
-static size_t dns_reply(const unsigned char *q, size_t end, const struct dns_rec *rec,
-                        unsigned char *r)
+/* The reply (KIND) to query Q (question ending at END, of type QTYPE)
+ * into R; its length. The question is copied as sent: the resolver
+ * randomises its case. */
+static size_t dns_reply(const unsigned char *q, size_t end, int qtype, enum dns_kind kind,
+                        const struct dns_rec *rec, unsigned char *r)
 {
-    enum dns_kind kind = rec ? rec->kind : DNS_NXDOMAIN;
     int rcode = kind == DNS_NXDOMAIN ? 3 : kind == DNS_SERVFAIL ? 2 : 0;
     size_t len = end;
 
@@ -103,9 +117,10 @@ static size_t dns_reply(const unsigned char *q, size_t end, const struct dns_rec
     memset(r + 4, 0, 8);
     r[5] = 1; /* one question */
     if (kind == DNS_A) {
-        static const unsigned char head[] = {0xc0, 0x0c, 0, 1, 0, 1};
-        struct in_addr ip;
-        assert_int_equal(inet_pton(AF_INET, rec->ip, &ip), 1);
+        const unsigned char head[] = {0xc0, 0x0c, 0, (unsigned char)qtype, 0, 1};
+        unsigned char ip[16];
+        size_t iplen = qtype == QTYPE_AAAA ? 16 : 4;
+        assert_int_equal(inet_pton(qtype == QTYPE_AAAA ? AF_INET6 : AF_INET, rec->ip, ip), 1);
         r[7] = 1; /* one answer */
         memcpy(r + len, head, sizeof(head));
         len += sizeof(head);
@@ -114,9 +129,9 @@ static size_t dns_reply(const unsigned char *q, size_t end, const struct dns_rec
         r[len++] = (unsigned char)(rec->ttl >> 8);
         r[len++] = (unsigned char)rec->ttl;
         r[len++] = 0;
-        r[len++] = 4;
-        memcpy(r + len, &ip, 4);
-        len += 4;
+        r[len++] = (unsigned char)iplen;
+        memcpy(r + len, ip, iplen);
+        len += iplen;
     }
     return len;
 }
@@ -134,13 +149,19 @@ static void on_dns(evutil_socket_t fd, short what, void *arg)
         size_t end = dns_question(q, (size_t)n, name, sizeof(name));
         if (end == 0)
             continue;
-        struct dns_rec *rec = dns_find(d, name);
-        d->queries++;
+        int qtype = q[end - 4] << 8 | q[end - 3];
+        bool listed;
+        struct dns_rec *rec = dns_find(d, name, qtype, &listed);
+        enum dns_kind kind = rec ? rec->kind : listed ? DNS_NODATA : DNS_NXDOMAIN;
+        if (qtype == QTYPE_AAAA)
+            d->queries6++;
+        else
+            d->queries++;
         if (rec)
             rec->queries++;
-        if (rec && rec->kind == DNS_SILENT)
+        if (kind == DNS_SILENT)
             continue;
-        size_t len = dns_reply(q, end, rec, r);
+        size_t len = dns_reply(q, end, qtype, kind, rec, r);
         sendto(fd, r, len, 0, (struct sockaddr *)&from, flen);
         flen = sizeof(from);
     }
@@ -300,6 +321,30 @@ static void assert_ip(const struct sockaddr_storage *ss, const char *ip)
     assert_int_equal(s4->sin_port, 0);
 }
 
+static void assert_ip6(const struct sockaddr_storage *ss, const char *ip)
+{
+    char text[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+    assert_int_equal(ss->ss_family, AF_INET6);
+    assert_non_null(inet_ntop(AF_INET6, &s6->sin6_addr, text, sizeof(text)));
+    assert_string_equal(text, ip);
+    assert_int_equal(s6->sin6_port, 0);
+}
+
+/* lookup_all of NAME, waiting for the answer when it is not given at once. */
+static enum resolver_status lookup_all(struct fixture *f, const char *name, struct answer *a,
+                                       struct resolver_answer *all)
+{
+    a->base = f->base;
+    enum resolver_status st = resolver_lookup_all(f->rs, name, &a->wt, on_answer, 0, all);
+    if (st != RESOLVER_PENDING)
+        return st;
+    run_until_answer(f);
+    assert_int_equal(a->calls, 1);
+    return resolver_lookup_all(f->rs, name, &a->wt, on_answer, 0, all);
+}
+
 static void write_hosts(const char *text)
 {
     FILE *fp = fopen(hosts_path, "w");
@@ -316,7 +361,7 @@ static void write_hosts(const char *text)
  * bad lines are skipped; a name it lacks goes to DNS. */
 static void test_hosts_file(void **state)
 {
-    struct dns_rec recs[] = {{"dns.test", DNS_A, "127.0.0.9", 60, 0}};
+    struct dns_rec recs[] = {{"dns.test", DNS_A, "127.0.0.9", 60, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0};
 
@@ -357,7 +402,7 @@ static void test_hosts_file(void **state)
  * without another query. */
 static void test_dns_answer_cached(void **state)
 {
-    struct dns_rec recs[] = {{"app.test", DNS_A, "127.0.0.7", 60, 0}};
+    struct dns_rec recs[] = {{"app.test", DNS_A, "127.0.0.7", 60, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0}, b = {0};
 
@@ -394,7 +439,7 @@ static void test_dns_answer_cached(void **state)
 /* Lookups of one name while its query is out wait on that one query. */
 static void test_concurrent_lookups_one_query(void **state)
 {
-    struct dns_rec recs[] = {{"busy.test", DNS_A, "127.0.0.8", 60, 0}};
+    struct dns_rec recs[] = {{"busy.test", DNS_A, "127.0.0.8", 60, 0, QTYPE_A}};
     struct fixture f;
     struct answer a[3] = {{.calls = 0}};
 
@@ -412,6 +457,7 @@ static void test_concurrent_lookups_one_query(void **state)
         assert_ip(&a[i].addr, "127.0.0.8");
     }
     assert_int_equal(recs[0].queries, 1);
+    assert_int_equal(f.dns.queries6, 1);
     fixture_stop(&f);
 }
 
@@ -420,7 +466,7 @@ static void test_concurrent_lookups_one_query(void **state)
  * gives up). */
 static void test_not_found_and_servfail(void **state)
 {
-    struct dns_rec recs[] = {{"broken.test", DNS_SERVFAIL, NULL, 0, 0}};
+    struct dns_rec recs[] = {{"broken.test", DNS_SERVFAIL, NULL, 0, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0}, b = {0}, c = {0};
 
@@ -440,7 +486,7 @@ static void test_not_found_and_servfail(void **state)
 /* A nameserver that never answers: RESOLVER_FAILED once evdns gives up. */
 static void test_timeout(void **state)
 {
-    struct dns_rec recs[] = {{"silent.test", DNS_SILENT, NULL, 0, 0}};
+    struct dns_rec recs[] = {{"silent.test", DNS_SILENT, NULL, 0, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0};
 
@@ -456,8 +502,8 @@ static void test_timeout(void **state)
  * waiter went away. */
 static void test_cancel(void **state)
 {
-    struct dns_rec recs[] = {{"one.test", DNS_A, "127.0.0.10", 60, 0},
-                             {"two.test", DNS_A, "127.0.0.11", 60, 0}};
+    struct dns_rec recs[] = {{"one.test", DNS_A, "127.0.0.10", 60, 0, QTYPE_A},
+                             {"two.test", DNS_A, "127.0.0.11", 60, 0, QTYPE_A}};
     struct fixture f;
     struct answer gone = {0}, stays = {0}, alone = {0}, later = {0};
 
@@ -490,7 +536,7 @@ static void test_cancel(void **state)
 /* resolver_free drops a lookup still waiting for DNS without calling it. */
 static void test_free_with_pending(void **state)
 {
-    struct dns_rec recs[] = {{"slow.test", DNS_SILENT, NULL, 0, 0}};
+    struct dns_rec recs[] = {{"slow.test", DNS_SILENT, NULL, 0, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0};
 
@@ -512,7 +558,7 @@ static void test_free_with_pending(void **state)
  * one; the same address again, or a failure, does not. */
 static void test_ttl_and_moved(void **state)
 {
-    struct dns_rec recs[] = {{"mvp.test", DNS_A, "127.0.0.20", 1, 0}};
+    struct dns_rec recs[] = {{"mvp.test", DNS_A, "127.0.0.20", 1, 0, QTYPE_A}};
     struct fixture f;
     struct answer a = {0};
 
@@ -556,6 +602,107 @@ static void test_ttl_and_moved(void **state)
     fixture_stop(&f);
 }
 
+/* A name with only an AAAA record resolves to its IPv6 address (the A
+ * query finding no record); so does a hosts file line with one. */
+static void test_aaaa_only(void **state)
+{
+    struct dns_rec recs[] = {{"six.test", DNS_A, "2001:db8::6", 60, 0, QTYPE_AAAA}};
+    struct fixture f;
+    struct answer a = {0}, b = {0};
+    struct resolver_answer all;
+
+    write_hosts("::1 v6.test\n");
+    fixture_start(&f, recs, 1);
+    assert_int_equal(lookup(&f, "six.test", &a), RESOLVER_OK);
+    assert_ip6(&a.addr, "2001:db8::6");
+    assert_int_equal(lookup_all(&f, "six.test", &b, &all), RESOLVER_OK);
+    assert_int_equal(all.naddrs, 1);
+    assert_ip6(&all.addrs[0], "2001:db8::6");
+    assert_int_equal(f.dns.queries, 1);
+    assert_int_equal(f.dns.queries6, 1);
+
+    assert_int_equal(resolver_lookup_all(f.rs, "v6.test", &b.wt, on_answer, 0, &all), RESOLVER_OK);
+    assert_int_equal(all.naddrs, 1);
+    assert_ip6(&all.addrs[0], "::1");
+    assert_int_equal(f.dns.queries6, 1);
+    fixture_stop(&f);
+}
+
+/* A and AAAA records: both addresses, A first, cached for the smaller TTL
+ * (30 s: refreshed when asked 31 s ahead, not 20 s ahead). */
+static void test_a_and_aaaa(void **state)
+{
+    struct dns_rec recs[] = {{"both.test", DNS_A, "127.0.0.30", 60, 0, QTYPE_A},
+                             {"both.test", DNS_A, "2001:db8::30", 30, 0, QTYPE_AAAA}};
+    struct fixture f;
+    struct answer a = {0}, b = {0};
+    struct resolver_answer all;
+
+    write_hosts("");
+    fixture_start(&f, recs, 2);
+    assert_int_equal(lookup(&f, "both.test", &a), RESOLVER_OK);
+    assert_ip(&a.addr, "127.0.0.30");
+    assert_int_equal(resolver_lookup_all(f.rs, "both.test", &b.wt, on_answer, 20000, &all),
+                     RESOLVER_OK);
+    assert_int_equal(all.naddrs, 2);
+    assert_ip(&all.addrs[0], "127.0.0.30");
+    assert_ip6(&all.addrs[1], "2001:db8::30");
+    assert_int_equal(recs[0].queries, 1);
+    assert_int_equal(recs[1].queries, 1);
+
+    b.base = f.base;
+    assert_int_equal(resolver_lookup_all(f.rs, "both.test", &b.wt, on_answer, 31000, &all),
+                     RESOLVER_PENDING);
+    run_until_answer(&f);
+    assert_int_equal(b.st, RESOLVER_OK);
+    assert_int_equal(recs[0].queries, 2);
+    assert_int_equal(recs[1].queries, 2);
+    fixture_stop(&f);
+}
+
+/* A failure of one query with addresses from the other is a success, with
+ * the other's TTL; a failure with NXDOMAIN from the other is a failure. */
+static void test_aaaa_servfail(void **state)
+{
+    struct dns_rec recs[] = {{"half.test", DNS_A, "127.0.0.31", 60, 0, QTYPE_A},
+                             {"half.test", DNS_SERVFAIL, NULL, 0, 0, QTYPE_AAAA},
+                             {"odd.test", DNS_NXDOMAIN, NULL, 0, 0, QTYPE_A},
+                             {"odd.test", DNS_SERVFAIL, NULL, 0, 0, QTYPE_AAAA}};
+    struct fixture f;
+    struct answer a = {0}, b = {0}, c = {0};
+    struct resolver_answer all;
+
+    write_hosts("");
+    fixture_start(&f, recs, 4);
+    assert_int_equal(lookup_all(&f, "half.test", &a, &all), RESOLVER_OK);
+    assert_int_equal(all.naddrs, 1);
+    assert_ip(&all.addrs[0], "127.0.0.31");
+    assert_true(recs[1].queries >= 1);
+    assert_int_equal(resolver_lookup_all(f.rs, "half.test", &b.wt, on_answer, 50000, &all),
+                     RESOLVER_OK);
+    assert_int_equal(recs[0].queries, 1);
+
+    assert_int_equal(lookup(&f, "odd.test", &c), RESOLVER_FAILED);
+    fixture_stop(&f);
+}
+
+/* NXDOMAIN for both queries: not found, remembered. */
+static void test_nxdomain_both(void **state)
+{
+    struct fixture f;
+    struct answer a = {0}, b = {0};
+
+    write_hosts("");
+    fixture_start(&f, NULL, 0);
+    assert_int_equal(lookup(&f, "nowhere.test", &a), RESOLVER_NOT_FOUND);
+    assert_int_equal(f.dns.queries, 1);
+    assert_int_equal(f.dns.queries6, 1);
+    assert_int_equal(resolver_lookup(f.rs, "nowhere.test", &b.wt, on_answer, &b.addr),
+                     RESOLVER_NOT_FOUND);
+    assert_int_equal(f.dns.queries6, 1);
+    fixture_stop(&f);
+}
+
 static void test_status_str(void **state)
 {
     assert_string_equal(resolver_status_str(RESOLVER_OK), "ok");
@@ -591,6 +738,10 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_free_with_pending),
         cmocka_unit_test(test_ttl_and_moved),
+        cmocka_unit_test(test_aaaa_only),
+        cmocka_unit_test(test_a_and_aaaa),
+        cmocka_unit_test(test_aaaa_servfail),
+        cmocka_unit_test(test_nxdomain_both),
         cmocka_unit_test(test_status_str),
     };
 
