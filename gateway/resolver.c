@@ -95,7 +95,7 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+bool resolver_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     if (a->ss_family != b->ss_family)
         return false;
@@ -348,7 +348,7 @@ static struct resolver_entry *entry_new(struct resolver *rs, const char *name, u
 static bool addr_in(const struct sockaddr_storage *a, const struct sockaddr_storage *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (same_addr(a, &v[i]))
+        if (resolver_same_ip(a, &v[i]))
             return true;
     return false;
 }

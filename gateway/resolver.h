@@ -68,6 +68,9 @@ struct resolver *resolver_new(struct event_base *base, const struct fg_resolver 
                               resolver_moved_cb moved, void *arg, char *err, size_t errlen);
 void resolver_free(struct resolver *rs); /* pending queries are dropped, no callback */
 
+/* Do A and B hold the same IP address (the port aside)? */
+bool resolver_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
 /*
  * Look NAME (lowercase) up. A cached answer returns at once (RESOLVER_OK
  * fills *ADDR); otherwise RESOLVER_PENDING and WT->cb is called later from

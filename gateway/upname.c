@@ -39,17 +39,6 @@ static void refresh(struct upname *n, uint64_t ahead_ms);
 
 /* ---- the answer into the slots -------------------------------------------- */
 
-static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return false;
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
-}
-
 static struct upstream_server_state *slot(const struct upname *n, size_t j)
 {
     return &n->pool->servers[n->first + j];
@@ -58,7 +47,7 @@ static struct upstream_server_state *slot(const struct upname *n, size_t j)
 static bool in_answer(const struct sockaddr_storage *a, const struct resolver_answer *ans)
 {
     for (size_t i = 0; i < ans->naddrs; i++)
-        if (same_ip(a, &ans->addrs[i]))
+        if (resolver_same_ip(a, &ans->addrs[i]))
             return true;
     return false;
 }
@@ -66,7 +55,7 @@ static bool in_answer(const struct sockaddr_storage *a, const struct resolver_an
 static bool in_slots(const struct upname *n, const struct sockaddr_storage *a)
 {
     for (size_t j = 0; j < UPSTREAM_NAME_SLOTS; j++)
-        if (slot(n, j)->sa != NULL && same_ip(&n->addrs[j].ss, a))
+        if (slot(n, j)->sa != NULL && resolver_same_ip(&n->addrs[j].ss, a))
             return true;
     return false;
 }
