@@ -1,11 +1,16 @@
 #!/bin/sh
 # deps.sh SET... - install the Debian 12 packages a make target needs.
 #
-#   run    `make`, `make run`: compiler, make, pkg-config, the -dev libraries;
+#   run    `make`, `make run`: compiler, make, pkg-config, the -dev libraries
+#          (libnghttp2 for HTTP/2);
 #          openssl (dev certificates), python3 (demo upstream, dev token),
 #          redis-server (the demo's rate limits), curl (the lines it prints)
 #   test   `make test`: run's, plus cmocka, clang-14 and its fuzzer runtime,
-#          node-llhttp (the fuzz oracle), iproute2 (ss), testssl.sh
+#          node-llhttp (the fuzz oracle), iproute2 (ss), testssl.sh; HTTP/2
+#          clients (python3-h2, nghttp2-client), redis-sentinel, chromium with
+#          libnss3-tools (the browser suite's certificate store), and
+#          kubernetes-client unless a kubectl is already installed (its
+#          "kubectl kustomize" renders deploy/kubernetes)
 #   bench  `make bench`: run's, plus wrk, nginx, haproxy, gnuplot, valgrind
 #
 # As root: apt-get. Debian starts a package's service when it installs it, so
@@ -20,10 +25,10 @@
 set -eu
 
 RUN_PKGS="build-essential pkg-config libevent-dev libssl-dev libjwt-dev libhiredis-dev
-libjansson-dev libconfig-dev openssl python3 redis-server curl"
+libjansson-dev libconfig-dev libnghttp2-dev openssl python3 redis-server curl"
 TEST_PKGS="libcmocka-dev clang-14 libclang-rt-14-dev node-llhttp iproute2 testssl.sh
-chromium fonts-dejavu-core"
-BENCH_PKGS="wrk nginx haproxy gnuplot-nox valgrind"
+chromium fonts-dejavu-core python3-h2 nghttp2-client redis-sentinel libnss3-tools"
+BENCH_PKGS="wrk nginx haproxy gnuplot-nox valgrind nghttp2-client"
 POLICY=/usr/sbin/policy-rc.d
 
 [ $# -gt 0 ] || set -- run test bench
@@ -31,7 +36,10 @@ pkgs=$RUN_PKGS
 for set in "$@"; do
     case $set in
     run) ;;
-    test) pkgs="$pkgs $TEST_PKGS" ;;
+    test)
+        pkgs="$pkgs $TEST_PKGS"
+        command -v kubectl >/dev/null 2>&1 || pkgs="$pkgs kubernetes-client"
+        ;;
     bench) pkgs="$pkgs $BENCH_PKGS" ;;
     *) echo "usage: deps.sh [run|test|bench]..." >&2; exit 2 ;;
     esac
