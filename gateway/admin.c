@@ -272,21 +272,12 @@ out:
     return rc;
 }
 
-/*
- * Is server J of upstream I (of the configuration in force) ejected by a
- * worker (max_fails consecutive failures, for fail_timeout_ms)? Only the workers that run the configuration in force are read: a
- * worker stores its generation (release) after installing that snapshot, and
- * cannot install another before main hands it one, which main cannot do
- * while it runs this, so the snapshot read here stays alive. down_until_ms
- * is the worker's own to write: relaxed atomics on both sides.
- */
 /* Worker W's pools for the configuration in force (NULL while it has not
- * taken it yet). */
+ * taken it yet). down_until_ms is the worker's own to write: relaxed
+ * atomics on both sides. */
 static const struct upstream_pool *worker_pools(const struct admin *a, const struct worker *w)
 {
-    if (__atomic_load_n(&w->generation, __ATOMIC_ACQUIRE) != a->st->generation || w->snap == NULL)
-        return NULL;
-    return w->snap->pools;
+    return worker_pools_at(w, a->st->generation);
 }
 
 /* Slot K (a server given as an address) is down in some worker. */
@@ -311,26 +302,17 @@ struct name_addr {
     bool down; /* in some worker */
 };
 
-/* Slot S's address and ejection, read between two equal even values of its
- * seq (the worker rewrites a name's slots: upstream_slot_set). False when
- * the slot is empty, or kept changing. */
+/* Slot S's address and ejection (upstream_slot_read). False when the slot
+ * is empty, or kept changing. */
 static bool read_slot(const struct upstream_server_state *s, struct name_addr *out, uint64_t now)
 {
-    for (int tries = 0; tries < 64; tries++) {
-        uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-        if (seq & 1)
-            continue;
-        const struct fg_sockaddr *sa = __atomic_load_n(&s->sa, __ATOMIC_RELAXED);
-        if (sa != NULL) {
-            memcpy(out->text, sa->text, sizeof(out->text) - 1);
-            out->text[sizeof(out->text) - 1] = '\0';
-        }
-        out->down = __atomic_load_n(&s->down_until_ms, __ATOMIC_RELAXED) > now;
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq)
-            return sa != NULL;
-    }
-    return false;
+    struct upstream_slot_view v;
+
+    if (!upstream_slot_read(s, &v))
+        return false;
+    memcpy(out->text, v.text, sizeof(out->text));
+    out->down = v.down_until_ms > now;
+    return true;
 }
 
 /* Add A to the N addresses in V[NAME_ADDRS_SEEN] (one entry per address:

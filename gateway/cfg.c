@@ -1505,7 +1505,8 @@ static bool health_path_ok(const char *p)
 }
 
 /* health_check = { path; interval_ms; timeout_ms; fall; rise; } (optional).
- * Every server starts healthy: the state array is zeroed. */
+ * Every server starts healthy: the state arrays are zeroed; the
+ * addresses of names are counted in as the checker follows them. */
 static void parse_health_check(struct cfg_ctx *ctx, const config_setting_t *s,
                                struct fg_upstream *u)
 {
@@ -1524,6 +1525,9 @@ static void parse_health_check(struct cfg_ctx *ctx, const config_setting_t *s,
     hc->fall = (uint32_t)get_int(ctx, g, "fall", 3, 1, 1000);
     hc->rise = (uint32_t)get_int(ctx, g, "rise", 2, 1, 1000);
     u->health = cfg_calloc(ctx, u->nservers ? u->nservers : 1, sizeof(*u->health));
+    if (u->nnames > 0)
+        u->name_health = cfg_calloc(ctx, u->nnames * FG_NAME_HEALTH_ADDRS, sizeof(*u->name_health));
+    u->health_nchecked = (uint32_t)(u->nservers - u->nnames);
 }
 
 static void parse_upstream(struct cfg_ctx *ctx, const config_setting_t *s, struct fg_upstream *u)
@@ -2019,6 +2023,7 @@ static void free_routing(struct fg_config *cfg)
             free(cfg->upstreams[i].health_check->path);
         free(cfg->upstreams[i].health_check);
         free(cfg->upstreams[i].health);
+        free(cfg->upstreams[i].name_health);
     }
     free(cfg->upstreams);
     for (size_t i = 0; cfg->routes != NULL && i < cfg->nroutes; i++) {

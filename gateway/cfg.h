@@ -195,6 +195,24 @@ struct fg_server_health {
     uint8_t down; /* atomic: 1 = unhealthy (fall failed checks in a row); zeroed = healthy */
 };
 
+/* Addresses of one server given by name that the checker follows: the
+ * workers resolve the name apart and may disagree for a moment while its
+ * answer changes, so more than one worker's slots (upstream.h). */
+#define FG_NAME_HEALTH_ADDRS 32
+
+/* The checker's verdict on one address of a server given by name, keyed
+ * by the address since each worker holds the name's addresses in slots of
+ * its own. The checker (re)assigns an entry between two bumps of seq; a
+ * worker reads the address and down between two equal even values of it
+ * (health_addr_down). down alone changes without a bump: either value
+ * belongs to the address read. */
+struct fg_addr_health {
+    uint32_t seq;    /* atomic: odd while the entry changes address */
+    uint32_t family; /* atomic: AF_INET or AF_INET6; 0 = a free entry */
+    uint32_t ip[4];  /* atomic words: the IP address, network order (IPv4 in ip[0]) */
+    uint32_t down;   /* atomic: 1 = unhealthy; 0 (healthy) until fall checks failed */
+};
+
 struct fg_upstream {
     char *name;
     struct fg_sockaddr *servers;
@@ -209,7 +227,11 @@ struct fg_upstream {
     size_t index;             /* position in cfg->upstreams: per-worker pool slot */
     struct fg_health_check *health_check; /* NULL: no active checks */
     struct fg_server_health *health;      /* nservers entries with a health_check, else NULL */
-    uint32_t health_ndown;    /* atomic: servers marked unhealthy (panic when all of them) */
+    struct fg_addr_health *name_health;   /* with a health_check, FG_NAME_HEALTH_ADDRS entries
+                                             per server given by name (in servers' order) */
+    uint32_t health_ndown;    /* atomic: servers and addresses of names marked unhealthy */
+    uint32_t health_nchecked; /* atomic: servers given as addresses, and addresses of names
+                                 checked now: panic when health_ndown reaches it */
 };
 
 enum fg_auth_mode { FG_AUTH_NONE = 0, FG_AUTH_OPTIONAL = 1, FG_AUTH_REQUIRED = 2 };

@@ -220,7 +220,7 @@ static void reload(struct app *app, const char *why)
                  cfg->workers, app->nworkers);
     /* Before the workers get the snapshot: it carries the verdicts of servers
      * still listed, so none of them gets traffic again in between. */
-    if (health_apply(app->health, cfg) < 0)
+    if (health_apply(app->health, cfg, app->admin_st.generation + 1) < 0)
         log_error("reload: health checks: out of memory; the previous ones go on");
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_reload(&app->workers[i], cfg, tls, app->admin_st.generation + 1) < 0)
@@ -432,7 +432,8 @@ static int start(struct app *app, char *err)
     for (unsigned i = 0; i < app->nworkers; i++)
         if (worker_init(&app->workers[i], i, app->cfg, app->tls, err, ERRBUF) < 0)
             return -1;
-    if ((app->health = health_new(app->base)) == NULL || health_apply(app->health, app->cfg) < 0) {
+    if ((app->health = health_new(app->base, app->workers, app->nworkers)) == NULL ||
+        health_apply(app->health, app->cfg, 1) < 0) {
         snprintf(err, ERRBUF, "health checks: out of memory");
         return -1;
     }

@@ -41,9 +41,11 @@ static int pool_slots(struct upstream_pool *p)
     p->nslots = u->nservers + u->nnames * (UPSTREAM_NAME_SLOTS - 1);
     if ((p->servers = calloc(p->nslots ? p->nslots : 1, sizeof(*p->servers))) == NULL)
         return -1;
-    for (size_t i = 0, k = 0; i < u->nservers; i++) {
+    for (size_t i = 0, k = 0, name = 0; i < u->nservers; i++) {
         if (u->servers[i].host != NULL) {
-            k += UPSTREAM_NAME_SLOTS;
+            for (size_t j = 0; j < UPSTREAM_NAME_SLOTS; j++)
+                p->servers[k++].name = (uint32_t)name;
+            name++;
             continue;
         }
         if (p->nlive++ == 0)
@@ -409,6 +411,27 @@ void upstream_slot_set(struct upstream_pool *p, size_t i, const struct fg_sockad
         p->first_live++;
 }
 
+bool upstream_slot_read(const struct upstream_server_state *s, struct upstream_slot_view *out)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+        if (seq & 1)
+            continue;
+        const struct fg_sockaddr *sa = __atomic_load_n(&s->sa, __ATOMIC_RELAXED);
+        if (sa != NULL) {
+            out->ss = sa->ss;
+            out->len = sa->len;
+            memcpy(out->text, sa->text, sizeof(out->text) - 1);
+            out->text[sizeof(out->text) - 1] = '\0';
+        }
+        out->down_until_ms = __atomic_load_n(&s->down_until_ms, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq)
+            return sa != NULL;
+    }
+    return false;
+}
+
 static void pool_unlink(struct upconn *uc)
 {
     struct upstream_server_state *s = &uc->pool->servers[uc->server];
@@ -484,25 +507,29 @@ void upstream_release(struct upconn *uc, bool keep)
 
 #define SERVER_BIT(i) ((uint64_t)1 << ((i) % 64))
 
-/*
- * The next address round-robin that is neither ejected nor in TRIED. When
- * every address left is ejected, the one ejected longest ago (the nearest
- * to its return) is tried anyway: an operator expects a request to reach a
- * server that may have recovered rather than a 502 no server was asked for
- * (Envoy's panic threshold; nginx says "no live upstreams" instead). When
- * every address was tried, plain round-robin. The clock is read only when
- * an address was ever ejected. P->nslots when no slot has an address.
- */
-/* The active health checks' verdict on slot S: servers given as addresses
- * are checked (health.h); a name's addresses are not (yet), so pass. */
+/* The active health checks' verdict on slot S (health.h): a server given
+ * as an address by its position, an address of a name by the address. */
 static bool slot_healthy(const struct upstream_pool *p, const struct upstream_server_state *s)
 {
     const struct fg_upstream *u = p->u;
 
-    if (u->health == NULL || s->sa < u->servers || s->sa >= u->servers + u->nservers)
+    if (u->health == NULL)
         return true;
-    return health_usable(u, (size_t)(s->sa - u->servers));
+    if (s->sa >= u->servers && s->sa < u->servers + u->nservers)
+        return health_usable(u, (size_t)(s->sa - u->servers));
+    return health_addr_usable(u, s->name, &s->sa->ss);
 }
+
+/*
+ * The next address round-robin that is neither ejected, nor unhealthy, nor
+ * in TRIED. When every address left is ejected, the one ejected longest ago
+ * (the nearest to its return) is tried anyway: an operator expects a
+ * request to reach a server that may have recovered rather than a 502 no
+ * server was asked for (Envoy's panic threshold; nginx says "no live
+ * upstreams" instead). When every address was tried, plain round-robin.
+ * The clock is read only when an address was ever ejected. P->nslots when
+ * no slot has an address.
+ */
 
 static size_t pick_server(struct upstream_pool *p, uint64_t tried)
 {

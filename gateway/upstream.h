@@ -41,9 +41,24 @@ struct upstream_server_state {
     const struct fg_sockaddr *sa; /* the address; NULL: a name's slot with none now */
     uint32_t gen;                 /* bumped when a name's slot changes address: what a
                                      connection to the old one shows says nothing of the new */
-    uint32_t seq;                 /* (atomic) odd while upname.c rewrites the slot: the admin
-                                     reads sa and down_until_ms between two equal even values */
+    uint32_t seq;                 /* (atomic) odd while upname.c rewrites the slot: main's
+                                     thread reads it between two equal even values
+                                     (upstream_slot_read) */
+    uint32_t name;                /* a name's slot: the name's index among the upstream's */
 };
+
+/* A name's slot as another thread read it (upstream_slot_read). */
+struct upstream_slot_view {
+    struct sockaddr_storage ss; /* the address, with the name's port */
+    socklen_t len;              /* its length for connect */
+    char text[56];              /* "10.0.0.7:8080" */
+    uint64_t down_until_ms;     /* its ejection by the worker */
+};
+
+/* Copy slot S of a worker's pool (main's thread: the admin, the health
+ * checker), read between two equal even values of its seq. False when the
+ * slot is empty or kept changing. */
+bool upstream_slot_read(const struct upstream_server_state *s, struct upstream_slot_view *out);
 
 #define UPSTREAM_NAME_SLOTS 8 /* addresses used of one name's answer */
 

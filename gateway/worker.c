@@ -447,6 +447,13 @@ static int set_resolver(struct worker *w, struct fg_config *cfg, char *err, size
     return 0;
 }
 
+const struct upstream_pool *worker_pools_at(const struct worker *w, uint64_t generation)
+{
+    if (__atomic_load_n(&w->generation, __ATOMIC_ACQUIRE) != generation || w->snap == NULL)
+        return NULL;
+    return w->snap->pools;
+}
+
 int worker_init(struct worker *w, unsigned id, struct fg_config *cfg, struct tls_ctxset *tls,
                 char *err, size_t errlen)
 {

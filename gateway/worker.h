@@ -155,6 +155,15 @@ void worker_conn_closed(struct worker *w);
 size_t worker_route_row(const struct wsnap *s, const struct fg_route *rt);
 size_t worker_upstream_row(const struct wsnap *s, const struct upstream_pool *pool);
 
+/*
+ * W's pools, read from main's thread (the admin, the health checker), when
+ * W runs the configuration of GENERATION; NULL otherwise. W stores its
+ * generation (release) after installing that snapshot and cannot install
+ * another before main hands it one, which main cannot do while it reads:
+ * the pools stay alive until main's callback returns.
+ */
+const struct upstream_pool *worker_pools_at(const struct worker *w, uint64_t generation);
+
 /* A fresh X-Request-Id (32 lowercase hex chars + NUL) into OUT[33]. */
 void worker_request_id(struct worker *w, char out[33]);
 

@@ -11,10 +11,15 @@ on what the upstreams recorded; no timing decides a result: the one bound
 on a number of checks is derived from the elapsed time the test measured.
 """
 
+import json
+import os
 import signal
+import socket
 import time
 
-from harness import Flowgate, Upstream, check, eq, fail, free_port, plain_request
+from harness import Conn, Flowgate, Upstream, check, eq, fail, free_port, plain_request, tmpdir
+from test_previews import Mvp, common_port
+from test_upstream_names import A, B, NAME, write_hosts
 
 TIMEOUT = 60
 INTERVAL_MS = 100
@@ -223,3 +228,107 @@ def test_refused_timeout_and_garbage_are_failures():
                    metric(fg, "flowgate_upstream_server_healthy", upstream="other",
                           server=b.addr) == 0.0)
         eq(checks(fg, a.addr, "pass") + other("pass"), 0.0, "no pass")
+
+
+# ---- servers given by name: every address the name resolves to is checked
+
+def name_setup():
+    """A hosts file naming two loopback addresses (one port for both, as a
+    Service's endpoints) and a health-checked upstream given by that name."""
+    port = common_port([A, B])
+    hosts = os.path.join(tmpdir(), "hosts")
+    write_hosts(hosts, [(A, NAME), (B, NAME)])
+    return port, hosts, "%s:%d" % (NAME, port)
+
+
+def name_cfg(servers, hosts, hc, **extra):
+    cfg = upstream_cfg(servers, hc, **extra)
+    cfg["resolver"] = {"hosts_file": hosts, "nameservers": ["127.0.0.1:9"]}
+    return cfg
+
+
+def addr_healthy(fg, server, addr):
+    return metric(fg, "flowgate_upstream_server_healthy", upstream="api", server=server,
+                  address=addr)
+
+
+def set_health_at(up, status):
+    """/health/set on an upstream listening on its own loopback address."""
+    with Conn(socket.create_connection((up.host, up.port), timeout=10)) as c:
+        r = c.request("GET", "/health/set?status=%d" % status, host=up.addr, timeout=10)
+    eq(r.status, 204, "/health/set on %s" % up.addr)
+
+
+def test_each_address_of_a_name_is_checked():
+    """A name with two addresses: both are checked (one gauge each, with the
+    address label). When A's /healthz fails fall times, A gets no request
+    and B gets them all; after rise passes A gets requests again. Without
+    keep-alive each request picks its address anew."""
+    port, hosts, server = name_setup()
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, \
+            Flowgate(name_cfg([server], hosts, health(fall=2, rise=2))) as fg:
+        eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
+        eventually("both addresses checked",
+                   lambda: count(ma, "/healthz") >= 1 and count(mb, "/healthz") >= 1)
+        eventually("both addresses healthy",
+                   lambda: addr_healthy(fg, server, ma.addr) == 1.0 and
+                   addr_healthy(fg, server, mb.addr) == 1.0)
+        rec = [r for r in ma.requests() if r["target"] == "/healthz"][0]
+        eq({k.lower(): v for k, v in rec["headers"]}.get("host"), server, "Host of a check")
+        set_health_at(ma, 500)
+        eventually("A unhealthy", lambda: addr_healthy(fg, server, ma.addr) == 0.0)
+        eq(addr_healthy(fg, server, mb.addr), 1.0, "B stays healthy")
+        for i in range(8):
+            eq(fg.get("/down%d" % i).status, 200, "request %d while A is unhealthy" % i)
+        eq([t for t in ma.targets() if t.startswith("/down")], [], "A got no request while down")
+        eq([t for t in mb.targets() if t.startswith("/down")], ["/down%d" % i for i in range(8)],
+           "B got every request while A was down")
+        set_health_at(ma, 200)
+        eventually("A healthy again", lambda: addr_healthy(fg, server, ma.addr) == 1.0)
+        for i in range(8):
+            eq(fg.get("/up%d" % i).status, 200, "request %d after A came back" % i)
+        got = [t for t in ma.targets() if t.startswith("/up")]
+        check(len(got) >= 2, "A gets requests again after rise passes: %r" % got)
+        r = plain_request(fg.admin_port, "GET", "/status.json", host="127.0.0.1")
+        samples = json.loads(r.body)["families"]["flowgate_upstream_server_healthy"]["samples"]
+        eq(sorted(s["labels"].get("address", "") for s in samples), sorted([ma.addr, mb.addr]),
+           "the status page's data has each address's health")
+
+
+def test_every_address_of_a_name_unhealthy_still_gets_traffic():
+    """Panic mode counts a name's addresses: with both addresses failing
+    their checks, requests reach both rather than none."""
+    port, hosts, server = name_setup()
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, \
+            Flowgate(name_cfg([server], hosts, health(path="/status/503", fall=1))) as fg:
+        eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
+        eventually("both unhealthy",
+                   lambda: addr_healthy(fg, server, ma.addr) == 0.0 and
+                   addr_healthy(fg, server, mb.addr) == 0.0)
+        for i in range(6):
+            eq(fg.get("/panic%d" % i).status, 200, "request %d with every address unhealthy" % i)
+        ta = [t for t in ma.targets() if t.startswith("/panic")]
+        tb = [t for t in mb.targets() if t.startswith("/panic")]
+        eq(len(ta) + len(tb), 6, "every request reached an address")
+        check(ta and tb, "both addresses get traffic in panic mode: A %r, B %r" % (ta, tb))
+
+
+def test_a_name_and_an_address_share_panic_mode():
+    """An upstream of an address (C) and a name (A, B). With C and B failing
+    their checks, A (the one healthy address) gets every request: panic mode
+    counts the name's addresses with the servers given as addresses, and
+    does not start while one of them is healthy."""
+    port, hosts, server = name_setup()
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, Upstream("c") as c, \
+            Flowgate(name_cfg([server, c.addr], hosts, health(fall=1, rise=1))) as fg:
+        eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
+        set_health(c, 500)
+        set_health_at(mb, 500)
+        eventually("C and B unhealthy, A healthy",
+                   lambda: healthy(fg, c.addr) == 0.0 and
+                   addr_healthy(fg, server, mb.addr) == 0.0 and
+                   addr_healthy(fg, server, ma.addr) == 1.0)
+        for i in range(6):
+            eq(fg.get("/one%d" % i).status, 200, "request %d with one healthy address" % i)
+        eq([t for t in ma.targets() if t.startswith("/one")], ["/one%d" % i for i in range(6)],
+           "A, the one healthy address, got every request")
