@@ -332,3 +332,30 @@ def test_a_name_and_an_address_share_panic_mode():
             eq(fg.get("/one%d" % i).status, 200, "request %d with one healthy address" % i)
         eq([t for t in ma.targets() if t.startswith("/one")], ["/one%d" % i for i in range(6)],
            "A, the one healthy address, got every request")
+
+
+def test_a_name_keeps_its_verdicts_through_a_reload_and_forgets_a_gone_address():
+    """An unhealthy address of a name stays unhealthy through a reload that
+    keeps the server (fall = 50 would read healthy on a fresh state); when
+    the name no longer resolves to it, it is no longer checked nor shown."""
+    port, hosts, server = name_setup()
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, \
+            Flowgate(name_cfg([server], hosts, health(fall=1, rise=1))) as fg:
+        eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
+        set_health_at(ma, 500)
+        eventually("A unhealthy", lambda: addr_healthy(fg, server, ma.addr) == 0.0)
+        with open(fg.conf_path) as f:
+            text = f.read()
+        rewrite(fg, text.replace("fall = 1;", "fall = 50;"))
+        hup(fg)
+        eq(addr_healthy(fg, server, ma.addr), 0.0, "A still unhealthy after the reload")
+        for i in range(4):
+            eq(fg.get("/after%d" % i).status, 200, "request %d after the reload" % i)
+        eq([t for t in ma.targets() if t.startswith("/after")], [], "A got no request")
+        write_hosts(hosts, [(B, NAME)])
+        eventually("A forgotten", lambda: addr_healthy(fg, server, ma.addr) is None, 30)
+        eq(addr_healthy(fg, server, mb.addr), 1.0, "B still checked")
+        na, nb = count(ma, "/healthz"), count(mb, "/healthz")
+        eventually("B checked on", lambda: count(mb, "/healthz") >= nb + 3)
+        # (a check of A in flight as it was forgotten may land after na)
+        check(count(ma, "/healthz") <= na + 1, "A no longer checked")

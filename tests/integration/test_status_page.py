@@ -326,3 +326,31 @@ def test_status_page_in_headless_chromium():
         check(origin + "/status.json" in urls, "the page never asked for /status.json: %r" % urls)
         eq(thrown, [], "script exceptions")
         eq(errors, [], "console errors (a refused asset shows here)")
+
+
+def test_status_page_shows_each_address_of_a_name_checked():
+    """A server given by name with two addresses, one failing its health
+    check: the page's upstream table has a row per address, each with its
+    own verdict."""
+    from test_health import health, name_cfg, name_setup, set_health_at
+    from test_previews import Mvp
+    from test_upstream_names import A, B
+    exe = chromium_binary()
+    port, hosts, server = name_setup()
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, \
+            Flowgate(name_cfg([server], hosts, health(fall=1, rise=1))) as fg:
+        eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
+        set_health_at(ma, 500)
+        want = ["(%s)UPUNHEALTHY" % ma.addr, "(%s)UPHEALTHY" % mb.addr]
+        origin = "http://%s:%d" % (LOOPBACK, fg.admin_port)
+        with Chromium(exe, os.path.join(tmpdir(), "chromium-profile")) as browser:
+            s = browser.page()
+            browser.send("Page.navigate", {"url": origin + "/"}, session=s)
+            deadline = time.monotonic() + 40
+            while True:
+                state = json.loads(browser.evaluate(s, PAGE_STATE) or "{}")
+                if all(w in state.get("upstreams", "") for w in want):
+                    break
+                check(time.monotonic() < deadline,
+                      "the page's upstreams: %r, not %r" % (state.get("upstreams"), want))
+                time.sleep(0.25)
