@@ -440,9 +440,9 @@ struct health *health_new(struct event_base *base, const struct worker *workers,
 /* What CFG checks, old entries taken over first (health_apply). */
 struct health_build {
     struct health_server **servers; /* one per server given as an address */
-    size_t n;
-    struct health_name **names; /* one per server given by name */
-    size_t nnames;
+    size_t n;                       /* ... how many */
+    struct health_name **names;     /* one per server given by name */
+    size_t nnames;                  /* ... how many */
 };
 
 /* The entry of the previous configuration for UPSTREAM's SERVER (given as
