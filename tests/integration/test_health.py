@@ -297,10 +297,11 @@ def test_each_address_of_a_name_is_checked():
 
 def test_every_address_of_a_name_unhealthy_still_gets_traffic():
     """Panic mode counts a name's addresses: with both addresses failing
-    their checks, requests reach both rather than none."""
+    their checks, requests reach both rather than none. Two workers: the
+    checker learns the addresses from both, and checks each once."""
     port, hosts, server = name_setup()
-    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, \
-            Flowgate(name_cfg([server], hosts, health(path="/status/503", fall=1))) as fg:
+    cfg = dict(name_cfg([server], hosts, health(path="/status/503", fall=1)), workers=2)
+    with Mvp("a", A, port) as ma, Mvp("b", B, port) as mb, Flowgate(cfg) as fg:
         eq(fg.get("/warm").status, 200, "a first request (the name resolves)")
         eventually("both unhealthy",
                    lambda: addr_healthy(fg, server, ma.addr) == 0.0 and
@@ -311,6 +312,9 @@ def test_every_address_of_a_name_unhealthy_still_gets_traffic():
         tb = [t for t in mb.targets() if t.startswith("/panic")]
         eq(len(ta) + len(tb), 6, "every request reached an address")
         check(ta and tb, "both addresses get traffic in panic mode: A %r, B %r" % (ta, tb))
+        eq(sorted(k for k in fg.metrics() if k.startswith("flowgate_upstream_server_healthy")),
+           sorted('flowgate_upstream_server_healthy{upstream="api",server="%s",address="%s"}'
+                  % (server, m.addr) for m in (ma, mb)), "one gauge per address, not per worker")
 
 
 def test_a_name_and_an_address_share_panic_mode():
