@@ -613,8 +613,13 @@ def _mutations():
             for rule in p["spec"].get("ingress", []):
                 rule.pop("from", None)
 
-    def no_redis_env(r):
-        r.container["env"] = []
+    def redis_env(r):
+        conf(r, 'password_file = "/etc/flowgate/redis/password"',
+             'password_env = "FLOWGATE_REDIS_PASSWORD"')
+
+    def redis_unmounted(r):
+        r.container["volumeMounts"] = [m for m in r.container["volumeMounts"]
+                                       if m["name"] != "redis"]
 
     def drop_default_deny(r):
         r.docs = [d for d in r.docs if not (d.get("kind") == "NetworkPolicy"
@@ -699,7 +704,8 @@ def _mutations():
         ("PROXY protocol without the annotation", check_ports_and_probes, proxy),
         ("JWT Secret mounted with subPath", check_secrets_mounted, subpath),
         ("JWT secret file outside the mounts", check_secrets_mounted, jwt_outside),
-        ("Redis password variable not given", check_secrets_mounted, no_redis_env),
+        ("Redis password from a variable not given", check_secrets_mounted, redis_env),
+        ("Redis password Secret not mounted", check_secrets_mounted, redis_unmounted),
         ("grace period under the drain", check_drain_timings, grace),
         ("delay under the endpoint propagation", check_drain_timings, short_delay),
         ("writable root filesystem", check_security, writable_root),
