@@ -106,7 +106,8 @@ static const char *const rl_keys[] = {
     "endpoints", NULL,
 };
 static const char *const redis_keys[] = {
-    "address", "password_env", "username_env", "database", "timeout_ms", "key_prefix", NULL,
+    "address", "password_env", "password_file", "username_env", "database", "timeout_ms",
+    "key_prefix", NULL,
 };
 static const char *const tier_keys[] = {"limit", "window", NULL};
 static const char *const endpoint_keys[] = {"path", "methods", "limit", "window", "key", NULL};
@@ -859,16 +860,54 @@ static char *read_secret(struct cfg_ctx *ctx, const config_setting_t *s, bool is
     return v;
 }
 
+/* Whether the optional *_env setting NAME is given (present and not ""). */
+static bool get_env_secret_given(const config_setting_t *g, const char *name)
+{
+    config_setting_t *s = member(g, name);
+
+    return s != NULL && (config_setting_type(s) != CONFIG_TYPE_STRING ||
+                         config_setting_get_string(s)[0] != '\0');
+}
+
 /* An optional *_env credential ("" = none). */
 static char *get_env_secret(struct cfg_ctx *ctx, const config_setting_t *g, const char *name)
 {
-    config_setting_t *s = member(g, name);
     size_t len;
 
-    if (s == NULL || (config_setting_type(s) == CONFIG_TYPE_STRING &&
-                      config_setting_get_string(s)[0] == '\0'))
+    if (!get_env_secret_given(g, name))
         return NULL;
-    return read_secret(ctx, s, false, &len);
+    return read_secret(ctx, member(g, name), false, &len);
+}
+
+/*
+ * An optional credential given either by the variable ENV names or by the file
+ * FILE names ("" or absent = not given), never both. A file's path goes to
+ * *PATH, which reload.watch watches. Returns the secret (NUL-terminated, zeroed
+ * on free) or NULL when none is given or after reporting why: a file whose
+ * bytes hold a NUL is refused, since the secret is used as a C string.
+ */
+static char *get_credential(struct cfg_ctx *ctx, const config_setting_t *g, const char *env,
+                            const char *file, char **path)
+{
+    config_setting_t *f = member(g, file);
+    size_t len;
+    char *v;
+
+    if (f == NULL || (config_setting_type(f) == CONFIG_TYPE_STRING &&
+                      config_setting_get_string(f)[0] == '\0'))
+        return get_env_secret(ctx, g, env);
+    if (get_env_secret_given(g, env)) {
+        cfg_bad(ctx, f, "give '%s' or '%s', not both", env, file);
+        return NULL;
+    }
+    if (config_setting_type(f) == CONFIG_TYPE_STRING)
+        *path = cfg_strdup(ctx, config_setting_get_string(f));
+    if ((v = read_secret(ctx, f, true, &len)) != NULL && strlen(v) != len) {
+        cfg_bad(ctx, f, "secret file \"%s\" holds a NUL byte", config_setting_get_string(f));
+        secret_free(v, len);
+        return NULL;
+    }
+    return v;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1209,7 +1248,7 @@ static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
     config_setting_t *g = get_group(ctx, rl, "redis", redis_keys);
 
     parse_redis_address(ctx, g, r);
-    r->password = get_env_secret(ctx, g, "password_env");
+    r->password = get_credential(ctx, g, "password_env", "password_file", &r->password_file);
     r->username = get_env_secret(ctx, g, "username_env");
     r->database = (int)get_int(ctx, g, "database", 0, 0, 65535);
     r->timeout_ms = (uint32_t)get_int(ctx, g, "timeout_ms", 50, 1, 600000);
@@ -1928,7 +1967,7 @@ static void watch_add(struct fg_config *cfg, const char *path)
 static void build_watch_paths(struct cfg_ctx *ctx)
 {
     struct fg_config *cfg = ctx->cfg;
-    size_t max = 2 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
+    size_t max = 3 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
 
     if ((cfg->watch_paths = cfg_calloc(ctx, max, sizeof(*cfg->watch_paths))) == NULL)
         return;
@@ -1941,6 +1980,7 @@ static void build_watch_paths(struct cfg_ctx *ctx)
     }
     for (size_t i = 0; i < cfg->jwt.nkeys; i++)
         watch_add(cfg, cfg->jwt.keys[i].secret_file);
+    watch_add(cfg, cfg->rate_limit.redis.password_file);
     /* (resolver.hosts_file is not here: the resolver reads it again by
      * itself when it changes, without a reload.) */
 }
@@ -2003,6 +2043,7 @@ static void free_ratelimit(struct fg_ratelimit *r)
     free(r->redis.unix_path);
     if (r->redis.password != NULL)
         secret_free(r->redis.password, strlen(r->redis.password));
+    free(r->redis.password_file);
     if (r->redis.username != NULL)
         secret_free(r->redis.username, strlen(r->redis.username));
     free(r->redis.key_prefix);

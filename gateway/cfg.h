@@ -139,7 +139,8 @@ struct fg_redis {
     char *host;         /* parsed host, or NULL for unix */
     int port;
     char *unix_path;    /* NULL for TCP */
-    char *password;     /* from password_env, NULL when none */
+    char *password;     /* from password_env or password_file, NULL when none */
+    char *password_file; /* where password came from (watched); NULL otherwise */
     char *username;     /* from username_env, NULL when none */
     int database;
     uint32_t timeout_ms;

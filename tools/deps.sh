@@ -10,7 +10,7 @@
 #          clients (python3-h2, nghttp2-client), redis-sentinel, chromium with
 #          libnss3-tools (the browser suite's certificate store), and
 #          kubernetes-client unless a kubectl is already installed (its
-#          "kubectl kustomize" renders deploy/kubernetes)
+#          "kubectl kustomize" renders deploy/kubernetes, python3-yaml reads it)
 #   bench  `make bench`: run's, plus wrk, nginx, haproxy, gnuplot, valgrind
 #
 # As root: apt-get. Debian starts a package's service when it installs it, so
@@ -27,7 +27,8 @@ set -eu
 RUN_PKGS="build-essential pkg-config libevent-dev libssl-dev libjwt-dev libhiredis-dev
 libjansson-dev libconfig-dev libnghttp2-dev openssl python3 redis-server curl"
 TEST_PKGS="libcmocka-dev clang-14 libclang-rt-14-dev node-llhttp iproute2 testssl.sh
-chromium fonts-dejavu-core python3-h2 nghttp2-client redis-sentinel libnss3-tools"
+chromium fonts-dejavu-core python3-h2 nghttp2-client redis-sentinel libnss3-tools
+python3-yaml"
 BENCH_PKGS="wrk nginx haproxy gnuplot-nox valgrind nghttp2-client"
 POLICY=/usr/sbin/policy-rc.d
 

@@ -448,6 +448,37 @@ def test_kubelet_secret_rotation_reloads_without_a_signal():
         eq(reloads(fg)[1], 1, "one reload for the one swap")
 
 
+def test_kubelet_redis_password_rotation_makes_a_new_link():
+    """rate_limit.redis.password_file in a Secret volume: once Redis has a new
+    password, the old one no longer gets a link in (on_redis_failure "deny":
+    503); the kubelet's swap of the file reloads, and the link is made anew
+    with the new password."""
+    from harness import RedisServer
+
+    vol = os.path.join(tmpdir(), "redis-secret")
+    old, new = "redis-old-0123456789", "redis-new-0123456789"
+    kubelet_volume(vol, "2026_12_05_01", {"password": old.encode() + b"\n"})
+    cfg = {"reload": {"watch": True, "debounce_ms": 200},
+           "rate_limit": {"redis": {"address": None, "timeout_ms": 500,
+                                    "password_file": os.path.join(vol, "password")},
+                          "on_redis_failure": "deny",
+                          "tiers": {"anonymous": {"limit": 1000, "window": 60}}}}
+    with RedisServer(password=old) as redis, Upstream() as up:
+        cfg["rate_limit"]["redis"]["address"] = redis.addr
+        with Flowgate(cfg, upstream=up) as fg:
+            eq(fg.get("/").status, 200, "decided by Redis with the first password")
+            redis.command("CONFIG", "SET", "requirepass", new)
+            redis.password = new
+            redis.command("CLIENT", "KILL", "TYPE", "normal")
+            eventually("the old password is refused", lambda: fg.get("/").status == 503,
+                       timeout=10)
+            kubelet_volume(vol, "2026_12_05_02", {"password": new.encode() + b"\n"})
+            eventually("the new password gets a link", lambda: fg.get("/").status == 200,
+                       timeout=10)
+            eq(reloads(fg)[1:], (1, 0), "reloads ok and failed after the one swap")
+            check(redis.command("DBSIZE") > 0, "Redis holds the limit")
+
+
 def test_redis_link_is_made_anew_only_when_its_settings_change():
     from harness import RedisServer
 

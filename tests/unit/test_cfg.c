@@ -589,6 +589,49 @@ static void test_watch_paths_include(void **state)
     cfg_unref(cfg);
 }
 
+/* The Redis password from a file (a mounted Kubernetes Secret): one trailing
+ * newline dropped, the file watched so a rotation reloads; never both forms,
+ * and never a file whose bytes the AUTH command would cut at a NUL. */
+static void test_redis_password_file(void **state)
+{
+    char path[160], text[400];
+    struct fg_config *cfg;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/redis-password", tmpdir);
+    write_file(path, "from-a-file\n");
+    snprintf(text, sizeof(text), HEAD "rate_limit: { redis: { password_file = \"%s\"; }; };\n",
+             path);
+    cfg = expect_ok(text);
+    assert_string_equal(cfg->rate_limit.redis.password, "from-a-file");
+    assert_string_equal(cfg->rate_limit.redis.password_file, path);
+    assert_int_equal(cfg->nwatch_paths, 2);
+    assert_string_equal(cfg->watch_paths[1], path);
+    cfg_unref(cfg);
+
+    /* "" is no file, as password_env = "" is no variable */
+    cfg = expect_ok(HEAD "rate_limit: { redis: { password_file = \"\"; }; };\n");
+    assert_null(cfg->rate_limit.redis.password);
+    assert_null(cfg->rate_limit.redis.password_file);
+    assert_int_equal(cfg->nwatch_paths, 1);
+    cfg_unref(cfg);
+
+    snprintf(text, sizeof(text),
+             HEAD "rate_limit: { redis: {\n password_env = \"FG_TEST_REDIS_PW\";\n"
+                  " password_file = \"%s\"; }; };\n", path);
+    expect_error(text, "test.conf:5: rate_limit.redis.password_file: give 'password_env' or "
+                       "'password_file', not both");
+    assert_non_null(f = fopen(path, "w"));
+    fwrite("ab\0cd", 1, 5, f);
+    fclose(f);
+    snprintf(text, sizeof(text), HEAD "rate_limit: { redis: {\n password_file = \"%s\"; }; };\n",
+             path);
+    expect_error(text, "test.conf:4: rate_limit.redis.password_file: secret file");
+    assert_non_null(strstr(err, "holds a NUL byte"));
+    unlink(path);
+    expect_error(text, "test.conf:4: rate_limit.redis.password_file: cannot read secret file");
+}
+
 static void test_method_names(void **state)
 {
     assert_int_equal(cfg_method_from_name("DELETE"), 0);
@@ -1040,6 +1083,7 @@ int main(void)
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_watch_paths),
         cmocka_unit_test(test_watch_paths_include),
+        cmocka_unit_test(test_redis_password_file),
         cmocka_unit_test(test_method_names),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_err_unknown_key),
