@@ -372,3 +372,195 @@ def test_credentialed_api_call_from_the_app_and_refusal_from_a_lookalike():
         check(all(x["target"] != "/api/transfer" for x in w.api.requests()),
               "the lookalike's POST reached the API")
         b.screenshot("1-lookalike")
+
+
+def test_put_with_authorization_is_preflighted_by_flowgate_then_succeeds():
+    with World() as w:
+        b = w.browser
+        b.open(APP + "/app.html")
+        r = b.wait("return call(args[0], {method: 'PUT', headers: {'Authorization': "
+                   "'Bearer ' + args[1], 'Content-Type': 'application/json'}, "
+                   "body: JSON.stringify({name: 'demo'})});", API + "/api/mvps/demo", jwt("bob"))
+        eq(r.get("status"), 200, "the PUT as the page saw it (%r)" % r)
+        body = json.loads(r["body"])
+        eq((body["method"], body["body_len"]), ("PUT", len('{"name":"demo"}')),
+           "what the API answered")
+        preflights = [e for e in b.events("Network.requestWillBeSent")
+                      if e["initiator"].get("type") == "preflight"]
+        eq([(e["request"]["method"], e["request"]["url"]) for e in preflights],
+           [("OPTIONS", API + "/api/mvps/demo")], "the preflight the browser sent")
+        answers = [e["response"]["status"] for e in b.events("Network.responseReceived")
+                   if e["requestId"] == preflights[0]["requestId"]]
+        eq(answers, [204], "the preflight's answer, as the browser received it")
+        eq([(e["method"], e["status"]) for e in access(w.fg, "/api/mvps/demo")],
+           [("OPTIONS", 204), ("PUT", 200)], "flowgate's answers, in order")
+        eq([x["method"] for x in w.api.requests() if x["target"] == "/api/mvps/demo"],
+           ["PUT"], "what reached the API (flowgate answers the preflight itself)")
+        b.screenshot("2-preflight")
+
+
+def frame_state(b, index):
+    """What the page's INDEX-th iframe holds: its URL and its marker's text
+    (None for a page refused by the browser, which shows its error page)."""
+    from selenium.webdriver.common.by import By
+    b.driver.switch_to.frame(b.driver.find_elements(By.TAG_NAME, "iframe")[index])
+    try:
+        return b.eval("[location.href, (document.getElementById('marker') || {}).textContent "
+                      "|| null]")
+    finally:
+        b.driver.switch_to.default_content()
+
+
+def test_previews_framed_by_the_app_only_and_never_framing_it():
+    with World() as w:
+        b = w.browser
+        b.open(APP + "/app.html")
+        b.wait("return frame(args[0]);", PREVIEW + "/preview.html")
+        url, marker = frame_state(b, 0)
+        eq(url, PREVIEW + "/preview.html", "the preview framed by the app")
+        check(marker and marker.startswith("MVP preview"), "the framed preview's content: %r"
+              % marker)
+        shot = b.screenshot("3-app-with-preview")
+        if os.environ.get("FG_UPDATE_SCREENSHOT") == "1":
+            shutil.copy(shot, os.path.join(ROOT, "docs", "browser-app-preview.png"))
+
+        b.open(LOOKALIKE + "/app.html")
+        b.wait("return frame(args[0]);", PREVIEW + "/preview.html")
+        url, marker = frame_state(b, 0)
+        eq(marker, None, "the preview's content inside the lookalike's frame (%s)" % url)
+        check(console_has(b, r"frame-ancestors"), "no frame-ancestors refusal in the console: "
+              "%r" % b.logs())
+        b.screenshot("3-lookalike-framing-preview")
+
+        b.open(PREVIEW + "/preview.html")
+        b.wait("return frame(args[0]);", APP + "/app.html")
+        url, marker = frame_state(b, 0)
+        check(b.eval("document.getElementsByTagName('iframe')[0].src") == APP + "/app.html"
+              and url != APP + "/app.html", "the app loaded inside the preview's frame")
+        check(console_has(b, r"X-Frame-Options.*sameorigin"),
+              "no X-Frame-Options refusal in the console: %r" % b.logs())
+        b.screenshot("3-preview-framing-app")
+
+
+def test_previews_never_see_nor_set_the_platform_cookies():
+    with World() as w:
+        b = w.browser
+        b.open(APP + "/app.html")
+        login(b)
+        b.open(PREVIEW + "/preview.html")
+        eq(b.eval("document.cookie"), "theme=dark", "the cookies the preview's script can read")
+        r = b.wait("return call('/whoami', {credentials: 'include'});")
+        eq(r.get("status"), 200, "the preview's own request (%r)" % r)
+        sent = [x for x in w.preview.requests() if x["target"] == "/whoami"]
+        eq(len(sent), 1, "/whoami at the preview's upstream")
+        eq(req_header(sent[0], "Cookie"), ["theme=dark"],
+           "the Cookie header the preview's server received")
+        cookies = ["session=planted; Domain=flowgate.test; Path=/; Secure",
+                   "wide=1; Domain=flowgate.test; Path=/; Secure",
+                   "own=1; Path=/; Secure"]
+        r = b.wait("return call(args[0], {credentials: 'include'});",
+                   "/set-cookie?" + "&".join("c=" + quote(c, safe="") for c in cookies))
+        eq(r.get("status"), 200, "the preview's Set-Cookie answer (%r)" % r)
+        stored = {(c["name"], c["domain"], c["value"]) for c in b.cookies()}
+        check(("own", "mvp-demo.preview.flowgate.test", "1") in stored,
+              "the preview's cookie for its own host was not stored: %r" % sorted(stored))
+        eq(sorted(s for s in stored if s[1] == ".flowgate.test"),
+           [("access_token", ".flowgate.test", jwt_of(stored)),
+            ("session", ".flowgate.test", "s3cr3t-alice"), ("theme", ".flowgate.test", "dark")],
+           "the site-wide cookies after the preview's Set-Cookie")
+        b.screenshot("4-preview-cookies")
+
+
+def jwt_of(stored):
+    return next(v for n, d, v in stored if n == "access_token")
+
+
+def metric(fg, name):
+    return fg.metrics().get(name)
+
+
+def reload(fg):
+    """SIGHUP flowgate and wait for the new configuration to be in force."""
+    before = metric(fg, 'flowgate_config_reloads_total{result="ok"}')
+    os.kill(fg.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while metric(fg, 'flowgate_config_reloads_total{result="ok"}') == before:
+        check(time.monotonic() < deadline, "no successful reload within 30 s of SIGHUP")
+        check(fg.alive(), "flowgate exited on SIGHUP")
+        time.sleep(0.05)
+
+
+def test_preview_websocket_echoes_through_flowgate_and_survives_a_reload():
+    with World() as w:
+        b = w.browser
+        b.open(PREVIEW + "/preview.html")
+        eq(b.wait("return wsOpen(args[0]);", PREVIEW.replace("https:", "wss:") + "/ws"), 1,
+           "websockets opened by the preview")
+        eq(b.wait("return wsEcho('live reload: before');"),
+           {"sent": "live reload: before", "got": "live reload: before", "opened": 1},
+           "the echo before flowgate reloads")
+        generation = metric(w.fg, "flowgate_config_generation")
+        reload(w.fg)
+        check(metric(w.fg, "flowgate_config_generation") > generation,
+              "the configuration generation did not change on reload")
+        eq(b.wait("return wsEcho('live reload: after');"),
+           {"sent": "live reload: after", "got": "live reload: after", "opened": 1},
+           "the echo on the same socket after flowgate reloaded")
+        eq(len([x for x in w.preview.requests() if x["target"] == "/ws"]), 1,
+           "websocket handshakes at the preview's upstream")
+        b.screenshot("5-preview-websocket")
+
+
+def test_http_is_redirected_once_then_the_browser_upgrades_by_itself():
+    with World() as w:
+        b = w.browser
+        eq(b.open("http://app.flowgate.test/app.html"), APP + "/app.html",
+           "where http://app.flowgate.test/app.html led")
+        plain = [(e["method"], e["path"], e["status"]) for e in access(w.fg) if not e.get("tls")]
+        eq(plain, [("GET", "/app.html", 308)], "requests on the plain listener")
+        eq(b.open("http://app.flowgate.test/app.html?again=1"), APP + "/app.html?again=1",
+           "where the second http:// navigation led")
+        eq([(e["method"], e["path"], e["status"]) for e in access(w.fg) if not e.get("tls")],
+           plain, "requests on the plain listener after HSTS was seen")
+        hops = [(e["request"]["url"], e["redirectResponse"]["status"],
+                 e["redirectResponse"]["headers"].get("Non-Authoritative-Reason"))
+                for e in b.events("Network.requestWillBeSent") if "redirectResponse" in e]
+        eq(hops, [("https://app.flowgate.test/app.html", 308, None),
+                  ("https://app.flowgate.test/app.html?again=1", 307, "HSTS")],
+           "redirects the browser followed (flowgate's, then its own HSTS upgrade)")
+        b.screenshot("6-hsts")
+
+
+def http2_in_this_build():
+    """True when this flowgate accepts the http2 group (HTTP/2 is built in)."""
+    path = os.path.join(tmpdir(), "http2-probe.conf")
+    with open(path, "w") as f:
+        f.write('listen: { https = [ "127.0.0.1:1" ]; http = [ ]; admin = ""; };\n'
+                'tls: { certificates = ( { cert = "%s/server.crt"; key = "%s/server.key"; } ); };\n'
+                'upstreams: { api = { servers = [ "127.0.0.1:1" ]; }; };\n'
+                'routes = ( { host = ""; path = "/"; upstream = "api"; auth = "none"; } );\n'
+                'http2: { enabled = true; };\n' % (CERTS, CERTS))
+    p = run_flowgate(["-t", "-c", path])
+    if p.returncode == 0:
+        return True
+    check("unknown key 'http2'" in p.stdout + p.stderr,
+          "flowgate -t on a configuration with http2: %s" % (p.stdout + p.stderr))
+    return False
+
+
+def test_page_and_its_resources_come_over_h2():
+    if not http2_in_this_build():
+        raise Skip("HTTP/2 is not in this build (flowgate -t refuses the http2 group)")
+    with World(http2={"enabled": True}) as w:
+        b = w.browser
+        b.open(APP + "/app.html")
+        login(b)
+        r = b.wait("return call(args[0], {credentials: 'include'});", API + "/api/me")
+        eq(r.get("status"), 200, "the API call (%r)" % r)
+        seen = b.eval("performance.getEntries().filter(e => e.nextHopProtocol)"
+                      ".map(e => [e.name, e.nextHopProtocol])")
+        names = [n for n, _ in seen]
+        for url in (APP + "/app.html", APP + "/page.js", APP + "/page.css", API + "/api/me"):
+            check(url in names, "%s not among the page's entries: %r" % (url, names))
+        eq([(n, p) for n, p in seen if p != "h2"], [], "entries not fetched over h2")
+        b.screenshot("7-h2")
