@@ -241,7 +241,7 @@ class Browser:
         for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                   "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--disable-dev-shm-usage", "--window-size=900,640",
+                  "--disable-sync", "--disable-dev-shm-usage", "--window-size=760,480",
                   "--user-data-dir=" + os.path.join(tmpdir(), "profile"),
                   "--host-resolver-rules=" + ", ".join(rules)):
             opts.add_argument(a)

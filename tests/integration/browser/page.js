@@ -29,7 +29,7 @@ async function call(url, init) {
 function frame(url) {
     return new Promise(resolve => {
         const f = document.createElement("iframe");
-        f.onload = () => resolve(true);
+        f.onload = () => resolve(show("iframe " + url, "load event"));
         f.src = url;
         document.getElementById("frames").appendChild(f);
     });
