@@ -26,6 +26,7 @@ docs/browser-app-preview.png.
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import re
@@ -36,8 +37,7 @@ import time
 from urllib.parse import quote
 
 from harness import (CA, CERTS, JWT_SECRET, LOOPBACK, ROOT, Flowgate, RedisServer, Skip,
-                     Upstream, check, eq, fail, plain_request, register_pid, req_header,
-                     run_flowgate, tmpdir)
+                     Upstream, check, eq, register_pid, req_header, run_flowgate, tmpdir)
 
 TIMEOUT = 120
 
@@ -164,9 +164,7 @@ class World:
         return obj
 
     def __enter__(self):
-        try:
-            from selenium import webdriver  # noqa: F401 (only checks it is there)
-        except ImportError:
+        if importlib.util.find_spec("selenium") is None:
             raise Skip("python3-selenium is not installed for this Python (make test "
                        "installs it and runs the suite with /usr/bin/python3)")
         for exe in (CHROMIUM, CHROMEDRIVER, shutil.which("certutil") or "/usr/bin/certutil"):
@@ -221,6 +219,18 @@ def children(pid):
     return out
 
 
+def running(pid):
+    """True while PID is a Chromium that is not a zombie (PID reuse guard)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if b"chromium" not in f.read():
+                return False
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Browser:
     """One headless Chromium under chromedriver, resolving *.flowgate.test to
     flowgate, with a new profile and the trusting HOME of WORLD."""
@@ -258,7 +268,8 @@ class Browser:
         except BaseException:
             service.stop()
             raise
-        for pid in children(service.process.pid):
+        self.pids = children(service.process.pid)
+        for pid in self.pids:
             register_pid(pid, "chromium")
         self.driver.set_page_load_timeout(60)
         self.driver.set_script_timeout(60)
@@ -267,11 +278,20 @@ class Browser:
         return self
 
     def __exit__(self, *exc):
-        if self.driver is not None:
-            try:
-                self.driver.quit()
-            finally:
-                self.service.stop()
+        if self.driver is None:
+            return False
+        try:
+            self.driver.quit()
+        finally:
+            self.service.stop()
+        # chromedriver does not wait for the browser to be gone; the runner
+        # counts a process still running after the test as left behind.
+        deadline = time.monotonic() + 15
+        for pid in self.pids:
+            while running(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
         return False
 
     def open(self, url):
