@@ -513,9 +513,14 @@ def reload(fg):
 def test_preview_websocket_echoes_through_flowgate_and_survives_a_reload():
     with World() as w:
         b = w.browser
+        b.open(APP + "/app.html")
+        login(b)
         b.open(PREVIEW + "/preview.html")
         eq(b.wait("return wsOpen(args[0]);", PREVIEW.replace("https:", "wss:") + "/ws"), 1,
            "websockets opened by the preview")
+        handshake = [x for x in w.preview.requests() if x["target"] == "/ws"]
+        eq([req_header(x, "Cookie") for x in handshake], [["theme=dark"]],
+           "the Cookie header of the handshake at the preview's upstream")
         eq(b.wait("return wsEcho('live reload: before');"),
            {"sent": "live reload: before", "got": "live reload: before", "opened": 1},
            "the echo before flowgate reloads")
