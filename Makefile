@@ -156,8 +156,11 @@ fuzz: $(FUZZ_BINS)
 	@for f in $(FUZZ_BINS); do n=$${f##*/}; mkdir -p build/corpus/$$n; \
 	    $$f -max_total_time=$(FUZZ_SECONDS) build/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
 
+# Debian's interpreter: the python3-* packages the tests use are installed for it.
+TEST_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+
 integration: build/asan/flowgate build/flowgate certs
-	@python3 tests/integration/run.py --binary build/asan/flowgate
+	@$(TEST_PYTHON) tests/integration/run.py --binary build/asan/flowgate
 
 test: deps-test
 	@$(MAKE) --no-print-directory -j$$(nproc) build/flowgate build/asan/flowgate $(UNIT_BINS) $(FUZZ_BINS) certs

@@ -10,6 +10,12 @@ set -u
 
 cd "$(dirname "$0")/.." || exit 1
 
+# Debian's python3-* packages (selenium for the browser suite, h2) are
+# installed for Debian's interpreter; a python3 found first on PATH (a venv,
+# pyenv) would not see them.
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON=python3
+
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-300}
 INTEGRATION_TIMEOUT=${INTEGRATION_TIMEOUT:-600}
@@ -56,7 +62,7 @@ set -- build/fuzz/fuzz_*
 stage fuzz "$FUZZ_TIMEOUT" sh tests/fuzz/replay.sh "$@"
 
 stage integration "$INTEGRATION_TIMEOUT" \
-    python3 tests/integration/run.py --binary build/asan/flowgate
+    "$PYTHON" tests/integration/run.py --binary build/asan/flowgate
 
 echo "$total_passed passed, $total_failed failed"
 [ "$total_failed" -eq 0 ] && [ "$broken" -eq 0 ]

@@ -3,6 +3,7 @@
 peer of the integration tests.
 
     python3 tests/upstream.py --listen 127.0.0.1:9001 [--record FILE] [--name NAME]
+                              [--pages DIR]
 
 It has its own minimal parser on raw asyncio streams (keep-alive, Content-Length
 and chunked request bodies), so that it sees exactly what flowgate sends.
@@ -37,6 +38,8 @@ Paths:
   /trailers         chunked "trailers\n" whose trailer section holds X-Trailer and a
                     Set-Cookie
   /health/set       ?status=N: /healthz answers status N from now on (health-check tests)
+  /FILE             with --pages DIR, a file of DIR (.html, .js, .css, .svg) with its
+                    Content-Type: the pages the browser tests load through flowgate
   /ws               WebSocket (RFC 6455): 101 with Sec-WebSocket-Accept, then every text,
                     binary or continuation frame echoed back unmasked, ping answered
                     with pong, close answered with close (then the connection ends)
@@ -315,6 +318,9 @@ class Conn:
             return await self.send(200, b"cookies\n", hdrs, close, head_only)
         if path == "/ws":
             return await self.websocket(req)
+        page = self.server.page(path)
+        if page is not None:
+            return await self.send(200, page[1], [("Content-Type", page[0])], close, head_only)
         if path == "/trailers":
             return await self.send_chunked(
                 b"trailers\n", [("Content-Type", "text/plain"), ("Trailer", "X-Trailer, Set-Cookie")],
@@ -439,11 +445,29 @@ REASONS = {
 }
 
 
+PAGE_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
+              ".css": "text/css", ".svg": "image/svg+xml"}
+
+
 class Server:
-    def __init__(self, name, record):
+    def __init__(self, name, record, pages=None):
         self.name = name
         self.recorder = Recorder(record)
         self.health_status = None  # /health/set: what /healthz answers
+        self.pages = pages  # --pages: directory of files served under their names
+
+    def page(self, path):
+        """(Content-Type, bytes) of the --pages file PATH names, or None. Read at
+        each request: a test writes its pages while the upstream runs."""
+        name = path.lstrip("/")
+        ctype = PAGE_TYPES.get(name[name.rfind("."):] if "." in name else "")
+        if self.pages is None or ctype is None or "/" in name or name.startswith("."):
+            return None
+        try:
+            with open("%s/%s" % (self.pages, name), "rb") as f:
+                return ctype, f.read()
+        except OSError:
+            return None
 
     async def on_client(self, reader, writer):
         await Conn(self, reader, writer).run()
@@ -452,7 +476,7 @@ class Server:
 async def main_async(args):
     host, _, port = args.listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    server = Server(args.name, args.record)
+    server = Server(args.name, args.record, args.pages)
     srv = await asyncio.start_server(server.on_client, host, int(port), limit=MAX_HEAD,
                                      reuse_address=True)
     loop = asyncio.get_running_loop()
@@ -469,6 +493,7 @@ def main():
     ap.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT to listen on")
     ap.add_argument("--record", help="append one JSON line per request to this file")
     ap.add_argument("--name", default="upstream", help="name reported in default answers")
+    ap.add_argument("--pages", help="serve the files of this directory under their names")
     args = ap.parse_args()
     try:
         asyncio.run(main_async(args))

@@ -147,13 +147,15 @@ def tail(path, lines=40):
 # ---------------------------------------------------------------- upstream
 
 class Upstream:
-    """tests/upstream.py on a free port, recording every request it receives."""
+    """tests/upstream.py on a free port, recording every request it receives
+    (and serving the files of PAGES under their names, when given)."""
 
     count = 0
 
-    def __init__(self, name="api", record=True):
+    def __init__(self, name="api", record=True, pages=None):
         self.name = name
         self.record = record
+        self.pages = pages
         self.port = None
         self.proc = None
         self.record_file = None
@@ -171,6 +173,8 @@ class Upstream:
             self.record_file = base + ".jsonl"
             open(self.record_file, "w").close()
             cmd += ["--record", self.record_file]
+        if self.pages:
+            cmd += ["--pages", self.pages]
         self.log = base + ".log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
