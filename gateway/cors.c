@@ -325,6 +325,12 @@ static enum stage_verdict cors_run(struct req *r, stage_resume_fn resume)
         return preflight(r, o, acrm);
     if (o == CORS_ORIGIN_REFUSED && !is_safe(r->h.method))
         return refuse(r, "cors_origin");
+    /* A WebSocket has no CORS: the browser opens it from any page and sends
+     * the site's cookies with it when the page is same-site (a preview is
+     * same-site with the API). Only the Origin tells; a page that may not
+     * read the API may not open a socket to it either. */
+    if (o == CORS_ORIGIN_REFUSED && h1_is_websocket(&r->h))
+        return refuse(r, "cors_websocket_origin");
     return STAGE_NEXT;
 }
 

@@ -118,6 +118,19 @@ bool h1_list_has(const char *value, size_t len, const char *token)
     return false;
 }
 
+/* RFC 6455 4.1 / RFC 9110 7.8: a GET over HTTP/1.1 without a body, with
+ * Connection: upgrade (h->upgrade) and Upgrade listing websocket. */
+bool h1_is_websocket(const struct h1_request *h)
+{
+    const struct h1_header *up;
+
+    if (!h->upgrade || h->method != H1_METHOD_GET || h->version_minor != 1 ||
+        h->framing != H1_FRAMING_NONE)
+        return false;
+    up = h1_find(h->headers, h->nheaders, "Upgrade");
+    return up != NULL && h1_list_has(up->value, up->value_len, "websocket");
+}
+
 /*
  * RFC 9112 2.2: lines end in CRLF only. A bare LF or a CR not followed by LF
  * is refused rather than repaired, as is NUL; a line that starts with

@@ -265,4 +265,8 @@ void h1_trim_ows(const char **v, size_t *n);
 /* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
 bool h1_list_has(const char *value, size_t len, const char *token);
 
+/* Is H a WebSocket opening handshake (RFC 6455 4.1: an HTTP/1.1 GET with
+ * Connection: upgrade and Upgrade: websocket, and no body)? */
+bool h1_is_websocket(const struct h1_request *h);
+
 #endif

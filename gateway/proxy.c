@@ -482,23 +482,12 @@ static void connect_upstream(struct req *r, bool allow_pooled)
         on_upstream_ready(r->up, UP_FAIL_NONE, r);
 }
 
-/*
- * RFC 6455 4.1 / RFC 9110 7.8: a GET over HTTP/1.1 without a body, with
- * Connection: upgrade and Upgrade: websocket. Any other upgrade is not
- * tunnelled (its Upgrade header is dropped like any hop-by-hop header), nor
- * one a stage refused (previews without previews.websocket).
- */
+/* Any upgrade but a WebSocket handshake is not tunnelled (its Upgrade header
+ * is dropped like any hop-by-hop header), nor one a stage refused (previews
+ * without previews.websocket). */
 static bool wants_websocket(const struct req *r)
 {
-    const struct h1_request *h = &r->h;
-    if (!h->upgrade)
-        return false;
-    const struct h1_header *up = h1_find(h->headers, h->nheaders, "Upgrade");
-
-    if (up == NULL || h->method != H1_METHOD_GET || h->version_minor != 1 ||
-        h->framing != H1_FRAMING_NONE || !h1_list_has(up->value, up->value_len, "websocket"))
-        return false;
-    return !r->no_tunnel;
+    return h1_is_websocket(&r->h) && !r->no_tunnel;
 }
 
 void proxy_start(struct req *r)

@@ -138,6 +138,9 @@ def world_config(api, app, preview, hosts, redis, crt, key, **over):
              "auth": "none"},
             {"host": "api.flowgate.test", "path": "/api/", "upstream": "api",
              "auth": "required"},
+            # The API's own WebSocket (upstream.py echoes on /ws).
+            {"host": "api.flowgate.test", "path": "/ws", "upstream": "api",
+             "auth": "required"},
         ),
         "previews": {
             "host": "mvp-{name}.preview.flowgate.test",
@@ -529,6 +532,17 @@ def test_preview_websocket_echoes_through_flowgate_and_survives_a_reload():
            "the echo on the same socket after flowgate reloaded")
         eq(len([x for x in w.preview.requests() if x["target"] == "/ws"]), 1,
            "websocket handshakes at the preview's upstream")
+        # A WebSocket has no CORS, and the preview is same-site with the API:
+        # the browser would send the user's cookies along. flowgate refuses
+        # the handshake by its Origin before it reaches the API.
+        got = b.wait("return wsOpen(args[0]);", API.replace("https:", "wss:") + "/ws")
+        check(isinstance(got, dict) and "failed" in got.get("thrown", ""),
+              "the preview opened a websocket to the API: %r" % (got,))
+        eq([x["target"] for x in w.api.requests() if x["target"] == "/ws"], [],
+           "websocket handshakes from the preview at the API")
+        eq([(e.get("status"), e.get("error")) for e in access(w.fg, "/ws")
+            if e.get("host") == "api.flowgate.test"], [(403, "cors_websocket_origin")],
+           "the API handshake in the access log")
         b.screenshot("5-preview-websocket")
 
 

@@ -52,7 +52,7 @@ KNOWN_ERRORS = {
     "truncated", "bad framing", "bad request body framing", "bad upstream response",
     "jwt_missing", "jwt_malformed", "jwt_bad_header", "jwt_bad_signature",
     "rate_limited", "rate limit store timeout", "rate limit store unavailable",
-    "cors_origin", "cors_method", "cors_header",
+    "cors_origin", "cors_method", "cors_header", "cors_websocket_origin",
     "method_not_allowed", "not_found", "body_too_large", "expectation_failed",
     "malformed head", "head too large", "bad path or host", "tunnel idle timeout",
     "unknown preview", "preview resolver failure",

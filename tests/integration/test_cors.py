@@ -1,10 +1,12 @@
 """CORS at the edge and per-route methods."""
 
+import base64
 import os
 import re
 
 from harness import (Flowgate, Upstream, assert_error, assert_security_headers, base_config,
-                     check, eq, free_port, merge, render_config, run_flowgate, tmpdir)
+                     build_request, check, eq, free_port, merge, render_config, run_flowgate,
+                     tmpdir)
 
 TIMEOUT = 60
 
@@ -29,6 +31,7 @@ LOOKALIKES = [
 ROUTES = (
     {"host": "", "path": "/api/", "upstream": "api", "auth": "required"},
     {"host": "", "path": "/open", "upstream": "api", "auth": "none"},
+    {"host": "", "path": "/ws", "upstream": "api", "auth": "none"},
     {"host": "", "path": "/cors-headers", "upstream": "api", "auth": "none"},
     {"host": "", "path": "/ro", "upstream": "api", "auth": "none", "methods": ["GET", "HEAD"]},
     {"host": "", "path": "/rw", "upstream": "api", "auth": "none",
@@ -147,6 +150,41 @@ def test_state_changing_cross_site_request_refused_and_not_forwarded():
         eq(r.status, 200, "same-origin POST")
         check(not r.has("Access-Control-Allow-Origin"), "grant for a same-origin request")
         eq(len(up.requests()), 2, "requests forwarded")
+
+
+def websocket_handshake(fg, origin=None, host="localhost"):
+    """The answer to a WebSocket opening handshake on /ws (then closed)."""
+    hdrs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()),
+            ("Sec-WebSocket-Version", "13")]
+    if origin is not None:
+        hdrs.append(("Origin", origin))
+    c = fg.tls()
+    try:
+        c.send(build_request("GET", "/ws", hdrs, host=host))
+        return c.read_response()
+    finally:
+        c.close()
+
+
+def test_websocket_from_a_refused_origin_is_refused_and_not_forwarded():
+    # A WebSocket has no CORS and carries the site's cookies from any
+    # same-site page (a preview): the Origin is the only guard.
+    with Upstream() as up, Flowgate(config(), upstream=up) as fg:
+        for origin in ("https://evil.test", "https://mvp-x.preview.example.com",
+                       "https://app.example.com.evil.test", "null"):
+            r = websocket_handshake(fg, origin)
+            assert_error(r, 403, "cors_rejected")
+        eq(up.requests(), [], "refused handshakes at the upstream")
+        log = [e for e in fg.access_log() if e.get("status") == 403]
+        eq([e.get("error") for e in log], ["cors_websocket_origin"] * 4, "logged reasons")
+        # An allowed origin, the request's own origin, and no Origin at all
+        # (not a browser) are tunnelled.
+        host = "localhost:%d" % fg.https_port
+        eq(websocket_handshake(fg, APP).status, 101, "allowed origin")
+        eq(websocket_handshake(fg, "https://" + host, host=host).status, 101, "same origin")
+        eq(websocket_handshake(fg).status, 101, "no Origin")
+        eq(len(up.requests()), 3, "handshakes forwarded")
 
 
 def test_safe_methods_from_refused_origin_are_forwarded_without_grant():
