@@ -216,6 +216,12 @@ bool rl_link_subscribed(const struct rl_link *l)
     return rl_sentinel_subscribed(l->sen);
 }
 
+/* The address in use for logs: with Sentinels, "" until they name one. */
+static const char *label(const struct rl_link *l)
+{
+    return l->name[0] != '\0' ? l->name : "(primary not known yet)";
+}
+
 /* The address in use, as logs and the admin show it (written only here, on
  * the link's thread, so the link reads it without the lock). */
 static void set_name(struct rl_link *l, const char *fmt, const char *a, int port)
@@ -288,7 +294,7 @@ static void link_fail(struct rl_link *l, const char *why)
     if (l->stopping)
         goto close;
     if (!l->logged_down) {
-        log_warn("redis %s: %s; retrying with backoff", l->name, why);
+        log_warn("redis %s: %s; retrying with backoff", label(l), why);
         l->logged_down = true;
     }
     timer_in(l->retry_ev, l->backoff_ms);
@@ -372,7 +378,7 @@ static void script_loaded_cb(redisAsyncContext *ac, void *r, void *priv)
     rl_timeouts_reset(&l->timeouts);
     set_state(l, RL_LINK_UP);
     if (l->logged_down)
-        log_info("redis %s: connected", l->name);
+        log_info("redis %s: connected", label(l));
     l->logged_down = false;
 }
 
@@ -605,7 +611,6 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
     l->flush_ev = event_new(base, -1, 0, flush_cb, l);
     pthread_mutex_init(&l->name_mu, NULL);
     if (cfg->nsentinels > 0) {
-        set_name(l, "sentinels of \"%s\"", cfg->master_name, 0);
         l->sen = rl_sentinel_new(base, cfg, rs, on_sentinel, l);
     } else {
         set_name(l, "%s", cfg->address, 0);
@@ -725,7 +730,7 @@ static void note_failed_reply(struct rl_link *l, const char *what)
 {
     count(&l->stats.errors, 1);
     if (!l->logged_reply_error)
-        log_warn("redis %s: the rate-limit script failed: %.200s", l->name, what);
+        log_warn("redis %s: the rate-limit script failed: %.200s", label(l), what);
     l->logged_reply_error = true;
 }
 
@@ -1038,7 +1043,7 @@ static void note_timeout(struct rl_link *l)
     count(&l->stats.timeouts, 1);
     count(&l->stats.errors, 1);
     if (!l->logged_timeout)
-        log_warn("redis %s: no reply within %u ms", l->name, l->cfg->timeout_ms);
+        log_warn("redis %s: no reply within %u ms", label(l), l->cfg->timeout_ms);
     l->logged_timeout = true;
 }
 
