@@ -106,9 +106,8 @@ static const char *const rl_keys[] = {
     "endpoints", NULL,
 };
 static const char *const redis_keys[] = {
-    "address",     "password_env", "username_env",          "database",
-    "timeout_ms",  "key_prefix",   "sentinels",             "master_name",
-    "sentinel_password_env",       "sentinel_password_file", NULL,
+    "address", "password_env", "username_env", "database", "timeout_ms", "key_prefix",
+    "sentinels", "master_name", "sentinel_password_env", "sentinel_password_file", NULL,
 };
 static const char *const tier_keys[] = {"limit", "window", NULL};
 static const char *const endpoint_keys[] = {"path", "methods", "limit", "window", "key", NULL};
@@ -1222,8 +1221,8 @@ static void parse_sentinel_list(struct cfg_ctx *ctx, const config_setting_t *s, 
     for (size_t i = 0; i < n; i++) {
         config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
         struct fg_sentinel *sn = &r->sentinels[r->nsentinels];
-        const char *text = config_setting_type(e) == CONFIG_TYPE_STRING
-                               ? config_setting_get_string(e) : NULL;
+        const char *text =
+            config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e) : NULL;
         if (text == NULL || split_hostport(text, host, sizeof(host), &sn->port) != 0 ||
             (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1 &&
              (text[0] == '[' || host_name(host, strlen(host), norm) < 0))) {

@@ -941,7 +941,7 @@ static void ratelimit_redis_detail(const struct fg_config *cfg, const struct wor
 {
     struct rl_link *l = n > 0 && cfg->rate_limit.enabled ? worker_link(workers, 0) : NULL;
     char addr[RL_PRIMARY_MAX];
-    bool subscribed = true;
+    unsigned subscribed = 0;
 
     buf[0] = '\0';
     if (l == NULL)
@@ -951,11 +951,12 @@ static void ratelimit_redis_detail(const struct fg_config *cfg, const struct wor
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
             *p = '?'; /* a unix path is the operator's, and JSON has no room for it raw */
     for (unsigned i = 0; i < n; i++)
-        subscribed = subscribed && worker_link(workers, i) && rl_link_subscribed(worker_link(workers, i));
-    snprintf(buf, len, ",\"redis_primary\":\"%s\"%s%s%s", addr,
-             rl_link_sentinels(l) ? ",\"redis_sentinel\":\"" : "",
-             !rl_link_sentinels(l) ? "" : subscribed ? "subscribed" : "unsubscribed",
-             rl_link_sentinels(l) ? "\"" : "");
+        subscribed += worker_link(workers, i) && rl_link_subscribed(worker_link(workers, i));
+    if (!rl_link_sentinels(l))
+        snprintf(buf, len, ",\"redis_primary\":\"%s\"", addr);
+    else
+        snprintf(buf, len, ",\"redis_primary\":\"%s\",\"redis_sentinel\":\"%s\"", addr,
+                 subscribed == n ? "subscribed" : "unsubscribed");
 }
 
 /* The primary each worker uses (the same but during a failover), whether it

@@ -31,18 +31,18 @@ struct rl_sentinel {
     struct resolver *rs;        /* the worker's, for Sentinel host names */
     rl_sentinel_fn *fn;         /* the link's */
     void *arg;
-    redisAsyncContext *q;       /* the Sentinel being asked, or NULL */
-    redisAsyncContext *sub;     /* subscribed to +switch-master, or NULL */
-    int subscribed;             /* SUBSCRIBE confirmed on sub; atomic (read by admin) */
-    bool asking;                /* a query runs */
-    bool stopped;               /* rl_sentinel_stop: no more connections */
-    bool logged_none;           /* "no Sentinel answered" logged since the last answer */
-    size_t first;               /* the Sentinel asked first: the last that answered */
-    size_t cur;                 /* the one being asked */
-    size_t tried;               /* Sentinels asked in this query */
-    struct event *deadline_ev;  /* timeout_ms for the one being asked */
-    struct event *retry_ev;     /* the next query while no subscription stands */
-    struct resolver_wait dns;   /* a Sentinel name being looked up */
+    redisAsyncContext *q;      /* the Sentinel being asked, or NULL */
+    redisAsyncContext *sub;    /* subscribed to +switch-master, or NULL */
+    int subscribed;            /* SUBSCRIBE confirmed on sub; atomic (read by admin) */
+    bool asking;               /* a query runs */
+    bool stopped;              /* rl_sentinel_stop: no more connections */
+    bool logged_none;          /* "no Sentinel answered" logged since the last answer */
+    size_t first;              /* the Sentinel asked first: the last that answered */
+    size_t cur;                /* the one being asked */
+    size_t tried;              /* Sentinels asked in this query */
+    struct event *deadline_ev; /* timeout_ms for the one being asked */
+    struct event *retry_ev;    /* the next query while no subscription stands */
+    struct resolver_wait dns;  /* a Sentinel name being looked up */
 };
 
 static void ask_next(struct rl_sentinel *s);
@@ -187,8 +187,7 @@ int rl_sentinel_parse_switch(const char *msg, const char *name, char *ip, size_t
     if (strncmp(msg, name, nl) != 0 || msg[nl] != ' ')
         return -1;
     if (sscanf(msg + nl + 1, "%45s %d %45s %d%n", oldip, &oldport, newip, port, &n) != 4 ||
-        msg[nl + 1 + (size_t)n] != '\0' || *port < 1 || *port > 65535 ||
-        strlen(newip) >= iplen)
+        msg[nl + 1 + (size_t)n] != '\0' || *port < 1 || *port > 65535 || strlen(newip) >= iplen)
         return -1;
     memcpy(ip, newip, strlen(newip) + 1);
     return 0;

@@ -18,14 +18,13 @@ static void test_switch_of_our_master(void **state)
     char ip[64];
     int port = 0;
 
-    assert_int_equal(rl_sentinel_parse_switch("m1 127.0.0.1 6379 127.0.0.2 6380", "m1", ip,
-                                              sizeof(ip), &port),
-                     0);
+    assert_int_equal(
+        rl_sentinel_parse_switch("m1 127.0.0.1 6379 127.0.0.2 6380", "m1", ip, sizeof(ip), &port),
+        0);
     assert_string_equal(ip, "127.0.0.2");
     assert_int_equal(port, 6380);
-    assert_int_equal(rl_sentinel_parse_switch("m1 ::1 6379 fd00::2 7000", "m1", ip, sizeof(ip),
-                                              &port),
-                     0);
+    assert_int_equal(
+        rl_sentinel_parse_switch("m1 ::1 6379 fd00::2 7000", "m1", ip, sizeof(ip), &port), 0);
     assert_string_equal(ip, "fd00::2");
     assert_int_equal(port, 7000);
 }
@@ -35,10 +34,14 @@ static void test_switch_of_our_master(void **state)
 static void test_switch_ignored(void **state)
 {
     static const char *const bad[] = {
-        "m2 127.0.0.1 6379 127.0.0.2 6380",   "m10 127.0.0.1 6379 127.0.0.2 6380",
-        "m1 127.0.0.1 6379 127.0.0.2",        "m1 127.0.0.1 6379 127.0.0.2 0",
-        "m1 127.0.0.1 6379 127.0.0.2 65536",  "m1 127.0.0.1 6379 127.0.0.2 6380 x",
-        "m1",                                 "",
+        "m2 127.0.0.1 6379 127.0.0.2 6380",
+        "m10 127.0.0.1 6379 127.0.0.2 6380",
+        "m1 127.0.0.1 6379 127.0.0.2",
+        "m1 127.0.0.1 6379 127.0.0.2 0",
+        "m1 127.0.0.1 6379 127.0.0.2 65536",
+        "m1 127.0.0.1 6379 127.0.0.2 6380 x",
+        "m1",
+        "",
     };
     char ip[64] = "unchanged";
     int port = 0;
