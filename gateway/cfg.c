@@ -106,8 +106,9 @@ static const char *const rl_keys[] = {
     "endpoints", NULL,
 };
 static const char *const redis_keys[] = {
-    "address", "password_env", "username_env", "database", "timeout_ms", "key_prefix",
-    "sentinels", "master_name", "sentinel_password_env", "sentinel_password_file", NULL,
+    "address", "password_env", "password_file", "username_env", "database", "timeout_ms",
+    "key_prefix", "sentinels", "master_name", "sentinel_password_env", "sentinel_password_file",
+    NULL,
 };
 static const char *const tier_keys[] = {"limit", "window", NULL};
 static const char *const endpoint_keys[] = {"path", "methods", "limit", "window", "key", NULL};
@@ -872,6 +873,31 @@ static char *get_env_secret(struct cfg_ctx *ctx, const config_setting_t *g, cons
     return read_secret(ctx, s, false, &len);
 }
 
+/* An optional credential from NAME_env or NAME_file (at most one of them;
+ * "" = none): a file suits systemd's LoadCredential= and mounted Secrets,
+ * and its path goes to *PATH (NULL otherwise) for reload.watch. */
+static char *get_env_or_file_secret(struct cfg_ctx *ctx, const config_setting_t *g,
+                                    const char *name, char **path)
+{
+    char env[64], file[64];
+    size_t len;
+
+    snprintf(env, sizeof(env), "%s_env", name);
+    snprintf(file, sizeof(file), "%s_file", name);
+    config_setting_t *f = member(g, file);
+    if (f != NULL && member(g, env) != NULL) {
+        cfg_bad(ctx, f, "at most one of '%s' or '%s'", env, file);
+        return NULL;
+    }
+    if (f == NULL || (config_setting_type(f) == CONFIG_TYPE_STRING &&
+                      config_setting_get_string(f)[0] == '\0'))
+        return get_env_secret(ctx, g, env);
+    char *v = read_secret(ctx, f, true, &len);
+    if (v != NULL)
+        *path = cfg_strdup(ctx, config_setting_get_string(f));
+    return v;
+}
+
 /* ---------------------------------------------------------------------------
  * Sections
  */
@@ -1240,9 +1266,6 @@ static void parse_sentinel_list(struct cfg_ctx *ctx, const config_setting_t *s, 
 static void parse_sentinels(struct cfg_ctx *ctx, const config_setting_t *g, struct fg_redis *r)
 {
     config_setting_t *list = get_list(ctx, g, "sentinels");
-    config_setting_t *env = member(g, "sentinel_password_env");
-    config_setting_t *file = member(g, "sentinel_password_file");
-    size_t len;
 
     r->master_name = get_str(ctx, g, "master_name", "");
     if (r->master_name != NULL && r->master_name[0] == '\0') {
@@ -1255,12 +1278,8 @@ static void parse_sentinels(struct cfg_ctx *ctx, const config_setting_t *g, stru
     }
     if (list != NULL)
         parse_sentinel_list(ctx, list, r);
-    if (env != NULL && file != NULL)
-        cfg_bad(ctx, file, "at most one of 'sentinel_password_env' or 'sentinel_password_file'");
-    else if (file != NULL)
-        r->sentinel_password = read_secret(ctx, file, true, &len);
-    else
-        r->sentinel_password = get_env_secret(ctx, g, "sentinel_password_env");
+    r->sentinel_password = get_env_or_file_secret(ctx, g, "sentinel_password",
+                                                  &r->sentinel_password_file);
 }
 
 static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
@@ -1269,7 +1288,7 @@ static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
     config_setting_t *g = get_group(ctx, rl, "redis", redis_keys);
 
     parse_redis_address(ctx, g, r);
-    r->password = get_env_secret(ctx, g, "password_env");
+    r->password = get_env_or_file_secret(ctx, g, "password", &r->password_file);
     r->username = get_env_secret(ctx, g, "username_env");
     r->database = (int)get_int(ctx, g, "database", 0, 0, 65535);
     r->timeout_ms = (uint32_t)get_int(ctx, g, "timeout_ms", 50, 1, 600000);
@@ -1985,7 +2004,7 @@ static void watch_add(struct fg_config *cfg, const char *path)
 static void build_watch_paths(struct cfg_ctx *ctx)
 {
     struct fg_config *cfg = ctx->cfg;
-    size_t max = 2 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
+    size_t max = 4 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
 
     if ((cfg->watch_paths = cfg_calloc(ctx, max, sizeof(*cfg->watch_paths))) == NULL)
         return;
@@ -1998,6 +2017,8 @@ static void build_watch_paths(struct cfg_ctx *ctx)
     }
     for (size_t i = 0; i < cfg->jwt.nkeys; i++)
         watch_add(cfg, cfg->jwt.keys[i].secret_file);
+    watch_add(cfg, cfg->rate_limit.redis.password_file);
+    watch_add(cfg, cfg->rate_limit.redis.sentinel_password_file);
     /* (resolver.hosts_file is not here: the resolver reads it again by
      * itself when it changes, without a reload.) */
 }
@@ -2069,6 +2090,8 @@ static void free_ratelimit(struct fg_ratelimit *r)
     }
     free(r->redis.sentinels);
     free(r->redis.master_name);
+    free(r->redis.password_file);
+    free(r->redis.sentinel_password_file);
     if (r->redis.sentinel_password != NULL)
         secret_free(r->redis.sentinel_password, strlen(r->redis.sentinel_password));
     for (size_t i = 0; r->tiers != NULL && i < r->ntiers; i++)

@@ -146,7 +146,7 @@ struct fg_redis {
     char *host;         /* parsed host, or NULL for unix */
     int port;
     char *unix_path;    /* NULL for TCP */
-    char *password;     /* from password_env, NULL when none */
+    char *password;     /* from password_env or password_file, NULL when none */
     char *username;     /* from username_env, NULL when none */
     int database;
     uint32_t timeout_ms;
@@ -155,6 +155,8 @@ struct fg_redis {
     size_t nsentinels;
     char *master_name;             /* set exactly when nsentinels > 0 */
     char *sentinel_password;       /* AUTH to the Sentinels (sentinel_password_env or _file) */
+    char *password_file;           /* where password came from (watched), or NULL */
+    char *sentinel_password_file;  /* where sentinel_password came from (watched), or NULL */
 };
 
 /* Longest rate_limit.redis.key_prefix: every rate-limit key starts with it,

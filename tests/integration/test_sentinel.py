@@ -285,6 +285,9 @@ def test_sentinel_config_checks():
         (dict(good, sentinels=["127.0.0.1"]), "bad Sentinel address"),
         (dict(good, sentinels=[]), "must name at least one Sentinel"),
         (dict(good, sentinel_password_env="FG_SENTINEL_PASSWORD"), "at most one of"),
+        (dict(good, password_file=secret), None),
+        (dict(good, password_file=secret, password_env="FG_SENTINEL_PASSWORD"),
+         "at most one of 'password_env' or 'password_file'"),
     ]
     for i, (redis, error) in enumerate(cases):
         cfg = merge(base_config(free_port(), free_port(), free_port(), "127.0.0.1:9", tmpdir()),
