@@ -10,6 +10,7 @@ polls on events; no timing decides a result.
 """
 
 import os
+import signal
 import subprocess
 import time
 
@@ -268,6 +269,30 @@ def test_sentinel_three_instances_exact_across_failover():
         for fg in fgs:
             wait_primary(fg, cl.addr(cl.nodes[1]))
         eq(spread("203.0.113.91"), [200] * 5 + [429] * 4, "statuses after the failover")
+
+
+def test_sentinel_reload_switches_to_sentinels():
+    """A reload that adds sentinels and master_name to a group that had only
+    an address moves the link to the Sentinels' primary, no restart."""
+    with Cluster() as cl, Upstream(record=False) as up, \
+            Flowgate(rl_config(cl.nodes[0]), upstream=up,
+                     env={"FG_SENTINEL_PASSWORD": SENTINEL_PASSWORD}) as fg:
+        wait_redis(fg, "up")
+        check("redis_sentinel" not in readyz(fg), "redis_sentinel without sentinels")
+        cfg = merge(base_config(fg.https_port, fg.http_port, fg.admin_port, up.addr, tmpdir()),
+                    sentinel_config(cl))
+        with open(fg.conf_path, "w") as f:
+            f.write(render_config(cfg))
+        fg.proc.send_signal(signal.SIGHUP)
+
+        def moved():
+            # the new link takes over at the first request after it is up
+            burst(fg, 1, "/p", from_ip("198.51.100.41"))
+            return readyz(fg).get("redis_sentinel") == "subscribed"
+
+        cl.wait(moved, "the reloaded link to serve, subscribed")
+        wait_primary(fg, cl.addr(cl.nodes[0]))
+        assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.40")), 5, 60)
 
 
 def test_sentinel_config_checks():
