@@ -11,7 +11,9 @@ polls on events; no timing decides a result.
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 from harness import (Flowgate, RedisServer, Skip, Upstream, base_config, check, eq, fail,
@@ -67,8 +69,15 @@ class Sentinel:
         probe.port = self.port
         return probe.command(*args)
 
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
+            self.resume()
             stop_process(self.proc)
 
 
@@ -127,6 +136,76 @@ class Cluster:
         return False
 
 
+class FakeSentinel:
+    """A Sentinel stand-in on a thread: names self.primary ("ip", port) and
+    sends +switch-master messages when told to, so that a test can move the
+    primary while the old one stays up and keeps its connections."""
+
+    def __init__(self):
+        self.primary = None
+        self.subscribers = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        f = conn.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(line[1:])):
+                    n = int(f.readline()[1:])
+                    args.append(f.read(n + 2)[:-2].decode())
+                self.answer(conn, [args[0].upper()] + args[1:])
+        except (OSError, ValueError):
+            return
+
+    def answer(self, conn, args):
+        if args[0] == "SENTINEL" and args[2] == MASTER:
+            ip, port = self.primary
+            conn.sendall(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%d\r\n"
+                         % (len(ip), ip.encode(), len(str(port)), port))
+        elif args[0] == "SUBSCRIBE":
+            conn.sendall(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n")
+            with self.lock:
+                self.subscribers.append(conn)
+        elif args[0] == "SENTINEL":
+            conn.sendall(b"*-1\r\n")
+        else:
+            conn.sendall(b"+OK\r\n")
+
+    def switch(self, name, new):
+        """Name NEW as the primary and announce it for NAME."""
+        old, self.primary = self.primary, new
+        msg = ("%s %s %d %s %d" % ((name,) + old + new)).encode()
+        with self.lock:
+            subs = list(self.subscribers)
+        for conn in subs:
+            conn.sendall(b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$%d\r\n%s\r\n"
+                         % (len(msg), msg))
+        return len(subs)
+
+    def close(self):
+        self.sock.close()
+        with self.lock:
+            for conn in self.subscribers:
+                conn.close()
+
+
 def sentinel_config(cluster, tiers=None, **over):
     cfg = rl_config(cluster.nodes[0], tiers=tiers or {"anonymous": {"limit": 5, "window": 60}},
                     **over)
@@ -166,38 +245,73 @@ def decisions(fg, outcome):
 
 
 def test_sentinel_discovery_failover_and_noscript():
-    """The Sentinels name the primary; killing it moves flowgate to the
-    promoted replica with exact limits, and a flushed script cache there
-    costs no request its Redis decision."""
-    with Cluster() as cl, Upstream(record=False) as up, start_flowgate(cl, up) as fg:
-        ready = wait_primary(fg, cl.addr(cl.nodes[0]))
-        eq(ready.get("redis_sentinel"), "subscribed", "/readyz redis_sentinel")
-        assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.10")), 5, 60)
-        text = metrics(fg)
-        check('flowgate_redis_primary_info{address="%s"} 1' % cl.addr(cl.nodes[0]) in text,
-              "primary info gauge before the failover")
-        eq(metric(text, "flowgate_redis_sentinel_failovers_total"), 0, "failovers before")
+    """The Sentinels name the primary (the first one, stalled, is given up
+    on after timeout_ms); killing the primary moves flowgate to the promoted
+    replica with exact limits, and a flushed script cache there costs no
+    request its Redis decision."""
+    with Cluster() as cl, Upstream(record=False) as up:
+        cl.sentinels[0].pause()  # accepts connections, answers nothing
+        with start_flowgate(cl, up) as fg:
+            ready = wait_primary(fg, cl.addr(cl.nodes[0]))
+            cl.sentinels[0].resume()
+            failover_and_noscript(cl, fg, ready)
 
-        cl.nodes[0].kill()
-        # meanwhile requests are answered by on_redis_failure ("local")
-        for r in burst(fg, 3, "/p", from_ip("198.51.100.11")):
-            check(r.status in (200, 429), "status %d during the failover" % r.status)
-        cl.wait(lambda: cl.named_primary() == cl.addr(cl.nodes[1]), "the Sentinels' failover")
-        wait_primary(fg, cl.addr(cl.nodes[1]))
-        assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.12")), 5, 60)
-        text = metrics(fg)
-        eq(metric(text, "flowgate_redis_sentinel_failovers_total"), 1, "failovers after")
-        check('flowgate_redis_primary_info{address="%s"} 1' % cl.addr(cl.nodes[1]) in text,
-              "primary info gauge after the failover")
 
-        # The new primary forgets the script: NOSCRIPT is answered by loading
-        # it again, and every request still gets Redis's decision.
-        cl.nodes[1].command("SCRIPT", "FLUSH")
-        local_before = decisions(fg, "local_allowed") + decisions(fg, "local_limited")
-        assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.13")), 5, 60)
-        eq(decisions(fg, "local_allowed") + decisions(fg, "local_limited"), local_before,
-           "decisions made without Redis after SCRIPT FLUSH")
-        eq(readyz(fg).get("redis_primary"), cl.addr(cl.nodes[1]), "primary after NOSCRIPT")
+def failover_and_noscript(cl, fg, ready):
+    """Kill the primary under FG, then flush the new one's scripts."""
+    eq(ready.get("redis_sentinel"), "subscribed", "/readyz redis_sentinel")
+    assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.10")), 5, 60)
+    text = metrics(fg)
+    check('flowgate_redis_primary_info{address="%s"} 1' % cl.addr(cl.nodes[0]) in text,
+          "primary info gauge before the failover")
+    eq(metric(text, "flowgate_redis_sentinel_failovers_total"), 0, "failovers before")
+
+    cl.nodes[0].kill()
+    # meanwhile requests are answered by on_redis_failure ("local")
+    for r in burst(fg, 3, "/p", from_ip("198.51.100.11")):
+        check(r.status in (200, 429), "status %d during the failover" % r.status)
+    cl.wait(lambda: cl.named_primary() == cl.addr(cl.nodes[1]), "the Sentinels' failover")
+    wait_primary(fg, cl.addr(cl.nodes[1]))
+    assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.12")), 5, 60)
+    text = metrics(fg)
+    eq(metric(text, "flowgate_redis_sentinel_failovers_total"), 1, "failovers after")
+    check('flowgate_redis_primary_info{address="%s"} 1' % cl.addr(cl.nodes[1]) in text,
+          "primary info gauge after the failover")
+
+    # The new primary forgets the script: NOSCRIPT is answered by loading
+    # it again, and every request still gets Redis's decision.
+    cl.nodes[1].command("SCRIPT", "FLUSH")
+    local_before = decisions(fg, "local_allowed") + decisions(fg, "local_limited")
+    assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.13")), 5, 60)
+    eq(decisions(fg, "local_allowed") + decisions(fg, "local_limited"), local_before,
+       "decisions made without Redis after SCRIPT FLUSH")
+    eq(readyz(fg).get("redis_primary"), cl.addr(cl.nodes[1]), "primary after NOSCRIPT")
+
+
+def test_sentinel_switch_master_moves_at_once():
+    """+switch-master alone moves flowgate: the old primary stays up and
+    keeps its connection (no disconnect, no READONLY to go by)."""
+    with RedisServer() as a, RedisServer() as b, Upstream(record=False) as up:
+        fake = FakeSentinel()
+        try:
+            fake.primary = ("127.0.0.1", a.port)
+            cfg = rl_config(a)
+            redis = cfg["rate_limit"]["redis"]
+            redis.update({"sentinels": [fake.addr], "master_name": MASTER})
+            with Flowgate(cfg, upstream=up) as fg:
+                wait_primary(fg, "127.0.0.1:%d" % a.port)
+                assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.50")), 5, 60)
+                # another master's switch is not ours
+                eq(fake.switch("othermaster", ("127.0.0.1", b.port)), 1, "subscribers")
+                fake.primary = ("127.0.0.1", a.port)
+                eq(fake.switch(MASTER, ("127.0.0.1", b.port)), 1, "subscribers")
+                wait_primary(fg, "127.0.0.1:%d" % b.port, timeout=10)
+                assert_exact_burst(burst(fg, 6, "/p", from_ip("198.51.100.51")), 5, 60)
+                check("+switch-master" in error_log(fg), "the move is not logged")
+                eq(metric(metrics(fg), "flowgate_redis_sentinel_failovers_total"), 1,
+                   "failovers (the other master's switch is not one)")
+        finally:
+            fake.close()
 
 
 def test_sentinel_readonly_rediscovers():
