@@ -25,6 +25,16 @@
  * retry timer (100 ms, doubling to 5 s; back to 100 ms after a call
  * succeeds). Calls are only accepted while UP: otherwise the caller applies
  * its failure mode at once instead of waiting.
+ *
+ * With Sentinels (rl_sentinel.h), CONNECTING begins by asking them for the
+ * primary, and the handshake checks ROLE before SCRIPT LOAD. The link then
+ * also leaves for another node when they announce one (+switch-master, or
+ * another answer: at once, not after the backoff), and goes down on a
+ * READONLY reply (the node was demoted) to ask them again at once:
+ *
+ *   DOWN --retry--> CONNECTING: ask Sentinels -> connect -> ROLE master -> ... -> UP
+ *                                                                               |
+ *   CONNECTING to the new primary <--------- +switch-master / another answer ---+
  */
 #ifndef FG_RL_REDIS_H
 #define FG_RL_REDIS_H
