@@ -224,10 +224,10 @@ static const char *label(const struct rl_link *l)
 
 /* The address in use, as logs and the admin show it (written only here, on
  * the link's thread, so the link reads it without the lock). */
-static void set_name(struct rl_link *l, const char *fmt, const char *a, int port)
+static void set_name(struct rl_link *l, const char *name)
 {
     pthread_mutex_lock(&l->name_mu);
-    snprintf(l->name, sizeof(l->name), fmt, a, port);
+    snprintf(l->name, sizeof(l->name), "%s", name);
     pthread_mutex_unlock(&l->name_mu);
 }
 
@@ -388,20 +388,19 @@ static void role_cb(redisAsyncContext *ac, void *r, void *priv)
 {
     struct rl_link *l = priv;
     const redisReply *reply = r;
+    const char *role = "?";
     char why[96];
 
     if (reply == NULL || l->ac != ac)
         return;
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-        reply->element[0]->type == REDIS_REPLY_STRING &&
-        strcmp(reply->element[0]->str, "master") == 0)
+    if (reply->type == REDIS_REPLY_ERROR)
+        role = reply->str;
+    else if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+             reply->element[0]->type == REDIS_REPLY_STRING)
+        role = reply->element[0]->str;
+    if (reply->type == REDIS_REPLY_ARRAY && strcmp(role, "master") == 0)
         return;
-    snprintf(why, sizeof(why), "not the primary (ROLE: %.40s)",
-             reply->type == REDIS_REPLY_ERROR ? reply->str
-             : reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-                     reply->element[0]->type == REDIS_REPLY_STRING
-                 ? reply->element[0]->str
-                 : "?");
+    snprintf(why, sizeof(why), "not the primary (ROLE: %.40s)", role);
     link_fail(l, why);
 }
 
@@ -558,6 +557,7 @@ static void on_sentinel(void *arg, enum rl_sentinel_event ev, const char *ip, in
 {
     struct rl_link *l = arg;
     bool same = ip != NULL && port == l->port && strcmp(ip, l->host) == 0;
+    char name[RL_PRIMARY_MAX];
 
     if (l->stopping)
         return;
@@ -577,7 +577,8 @@ static void on_sentinel(void *arg, enum rl_sentinel_event ev, const char *ip, in
         }
         snprintf(l->host, sizeof(l->host), "%s", ip);
         l->port = port;
-        set_name(l, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+        snprintf(name, sizeof(name), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+        set_name(l, name);
     }
     link_move(l);
 }
@@ -613,7 +614,7 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
     if (cfg->nsentinels > 0) {
         l->sen = rl_sentinel_new(base, cfg, rs, on_sentinel, l);
     } else {
-        set_name(l, "%s", cfg->address, 0);
+        set_name(l, cfg->address);
     }
     if (l->retry_ev == NULL || l->handshake_ev == NULL || l->flush_ev == NULL ||
         (cfg->nsentinels > 0 && l->sen == NULL)) {
@@ -962,7 +963,8 @@ static void batch_reply_cb(redisAsyncContext *ac, void *r, void *priv)
     batch_answer(b, reply);
     batch_free(b); /* may close a stopping link: hiredis frees AC after this callback */
     if (demoted && l->ac == ac) {
-        /* Ask the Sentinels again now (no backoff): they know the primary. */
+        /* Ask the Sentinels again after the shortest backoff, not a grown
+         * one: they know the primary, or will in a moment. */
         l->backoff_ms = RL_BACKOFF_MIN_MS;
         link_fail(l, "READONLY: no longer the primary");
     }
