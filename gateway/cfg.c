@@ -885,13 +885,15 @@ static char *get_env_or_file_secret(struct cfg_ctx *ctx, const config_setting_t 
     snprintf(env, sizeof(env), "%s_env", name);
     snprintf(file, sizeof(file), "%s_file", name);
     config_setting_t *f = member(g, file);
-    if (f != NULL && member(g, env) != NULL) {
-        cfg_bad(ctx, f, "at most one of '%s' or '%s'", env, file);
-        return NULL;
-    }
     if (f == NULL || (config_setting_type(f) == CONFIG_TYPE_STRING &&
                       config_setting_get_string(f)[0] == '\0'))
         return get_env_secret(ctx, g, env);
+    config_setting_t *e = member(g, env);
+    if (e != NULL && !(config_setting_type(e) == CONFIG_TYPE_STRING &&
+                       config_setting_get_string(e)[0] == '\0')) {
+        cfg_bad(ctx, f, "at most one of '%s' or '%s'", env, file);
+        return NULL;
+    }
     char *v = read_secret(ctx, f, true, &len);
     if (v != NULL)
         *path = cfg_strdup(ctx, config_setting_get_string(f));
@@ -1238,10 +1240,6 @@ static void parse_sentinel_list(struct cfg_ctx *ctx, const config_setting_t *s, 
     char host[256], norm[ROUTE_HOST_MAX + 1];
     unsigned char a[sizeof(struct in6_addr)];
 
-    if (n == 0) {
-        cfg_bad(ctx, s, "must name at least one Sentinel");
-        return;
-    }
     if ((r->sentinels = cfg_calloc(ctx, n, sizeof(*r->sentinels))) == NULL)
         return;
     for (size_t i = 0; i < n; i++) {
@@ -1261,8 +1259,8 @@ static void parse_sentinel_list(struct cfg_ctx *ctx, const config_setting_t *s, 
     }
 }
 
-/* sentinels and master_name go together; the Sentinels' own password comes
- * from at most one of sentinel_password_env and sentinel_password_file. */
+/* sentinels and master_name go together ([ ] and "" are neither); the
+ * Sentinels' own password comes from sentinel_password_env or _file. */
 static void parse_sentinels(struct cfg_ctx *ctx, const config_setting_t *g, struct fg_redis *r)
 {
     config_setting_t *list = get_list(ctx, g, "sentinels");
@@ -1272,6 +1270,8 @@ static void parse_sentinels(struct cfg_ctx *ctx, const config_setting_t *g, stru
         free(r->master_name);
         r->master_name = NULL;
     }
+    if (list != NULL && config_setting_length(list) == 0)
+        list = NULL;
     if ((list != NULL) != (r->master_name != NULL)) {
         cfg_bad(ctx, g, "'sentinels' and 'master_name' go together");
         return;

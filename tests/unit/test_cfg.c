@@ -543,8 +543,18 @@ static void test_redis_sentinels(void **state)
     expect_error(HEAD "rate_limit: { redis: { master_name = \"m1\";\n"
                       " sentinels = [ \"127.0.0.1\" ]; }; };\n",
                  "test.conf:4: rate_limit.redis.sentinels[0]: bad Sentinel address");
-    expect_error(HEAD "rate_limit: { redis: { master_name = \"m1\";\n sentinels = [ ]; }; };\n",
-                 "test.conf:4: rate_limit.redis.sentinels: must name at least one Sentinel");
+    expect_error(HEAD "rate_limit: {\n redis: { master_name = \"m1\"; sentinels = [ ]; }; };\n",
+                 "test.conf:4: rate_limit.redis: 'sentinels' and 'master_name' go together");
+    /* an empty twin is no second source */
+    cfg = expect_ok(HEAD "rate_limit: { redis: { password_env = \"\"; password_file = \"\";\n"
+                         " sentinels = [ ]; master_name = \"\";\n"
+                         " sentinel_password_env = \"FG_TEST_REDIS_PW\";"
+                         " sentinel_password_file = \"\"; }; };\n");
+    assert_null(cfg->rate_limit.redis.password);
+    assert_int_equal(cfg->rate_limit.redis.nsentinels, 0);
+    assert_null(cfg->rate_limit.redis.master_name);
+    assert_string_equal(cfg->rate_limit.redis.sentinel_password, "redis-pass");
+    cfg_unref(cfg);
     expect_error(HEAD "rate_limit: { redis: { password_env = \"FG_TEST_REDIS_PW\";\n"
                       " password_file = \"/nonexistent\"; }; };\n",
                  "test.conf:4: rate_limit.redis.password_file: at most one of 'password_env' "
