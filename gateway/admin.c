@@ -503,7 +503,7 @@ static void readyz(struct admin_conn *ac)
 {
     struct admin *a = ac->a;
     bool ready = a->phase == ADMIN_SERVING;
-    char body[512];
+    char body[1024];
     int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"listeners\":\"%s\"",
                      ready ? "ready" : "draining", a->phase == ADMIN_STOPPING ? "closed" : "up");
 
@@ -512,6 +512,12 @@ static void readyz(struct admin_conn *ac)
         if ((*s)->health && n > 0 && (size_t)n < sizeof(body))
             n += snprintf(body + n, sizeof(body) - (size_t)n, ",\"%s\":\"%s\"",
                           (*s)->health_name, (*s)->health(a->st->cfg, a->workers, a->nworkers));
+    for (const struct stage *const *s = stage_table; *s; s++)
+        if ((*s)->health_detail && n > 0 && (size_t)n < sizeof(body) - 1) {
+            (*s)->health_detail(a->st->cfg, a->workers, a->nworkers, body + n,
+                                sizeof(body) - 1 - (size_t)n);
+            n += (int)strlen(body + n);
+        }
     if (n > 0 && (size_t)n < sizeof(body) - 1)
         memcpy(body + n, "}", 2);
     reply(ac, ready ? 200 : 503, "application/json", body);

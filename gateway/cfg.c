@@ -107,7 +107,8 @@ static const char *const rl_keys[] = {
 };
 static const char *const redis_keys[] = {
     "address", "password_env", "password_file", "username_env", "database", "timeout_ms",
-    "key_prefix", NULL,
+    "key_prefix", "sentinels", "master_name", "sentinel_password_env", "sentinel_password_file",
+    NULL,
 };
 static const char *const tier_keys[] = {"limit", "window", NULL};
 static const char *const endpoint_keys[] = {"path", "methods", "limit", "window", "key", NULL};
@@ -1242,6 +1243,56 @@ static void parse_redis_address(struct cfg_ctx *ctx, const config_setting_t *g,
     r->host = cfg_strdup(ctx, host);
 }
 
+/* rate_limit.redis.sentinels: "host:port" each, a host being an IP or a
+ * name the worker resolves. */
+static void parse_sentinel_list(struct cfg_ctx *ctx, const config_setting_t *s, struct fg_redis *r)
+{
+    size_t n = (size_t)config_setting_length(s);
+    char host[256], norm[ROUTE_HOST_MAX + 1];
+    unsigned char a[sizeof(struct in6_addr)];
+
+    if ((r->sentinels = cfg_calloc(ctx, n, sizeof(*r->sentinels))) == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct fg_sentinel *sn = &r->sentinels[r->nsentinels];
+        const char *text =
+            config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e) : NULL;
+        if (text == NULL || split_hostport(text, host, sizeof(host), &sn->port) != 0 ||
+            (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1 &&
+             (text[0] == '[' || host_name(host, strlen(host), norm) < 0))) {
+            cfg_bad(ctx, e, "bad Sentinel address (expected host:port or [IPv6]:port)");
+            continue;
+        }
+        sn->address = cfg_strdup(ctx, text);
+        sn->host = cfg_strdup(ctx, host);
+        r->nsentinels++;
+    }
+}
+
+/* sentinels and master_name go together ([ ] and "" are neither); the
+ * Sentinels' own password comes from sentinel_password_env or _file. */
+static void parse_sentinels(struct cfg_ctx *ctx, const config_setting_t *g, struct fg_redis *r)
+{
+    config_setting_t *list = get_list(ctx, g, "sentinels");
+
+    r->master_name = get_str(ctx, g, "master_name", "");
+    if (r->master_name != NULL && r->master_name[0] == '\0') {
+        free(r->master_name);
+        r->master_name = NULL;
+    }
+    if (list != NULL && config_setting_length(list) == 0)
+        list = NULL;
+    if ((list != NULL) != (r->master_name != NULL)) {
+        cfg_bad(ctx, g, "'sentinels' and 'master_name' go together");
+        return;
+    }
+    if (list != NULL)
+        parse_sentinel_list(ctx, list, r);
+    r->sentinel_password = get_credential(ctx, g, "sentinel_password_env",
+                                          "sentinel_password_file", &r->sentinel_password_file);
+}
+
 static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
 {
     struct fg_redis *r = &ctx->cfg->rate_limit.redis;
@@ -1253,6 +1304,7 @@ static void parse_redis(struct cfg_ctx *ctx, const config_setting_t *rl)
     r->database = (int)get_int(ctx, g, "database", 0, 0, 65535);
     r->timeout_ms = (uint32_t)get_int(ctx, g, "timeout_ms", 50, 1, 600000);
     r->key_prefix = get_str(ctx, g, "key_prefix", "flowgate:");
+    parse_sentinels(ctx, g, r);
     if (r->key_prefix != NULL && strlen(r->key_prefix) > FG_KEY_PREFIX_MAX)
         cfg_bad(ctx, member(g, "key_prefix"), "must be at most %d bytes, not %zu",
                 FG_KEY_PREFIX_MAX, strlen(r->key_prefix));
@@ -1967,7 +2019,7 @@ static void watch_add(struct fg_config *cfg, const char *path)
 static void build_watch_paths(struct cfg_ctx *ctx)
 {
     struct fg_config *cfg = ctx->cfg;
-    size_t max = 3 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
+    size_t max = 4 + cfg->nincludes + 2 * cfg->tls.ncerts + cfg->jwt.nkeys;
 
     if ((cfg->watch_paths = cfg_calloc(ctx, max, sizeof(*cfg->watch_paths))) == NULL)
         return;
@@ -1981,6 +2033,7 @@ static void build_watch_paths(struct cfg_ctx *ctx)
     for (size_t i = 0; i < cfg->jwt.nkeys; i++)
         watch_add(cfg, cfg->jwt.keys[i].secret_file);
     watch_add(cfg, cfg->rate_limit.redis.password_file);
+    watch_add(cfg, cfg->rate_limit.redis.sentinel_password_file);
     /* (resolver.hosts_file is not here: the resolver reads it again by
      * itself when it changes, without a reload.) */
 }
@@ -2043,10 +2096,19 @@ static void free_ratelimit(struct fg_ratelimit *r)
     free(r->redis.unix_path);
     if (r->redis.password != NULL)
         secret_free(r->redis.password, strlen(r->redis.password));
-    free(r->redis.password_file);
     if (r->redis.username != NULL)
         secret_free(r->redis.username, strlen(r->redis.username));
     free(r->redis.key_prefix);
+    for (size_t i = 0; i < r->redis.nsentinels; i++) {
+        free(r->redis.sentinels[i].address);
+        free(r->redis.sentinels[i].host);
+    }
+    free(r->redis.sentinels);
+    free(r->redis.master_name);
+    free(r->redis.password_file);
+    free(r->redis.sentinel_password_file);
+    if (r->redis.sentinel_password != NULL)
+        secret_free(r->redis.sentinel_password, strlen(r->redis.sentinel_password));
     for (size_t i = 0; r->tiers != NULL && i < r->ntiers; i++)
         free(r->tiers[i].name);
     free(r->tiers);

@@ -134,17 +134,29 @@ struct fg_endpoint {
     enum fg_rl_key key;
 };
 
+/* A Sentinel of rate_limit.redis.sentinels. */
+struct fg_sentinel {
+    char *address; /* "host:port" as written */
+    char *host;    /* an IP or a name (resolved by the worker) */
+    int port;
+};
+
 struct fg_redis {
-    char *address;      /* "host:port" or "unix:/path" as written */
+    char *address;      /* "host:port" or "unix:/path" as written; unused with sentinels */
     char *host;         /* parsed host, or NULL for unix */
     int port;
     char *unix_path;    /* NULL for TCP */
     char *password;     /* from password_env or password_file, NULL when none */
-    char *password_file; /* where password came from (watched); NULL otherwise */
     char *username;     /* from username_env, NULL when none */
     int database;
     uint32_t timeout_ms;
     char *key_prefix;   /* at most FG_KEY_PREFIX_MAX bytes */
+    struct fg_sentinel *sentinels; /* ask these for the primary of master_name; NULL when none */
+    size_t nsentinels;
+    char *master_name;             /* set exactly when nsentinels > 0 */
+    char *sentinel_password;       /* AUTH to the Sentinels (sentinel_password_env or _file) */
+    char *password_file;           /* where password came from (watched), or NULL */
+    char *sentinel_password_file;  /* where sentinel_password came from (watched), or NULL */
 };
 
 /* Longest rate_limit.redis.key_prefix: every rate-limit key starts with it,

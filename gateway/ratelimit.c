@@ -923,6 +923,85 @@ const char *ratelimit_redis_state(const struct fg_config *cfg, const struct work
     return "up";
 }
 
+#define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
+
+/* The link serving worker I (NULL when none). */
+static struct rl_link *worker_link(const struct worker *workers, unsigned i)
+{
+    const struct rl_worker *st = rl_state(&workers[i]);
+
+    return st ? __atomic_load_n(&st->link, __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* ,"redis_primary":"ADDR" (the first worker's; "" before the Sentinels
+ * named one) and, with Sentinels, ,"redis_sentinel":"subscribed" when
+ * every worker listens for +switch-master, else "unsubscribed". */
+static void ratelimit_redis_detail(const struct fg_config *cfg, const struct worker *workers,
+                                   unsigned n, char *buf, size_t len)
+{
+    struct rl_link *l = n > 0 && cfg->rate_limit.enabled ? worker_link(workers, 0) : NULL;
+    char addr[RL_PRIMARY_MAX];
+    unsigned subscribed = 0;
+
+    buf[0] = '\0';
+    if (l == NULL)
+        return;
+    rl_link_primary(l, addr, sizeof(addr));
+    for (char *p = addr; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+            *p = '?'; /* a unix path is the operator's, and JSON has no room for it raw */
+    for (unsigned i = 0; i < n; i++)
+        subscribed += worker_link(workers, i) && rl_link_subscribed(worker_link(workers, i));
+    if (!rl_link_sentinels(l))
+        snprintf(buf, len, ",\"redis_primary\":\"%s\"", addr);
+    else
+        snprintf(buf, len, ",\"redis_primary\":\"%s\",\"redis_sentinel\":\"%s\"", addr,
+                 subscribed == n ? "subscribed" : "unsubscribed");
+}
+
+/* The primary each worker uses (the same but during a failover), whether it
+ * hears +switch-master, and the failovers seen (the most any worker saw:
+ * each sees every one). */
+static void sentinel_metrics(const struct worker *workers, unsigned n, struct evbuffer *out)
+{
+    char addr[RL_PRIMARY_MAX], seen[4][RL_PRIMARY_MAX];
+    unsigned nseen = 0, subscribed = 0;
+    uint64_t failovers = 0;
+    bool sentinels = false;
+
+    APPEND("# HELP flowgate_redis_primary_info The Redis node the limits are decided on.\n"
+           "# TYPE flowgate_redis_primary_info gauge\n");
+    for (unsigned i = 0; i < n; i++) {
+        struct rl_link *l = worker_link(workers, i);
+        struct rl_link_stats s;
+        unsigned k = 0;
+        if (l == NULL)
+            continue;
+        rl_link_primary(l, addr, sizeof(addr));
+        rl_link_stats(l, &s);
+        failovers = s.primary_changes > failovers ? s.primary_changes : failovers;
+        subscribed += rl_link_subscribed(l);
+        sentinels = sentinels || rl_link_sentinels(l);
+        while (k < nseen && strcmp(seen[k], addr) != 0)
+            k++;
+        if (k < nseen || nseen == sizeof(seen) / sizeof(seen[0]) || addr[0] == '\0')
+            continue;
+        memcpy(seen[nseen++], addr, sizeof(addr));
+        APPEND("flowgate_redis_primary_info{address=\"");
+        metrics_put_label(out, addr);
+        APPEND("\"} 1\n");
+    }
+    if (!sentinels)
+        return;
+    APPEND("# HELP flowgate_redis_sentinel_failovers_total Moves to another primary named by the "
+           "Sentinels.\n# TYPE flowgate_redis_sentinel_failovers_total counter\n"
+           "flowgate_redis_sentinel_failovers_total %llu\n"
+           "# HELP flowgate_redis_sentinel_subscribed Workers subscribed to +switch-master.\n"
+           "# TYPE flowgate_redis_sentinel_subscribed gauge\n"
+           "flowgate_redis_sentinel_subscribed %u\n",
+           (unsigned long long)failovers, subscribed);
+}
+
 static void sum_link_stats(const struct worker *workers, unsigned n, struct rl_link_stats *out)
 {
     memset(out, 0, sizeof(*out));
@@ -957,8 +1036,6 @@ static uint64_t sum_decisions(const struct worker *workers, unsigned n, size_t i
     return total;
 }
 
-#define APPEND(...) evbuffer_add_printf(out, __VA_ARGS__)
-
 void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers, unsigned n,
                        struct evbuffer *out)
 {
@@ -977,6 +1054,8 @@ void ratelimit_metrics(const struct fg_config *cfg, const struct worker *workers
     APPEND("# HELP flowgate_redis_up 1 when every worker's Redis link is up.\n"
            "# TYPE flowgate_redis_up gauge\nflowgate_redis_up %d\n",
            strcmp(ratelimit_redis_state(cfg, workers, n), "up") == 0);
+    if (rl != NULL && rl->enabled)
+        sentinel_metrics(workers, n, out);
     APPEND("# HELP flowgate_redis_errors_total Redis calls and connections that failed.\n"
            "# TYPE flowgate_redis_errors_total counter\nflowgate_redis_errors_total %llu\n",
            (unsigned long long)s.errors);
@@ -1019,4 +1098,5 @@ const struct stage ratelimit_stage = {
     .metrics = ratelimit_metrics,
     .health_name = "redis",
     .health = ratelimit_redis_state,
+    .health_detail = ratelimit_redis_detail,
 };

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <ctype.h>
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -38,6 +39,7 @@
 #include "log.h"
 #include "resolver.h"
 #include "rl_redis.h"
+#include "rl_sentinel.h"
 
 #define RL_BACKOFF_MIN_MS 100
 #define RL_BACKOFF_MAX_MS 5000
@@ -75,6 +77,12 @@ struct rl_link {
     struct rl_batch *unsent_tail;  /* the newest: calls are added to it while it has room */
     struct event *flush_ev;        /* zero-delay: sends the unsent batches */
     struct freelist free_batches;  /* idle batches, at most RL_BATCH_KEEP */
+    struct rl_sentinel *sen;       /* with sentinels: who names the primary; else NULL */
+    bool discovering;              /* link_connect waits for the Sentinels' answer */
+    char host[INET6_ADDRSTRLEN];   /* with sentinels: the primary they named ("" before) */
+    int port;                      /* and its port */
+    pthread_mutex_t name_mu;       /* guards name (the admin reads it) */
+    char name[RL_PRIMARY_MAX];     /* the address in use, for logs and the admin */
 };
 
 struct rl_call {
@@ -109,6 +117,7 @@ struct rl_batch {
 };
 
 static void link_connect(struct rl_link *l);
+static void link_fail(struct rl_link *l, const char *why);
 static void link_connect_to(struct rl_link *l, const char *host);
 static void call_destroy(struct rl_call *c);
 static void batch_destroy(struct rl_batch *b);
@@ -185,7 +194,41 @@ void rl_link_set_cfg(struct rl_link *l, struct fg_config *owner, const struct fg
 
     l->held = cfg_ref(owner);
     l->cfg = cfg;
+    if (l->sen != NULL)
+        rl_sentinel_set_cfg(l->sen, cfg);
     cfg_unref(old);
+}
+
+void rl_link_primary(struct rl_link *l, char *out, size_t len)
+{
+    pthread_mutex_lock(&l->name_mu);
+    snprintf(out, len, "%s", l->name);
+    pthread_mutex_unlock(&l->name_mu);
+}
+
+bool rl_link_sentinels(const struct rl_link *l)
+{
+    return l->sen != NULL;
+}
+
+bool rl_link_subscribed(const struct rl_link *l)
+{
+    return rl_sentinel_subscribed(l->sen);
+}
+
+/* The address in use for logs: with Sentinels, "" until they name one. */
+static const char *label(const struct rl_link *l)
+{
+    return l->name[0] != '\0' ? l->name : "(primary not known yet)";
+}
+
+/* The address in use, as logs and the admin show it (written only here, on
+ * the link's thread, so the link reads it without the lock). */
+static void set_name(struct rl_link *l, const char *name)
+{
+    pthread_mutex_lock(&l->name_mu);
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    pthread_mutex_unlock(&l->name_mu);
 }
 
 bool rl_link_idle(const struct rl_link *l)
@@ -197,11 +240,18 @@ bool rl_link_idle(const struct rl_link *l)
  * per call and go to a kept link with its new group. */
 bool rl_redis_same(const struct fg_redis *a, const struct fg_redis *b)
 {
-    const char *sa[] = {a->address, a->password, a->username};
-    const char *sb[] = {b->address, b->password, b->username};
+    const char *sa[] = {a->address, a->password, a->username, a->master_name,
+                        a->sentinel_password};
+    const char *sb[] = {b->address, b->password, b->username, b->master_name,
+                        b->sentinel_password};
 
     for (size_t i = 0; i < sizeof(sa) / sizeof(sa[0]); i++)
         if ((sa[i] == NULL) != (sb[i] == NULL) || (sa[i] && strcmp(sa[i], sb[i]) != 0))
+            return false;
+    if (a->nsentinels != b->nsentinels)
+        return false;
+    for (size_t i = 0; i < a->nsentinels; i++)
+        if (strcmp(a->sentinels[i].address, b->sentinels[i].address) != 0)
             return false;
     return a->database == b->database;
 }
@@ -240,10 +290,11 @@ static void link_fail(struct rl_link *l, const char *why)
     count(&l->stats.errors, 1);
     set_state(l, RL_LINK_DOWN);
     evtimer_del(l->handshake_ev);
+    l->discovering = false;
     if (l->stopping)
         goto close;
     if (!l->logged_down) {
-        log_warn("redis %s: %s; retrying with backoff", l->cfg->address, why);
+        log_warn("redis %s: %s; retrying with backoff", label(l), why);
         l->logged_down = true;
     }
     timer_in(l->retry_ev, l->backoff_ms);
@@ -272,6 +323,7 @@ static void link_close(struct rl_link *l)
 void rl_link_stop(struct rl_link *l)
 {
     l->stopping = true;
+    rl_sentinel_stop(l->sen);
     if (l->pending == l->late || rl_link_state(l) != RL_LINK_UP)
         link_close(l);
 }
@@ -326,8 +378,30 @@ static void script_loaded_cb(redisAsyncContext *ac, void *r, void *priv)
     rl_timeouts_reset(&l->timeouts);
     set_state(l, RL_LINK_UP);
     if (l->logged_down)
-        log_info("redis %s: connected", l->cfg->address);
+        log_info("redis %s: connected", label(l));
     l->logged_down = false;
+}
+
+/* With Sentinels, ROLE confirms that the node they named is the primary: a
+ * Sentinel may still name one that was demoted (it lags, or was cut off). */
+static void role_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rl_link *l = priv;
+    const redisReply *reply = r;
+    const char *role = "?";
+    char why[96];
+
+    if (reply == NULL || l->ac != ac)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR)
+        role = reply->str;
+    else if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+             reply->element[0]->type == REDIS_REPLY_STRING)
+        role = reply->element[0]->str;
+    if (reply->type == REDIS_REPLY_ARRAY && strcmp(role, "master") == 0)
+        return;
+    snprintf(why, sizeof(why), "not the primary (ROLE: %.40s)", role);
+    link_fail(l, why);
 }
 
 /* The handshake commands, queued before the connection completes: hiredis
@@ -344,17 +418,32 @@ static int queue_handshake(struct rl_link *l)
         rc = redisAsyncCommand(ac, handshake_cb, l, "AUTH %s", c->password);
     if (rc == REDIS_OK && c->database != 0)
         rc = redisAsyncCommand(ac, handshake_cb, l, "SELECT %d", c->database);
+    if (rc == REDIS_OK && l->sen != NULL)
+        rc = redisAsyncCommand(ac, role_cb, l, "ROLE");
     if (rc == REDIS_OK)
         rc = redisAsyncCommand(ac, script_loaded_cb, l, "SCRIPT LOAD %s", l->script);
     return rc == REDIS_OK ? 0 : -1;
 }
 
-bool rl_redis_host_is_name(const struct fg_redis *c)
+static bool is_name(const char *host)
 {
     unsigned char a[sizeof(struct in6_addr)];
 
-    return c->unix_path == NULL && c->host != NULL && inet_pton(AF_INET, c->host, a) != 1 &&
-           inet_pton(AF_INET6, c->host, a) != 1;
+    return host != NULL && inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1;
+}
+
+/* The address is used only without Sentinels. */
+static bool address_is_name(const struct fg_redis *c)
+{
+    return c->nsentinels == 0 && c->unix_path == NULL && is_name(c->host);
+}
+
+bool rl_redis_host_is_name(const struct fg_redis *c)
+{
+    for (size_t i = 0; i < c->nsentinels; i++)
+        if (is_name(c->sentinels[i].host))
+            return true;
+    return address_is_name(c);
 }
 
 static void on_resolved(struct resolver_wait *wt, enum resolver_status st,
@@ -386,7 +475,13 @@ static void link_connect(struct rl_link *l)
     char name[256];
     struct sockaddr_storage addr;
 
-    if (!rl_redis_host_is_name(c) || l->rs == NULL || strlen(c->host) >= sizeof(name)) {
+    if (l->sen != NULL) {
+        l->discovering = true;
+        set_state(l, RL_LINK_CONNECTING);
+        rl_sentinel_ask(l->sen);
+        return;
+    }
+    if (!address_is_name(c) || l->rs == NULL || strlen(c->host) >= sizeof(name)) {
         link_connect_to(l, c->host);
         return;
     }
@@ -403,7 +498,10 @@ static void link_connect_to(struct rl_link *l, const char *host)
     const struct fg_redis *c = l->cfg;
     redisAsyncContext *ac;
 
-    ac = c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(host, c->port);
+    if (l->sen != NULL)
+        ac = redisAsyncConnect(host, l->port);
+    else
+        ac = c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(host, c->port);
     if (ac == NULL) {
         link_fail(l, "out of memory");
         return;
@@ -433,6 +531,58 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     link_connect(arg);
 }
 
+/* Leave whatever connection there is (its calls end with RL_CALL_ERROR and
+ * follow on_redis_failure) for the primary at l->host, at once. */
+static void link_move(struct rl_link *l)
+{
+    redisAsyncContext *ac = l->ac;
+
+    l->ac = NULL;
+    set_state(l, RL_LINK_CONNECTING);
+    evtimer_del(l->retry_ev);
+    evtimer_del(l->handshake_ev);
+    if (ac != NULL)
+        redisAsyncFree(ac);
+    if (!l->stopping)
+        link_connect_to(l, l->host);
+}
+
+/*
+ * What the Sentinels said (rl_sentinel.h). NONE fails a discovery (the
+ * backoff then asks again). An address is taken at once unless the link is
+ * connected or connecting to it already: a +switch-master, or an answer
+ * that arrives while the link waits out its backoff, ends the wait.
+ */
+static void on_sentinel(void *arg, enum rl_sentinel_event ev, const char *ip, int port)
+{
+    struct rl_link *l = arg;
+    bool same = ip != NULL && port == l->port && strcmp(ip, l->host) == 0;
+    char name[RL_PRIMARY_MAX];
+
+    if (l->stopping)
+        return;
+    if (ev == RL_SENTINEL_NONE) {
+        if (l->discovering)
+            link_fail(l, "no Sentinel named the primary");
+        return;
+    }
+    l->discovering = false;
+    if (same && l->ac != NULL)
+        return;
+    if (!same) {
+        if (l->host[0] != '\0') {
+            count(&l->stats.primary_changes, 1);
+            log_info("redis: the primary of \"%s\" is now %s:%d (%s)", l->cfg->master_name, ip,
+                     port, ev == RL_SENTINEL_SWITCH ? "+switch-master" : "a Sentinel's answer");
+        }
+        snprintf(l->host, sizeof(l->host), "%s", ip);
+        l->port = port;
+        snprintf(name, sizeof(name), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+        set_name(l, name);
+    }
+    link_move(l);
+}
+
 static void handshake_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct rl_link *l = arg;
@@ -460,7 +610,14 @@ struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
     l->retry_ev = evtimer_new(base, retry_cb, l);
     l->handshake_ev = evtimer_new(base, handshake_timeout_cb, l);
     l->flush_ev = event_new(base, -1, 0, flush_cb, l);
-    if (l->retry_ev == NULL || l->handshake_ev == NULL || l->flush_ev == NULL) {
+    pthread_mutex_init(&l->name_mu, NULL);
+    if (cfg->nsentinels > 0) {
+        l->sen = rl_sentinel_new(base, cfg, rs, on_sentinel, l);
+    } else {
+        set_name(l, cfg->address);
+    }
+    if (l->retry_ev == NULL || l->handshake_ev == NULL || l->flush_ev == NULL ||
+        (cfg->nsentinels > 0 && l->sen == NULL)) {
         rl_link_free(l);
         return NULL;
     }
@@ -476,6 +633,8 @@ void rl_link_free(struct rl_link *l)
     if (l == NULL)
         return;
     resolver_cancel(&l->dns);
+    rl_sentinel_free(l->sen);
+    l->sen = NULL;
     if (l->ac != NULL) {
         redisAsyncContext *ac = l->ac;
         l->ac = NULL;
@@ -494,6 +653,7 @@ void rl_link_free(struct rl_link *l)
     if (l->handshake_ev)
         event_free(l->handshake_ev);
     cfg_unref(l->held);
+    pthread_mutex_destroy(&l->name_mu);
     free(l);
 }
 
@@ -557,6 +717,13 @@ static bool is_noscript(const redisReply *reply)
     return reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
+/* A replica refused the script's writes: the node was demoted (a failover
+ * the Sentinels have not told this link about, or a hand-made REPLICAOF). */
+static bool is_readonly(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "READONLY") != NULL;
+}
+
 /* A failed reply (an error: script error, OOM, BUSY; or a batch reply of
  * the wrong shape, WHAT) is counted per call, and logged once until a call
  * succeeds again. */
@@ -564,7 +731,7 @@ static void note_failed_reply(struct rl_link *l, const char *what)
 {
     count(&l->stats.errors, 1);
     if (!l->logged_reply_error)
-        log_warn("redis %s: the rate-limit script failed: %.200s", l->cfg->address, what);
+        log_warn("redis %s: the rate-limit script failed: %.200s", label(l), what);
     l->logged_reply_error = true;
 }
 
@@ -792,8 +959,15 @@ static void batch_reply_cb(redisAsyncContext *ac, void *r, void *priv)
             return;
         reply = NULL;
     }
+    bool demoted = reply != NULL && is_readonly(reply) && l->ac == ac;
     batch_answer(b, reply);
     batch_free(b); /* may close a stopping link: hiredis frees AC after this callback */
+    if (demoted && l->ac == ac) {
+        /* Ask the Sentinels again after the shortest backoff, not a grown
+         * one: they know the primary, or will in a moment. */
+        l->backoff_ms = RL_BACKOFF_MIN_MS;
+        link_fail(l, "READONLY: no longer the primary");
+    }
 }
 
 /* Take the first unsent batch off L's queue. */
@@ -871,7 +1045,7 @@ static void note_timeout(struct rl_link *l)
     count(&l->stats.timeouts, 1);
     count(&l->stats.errors, 1);
     if (!l->logged_timeout)
-        log_warn("redis %s: no reply within %u ms", l->cfg->address, l->cfg->timeout_ms);
+        log_warn("redis %s: no reply within %u ms", label(l), l->cfg->timeout_ms);
     l->logged_timeout = true;
 }
 

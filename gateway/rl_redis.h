@@ -25,6 +25,16 @@
  * retry timer (100 ms, doubling to 5 s; back to 100 ms after a call
  * succeeds). Calls are only accepted while UP: otherwise the caller applies
  * its failure mode at once instead of waiting.
+ *
+ * With Sentinels (rl_sentinel.h), CONNECTING begins by asking them for the
+ * primary, and the handshake checks ROLE before SCRIPT LOAD. The link then
+ * also leaves for another node when they announce one (+switch-master, or
+ * another answer: at once, not after the backoff), and goes down on a
+ * READONLY reply (the node was demoted) to ask them again at once:
+ *
+ *   DOWN --retry--> CONNECTING: ask Sentinels -> connect -> ROLE master -> ... -> UP
+ *                                                                               |
+ *   CONNECTING to the new primary <--------- +switch-master / another answer ---+
  */
 #ifndef FG_RL_REDIS_H
 #define FG_RL_REDIS_H
@@ -76,6 +86,7 @@ struct rl_link_stats {
     uint64_t timeouts;                        /* calls past their deadline (also in errors) */
     uint64_t lat_sum_us;                      /* sum of answered calls' latency */
     uint64_t lat_buckets[RL_LAT_BUCKETS + 1]; /* not cumulative; last = +Inf */
+    uint64_t primary_changes;                 /* Sentinels named another primary */
 };
 
 struct rl_link;
@@ -120,7 +131,8 @@ struct resolver;
 struct rl_link *rl_link_new(struct event_base *base, const struct fg_redis *cfg,
                             const char *script, struct resolver *rs);
 
-/* Is the Redis address a host name (to be resolved) rather than an IP? */
+/* Does the group name a host (its address, or a Sentinel) to be resolved
+ * rather than by IP? */
 bool rl_redis_host_is_name(const struct fg_redis *c);
 
 /* The worker is stopping: no more reconnects, and the connection closes
@@ -139,6 +151,16 @@ bool rl_link_idle(const struct rl_link *l);
 
 /* Free the link: pending calls end with RL_CALL_ERROR (detached ones silently). */
 void rl_link_free(struct rl_link *l);
+
+/* Longest rl_link_primary text. */
+#define RL_PRIMARY_MAX 96
+
+/* The address the link uses, into OUT (room for LEN, at most
+ * RL_PRIMARY_MAX): the address, or the primary the Sentinels named (a
+ * description of them before they named one). Any thread. */
+void rl_link_primary(struct rl_link *l, char *out, size_t len);
+bool rl_link_sentinels(const struct rl_link *l);  /* does it ask Sentinels? */
+bool rl_link_subscribed(const struct rl_link *l); /* to +switch-master; any thread */
 
 enum rl_link_state rl_link_state(const struct rl_link *l);              /* any thread */
 void rl_link_stats(const struct rl_link *l, struct rl_link_stats *out); /* any thread */

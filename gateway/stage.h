@@ -89,6 +89,10 @@ struct stage {
     /* A dependency /readyz reports ("redis"), and its state ("up"). */
     const char *health_name;
     const char *(*health)(const struct fg_config *cfg, const struct worker *ws, unsigned n);
+    /* More about it for /readyz: JSON members, each after a comma, into BUF
+     * (room for LEN; cut short when there is no room). */
+    void (*health_detail)(const struct fg_config *cfg, const struct worker *ws, unsigned n,
+                          char *buf, size_t len);
 };
 
 /* The table, in order, NULL-terminated (stage.c): every worker runs it

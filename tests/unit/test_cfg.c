@@ -509,6 +509,58 @@ static void test_group_defaults(void **state)
     cfg_unref(cfg);
 }
 
+/* sentinels and master_name go together; the address is then not used;
+ * the Sentinels' password comes from one of its env and file twins, which
+ * is watched like the primary's password file. */
+static void test_redis_sentinels(void **state)
+{
+    static char text[1024];
+    struct fg_config *cfg;
+    const struct fg_redis *r;
+
+    snprintf(text, sizeof(text),
+             HEAD "rate_limit: { redis: {\n"
+                  "  sentinels = [ \"127.0.0.1:26379\", \"[::1]:26380\", \"s3.internal:26381\" ];\n"
+                  "  master_name = \"m1\"; sentinel_password_file = \"%s\";\n"
+                  "  password_env = \"FG_TEST_REDIS_PW\"; }; };\n",
+             secret_path);
+    cfg = expect_ok(text);
+    r = &cfg->rate_limit.redis;
+    assert_int_equal(r->nsentinels, 3);
+    assert_string_equal(r->sentinels[0].host, "127.0.0.1");
+    assert_int_equal(r->sentinels[0].port, 26379);
+    assert_string_equal(r->sentinels[1].host, "::1");
+    assert_string_equal(r->sentinels[2].address, "s3.internal:26381");
+    assert_string_equal(r->master_name, "m1");
+    assert_string_equal(r->sentinel_password, SECRET64);
+    assert_string_equal(r->password, "redis-pass");
+    assert_null(r->password_file);
+    assert_string_equal(cfg->watch_paths[cfg->nwatch_paths - 1], secret_path);
+    cfg_unref(cfg);
+
+    expect_error(HEAD "rate_limit: {\n redis: { sentinels = [ \"127.0.0.1:26379\" ]; }; };\n",
+                 "test.conf:4: rate_limit.redis: 'sentinels' and 'master_name' go together");
+    expect_error(HEAD "rate_limit: { redis: { master_name = \"m1\";\n"
+                      " sentinels = [ \"127.0.0.1\" ]; }; };\n",
+                 "test.conf:4: rate_limit.redis.sentinels[0]: bad Sentinel address");
+    expect_error(HEAD "rate_limit: {\n redis: { master_name = \"m1\"; sentinels = [ ]; }; };\n",
+                 "test.conf:4: rate_limit.redis: 'sentinels' and 'master_name' go together");
+    /* an empty twin is no second source */
+    cfg = expect_ok(HEAD "rate_limit: { redis: { password_env = \"\"; password_file = \"\";\n"
+                         " sentinels = [ ]; master_name = \"\";\n"
+                         " sentinel_password_env = \"FG_TEST_REDIS_PW\";"
+                         " sentinel_password_file = \"\"; }; };\n");
+    assert_null(cfg->rate_limit.redis.password);
+    assert_int_equal(cfg->rate_limit.redis.nsentinels, 0);
+    assert_null(cfg->rate_limit.redis.master_name);
+    assert_string_equal(cfg->rate_limit.redis.sentinel_password, "redis-pass");
+    cfg_unref(cfg);
+    expect_error(HEAD "rate_limit: { redis: { password_env = \"FG_TEST_REDIS_PW\";\n"
+                      " password_file = \"/nonexistent\"; }; };\n",
+                 "test.conf:4: rate_limit.redis.password_file: give 'password_env' or "
+                 "'password_file', not both");
+}
+
 static void test_ref_unref(void **state)
 {
     struct fg_config *cfg = expect_ok(HEAD);
@@ -1090,6 +1142,7 @@ int main(void)
         cmocka_unit_test(test_err_secret_in_file),
         cmocka_unit_test(test_err_wrong_type),
         cmocka_unit_test(test_err_range),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_err_upstream_failover),
         cmocka_unit_test(test_err_health_check),
         cmocka_unit_test(test_err_address), cmocka_unit_test(test_upstream_server_names),
