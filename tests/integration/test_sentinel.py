@@ -424,10 +424,10 @@ def test_sentinel_config_checks():
         (dict(good, sentinels=["127.0.0.1"]), "bad Sentinel address"),
         (dict(good, sentinels=[]), "'sentinels' and 'master_name' go together"),
         ({"sentinels": [], "master_name": ""}, None),
-        (dict(good, sentinel_password_env="FG_SENTINEL_PASSWORD"), "at most one of"),
+        (dict(good, sentinel_password_env="FG_SENTINEL_PASSWORD"), "not both"),
         (dict(good, password_file=secret), None),
         (dict(good, password_file=secret, password_env="FG_SENTINEL_PASSWORD"),
-         "at most one of 'password_env' or 'password_file'"),
+         "give 'password_env' or 'password_file', not both"),
     ]
     for i, (redis, error) in enumerate(cases):
         cfg = merge(base_config(free_port(), free_port(), free_port(), "127.0.0.1:9", tmpdir()),
