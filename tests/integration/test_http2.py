@@ -129,10 +129,39 @@ class H2Client:
         if not data:
             self.closed = True
             return False
+        if self.goaways:
+            self.raw_frames(data)
+            return True
         for ev in self.conn.receive_data(data):
             self.handle(ev)
         self.flush()
         return True
+
+    def raw_frames(self, data):
+        """After a GOAWAY python3-h2 refuses every frame (it takes any GOAWAY
+        as the end), while RFC 9113 6.8 lets streams up to the last id
+        finish: read those frames here, with the connection's HPACK state."""
+        import hyperframe.frame as hf
+        self.rawbuf = getattr(self, "rawbuf", b"") + data
+        while len(self.rawbuf) >= 9:
+            frame, length = hf.Frame.parse_frame_header(memoryview(self.rawbuf[:9]))
+            if len(self.rawbuf) < 9 + length:
+                return
+            frame.parse_body(memoryview(self.rawbuf[9:9 + length]))
+            self.rawbuf = self.rawbuf[9 + length:]
+            st = self.streams.get(frame.stream_id)
+            if isinstance(frame, hf.GoAwayFrame):
+                self.goaways.append((frame.error_code, frame.last_stream_id))
+            elif isinstance(frame, hf.HeadersFrame) and st is not None:
+                st["headers"] = [(k.decode() if isinstance(k, bytes) else k,
+                                  v.decode() if isinstance(v, bytes) else v)
+                                 for k, v in self.conn.decoder.decode(frame.data)]
+            elif isinstance(frame, hf.DataFrame) and st is not None:
+                st["data"] += frame.data
+            elif isinstance(frame, hf.RstStreamFrame) and st is not None:
+                st["reset"] = frame.error_code
+            if st is not None and "END_STREAM" in frame.flags:
+                st["ended"] = True
 
     def handle(self, ev):
         if isinstance(ev, h2.events.ResponseReceived):
@@ -558,3 +587,85 @@ def test_http2_malformed_streams_never_reach_the_upstream():
             h2_error(r["large"], 431, "headers_too_large")
             eq(c.request("GET", "/fine").status, 200, "the connection still serves")
         eq(up.targets(), ["/fine"], "what reached the upstream")
+
+
+# ---------------------------------------------------------------- connection ends
+
+def test_http2_sigterm_drain_sends_goaway_and_lets_a_stream_finish():
+    with Upstream() as up, Flowgate({"shutdown_timeout_ms": 10000}, upstream=up) as fg:
+        c = H2Client(fg.https_port)
+        try:
+            eq(c.request("GET", "/warm").status, 200, "before the drain")
+            sid = c.start("GET", "/slow/1500")
+            deadline = time.monotonic() + 10
+            while len(up.requests()) < 2 and time.monotonic() < deadline:
+                c.pump(0.05)
+            fg.proc.send_signal(15)
+            c.wait([sid], timeout=30)
+            eq(c.response(sid).status, 200, "the stream in flight completed")
+            deadline = time.monotonic() + 10
+            while not c.closed and time.monotonic() < deadline:
+                c.pump(0.2)
+            check(c.closed, "the connection closed after its last stream")
+            check(c.goaways, "no GOAWAY before the close")
+            eq(c.goaways[0], (0, 2 ** 31 - 1), "a shutdown notice first (RFC 9113 6.8)")
+            eq(c.goaways[-1], (0, sid), "the final GOAWAY: NO_ERROR, last stream %d" % sid)
+        finally:
+            c.sock.close()
+        fg.proc.wait(timeout=20)
+        eq(fg.proc.returncode, 0, "exit status after the drain")
+        problems = fg.problems()
+        check(problems is None, problems)
+        fg.proc = None
+        log = [e for e in fg.access_log() if e.get("path") == "/slow/1500"]
+        eq([(e["status"], e.get("error")) for e in log], [(200, None)], "the drained stream's log")
+
+
+def test_http2_idle_connection_gets_goaway_and_closes():
+    with Upstream() as up, Flowgate({"http2": {"idle_timeout_ms": 300}}, upstream=up) as fg:
+        with H2Client(fg.https_port) as c:
+            eq(c.request("GET", "/x").status, 200, "status")
+            deadline = time.monotonic() + 15
+            while not c.closed and time.monotonic() < deadline:
+                c.pump(0.2)
+            check(c.closed, "an idle HTTP/2 connection was not closed")
+            eq([g[0] for g in c.goaways], [0], "one GOAWAY NO_ERROR before the close")
+        eq(fg.metrics().get('flowgate_http2_goaway_total{reason="idle"}'), 1.0,
+           "GOAWAY counted as idle")
+
+
+def test_http2_enabled_websocket_over_http11_still_works():
+    from test_previews import ws_echo_session
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        ws_echo_session(fg, "localhost")
+        with H2Client(fg.https_port) as c:
+            r = c.request("GET", "/ws", headers=[("sec-websocket-version", "13")])
+            check(r.status != 101, "no WebSocket over an HTTP/2 stream")
+        settings = c.conn.remote_settings
+        eq(settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0), 0,
+           "SETTINGS_ENABLE_CONNECT_PROTOCOL is not advertised")
+
+
+def test_http2_rapid_reset_ends_in_enhance_your_calm():
+    with Upstream(record=False) as up, Flowgate({"http2": {"max_resets_per_second": 50}},
+                                                upstream=up) as fg:
+        c = H2Client(fg.https_port)
+        try:
+            for _ in range(400):
+                sid = c.conn.get_next_available_stream_id()
+                c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                                          (":authority", "localhost"), (":path", "/slow/1000")])
+                c.conn.reset_stream(sid)
+                try:
+                    c.flush()
+                except OSError:
+                    break
+            deadline = time.monotonic() + 10
+            while not c.closed and time.monotonic() < deadline:
+                c.pump(0.2)
+            check(c.closed, "a Rapid Reset client was not disconnected")
+            eq([g[0] for g in c.goaways][-1:], [11], "GOAWAY ENHANCE_YOUR_CALM")
+        finally:
+            c.sock.close()
+        eq(fg.metrics().get('flowgate_http2_goaway_total{reason="enhance_your_calm"}'), 1.0,
+           "GOAWAY counted")
