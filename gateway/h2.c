@@ -39,15 +39,15 @@
 #include "tls.h"
 #include "worker.h"
 
-#define H2_OUT_HIGH (64 * 1024)               /* stop framing while the socket holds this much */
-#define H2_OUT_LOW (16 * 1024)                /* the socket drained to here: frame more */
-#define H2_CONN_BUFFERED_HIGH (1024 * 1024)   /* all streams' unsent responses, the connection's */
-#define H2_IN_LOW (16 * 1024)                 /* a stream's window reopens below this input */
-#define H2_GOAWAY_DELAY_MS 1000               /* shutdown notice to the final GOAWAY */
-#define H2_RESP_FIELDS 256                    /* response fields (proxy.c accepts as many) */
-#define H2_RESP_HEAD_MAX (80 * 1024)          /* an upstream head (64 KiB) and flowgate's lines */
-#define H2_RECV_SLICE 16384                   /* input fed to nghttp2 between abuse checks */
-#define H2_PUMP_ROUNDS 16                     /* rounds per pump before yielding to the loop */
+#define H2_OUT_HIGH (64 * 1024)             /* stop framing while the socket holds this much */
+#define H2_OUT_LOW (16 * 1024)              /* the socket drained to here: frame more */
+#define H2_CONN_BUFFERED_HIGH (1024 * 1024) /* all streams' unsent responses, the connection's */
+#define H2_IN_LOW (16 * 1024)               /* a stream's window reopens below this input */
+#define H2_GOAWAY_DELAY_MS 1000             /* shutdown notice to the final GOAWAY */
+#define H2_RESP_FIELDS 256                  /* response fields (proxy.c accepts as many) */
+#define H2_RESP_HEAD_MAX (80 * 1024)        /* an upstream head (64 KiB) and flowgate's lines */
+#define H2_RECV_SLICE 16384                 /* input fed to nghttp2 between abuse checks */
+#define H2_PUMP_ROUNDS 16                   /* rounds per pump before yielding to the loop */
 
 const char *h2_goaway_str(int why)
 {
@@ -65,57 +65,57 @@ struct h2_stream {
     struct h2_conn *h2;
     struct h2_stream *next, *prev; /* h2->streams */
     int32_t id;
-    struct req *r;                 /* in a reqbuf; its in and out are this stream's */
-    struct wsnap *snap;            /* the worker's snapshot when the stream opened (held) */
-    struct event timer;            /* the request's deadline (ops set_timer) */
-    int refs;                      /* engine holds (ops hold) */
+    struct req *r;      /* in a reqbuf; its in and out are this stream's */
+    struct wsnap *snap; /* the worker's snapshot when the stream opened (held) */
+    struct event timer; /* the request's deadline (ops set_timer) */
+    int refs;           /* engine holds (ops hold) */
     /* request: fields as they come, then the HTTP/1.1 head */
     nghttp2_rcbuf *method, *path, *authority, *host; /* held until the head is written */
-    struct evbuffer *cookies;      /* crumbs joined by "; " (RFC 9113 8.2.3); NULL: none */
-    size_t list_bytes;             /* decoded list, RFC 9113 6.5.2 sizes */
-    const char *bad;               /* why the head gets 400; NULL while fine */
-    bool too_large;                /* list over max_header_list_bytes: 431 */
-    bool has_length;               /* content-length given: DATA passes as it is */
-    bool chunked;                  /* a body without content-length: DATA wrapped as chunks */
-    bool head_ready;               /* END_HEADERS seen: the head is in r->in */
+    struct evbuffer *cookies; /* crumbs joined by "; " (RFC 9113 8.2.3); NULL: none */
+    size_t list_bytes;        /* decoded list, RFC 9113 6.5.2 sizes */
+    const char *bad;          /* why the head gets 400; NULL while fine */
+    bool too_large;           /* list over max_header_list_bytes: 431 */
+    bool has_length;          /* content-length given: DATA passes as it is */
+    bool chunked;             /* a body without content-length: DATA wrapped as chunks */
+    bool head_ready;          /* END_HEADERS seen: the head is in r->in */
     size_t head_len;
-    bool begun;                    /* the engine has the request (req_begin) */
-    bool input_new;                /* DATA arrived since the engine last looked */
-    bool read_paused;              /* ops pause_read: the window stays shut */
-    size_t unconsumed;             /* DATA bytes not yet given back to the stream window */
+    bool begun;        /* the engine has the request (req_begin) */
+    bool input_new;    /* DATA arrived since the engine last looked */
+    bool read_paused;  /* ops pause_read: the window stays shut */
+    size_t unconsumed; /* DATA bytes not yet given back to the stream window */
     /* response: r->out turned into HEADERS and DATA */
-    struct h1_parser resp;         /* frames the body in r->out */
-    bool head_request;             /* HEAD: no body follows any response head */
-    bool submitted;                /* the final HEADERS are queued */
-    bool deferred;                 /* the data source waits for bytes (resume_data) */
-    bool done;                     /* ops done: the response is complete in r->out */
-    bool cut;                      /* ops close with flush: r->out goes out, then RST */
-    bool ended_by_us;              /* flowgate cut it (the request is ABORTED) */
-    bool full;                     /* pending_out said full: req_writable once it drains */
-    bool finished;                 /* req_finish called */
-    bool finishing;                /* inside req_finish: pending_out tells the real bytes */
-    bool closed;                   /* nghttp2 closed it: freed once no hold remains */
+    struct h1_parser resp; /* frames the body in r->out */
+    bool head_request;     /* HEAD: no body follows any response head */
+    bool submitted;        /* the final HEADERS are queued */
+    bool deferred;         /* the data source waits for bytes (resume_data) */
+    bool done;             /* ops done: the response is complete in r->out */
+    bool cut;              /* ops close with flush: r->out goes out, then RST */
+    bool ended_by_us;      /* flowgate cut it (the request is ABORTED) */
+    bool full;             /* pending_out said full: req_writable once it drains */
+    bool finished;         /* req_finish called */
+    bool finishing;        /* inside req_finish: pending_out tells the real bytes */
+    bool closed;           /* nghttp2 closed it: freed once no hold remains */
 };
 
 struct h2_conn {
-    struct conn *c;                /* socket, peer, timer, closing: conn.c's */
+    struct conn *c; /* socket, peer, timer, closing: conn.c's */
     nghttp2_session *session;
-    struct fg_http2 cfg;           /* the settings the connection started with */
-    struct h2_stream *streams;     /* open streams */
-    unsigned nrequests;            /* streams the engine has (idle bound runs at 0) */
-    size_t buffered;               /* streams' unsent response bytes, as of the last pump */
-    bool pump_wanted;              /* a stream or the socket has news */
+    struct fg_http2 cfg;       /* the settings the connection started with */
+    struct h2_stream *streams; /* open streams */
+    unsigned nrequests;        /* streams the engine has (idle bound runs at 0) */
+    size_t buffered;           /* streams' unsent response bytes, as of the last pump */
+    bool pump_wanted;          /* a stream or the socket has news */
     bool pumping;
-    struct event *pump_ev;         /* runs the pump from the loop */
-    struct event *goaway_ev;       /* drain: the final GOAWAY, a round trip after the notice */
-    struct event *stall_ev;        /* output waiting on a closed window */
-    uint64_t data_sent;            /* DATA payload bytes framed so far */
-    uint64_t stall_mark;           /* data_sent when the stall watch began */
-    bool draining;                 /* shutdown notice sent */
-    bool terminated;               /* GOAWAY queued that ends the session: input dropped */
-    int goaway_why;                /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
-    time_t abuse_sec;              /* the second ABUSE counts in */
-    unsigned abuse;                /* resets and other abusive frames this second */
+    struct event *pump_ev;   /* runs the pump from the loop */
+    struct event *goaway_ev; /* drain: the final GOAWAY, a round trip after the notice */
+    struct event *stall_ev;  /* output waiting on a closed window */
+    uint64_t data_sent;      /* DATA payload bytes framed so far */
+    uint64_t stall_mark;     /* data_sent when the stall watch began */
+    bool draining;           /* shutdown notice sent */
+    bool terminated;         /* GOAWAY queued that ends the session: input dropped */
+    int goaway_why;          /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
+    time_t abuse_sec;        /* the second ABUSE counts in */
+    unsigned abuse;          /* resets and other abusive frames this second */
 };
 
 static void want_pump(struct h2_conn *h2);
@@ -187,9 +187,11 @@ static void sops_clear_timer(void *p)
     event_del(&((struct h2_stream *)p)->timer);
 }
 
-/* The stream's unsent response bytes; a stream is also full while the
- * connection's streams together hold H2_CONN_BUFFERED_HIGH (the figure of
- * the last pump), so many streams cannot add up what one may not. */
+/* The stream's unsent response bytes. A stream holding some is also full
+ * while the connection's streams together hold H2_CONN_BUFFERED_HIGH (the
+ * figure of the last pump), so many streams cannot add up what one may
+ * not; an empty one may always take a read, so a client that lets only
+ * some streams move never stalls the others for good. */
 static size_t sops_pending_out(void *p)
 {
     struct h2_stream *s = p;
@@ -197,7 +199,7 @@ static size_t sops_pending_out(void *p)
 
     if (s->finishing)
         return n;
-    if (n >= PROXY_WRITE_HIGH || s->h2->buffered >= H2_CONN_BUFFERED_HIGH) {
+    if (n >= PROXY_WRITE_HIGH || (n > 0 && s->h2->buffered >= H2_CONN_BUFFERED_HIGH)) {
         s->full = true;
         return n > PROXY_WRITE_HIGH ? n : PROXY_WRITE_HIGH;
     }
@@ -225,8 +227,7 @@ static void sops_close(void *p, bool flush)
     if (flush && s->submitted) {
         s->cut = true;
     } else if (!s->closed) {
-        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                  NGHTTP2_INTERNAL_ERROR);
+        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
     }
     want_pump(s->h2);
 }
@@ -639,8 +640,7 @@ static bool abusive(const nghttp2_frame *frame)
     case NGHTTP2_PRIORITY: return true;
     case NGHTTP2_PING:
     case NGHTTP2_SETTINGS: return !(frame->hd.flags & NGHTTP2_FLAG_ACK);
-    case NGHTTP2_DATA:
-        return frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
+    case NGHTTP2_DATA: return frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
     default: return false;
     }
 }
@@ -921,13 +921,11 @@ static void output_step(struct h2_stream *s)
         return;
     if (!s->submitted && !s->cut)
         submit_head(s);
-    if (s->submitted && s->deferred &&
-        (evbuffer_get_length(s->r->out) > 0 || s->done || s->cut)) {
+    if (s->submitted && s->deferred && (evbuffer_get_length(s->r->out) > 0 || s->done || s->cut)) {
         s->deferred = false;
         nghttp2_session_resume_data(s->h2->session, s->id);
     } else if (s->cut && !s->submitted) {
-        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                  NGHTTP2_INTERNAL_ERROR);
+        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         s->cut = false;
     }
 }
@@ -946,8 +944,9 @@ static void stream_step(struct h2_stream *s)
         return;
     give_window(s);
     output_step(s);
-    if (s->full && !s->finished && evbuffer_get_length(r->out) < PROXY_WRITE_LOW &&
-        s->h2->buffered < H2_CONN_BUFFERED_HIGH) {
+    size_t out = evbuffer_get_length(r->out);
+    if (s->full && !s->finished && out < PROXY_WRITE_LOW &&
+        (out == 0 || s->h2->buffered < H2_CONN_BUFFERED_HIGH)) {
         s->full = false;
         req_writable(r);
     }

@@ -545,10 +545,11 @@ static void test_reload(void **state)
 
 static void test_http2(void **state)
 {
-    struct fg_config *cfg = expect_ok(HEAD "http2: { enabled = false; max_concurrent_streams = 8;\n"
-                                           "  initial_window_bytes = 16384;\n"
-                                           "  max_header_list_bytes = 4096;\n"
-                                           "  max_resets_per_second = 10; idle_timeout_ms = 500; };\n");
+    struct fg_config *cfg =
+        expect_ok(HEAD "http2: { enabled = false; max_concurrent_streams = 8;\n"
+                       "  initial_window_bytes = 16384;\n"
+                       "  max_header_list_bytes = 4096;\n"
+                       "  max_resets_per_second = 10; idle_timeout_ms = 500; };\n");
 
     assert_false(cfg->http2.enabled);
     assert_int_equal(cfg->http2.max_concurrent_streams, 8);
@@ -1079,7 +1080,8 @@ int main(void)
         cmocka_unit_test(test_err_range),
         cmocka_unit_test(test_err_upstream_failover),
         cmocka_unit_test(test_err_health_check),
-        cmocka_unit_test(test_err_address), cmocka_unit_test(test_upstream_server_names),
+        cmocka_unit_test(test_err_address),
+        cmocka_unit_test(test_upstream_server_names),
         cmocka_unit_test(test_err_route),
         cmocka_unit_test(test_err_secret_missing),
         cmocka_unit_test(test_err_secret_short),

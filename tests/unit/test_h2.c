@@ -83,8 +83,7 @@ static void test_refused_heads(void **state)
 
     convert(&c, "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", false, MAX_NV);
     assert_int_equal(c.n, -1);
-    convert(&c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false,
-            MAX_NV);
+    convert(&c, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, MAX_NV);
     assert_int_equal(c.n, -1);
     convert(&c, "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n", false, 2); /* no room */
     assert_int_equal(c.n, -1);
