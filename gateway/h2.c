@@ -22,7 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -1059,7 +1063,10 @@ static void h2_pump(struct h2_conn *h2)
     if (!c->closed) {
         buffered_sum(h2);
         watch_stall(h2);
-        if (!nghttp2_session_want_read(h2->session) && !nghttp2_session_want_write(h2->session))
+        /* Over: nghttp2 wants nothing more, or flowgate ended the session
+         * and its GOAWAY is out (streams in flight are not waited for). */
+        if ((h2->terminated || !nghttp2_session_want_read(h2->session)) &&
+            !nghttp2_session_want_write(h2->session))
             conn_close(c, true);
     }
     h2->pumping = false;
@@ -1094,6 +1101,20 @@ void h2_unwound(struct h2_conn *h2)
 
 /* ---- the connection's events --------------------------------------------------- */
 
+/* nghttp2 gave up on the input (a bad preface, a flood of CONTINUATION
+ * frames or of frames to acknowledge): a GOAWAY says why, then the
+ * connection closes, whatever else the client sends. */
+static void recv_failed(struct h2_conn *h2, int err)
+{
+    bool flood = err == NGHTTP2_ERR_FLOODED || err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+                 err == NGHTTP2_ERR_TOO_MANY_SETTINGS;
+
+    if (flood)
+        terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
+    else
+        terminate(h2, H2_GOAWAY_PROTOCOL, NGHTTP2_PROTOCOL_ERROR);
+}
+
 void h2_readable(struct h2_conn *h2)
 {
     struct evbuffer *in = h2->c->io->in;
@@ -1104,9 +1125,7 @@ void h2_readable(struct h2_conn *h2)
         size_t len = v.iov_len < H2_RECV_SLICE ? v.iov_len : H2_RECV_SLICE;
         ssize_t n = nghttp2_session_mem_recv(h2->session, v.iov_base, len);
         if (n < 0) {
-            /* A fatal error (bad preface, flood): nghttp2 queued a GOAWAY
-             * when it could; it goes out, then the connection closes. */
-            h2->terminated = true;
+            recv_failed(h2, (int)n);
             break;
         }
         evbuffer_drain(in, (size_t)n);
@@ -1275,4 +1294,79 @@ int h2_start(struct conn *c)
     event_add(&c->timer, &tv);
     h2_readable(h2); /* bytes that came with the handshake */
     return 0;
+}
+
+/* ---- fuzzing entry points (h2.h) ---------------------------------------------------- */
+
+struct h2_fuzz {
+    struct worker *w;
+    uint64_t serial; /* the connection's, found again in w->conns (it may be gone) */
+    int peer;        /* the socketpair's other end: what flowgate sends, dropped */
+};
+
+static struct conn *fuzz_conn(const struct h2_fuzz *f)
+{
+    for (struct conn *c = f->w->conns; c != NULL; c = c->next)
+        if (c->serial == f->serial)
+            return c;
+    return NULL;
+}
+
+struct h2_fuzz *h2_fuzz_new(struct worker *w)
+{
+    struct h2_fuzz *f = calloc(1, sizeof(*f));
+    struct listener l = {.w = w, .fd = -1, .kind = LISTENER_HTTP, .port = 443};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(40000),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int sv[2];
+
+    if (f == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+        free(f);
+        return NULL;
+    }
+    f->w = w;
+    f->peer = sv[1];
+    __atomic_add_fetch(&worker_nconns, 1, __ATOMIC_RELAXED); /* conn_accept's caller counts */
+    conn_accept(&l, sv[0], (struct sockaddr *)&sa, sizeof(sa));
+    struct conn *c = w->conns;
+    if (c == NULL || c->fd != sv[0] || c->io == NULL) {
+        close(f->peer);
+        free(f);
+        return NULL;
+    }
+    f->serial = c->serial;
+    c->tls = true; /* served as an https connection: every stage runs */
+    conn_hold(c);
+    if (h2_start(c) < 0)
+        conn_close(c, false);
+    conn_release(c);
+    return f;
+}
+
+int h2_fuzz_feed(struct h2_fuzz *f, const uint8_t *data, size_t len)
+{
+    struct conn *c = fuzz_conn(f);
+    char sink[16384];
+
+    if (c != NULL && !c->closed && c->state == CONN_H2) {
+        conn_hold(c);
+        evbuffer_add(c->io->in, data, len);
+        h2_readable(c->h2);
+        conn_release(c);
+    }
+    event_base_loop(f->w->base, EVLOOP_NONBLOCK);
+    while (read(f->peer, sink, sizeof(sink)) > 0)
+        ;
+    c = fuzz_conn(f);
+    return c != NULL && !c->closed && c->state == CONN_H2 ? 0 : -1;
+}
+
+void h2_fuzz_free(struct h2_fuzz *f)
+{
+    struct conn *c = fuzz_conn(f);
+
+    if (c != NULL)
+        conn_close(c, false);
+    close(f->peer);
+    free(f);
 }
