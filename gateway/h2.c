@@ -80,6 +80,12 @@ struct h2_stream {
     const char *bad;          /* why the head gets 400; NULL while fine */
     bool too_large;           /* list over max_header_list_bytes: 431 */
     bool has_length;          /* content-length given: DATA passes as it is */
+    uint64_t length;          /* ... its value (nghttp2 checked its digits) */
+    uint64_t data_seen;       /* DATA payload bytes received */
+    bool expects;             /* an Expect field: the client may wait for 100 */
+    bool hold_head;           /* the request waits for END_STREAM (a small length) */
+    bool holding;             /* the body's last byte waits for END_STREAM (HELD) */
+    uint8_t held;
     bool chunked;             /* a body without content-length: DATA wrapped as chunks */
     bool head_ready;          /* END_HEADERS seen: the head is in r->in */
     size_t head_len;
@@ -433,8 +439,12 @@ static void take_field(struct h2_stream *s, nghttp2_vec n, nghttp2_vec v, nghttp
     }
     if (name_is(n, "te"))
         return;
-    if (name_is(n, "content-length"))
+    if (name_is(n, "content-length")) {
         s->has_length = true;
+        s->length = strtoull((const char *)v.base, NULL, 10);
+    }
+    if (name_is(n, "expect"))
+        s->expects = true;
     evbuffer_add(in, n.base, n.len);
     evbuffer_add(in, ": ", 2);
     evbuffer_add(in, v.base, v.len);
@@ -556,6 +566,12 @@ static void head_complete(struct h2_stream *s, bool end_stream)
         s->chunked = true;
         evbuffer_add(in, "transfer-encoding: chunked\r\n", 28);
     }
+    /* A body whose length fits the stream window arrives whole without
+     * flowgate reading any of it: the request starts at its END_STREAM, so a
+     * content-length the DATA belies is refused before the upstream sees a
+     * byte. A larger one streams (below). */
+    s->hold_head = !end_stream && s->has_length &&
+                   s->length <= s->h2->cfg.initial_window_bytes && !s->expects;
     evbuffer_add(in, "\r\n", 2);
     nghttp2_vec m = nghttp2_rcbuf_get_buf(s->method);
     s->head_request = m.len == 4 && memcmp(m.base, "HEAD", 4) == 0;
@@ -583,10 +599,18 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
         nghttp2_session_consume_stream(session, id, len);
         return 0;
     }
+    s->data_seen += len;
     if (s->chunked) {
         evbuffer_add_printf(s->r->in, "%zx\r\n", len);
         evbuffer_add(s->r->in, data, len);
         evbuffer_add(s->r->in, "\r\n", 2);
+    } else if (s->has_length && s->data_seen == s->length && len > 0) {
+        /* The last byte waits for END_STREAM, which nghttp2 reports only
+         * when the length holds: an upstream never gets a complete request
+         * from a stream that turns out malformed. */
+        evbuffer_add(s->r->in, data, len - 1);
+        s->held = data[len - 1];
+        s->holding = true;
     } else {
         evbuffer_add(s->r->in, data, len);
     }
@@ -596,14 +620,21 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     return 0;
 }
 
-/* The client's END_STREAM: a chunked body gets its last chunk. */
+/* The client's END_STREAM, its length checked by nghttp2: a held request
+ * starts, a held last byte goes, a chunked body gets its last chunk. */
 static void body_end(struct h2_stream *s)
 {
-    if (s->chunked && !body_unwanted(s)) {
-        evbuffer_add(s->r->in, "0\r\n\r\n", 5);
-        s->input_new = true;
-        want_pump(s->h2);
+    s->hold_head = false;
+    want_pump(s->h2);
+    if (body_unwanted(s))
+        return;
+    if (s->holding) {
+        evbuffer_add(s->r->in, &s->held, 1);
+        s->holding = false;
     }
+    if (s->chunked)
+        evbuffer_add(s->r->in, "0\r\n\r\n", 5);
+    s->input_new = true;
 }
 
 /* ---- abuse ------------------------------------------------------------------- */
@@ -938,7 +969,7 @@ static void stream_step(struct h2_stream *s)
 {
     struct req *r = s->r;
 
-    if (s->head_ready && !s->begun) {
+    if (s->head_ready && !s->begun && !s->hold_head) {
         start_request(s);
     } else if (s->input_new && s->begun && !s->finished) {
         s->input_new = false;

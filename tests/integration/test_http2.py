@@ -586,6 +586,16 @@ def test_http2_malformed_streams_never_reach_the_upstream():
             h2_error(r["authority"], 400, "bad_request")
             h2_error(r["large"], 431, "headers_too_large")
             eq(c.request("GET", "/fine").status, 200, "the connection still serves")
+            # The DATA arriving well after the head changes nothing: a body
+            # shorter or longer than its content-length is refused first.
+            for name, length, data in (("short", 10, b"abc"), ("long", 3, b"abcdef")):
+                sid = c.start("POST", "/late-" + name, end_stream=False,
+                              headers=[("content-length", str(length))])
+                c.pump(0.3)
+                c.conn.send_data(sid, data, end_stream=True)
+                c.flush()
+                c.wait([sid])
+                check(c.streams[sid]["reset"] is not None, "late %s body: not reset" % name)
         eq(up.targets(), ["/fine"], "what reached the upstream")
 
 
