@@ -225,17 +225,18 @@ static void sops_done(void *p)
     want_pump(s->h2);
 }
 
-/* FLUSH: what the output holds goes out, then RST_STREAM (a cut response
- * must never look complete); otherwise RST_STREAM at once. The stream's
- * close (on_stream_close) finishes the request. */
+/* FLUSH: what the output holds goes out (its head too, when whole), then
+ * RST_STREAM: a cut response must never look complete; otherwise
+ * RST_STREAM at once. The stream's close (on_stream_close) finishes the
+ * request. */
 static void sops_close(void *p, bool flush)
 {
     struct h2_stream *s = p;
 
     s->ended_by_us = true;
     event_del(&s->timer);
-    if (flush && s->submitted) {
-        s->cut = true;
+    if (flush) {
+        s->cut = true; /* what r->out holds goes out first (output_step) */
     } else if (!s->closed) {
         nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
     }
@@ -821,6 +822,7 @@ static void submit_head(struct h2_stream *s)
         if (rv < 0) {
             s->r->error_code = "bad response head";
             s->ended_by_us = true;
+            s->cut = false;
             nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
                                       NGHTTP2_INTERNAL_ERROR);
             return;
@@ -954,7 +956,7 @@ static void output_step(struct h2_stream *s)
 {
     if (s->closed)
         return;
-    if (!s->submitted && !s->cut)
+    if (!s->submitted)
         submit_head(s);
     if (s->submitted && s->deferred && (evbuffer_get_length(s->r->out) > 0 || s->done || s->cut)) {
         s->deferred = false;

@@ -535,6 +535,31 @@ def test_http2_shares_the_upstream_keepalive_pool_with_http11():
         eq(len(set(conns)), 1, "one upstream connection served both protocols (%r)" % conns)
 
 
+def test_http2_upstream_endings_and_framings():
+    """A cut response is reset, never ended; chunked bodies lose their framing
+    and trailers; 1xx, 204 and 304 carry no DATA; a refused upstream is 502."""
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        with H2Client(fg.https_port) as c:
+            sids = {k: c.start("GET", p) for k, p in (
+                ("truncate", "/truncate"), ("trailers", "/trailers"),
+                ("no_content", "/status/204"), ("not_modified", "/status/304"),
+                ("teapot", "/status/418"))}
+            c.wait(list(sids.values()))
+            cut = c.streams[sids["truncate"]]
+            check(cut["reset"] is not None and not cut["ended"],
+                  "a truncated response was not reset (ended=%s)" % cut["ended"])
+            eq(bytes(cut["data"]), b"0123456789", "the bytes before the cut")
+            r = c.response(sids["trailers"])
+            eq(r.body, b"trailers\n", "chunked body de-framed")
+            check(not r.has("x-trailer"), "a trailer field in the head")
+            for k in ("no_content", "not_modified"):
+                eq(c.response(sids[k]).body, b"", "%s has no body" % k)
+            eq(c.response(sids["teapot"]).status, 418, "status passed through")
+    with Flowgate() as fg:  # its upstream is a closed port
+        with H2Client(fg.https_port) as c:
+            h2_error(c.request("GET", "/x"), 502, "bad_gateway")
+
+
 # ---------------------------------------------------------------- log and metrics
 
 def test_http2_access_log_and_metrics_name_the_protocol():
