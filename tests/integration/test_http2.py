@@ -704,3 +704,21 @@ def test_http2_rapid_reset_ends_in_enhance_your_calm():
             c.sock.close()
         eq(fg.metrics().get('flowgate_http2_goaway_total{reason="enhance_your_calm"}'), 1.0,
            "GOAWAY counted")
+
+
+def test_http2_reload_applies_to_the_next_stream_and_settings_to_new_connections():
+    from test_reload import hup, write_config
+    with Upstream("a") as a, Upstream("b") as b, Flowgate(upstream=a) as fg:
+        with H2Client(fg.https_port) as c:
+            eq(c.request("GET", "/x").json()["upstream"], "a", "before the reload")
+            write_config(fg, {"http2": {"enabled": False, "max_concurrent_streams": 7}},
+                         upstream=b)
+            hup(fg, expect_generation=2, failed=False)
+            eq(c.request("GET", "/x").json()["upstream"], "b",
+               "the next stream of a connection runs on the new snapshot")
+            eq(c.conn.remote_settings.max_concurrent_streams, 128,
+               "the connection keeps the settings it started with")
+        ctx = client_context(alpn=["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", fg.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                eq(s.selected_alpn_protocol(), "http/1.1", "a new connection after the reload")
