@@ -61,6 +61,7 @@ const char *h2_goaway_str(int why)
     case H2_GOAWAY_CALM: return "enhance_your_calm";
     case H2_GOAWAY_STALL: return "stall";
     case H2_GOAWAY_PROTOCOL: return "protocol";
+    case H2_GOAWAY_HEADERS: return "header_timeout";
     }
     return "?";
 }
@@ -119,6 +120,8 @@ struct h2_conn {
     struct event *pump_ev;   /* runs the pump from the loop */
     struct event *goaway_ev; /* drain: the final GOAWAY, a round trip after the notice */
     struct event *stall_ev;  /* output waiting on a closed window */
+    struct event *head_ev;   /* a header block begun and not finished */
+    int32_t head_stream;     /* ... on this stream (0: none) */
     uint64_t data_sent;      /* DATA payload bytes framed so far */
     uint64_t stall_mark;     /* data_sent when the stall watch began */
     bool draining;           /* shutdown notice sent */
@@ -130,6 +133,7 @@ struct h2_conn {
 
 static void want_pump(struct h2_conn *h2);
 static void h2_pump(struct h2_conn *h2);
+static void watch_header_block(struct h2_conn *h2, int32_t id);
 static void finish_request(struct h2_stream *s, enum req_end how);
 
 /* ---- the stream as the engine sees it (struct req_conn_ops) ------------- */
@@ -689,6 +693,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 
     if (abusive(frame))
         count_abuse(h2);
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->hd.stream_id == h2->head_stream)
+        watch_header_block(h2, 0);
     if (s == NULL)
         return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
@@ -700,11 +706,42 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+/*
+ * A header block must come whole, its CONTINUATION frames straight after its
+ * HEADERS (RFC 9113 6.10): until it does the connection carries nothing
+ * else. One left unfinished for limits.header_timeout_ms (an HTTP/1.1 head's
+ * bound) ends the connection. ID 0: the block ended (or its stream did).
+ */
+static void watch_header_block(struct h2_conn *h2, int32_t id)
+{
+    uint32_t ms = h2->c->cfg->limits.header_timeout_ms;
+
+    h2->head_stream = id;
+    if (id == 0) {
+        event_del(h2->head_ev);
+    } else {
+        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        evtimer_add(h2->head_ev, &tv);
+    }
+}
+
+static void header_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2_conn *h2 = arg;
+
+    conn_hold(h2->c);
+    terminate(h2, H2_GOAWAY_HEADERS, NGHTTP2_PROTOCOL_ERROR);
+    conn_release(h2->c);
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user)
 {
     struct h2_conn *h2 = user;
 
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    watch_header_block(h2, frame->hd.stream_id);
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     struct h2_stream *s = stream_new(h2, frame->hd.stream_id);
     if (s == NULL)
@@ -717,6 +754,8 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
 {
     struct h2_stream *s = stream_of(user, id);
 
+    if (id == ((struct h2_conn *)user)->head_stream)
+        watch_header_block(user, 0);
     if (s == NULL)
         return 0;
     s->closed = true;
@@ -1227,6 +1266,8 @@ void h2_free(struct h2_conn *h2, int how)
         event_free(h2->goaway_ev);
     if (h2->stall_ev)
         event_free(h2->stall_ev);
+    if (h2->head_ev)
+        event_free(h2->head_ev);
     nghttp2_session_del(h2->session);
     metrics_drop(&h2->c->w->stats.h2_open);
     free(h2);
@@ -1311,7 +1352,8 @@ int h2_start(struct conn *c)
     h2->pump_ev = event_new(base, -1, 0, pump_cb, h2);
     h2->goaway_ev = evtimer_new(base, final_goaway_cb, h2);
     h2->stall_ev = evtimer_new(base, stall_cb, h2);
-    if (h2->pump_ev == NULL || h2->goaway_ev == NULL || h2->stall_ev == NULL ||
+    h2->head_ev = evtimer_new(base, header_timeout_cb, h2);
+    if (h2->pump_ev == NULL || h2->goaway_ev == NULL || h2->stall_ev == NULL || h2->head_ev == NULL ||
         session_new(h2) != 0) {
         metrics_bump(&c->w->stats.h2_open); /* h2_free drops it */
         h2_free(h2, REQ_END_CLIENT_CLOSED);

@@ -43,7 +43,8 @@ enum h2_goaway {
     H2_GOAWAY_CALM = 2,     /* over http2.max_resets_per_second (ENHANCE_YOUR_CALM) */
     H2_GOAWAY_STALL = 3,    /* output waited on a closed window for limits.send_timeout_ms */
     H2_GOAWAY_PROTOCOL = 4, /* nghttp2 ended the session (a connection error) */
-    H2_GOAWAY__COUNT = 5,
+    H2_GOAWAY_HEADERS = 5,  /* a header block unfinished for limits.header_timeout_ms */
+    H2_GOAWAY__COUNT = 6,
 };
 const char *h2_goaway_str(int why);
 

@@ -722,3 +722,34 @@ def test_http2_reload_applies_to_the_next_stream_and_settings_to_new_connections
         with socket.create_connection(("127.0.0.1", fg.https_port), timeout=10) as raw:
             with ctx.wrap_socket(raw, server_hostname="localhost") as s:
                 eq(s.selected_alpn_protocol(), "http/1.1", "a new connection after the reload")
+
+
+def test_http2_unfinished_header_block_ends_the_connection():
+    """HEADERS without END_HEADERS and no CONTINUATION after it: the
+    connection carries nothing else, so limits.header_timeout_ms ends it."""
+    import hpack
+    with Upstream() as up, Flowgate({"limits": {"header_timeout_ms": 500}}, upstream=up) as fg:
+        with H2Client(fg.https_port) as c:
+            block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "https"),
+                                            (":authority", "localhost"), (":path", "/x")])
+            c.sock.sendall(len(block).to_bytes(3, "big") + b"\x01\x01" + (1).to_bytes(4, "big")
+                           + block)  # HEADERS, END_STREAM, no END_HEADERS
+            deadline = time.monotonic() + 15
+            raw = b""
+            c.sock.settimeout(0.5)
+            while time.monotonic() < deadline:
+                try:
+                    d = c.sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not d:
+                    break
+                raw += d
+            else:
+                fail("the connection stayed open with an unfinished header block")
+            check(b"\x07\x00\x00\x00\x00\x00" in raw, "no GOAWAY before the close")
+        eq(fg.metrics().get('flowgate_http2_goaway_total{reason="header_timeout"}'), 1.0,
+           "GOAWAY counted as header_timeout")
+        eq(up.requests(), [], "nothing reached the upstream")
