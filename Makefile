@@ -36,7 +36,7 @@ FUZZ_SECONDS ?= 60
 # the differential fuzz target fuzz_h1_llhttp, compiled in its strict mode.
 LLHTTP_DIR  := /usr/share/llhttp
 LLHTTP_INC  := /usr/share/include/llhttp
-PKGS        := libevent libevent_openssl openssl libjwt hiredis jansson libconfig
+PKGS        := libevent libevent_openssl openssl libjwt hiredis jansson libconfig libnghttp2
 
 PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
@@ -83,13 +83,27 @@ deps-test:
 deps-bench:
 	@sh tools/deps.sh bench
 
-build/obj/%.o: gateway/%.c gateway/*.h | build/obj
+# Debian 12's libnghttp2 carries the Rapid Reset (CVE-2023-44487) and
+# CONTINUATION flood (CVE-2024-28182) fixes as backports while it still
+# reports version 1.52.0: the build looks for the two functions it needs,
+# never at the version, and stops with a clear message when one is missing.
+NGHTTP2_NEEDS := nghttp2_option_set_stream_reset_rate_limit nghttp2_option_set_max_continuations
+build/gen/nghttp2-ok: | build/gen
+	@printf '#include <nghttp2/nghttp2.h>\nint main(void) { nghttp2_option *o;\n  if (nghttp2_option_new(&o)) return 1;\n  nghttp2_option_set_stream_reset_rate_limit(o, 1, 1);\n  nghttp2_option_set_max_continuations(o, 1);\n  nghttp2_option_del(o); return 0; }\n' > build/gen/nghttp2-check.c
+	@$(CC) -o build/gen/nghttp2-check build/gen/nghttp2-check.c \
+	    $$(pkg-config --cflags --libs libnghttp2) 2>build/gen/nghttp2-check.log || { \
+	    echo "libnghttp2 lacks $(NGHTTP2_NEEDS) (the Rapid Reset and CONTINUATION" \
+	         "flood fixes); install a libnghttp2 that has them (Debian 12: libnghttp2-dev" \
+	         "1.52.0-1+deb12u1 or later). See build/gen/nghttp2-check.log" >&2; exit 1; }
+	@touch $@
+
+build/obj/%.o: gateway/%.c gateway/*.h | build/obj build/gen/nghttp2-ok
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 build/flowgate: $(OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(PKG_LIBS)
 
-build/asan/%.o: gateway/%.c gateway/*.h | build/asan
+build/asan/%.o: gateway/%.c gateway/*.h | build/asan build/gen/nghttp2-ok
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 build/asan/flowgate: $(ASAN_OBJS)
@@ -115,7 +129,7 @@ FUZZ_FLAGS  := -Wno-unknown-warning-option -g -O1
 FUZZ_OBJS   := $(LIB_SRCS:gateway/%.c=build/fuzzobj/%.o)
 FUZZ_LLHTTP := $(LLHTTP_SRCS:$(LLHTTP_DIR)/%.c=build/fuzzobj/llhttp_%.o)
 
-build/fuzzobj/%.o: gateway/%.c gateway/*.h | build/fuzzobj
+build/fuzzobj/%.o: gateway/%.c gateway/*.h | build/fuzzobj build/gen/nghttp2-ok
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address,undefined \
 	    $(PKG_CFLAGS) -c -o $@ $<
 

@@ -163,6 +163,25 @@ static void build_info(struct evbuffer *out)
            FG_VERSION, FG_REVISION, event_get_version(), OpenSSL_version(OPENSSL_VERSION_STRING));
 }
 
+static void http2_metrics(const struct admin *a, struct evbuffer *out)
+{
+    FAMILY("flowgate_http2_connections_total", "counter",
+           "Client connections that chose HTTP/2 by ALPN.");
+    APPEND("flowgate_http2_connections_total %llu\n", STAT(h2_connections));
+    FAMILY("flowgate_http2_connections_open", "gauge", "HTTP/2 client connections open now.");
+    APPEND("flowgate_http2_connections_open %llu\n", STAT(h2_open));
+    FAMILY("flowgate_http2_streams_total", "counter",
+           "HTTP/2 streams that became requests (each also counts in flowgate_requests_total).");
+    APPEND("flowgate_http2_streams_total %llu\n", STAT(h2_streams));
+    FAMILY("flowgate_http2_streams_refused_total", "counter",
+           "HTTP/2 streams reset as malformed before they became requests.");
+    APPEND("flowgate_http2_streams_refused_total %llu\n", STAT(h2_refused));
+    FAMILY("flowgate_http2_goaway_total", "counter", "GOAWAY frames sent, by reason.");
+    for (int i = 0; i < H2_GOAWAY__COUNT; i++)
+        APPEND("flowgate_http2_goaway_total{reason=\"%s\"} %llu\n", h2_goaway_str(i),
+               STAT(h2_goaway[i]));
+}
+
 static void worker_metrics(const struct admin *a, struct evbuffer *out)
 {
     FAMILY("flowgate_connections_open", "gauge", "Client connections open now.");
@@ -185,6 +204,7 @@ static void worker_metrics(const struct admin *a, struct evbuffer *out)
     FAMILY("flowgate_preview_dns_failures_total", "counter",
            "Preview upstream lookups that failed (timeout, SERVFAIL), answered 502.");
     APPEND("flowgate_preview_dns_failures_total %llu\n", STAT(preview_dns_failures));
+    http2_metrics(a, out);
 }
 
 /* A route row's two families, each written whole to its own buffer. */

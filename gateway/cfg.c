@@ -80,7 +80,7 @@ static const char *const cfg_methods[64] = {
 static const char *const top_keys[] = {
     "workers", "shutdown_timeout_ms", "shutdown_delay_ms", "listen", "tls", "redirect", "headers",
     "limits", "jwt", "rate_limit", "cors", "upstreams", "routes", "previews", "resolver", "log",
-    "reload", NULL,
+    "reload", "http2", NULL,
 };
 static const char *const listen_keys[] = {"https", "http", "admin", "proxy_protocol", NULL};
 static const char *const tls_keys[] = {
@@ -130,6 +130,10 @@ static const char *const previews_keys[] = {
 static const char *const resolver_keys[] = {"nameservers", "hosts_file", NULL};
 static const char *const log_keys[] = {"access", "error", "level", NULL};
 static const char *const reload_keys[] = {"watch", "debounce_ms", NULL};
+static const char *const http2_keys[] = {
+    "enabled", "max_concurrent_streams", "initial_window_bytes", "max_header_list_bytes",
+    "max_resets_per_second", "idle_timeout_ms", NULL,
+};
 
 static const char *const alg_names[] = {"HS256", "HS384", "HS512", NULL};
 static const size_t alg_min_secret[] = {32, 48, 64}; /* the hash output size */
@@ -1869,6 +1873,25 @@ static void parse_reload(struct cfg_ctx *ctx, const config_setting_t *root)
     r->debounce_ms = (uint32_t)get_int(ctx, g, "debounce_ms", 1000, 10, 600000);
 }
 
+/* The bounds keep a connection's memory and a client's abuse budget
+ * sane: RFC 9113 6.5.2 caps a window at 2^31-1; a header list under 1 KiB
+ * fits no browser's cookies; a stream limit above 1024 buys a client
+ * nothing but a larger share of flowgate. */
+static void parse_http2(struct cfg_ctx *ctx, const config_setting_t *root)
+{
+    struct fg_http2 *h = &ctx->cfg->http2;
+    config_setting_t *g = get_group(ctx, root, "http2", http2_keys);
+
+    h->enabled = get_bool(ctx, g, "enabled", true);
+    h->max_concurrent_streams = (uint32_t)get_int(ctx, g, "max_concurrent_streams", 128, 1, 1024);
+    h->initial_window_bytes =
+        (uint32_t)get_int(ctx, g, "initial_window_bytes", 65535, 1024, 16777216);
+    h->max_header_list_bytes =
+        (uint32_t)get_int(ctx, g, "max_header_list_bytes", 16384, 1024, 1048576);
+    h->max_resets_per_second = (uint32_t)get_int(ctx, g, "max_resets_per_second", 100, 1, 100000);
+    h->idle_timeout_ms = (uint32_t)get_int(ctx, g, "idle_timeout_ms", 60000, 100, CFG_INT_MAX);
+}
+
 /* ---------------------------------------------------------------------------
  * Files to watch
  */
@@ -2108,6 +2131,7 @@ static struct fg_config *cfg_build(struct cfg_ctx *ctx, config_t *lc, const char
     parse_resolver(ctx, root);
     parse_log(ctx, root);
     parse_reload(ctx, root);
+    parse_http2(ctx, root);
     collect_includes(ctx, root, path);
     build_watch_paths(ctx);
     if (ctx->nmsgs + ctx->ndropped > 0) {

@@ -272,6 +272,16 @@ struct fg_reload {
     uint32_t debounce_ms; /* quiet time after the last change before reloading */
 };
 
+/* HTTP/2 to clients; a connection keeps the values it started with. */
+struct fg_http2 {
+    bool enabled;                   /* offer "h2" by ALPN before "http/1.1" */
+    uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t initial_window_bytes;  /* SETTINGS_INITIAL_WINDOW_SIZE: per stream request body */
+    uint32_t max_header_list_bytes; /* decoded fields (RFC 9113 6.5.2 sizes); over: 431 */
+    uint32_t max_resets_per_second; /* client RST_STREAMs and abusive frames; over: GOAWAY */
+    uint32_t idle_timeout_ms;       /* no stream open this long: GOAWAY and close */
+};
+
 struct fg_config {
     int refcount;                   /* atomic; see cfg_ref/cfg_unref */
     char *path;                     /* the file it was loaded from */
@@ -307,6 +317,7 @@ struct fg_config {
     struct fg_resolver resolver;
     struct fg_log log;
     struct fg_reload reload;
+    struct fg_http2 http2;
 
     /* Every file this snapshot was built from, each once: the configuration
      * file, the files it @includes, certificates and keys, *_file secrets,

@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 
 #include "conn.h"
+#include "h2.h"
 #include "proxy.h"
 #include "proxyproto.h"
 #include "req.h"
@@ -43,6 +44,7 @@ const char *conn_state_str(enum conn_state st)
     case CONN_HANDSHAKE: return "handshake";
     case CONN_READ_HEAD: return "read_head";
     case CONN_IDLE: return "idle";
+    case CONN_H2: return "h2";
     case CONN_REQUEST: return "request";
     case CONN_CLOSING: return "closing";
     case CONN_LINGER: return "linger";
@@ -74,6 +76,10 @@ static void conn_free(struct conn *c)
         req_put(c->r);
         c->r = NULL;
     }
+    if (c->h2) {
+        h2_free(c->h2, end_reason(c));
+        c->h2 = NULL;
+    }
     event_del(&c->timer);
     if (c->pp_ev) {
         event_free(c->pp_ev);
@@ -101,6 +107,8 @@ void conn_release(struct conn *c)
         return;
     if (c->closed) {
         conn_free(c);
+    } else if (c->state == CONN_H2) {
+        h2_unwound(c->h2); /* the stack is clear: the streams' news */
     } else if (c->state == CONN_IDLE && c->r != NULL) {
         req_put(c->r);
         c->r = NULL;
@@ -473,6 +481,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     case CONN_REQUEST:
         req_timeout(c->r);
         break;
+    case CONN_H2:
+        h2_timeout(c->h2);
+        break;
     case CONN_PROXY_HEADER:
     case CONN_CLOSING:
     case CONN_LINGER:
@@ -490,8 +501,13 @@ static void conn_event_cb(struct io *io, int what, void *arg)
     if (what & IO_CONNECTED) {
         /* TLS handshake complete. */
         metrics_bump(&c->w->stats.tls_handshakes);
-        c->state = CONN_READ_HEAD;
-        process_input(c);
+        if (tls_alpn_is_h2(io->ssl)) {
+            if (h2_start(c) < 0)
+                conn_close(c, false);
+        } else {
+            c->state = CONN_READ_HEAD;
+            process_input(c);
+        }
     } else if (c->state == CONN_REQUEST &&
                (what == IO_EOF || ((what & IO_EOF) && c->r->state == REQ_TUNNEL))) {
         req_client_eof(c->r);
@@ -515,6 +531,9 @@ static void conn_read_cb(struct io *io, void *arg)
         break;
     case CONN_REQUEST:
         req_readable(c->r);
+        break;
+    case CONN_H2:
+        h2_readable(c->h2);
         break;
     case CONN_CLOSING:
         evbuffer_drain(io->in, evbuffer_get_length(io->in));
@@ -547,6 +566,9 @@ static void conn_write_cb(struct io *io, void *arg)
     case CONN_READ_HEAD:
     case CONN_IDLE:
         process_input(c); /* a pipelining client that did not read has now */
+        break;
+    case CONN_H2:
+        h2_writable(c->h2);
         break;
     case CONN_PROXY_HEADER:
     case CONN_HANDSHAKE:

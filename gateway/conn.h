@@ -6,6 +6,8 @@
  * its input buffer). Its life:
  *
  *   accept -> [PROXY header] -> [TLS handshake] -> READ_HEAD --head--> REQUEST
+ *                                     | ALPN "h2"
+ *                                     +--> H2 (h2.c: streams) --session over--> CLOSING
  *                                                    ^                    |
  *                                   first byte: IDLE +<---keep-alive------+
  *                                    (the request's response sent)        | close after
@@ -38,6 +40,7 @@ struct worker;
 struct listener;
 struct req;
 struct wsnap;
+struct h2_conn;
 
 enum conn_state {
     CONN_PROXY_HEADER = 0, /* waiting for the balancer's PROXY header */
@@ -47,6 +50,7 @@ enum conn_state {
     CONN_CLOSING = 4,      /* flushing the last bytes, then close */
     CONN_LINGER = 5,       /* write side shut; the client's last bytes are read and dropped */
     CONN_IDLE = 6,         /* keep-alive between requests: no byte of the next one yet */
+    CONN_H2 = 7,           /* HTTP/2 chosen by ALPN: the socket's events go to h2.c */
 };
 const char *conn_state_str(enum conn_state st);
 
@@ -76,6 +80,7 @@ struct conn {
     struct fg_config *cfg;        /* snap->cfg */
     unsigned requests;            /* served on this connection */
     struct req *r;                /* the request in flight (in a reqbuf); NULL while idle */
+    struct h2_conn *h2;           /* CONN_H2: the session and its streams (h2.c) */
 };
 
 /* Take over an accepted socket (after the connection limit was checked). */

@@ -1116,3 +1116,33 @@ bool h1_body_in_data(const struct h1_parser *p)
         return false;
     return p->framing != H1_FRAMING_CHUNKED || p->chunk_state == CS_DATA;
 }
+
+/* Feed the framing bytes of a chunked body one by one, up to the next
+ * payload byte or the message's end: they are a few per chunk. */
+static enum h1_body_status framing_feed(struct h1_parser *p, const char *buf, size_t len,
+                                        size_t *used)
+{
+    enum h1_body_status st = H1_BODY_MORE;
+    size_t i = 0;
+
+    while (i < len && st == H1_BODY_MORE && !h1_body_in_data(p)) {
+        size_t u = 0;
+        st = h1_body_feed(p, buf + i, 1, &u);
+        i += u;
+        if (u == 0)
+            break;
+    }
+    *used = i;
+    return st;
+}
+
+enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len,
+                                     size_t *used, bool *payload)
+{
+    *payload = h1_body_in_data(p);
+    if (p->framing != H1_FRAMING_CHUNKED || p->msg_done || p->error_state != 0)
+        return h1_body_feed(p, buf, len, used);
+    if (!*payload)
+        return framing_feed(p, buf, len, used);
+    return h1_body_feed(p, buf, len < p->left ? len : (size_t)p->left, used);
+}

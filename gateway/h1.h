@@ -229,6 +229,16 @@ enum h1_body_status h1_body_eof(struct h1_parser *p);
  * fuzzer compares payloads with it. */
 bool h1_body_in_data(const struct h1_parser *p);
 
+/*
+ * h1_body_feed that stops where the body turns from payload into framing
+ * or back, so a caller can take the payload out of a chunked body (an
+ * HTTP/2 DATA frame carries payload only). *USED bytes were used; they are
+ * payload when *PAYLOAD, chunked framing (size lines, CRLFs, the trailer
+ * section) otherwise. A LENGTH or EOF body is payload throughout.
+ */
+enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len,
+                                     size_t *used, bool *payload);
+
 /* Case-insensitive header lookup helpers over a parsed array. The inline
  * forms let the compiler take a literal's length at compile time. */
 const struct h1_header *h1_find_n(const struct h1_header *h, size_t n, const char *name,

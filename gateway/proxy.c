@@ -708,7 +708,9 @@ static void move_response_body(struct req *r)
     struct evbuffer *in = uc->io->in;
     struct evbuffer *out = r->out;
 
-    while (evbuffer_get_length(out) < PROXY_WRITE_HIGH) {
+    /* pending_out, not the output's length: an HTTP/2 stream is also full
+     * while its connection's streams together hold their bound. */
+    while (r->ops->pending_out(r->conn) < PROXY_WRITE_HIGH) {
         struct evbuffer_iovec v = {.iov_base = NULL, .iov_len = 0};
         struct h1_cut cut;
         size_t used = 0;

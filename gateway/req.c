@@ -424,7 +424,9 @@ static void log_request(struct req *r, struct timeval now)
         r->head_len ? h1_find(r->h.headers, r->h.nheaders, "User-Agent") : NULL;
     const char *protocol = NULL;
 
-    if (r->h.method_str != NULL)
+    if (r->h2)
+        protocol = "HTTP/2";
+    else if (r->h.method_str != NULL)
         protocol = r->h.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
     struct log_access_rec rec = {
         .time = (double)r->start.tv_sec + r->start.tv_usec / 1e6,

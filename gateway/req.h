@@ -109,6 +109,7 @@ struct req {
     const struct sockaddr *peer;
     int local_port;               /* the listener's port, for Host checks */
     bool tls;
+    bool h2;                      /* carried by an HTTP/2 stream (h2.c) */
     struct reqbuf *rb;            /* the buffer this request lives in */
     /* Reset for every request */
     enum req_state state;

@@ -72,6 +72,7 @@ struct tls_ctxset {
     struct tls_sni_name *names; /* in certificate order: first match wins */
     size_t nnames;
     struct tls_ticket_keys *keys; /* NULL when session tickets are off */
+    bool h2;                      /* offer "h2" by ALPN (http2.enabled) */
 };
 
 static int tls_owner_index = -1;
@@ -347,33 +348,45 @@ static int tls_servername_cb(SSL *ssl, int *alert, void *arg) {
 /* ---- ALPN ---------------------------------------------------------------- */
 
 /*
- * What flowgate speaks over TLS, as an ALPN protocol list (RFC 7301 3.1:
- * length-prefixed names), most preferred first: "h2" goes in front of
- * "http/1.1" the day HTTP/2 is served.
+ * What flowgate speaks over TLS, as ALPN protocol lists (RFC 7301 3.1:
+ * length-prefixed names), most preferred first. Extended CONNECT (RFC 8441)
+ * is never advertised, so browsers open WebSockets over HTTP/1.1.
  */
-static const unsigned char tls_alpn_protos[] = "\x08http/1.1";
+static const unsigned char tls_alpn_h2[] = "\x02h2\x08http/1.1";
+static const unsigned char tls_alpn_h1[] = "\x08http/1.1";
 
 /*
- * Selects the first protocol of tls_alpn_protos that the client offers
- * (RFC 7301 3.2: the server's preference decides). A client whose list
- * holds none of them (curl --http1.0 offers only "http/1.0") gets no ALPN
- * answer rather than a no_application_protocol alert, as nginx does: the
- * handshake completes and the connection speaks HTTP/1.1, which every
- * HTTP/1.x client reads.
+ * Selects the first protocol of ours that the client offers (RFC 7301 3.2:
+ * the server's preference decides); the set (ARG) says whether "h2" is
+ * ours. A client whose list holds none of them (curl --http1.0 offers only
+ * "http/1.0") gets no ALPN answer rather than a no_application_protocol
+ * alert, as nginx does: the handshake completes and the connection speaks
+ * HTTP/1.1, which every HTTP/1.x client reads.
  */
 static int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
+    const struct tls_ctxset *set = arg;
+    const unsigned char *ours = set->h2 ? tls_alpn_h2 : tls_alpn_h1;
+    unsigned int ours_len = set->h2 ? sizeof(tls_alpn_h2) - 1 : sizeof(tls_alpn_h1) - 1;
     unsigned char *sel = NULL;
     unsigned char sel_len = 0;
 
     /* OpenSSL checked the client's list before calling us. On a match SEL
      * points into our static list, which outlives the handshake. */
-    if (SSL_select_next_proto(&sel, &sel_len, tls_alpn_protos, sizeof(tls_alpn_protos) - 1, in,
-                              inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, &sel_len, ours, ours_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     *outlen = sel_len;
     return SSL_TLSEXT_ERR_OK;
+}
+
+bool tls_alpn_is_h2(const SSL *ssl)
+{
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
 }
 
 /* ---- contexts ------------------------------------------------------------ */
@@ -467,7 +480,7 @@ static SSL_CTX *tls_ctx_new(struct tls_ctxset *set, const struct fg_tls *tls,
      * read. io.c drains what OpenSSL holds (SSL_has_pending), the bytes
      * that came with the handshake included. */
     SSL_CTX_set_read_ahead(ctx, 1);
-    SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, set);
     if (tls_ctx_protocol(ctx, tls, err, errlen) != 0 ||
         tls_ctx_certificate(ctx, cert, err, errlen) != 0)
         goto fail;
@@ -548,6 +561,7 @@ struct tls_ctxset *tls_build(const struct fg_config *cfg, const struct tls_ctxse
     } else if (tls->session_tickets && (set->keys = tls_ticket_keys_new()) == NULL) {
         goto oom;
     }
+    set->h2 = cfg->http2.enabled;
     if (tls_build_contexts(set, cfg, err, errlen) != 0)
         goto fail;
     SSL_CTX_set_ex_data(set->ctxs[0], tls_owner_index, set);

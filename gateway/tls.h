@@ -1,11 +1,12 @@
 /*
  * tls.h - OpenSSL server contexts: one SSL_CTX per certificate, chosen by SNI
  * against each certificate's SANs; strong defaults; tickets with in-memory
- * rotated keys; ALPN "http/1.1".
+ * rotated keys; ALPN "h2" (when http2.enabled) and "http/1.1".
  */
 #ifndef FG_TLS_H
 #define FG_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
 #include <openssl/ssl.h>
@@ -45,6 +46,9 @@ void tls_rotate_tickets_now(struct tls_ctxset *set);
  * certificate I, seconds since the epoch (0 when unknown). */
 size_t tls_ncerts(const struct tls_ctxset *set);
 time_t tls_cert_not_after(const struct tls_ctxset *set, size_t i);
+
+/* Did the handshake on SSL select "h2" by ALPN? */
+bool tls_alpn_is_h2(const SSL *ssl);
 
 /* "TLSv1.3" etc. for the log. */
 const char *tls_version_str(const SSL *ssl);

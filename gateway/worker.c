@@ -584,6 +584,8 @@ static void stop(struct worker *w)
         if (c->state == CONN_IDLE || c->state == CONN_PROXY_HEADER || c->state == CONN_LINGER ||
             (c->state == CONN_READ_HEAD && evbuffer_get_length(c->io->in) == 0))
             conn_close(c, false);
+        else if (c->state == CONN_H2)
+            h2_drain(c->h2); /* GOAWAY; streams in flight finish */
     }
     upstream_pools_close_idle(w);
     stages_worker_stop(w);

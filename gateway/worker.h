@@ -17,6 +17,7 @@
 #include "freelist.h"
 #include "metrics.h"
 #include "tls.h"
+#include "h2.h"
 
 struct upstream_pool;
 struct upstream_dyn;
@@ -79,6 +80,11 @@ struct worker_stats {
     uint64_t tunnels_open;         /* gauge: WebSocket tunnels relaying now */
     uint64_t preview_dns_lookups;  /* preview upstream names looked up (cached or not) */
     uint64_t preview_dns_failures; /* ... that failed (timeout, SERVFAIL): answered 502 */
+    uint64_t h2_connections;       /* connections that chose HTTP/2 by ALPN */
+    uint64_t h2_open;              /* gauge: HTTP/2 connections open now */
+    uint64_t h2_streams;           /* HTTP/2 streams that became requests */
+    uint64_t h2_refused;           /* streams reset before becoming requests (malformed) */
+    uint64_t h2_goaway[H2_GOAWAY__COUNT]; /* GOAWAYs sent, by enum h2_goaway */
 };
 
 struct worker {
