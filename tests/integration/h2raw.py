@@ -205,8 +205,19 @@ class H2:
         return self.enc.encode([(_b(n), _b(v)) for n, v in headers])
 
     def headers_frame(self, sid, headers, end_stream=True):
-        flags = END_HEADERS | (END_STREAM if end_stream else 0)
-        return frame(HEADERS, flags, sid, self.block(headers))
+        """HEADERS, then CONTINUATION frames when the block is larger than
+        the server's SETTINGS_MAX_FRAME_SIZE (16384 by default)."""
+        block = self.block(headers)
+        size = self.server_settings.get(MAX_FRAME_SIZE, 16384)
+        parts = [block[i:i + size] for i in range(0, len(block), size)] or [b""]
+        out = []
+        for i, part in enumerate(parts):
+            last = END_HEADERS if i == len(parts) - 1 else 0
+            if i == 0:
+                out.append(frame(HEADERS, last | (END_STREAM if end_stream else 0), sid, part))
+            else:
+                out.append(frame(CONTINUATION, last, sid, part))
+        return b"".join(out)
 
     def request(self, headers, data=None, trailers=None, sid=None, split_data=False):
         """Send one request: HEADERS, then each DATA chunk of DATA (a list of
@@ -263,7 +274,8 @@ class H2:
             self.frames_in += 1
             self._on_frame(ftype, flags, sid, payload)
 
-    def _stream(self, sid):
+    def stream(self, sid):
+        """Stream SID as received so far (made on first use)."""
         if sid not in self.streams:
             self.streams[sid] = Stream(sid)
         return self.streams[sid]
@@ -287,7 +299,7 @@ class H2:
             last, code = struct.unpack(">II", payload[:8])
             self.goaway = (last & 0x7FFFFFFF, code, payload[8:])
         elif ftype == RST_STREAM:
-            self._stream(sid).reset = struct.unpack(">I", payload[:4])[0]
+            self.stream(sid).reset = struct.unpack(">I", payload[:4])[0]
         elif ftype in (HEADERS, PUSH_PROMISE):
             if ftype == HEADERS and flags & 0x8:  # PADDED
                 pad = payload[0]
@@ -302,7 +314,7 @@ class H2:
             if flags & END_HEADERS:
                 self._end_block()
         elif ftype == DATA:
-            s = self._stream(sid)
+            s = self.stream(sid)
             if flags & 0x8:
                 pad = payload[0]
                 payload = payload[1:len(payload) - pad]
@@ -321,7 +333,7 @@ class H2:
                   for n, v in self.dec.decode(b"".join(parts), raw=True)]
         if ftype == PUSH_PROMISE:
             return
-        s = self._stream(sid)
+        s = self.stream(sid)
         status = dict(fields).get(":status")
         if s.headers is None and status is not None and status.startswith("1"):
             s.informational.append(fields)
@@ -344,7 +356,7 @@ class H2:
 
     def response(self, sid, timeout=None):
         """Stream SID once it ended, was reset, or the connection went away."""
-        s = self._stream(sid)
+        s = self.stream(sid)
         self.wait(lambda: s.done() or (self.goaway is not None and self.goaway[0] < sid),
                   timeout or self.timeout)
         return s
