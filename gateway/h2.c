@@ -1105,9 +1105,13 @@ void h2_readable(struct h2_conn *h2)
         size_t len = v.iov_len < H2_RECV_SLICE ? v.iov_len : H2_RECV_SLICE;
         ssize_t n = nghttp2_session_mem_recv(h2->session, v.iov_base, len);
         if (n < 0) {
-            /* A fatal error (bad preface, flood): nghttp2 queued a GOAWAY
-             * when it could; it goes out, then the connection closes. */
-            h2->terminated = true;
+            /* A fatal error (bad preface, flood, too many CONTINUATION
+             * frames). nghttp2 does not queue a GOAWAY for each of them,
+             * and its session would then go on wanting input: end it here
+             * (a GOAWAY nghttp2 queued already stays the only one). */
+            bool calm = n == NGHTTP2_ERR_FLOODED || n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+            terminate(h2, calm ? H2_GOAWAY_CALM : H2_GOAWAY_PROTOCOL,
+                      calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
             break;
         }
         evbuffer_drain(in, (size_t)n);
