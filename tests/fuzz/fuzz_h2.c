@@ -88,8 +88,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fprintf(stderr, "fuzz_h2: %s\n", err);
         abort();
     }
-    fz_listener = (struct listener){.w = &fz_w, .fd = -1, .kind = LISTENER_HTTP,
-                                    .port = listen_port};
+    fz_listener =
+        (struct listener){.w = &fz_w, .fd = -1, .kind = LISTENER_HTTP, .port = listen_port};
     return 0;
 }
 
@@ -124,8 +124,8 @@ static int client_write(int fd, const uint8_t *data, size_t len)
 /* A connection on a socketpair, switched to HTTP/2; the client's end, or -1. */
 static int h2_connection(void)
 {
-    struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(40000),
-                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in peer = {
+        .sin_family = AF_INET, .sin_port = htons(40000), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int sv[2];
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
