@@ -420,6 +420,17 @@ def test_http2_flood_empty_data():
     flood("empty DATA flood", empty)
 
 
+def test_http2_flood_empty_data_then_a_bad_frame():
+    """The abuse bound reached inside a DATA frame, then a malformed frame in
+    the same read (a SETTINGS payload that is not a multiple of 6): the
+    session ends in GOAWAY ENHANCE_YOUR_CALM and the process lives on."""
+    def empty(c):
+        sid = c.new_id()
+        head = c.headers_frame(sid, req("/echo", "POST"), end_stream=False)
+        return head + frame(DATA, 0, sid, b"") * 150 + frame(h2raw.SETTINGS, 0, 0, b"\0\0")
+    flood("empty DATA then a bad SETTINGS", empty, need_goaway_code=ENHANCE_YOUR_CALM)
+
+
 def test_http2_flood_streams_past_max_concurrent():
     """1000 streams at once against max_concurrent_streams 128, SETTINGS
     acknowledged: those past the limit are refused (REFUSED_STREAM or
