@@ -116,6 +116,8 @@ struct h2_conn {
     int goaway_why;                /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
     time_t abuse_sec;              /* the second ABUSE counts in */
     unsigned abuse;                /* resets and other abusive frames this second */
+    bool calm;                     /* over the abuse bound inside nghttp2's input: h2_readable
+                                      ends the session */
 };
 
 static void want_pump(struct h2_conn *h2);
@@ -615,9 +617,10 @@ static void terminate(struct h2_conn *h2, enum h2_goaway why, uint32_t code)
     want_pump(h2);
 }
 
-/* One more reset or abusive frame this second: over
- * http2.max_resets_per_second the client is told to calm down and left. */
-static void count_abuse(struct h2_conn *h2)
+/* One more reset or abusive frame this second. True once over
+ * http2.max_resets_per_second: the client is then told to calm down and
+ * left, by the caller (see on_frame_recv for why not from here). */
+static bool count_abuse(struct h2_conn *h2)
 {
     struct timeval now;
 
@@ -626,8 +629,7 @@ static void count_abuse(struct h2_conn *h2)
         h2->abuse_sec = now.tv_sec;
         h2->abuse = 0;
     }
-    if (++h2->abuse > h2->cfg.max_resets_per_second)
-        terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
+    return ++h2->abuse > h2->cfg.max_resets_per_second;
 }
 
 /* RST_STREAM (Rapid Reset), PING and SETTINGS (floods of answers), PRIORITY
@@ -651,8 +653,14 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     struct h2_stream *s = stream_of(h2, frame->hd.stream_id);
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
 
-    if (abusive(frame))
-        count_abuse(h2);
+    /* Over the bound the session ends, but not from inside nghttp2's input:
+     * a GOAWAY submitted in a DATA frame's callback lets nghttp2 1.52 parse
+     * on, and a later bad frame trips its assertion (the process aborts).
+     * Failing the callback stops the input at once; h2_readable ends it. */
+    if (abusive(frame) && count_abuse(h2)) {
+        h2->calm = true;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
     if (s == NULL)
         return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
@@ -863,8 +871,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_RST_STREAM:
         if (s != NULL && !s->begun && frame->rst_stream.error_code != NGHTTP2_NO_ERROR)
             metrics_bump(&h2->c->w->stats.h2_refused);
-        else if (s == NULL && frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
-            count_abuse(h2); /* a stream past max_concurrent_streams */
+        else if (s == NULL && frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM &&
+                 count_abuse(h2)) /* a stream past max_concurrent_streams */
+            terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
         break;
     default: break;
     }
@@ -1106,10 +1115,12 @@ void h2_readable(struct h2_conn *h2)
         ssize_t n = nghttp2_session_mem_recv(h2->session, v.iov_base, len);
         if (n < 0) {
             /* A fatal error (bad preface, flood, too many CONTINUATION
-             * frames). nghttp2 does not queue a GOAWAY for each of them,
-             * and its session would then go on wanting input: end it here
-             * (a GOAWAY nghttp2 queued already stays the only one). */
-            bool calm = n == NGHTTP2_ERR_FLOODED || n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+             * frames, abuse counted in on_frame_recv). nghttp2 does not
+             * queue a GOAWAY for each of them, and its session would then
+             * go on wanting input: end it here (a GOAWAY nghttp2 queued
+             * already stays the only one). */
+            bool calm =
+                h2->calm || n == NGHTTP2_ERR_FLOODED || n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
             terminate(h2, calm ? H2_GOAWAY_CALM : H2_GOAWAY_PROTOCOL,
                       calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
             break;
