@@ -4,7 +4,8 @@
  * server session and the streams it turns into requests of the engine.
  *
  * Input: the first byte chooses how the rest is cut into writes (0: all at
- * once, else pieces of 1 to 255 bytes); the rest is what follows the
+ * once, else pieces of 16 to 4080 bytes: frames split across reads, without
+ * a loop round per byte); the rest is what follows the
  * preface, which the target sends itself so that mutations spend their
  * effort on frames.
  *
@@ -145,7 +146,7 @@ static int h2_connection(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    size_t piece = size > 0 && data[0] != 0 ? data[0] : SIZE_MAX;
+    size_t piece = size > 0 && data[0] != 0 ? (size_t)data[0] * 16 : SIZE_MAX;
     int fd = h2_connection();
 
     if (fd < 0)
