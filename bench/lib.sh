@@ -15,6 +15,8 @@
 #   request/response buffering)  HAP_RESUME=1 (0: no-tls-tickets, cache 0)
 #   HAP_FRONTEND=... (lines before default_backend) HAP_EXTRA=... (sections)
 #   NGX_H2=0 (1: `listen ... ssl http2`)  HAP_ALPN=http/1.1 (h2,http/1.1: HTTP/2 too)
+#   FG_KEEPALIVE=64 NGX_KEEPALIVE=64 (idle upstream connections kept; HAProxy
+#   keeps every idle one: http-reuse always, no pool-max-conn)
 # measure appends to ${RUNS_FILE:-$BENCH_TMP/runs.tsv}; WRK_SCRIPT=FILE adds -s.
 # LOAD picks the load generator of measure: wrk (the default), h2load (HTTP/2
 # keep-alive: H2_CLIENTS connections, H2_STREAMS requests in flight on each) or
@@ -289,7 +291,7 @@ headers: {
 };
 upstreams: {
   backend = { servers = [ "${FG_UPSTREAM_HOST:-127.0.0.1}:$2" ]; connect_timeout_ms = 2000;
-              read_timeout_ms = 30000; keepalive = 64; };
+              read_timeout_ms = 30000; keepalive = ${FG_KEEPALIVE:-64}; };
 };
 routes = (
   $_routes
@@ -369,7 +371,7 @@ http {
     keepalive_requests 100000000;
     upstream backend {
         server 127.0.0.1:$2;
-        keepalive 64;
+        keepalive ${NGX_KEEPALIVE:-64};
         keepalive_requests 100000000;
     }
     server {
