@@ -1092,14 +1092,16 @@ static void pump_cb(evutil_socket_t fd, short what, void *arg)
     struct h2_conn *h2 = arg;
 
     h2->pump_wanted = true;
-    conn_hold(h2->c);
-    conn_release(h2->c); /* h2_unwound */
+    h2_pump(h2);
 }
 
+/* The pump runs from the loop, after the events already due: the answers
+ * of several upstreams that arrive in one loop round go out together, in
+ * one TLS record and one write, instead of one each. */
 void h2_unwound(struct h2_conn *h2)
 {
-    if (h2->pump_wanted)
-        h2_pump(h2);
+    if (h2->pump_wanted && !h2->pumping)
+        event_active(h2->pump_ev, EV_TIMEOUT, 1);
 }
 
 /* ---- the connection's events --------------------------------------------------- */
