@@ -274,12 +274,12 @@ struct fg_reload {
 
 /* HTTP/2 to clients; a connection keeps the values it started with. */
 struct fg_http2 {
-    bool enabled;                   /* offer "h2" by ALPN before "http/1.1" */
+    bool enabled;                    /* offer "h2" by ALPN before "http/1.1" */
     uint32_t max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
-    uint32_t initial_window_bytes;  /* SETTINGS_INITIAL_WINDOW_SIZE: per stream request body */
-    uint32_t max_header_list_bytes; /* decoded fields (RFC 9113 6.5.2 sizes); over: 431 */
-    uint32_t max_resets_per_second; /* client RST_STREAMs and abusive frames; over: GOAWAY */
-    uint32_t idle_timeout_ms;       /* no stream open this long: GOAWAY and close */
+    uint32_t initial_window_bytes;   /* SETTINGS_INITIAL_WINDOW_SIZE: per stream request body */
+    uint32_t max_header_list_bytes;  /* decoded fields (RFC 9113 6.5.2 sizes); over: 431 */
+    uint32_t max_resets_per_second;  /* client RST_STREAMs and abusive frames; over: GOAWAY */
+    uint32_t idle_timeout_ms;        /* no stream open this long: GOAWAY and close */
 };
 
 struct fg_config {

@@ -449,6 +449,7 @@ static struct req *conn_begin_request(struct conn *c)
     r->peer = &c->peer.sa;
     r->local_port = c->local_port;
     r->tls = c->tls;
+    r->h2 = false;
     req_begin(r);
     c->state = CONN_REQUEST;
     return r;

@@ -291,7 +291,7 @@ static enum stage_verdict preflight(struct req *r, enum cors_origin o, const str
         return refuse(r, "cors_method");
     int n = snprintf(extra, sizeof(extra),
                      "Access-Control-Allow-Methods: %s\r\n%s%s%sAccess-Control-Max-Age: %u\r\n",
-                     methods, hlen ? "Access-Control-Allow-Headers: " : "", headers,
+                     methods, hlen ? "Access-Control-Allow-Headers: " : "", hlen ? headers : "",
                      hlen ? "\r\n" : "", c->max_age);
     if (n < 0 || (size_t)n >= sizeof(extra) || req_add_header(r, extra, (size_t)n) < 0)
         return refuse(r, "cors_header");

@@ -1136,8 +1136,8 @@ static enum h1_body_status framing_feed(struct h1_parser *p, const char *buf, si
     return st;
 }
 
-enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len,
-                                     size_t *used, bool *payload)
+enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len, size_t *used,
+                                     bool *payload)
 {
     *payload = h1_body_in_data(p);
     if (p->framing != H1_FRAMING_CHUNKED || p->msg_done || p->error_state != 0)

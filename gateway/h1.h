@@ -236,8 +236,8 @@ bool h1_body_in_data(const struct h1_parser *p);
  * payload when *PAYLOAD, chunked framing (size lines, CRLFs, the trailer
  * section) otherwise. A LENGTH or EOF body is payload throughout.
  */
-enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len,
-                                     size_t *used, bool *payload);
+enum h1_body_status h1_body_feed_run(struct h1_parser *p, const char *buf, size_t len, size_t *used,
+                                     bool *payload);
 
 /* Case-insensitive header lookup helpers over a parsed array. The inline
  * forms let the compiler take a literal's length at compile time. */

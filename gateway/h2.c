@@ -22,7 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -39,15 +43,15 @@
 #include "tls.h"
 #include "worker.h"
 
-#define H2_OUT_HIGH (64 * 1024)               /* stop framing while the socket holds this much */
-#define H2_OUT_LOW (16 * 1024)                /* the socket drained to here: frame more */
-#define H2_CONN_BUFFERED_HIGH (1024 * 1024)   /* all streams' unsent responses, the connection's */
-#define H2_IN_LOW (16 * 1024)                 /* a stream's window reopens below this input */
-#define H2_GOAWAY_DELAY_MS 1000               /* shutdown notice to the final GOAWAY */
-#define H2_RESP_FIELDS 256                    /* response fields (proxy.c accepts as many) */
-#define H2_RESP_HEAD_MAX (80 * 1024)          /* an upstream head (64 KiB) and flowgate's lines */
-#define H2_RECV_SLICE 16384                   /* input fed to nghttp2 between abuse checks */
-#define H2_PUMP_ROUNDS 16                     /* rounds per pump before yielding to the loop */
+#define H2_OUT_HIGH (64 * 1024)             /* stop framing while the socket holds this much */
+#define H2_OUT_LOW (16 * 1024)              /* the socket drained to here: frame more */
+#define H2_CONN_BUFFERED_HIGH (1024 * 1024) /* all streams' unsent responses, the connection's */
+#define H2_IN_LOW (16 * 1024)               /* a stream's window reopens below this input */
+#define H2_GOAWAY_DELAY_MS 1000             /* shutdown notice to the final GOAWAY */
+#define H2_RESP_FIELDS 256                  /* response fields (proxy.c accepts as many) */
+#define H2_RESP_HEAD_MAX (80 * 1024)        /* an upstream head (64 KiB) and flowgate's lines */
+#define H2_RECV_SLICE 16384                 /* input fed to nghttp2 between abuse checks */
+#define H2_PUMP_ROUNDS 16                   /* rounds per pump before yielding to the loop */
 
 const char *h2_goaway_str(int why)
 {
@@ -65,59 +69,64 @@ struct h2_stream {
     struct h2_conn *h2;
     struct h2_stream *next, *prev; /* h2->streams */
     int32_t id;
-    struct req *r;                 /* in a reqbuf; its in and out are this stream's */
-    struct wsnap *snap;            /* the worker's snapshot when the stream opened (held) */
-    struct event timer;            /* the request's deadline (ops set_timer) */
-    int refs;                      /* engine holds (ops hold) */
+    struct req *r;      /* in a reqbuf; its in and out are this stream's */
+    struct wsnap *snap; /* the worker's snapshot when the stream opened (held) */
+    struct event timer; /* the request's deadline (ops set_timer) */
+    int refs;           /* engine holds (ops hold) */
     /* request: fields as they come, then the HTTP/1.1 head */
     nghttp2_rcbuf *method, *path, *authority, *host; /* held until the head is written */
-    struct evbuffer *cookies;      /* crumbs joined by "; " (RFC 9113 8.2.3); NULL: none */
-    size_t list_bytes;             /* decoded list, RFC 9113 6.5.2 sizes */
-    const char *bad;               /* why the head gets 400; NULL while fine */
-    bool too_large;                /* list over max_header_list_bytes: 431 */
-    bool has_length;               /* content-length given: DATA passes as it is */
-    bool chunked;                  /* a body without content-length: DATA wrapped as chunks */
-    bool head_ready;               /* END_HEADERS seen: the head is in r->in */
+    struct evbuffer *cookies; /* crumbs joined by "; " (RFC 9113 8.2.3); NULL: none */
+    size_t list_bytes;        /* decoded list, RFC 9113 6.5.2 sizes */
+    const char *bad;          /* why the head gets 400; NULL while fine */
+    bool too_large;           /* list over max_header_list_bytes: 431 */
+    bool has_length;          /* content-length given: DATA passes as it is */
+    uint64_t length;          /* ... its value (nghttp2 checked its digits) */
+    uint64_t data_seen;       /* DATA payload bytes received */
+    bool expects;             /* an Expect field: the client may wait for 100 */
+    bool hold_head;           /* the request waits for END_STREAM (a small length) */
+    bool holding;             /* the body's last byte waits for END_STREAM (HELD) */
+    uint8_t held;
+    bool chunked;             /* a body without content-length: DATA wrapped as chunks */
+    bool head_ready;          /* END_HEADERS seen: the head is in r->in */
     size_t head_len;
-    bool begun;                    /* the engine has the request (req_begin) */
-    bool input_new;                /* DATA arrived since the engine last looked */
-    bool read_paused;              /* ops pause_read: the window stays shut */
-    size_t unconsumed;             /* DATA bytes not yet given back to the stream window */
+    bool begun;        /* the engine has the request (req_begin) */
+    bool input_new;    /* DATA arrived since the engine last looked */
+    bool read_paused;  /* ops pause_read: the window stays shut */
+    size_t unconsumed; /* DATA bytes not yet given back to the stream window */
     /* response: r->out turned into HEADERS and DATA */
-    struct h1_parser resp;         /* frames the body in r->out */
-    bool head_request;             /* HEAD: no body follows any response head */
-    bool submitted;                /* the final HEADERS are queued */
-    bool deferred;                 /* the data source waits for bytes (resume_data) */
-    bool done;                     /* ops done: the response is complete in r->out */
-    bool cut;                      /* ops close with flush: r->out goes out, then RST */
-    bool ended_by_us;              /* flowgate cut it (the request is ABORTED) */
-    bool full;                     /* pending_out said full: req_writable once it drains */
-    bool finished;                 /* req_finish called */
-    bool finishing;                /* inside req_finish: pending_out tells the real bytes */
-    bool closed;                   /* nghttp2 closed it: freed once no hold remains */
+    struct h1_parser resp; /* frames the body in r->out */
+    bool head_request;     /* HEAD: no body follows any response head */
+    bool submitted;        /* the final HEADERS are queued */
+    bool deferred;         /* the data source waits for bytes (resume_data) */
+    bool done;             /* ops done: the response is complete in r->out */
+    bool cut;              /* ops close with flush: r->out goes out, then RST */
+    bool ended_by_us;      /* flowgate cut it (the request is ABORTED) */
+    bool full;             /* pending_out said full: req_writable once it drains */
+    bool finished;         /* req_finish called */
+    bool finishing;        /* inside req_finish: pending_out tells the real bytes */
+    bool closed;           /* nghttp2 closed it: freed once no hold remains */
 };
 
 struct h2_conn {
-    struct conn *c;                /* socket, peer, timer, closing: conn.c's */
+    struct conn *c; /* socket, peer, timer, closing: conn.c's */
     nghttp2_session *session;
-    struct fg_http2 cfg;           /* the settings the connection started with */
-    struct h2_stream *streams;     /* open streams */
-    unsigned nrequests;            /* streams the engine has (idle bound runs at 0) */
-    size_t buffered;               /* streams' unsent response bytes, as of the last pump */
-    bool pump_wanted;              /* a stream or the socket has news */
+    struct fg_http2 cfg;       /* the settings the connection started with */
+    struct h2_stream *streams; /* open streams */
+    unsigned nrequests;        /* streams the engine has (idle bound runs at 0) */
+    size_t buffered;           /* streams' unsent response bytes, as of the last pump */
+    bool pump_wanted;          /* a stream or the socket has news */
     bool pumping;
-    struct event *pump_ev;         /* runs the pump from the loop */
-    struct event *goaway_ev;       /* drain: the final GOAWAY, a round trip after the notice */
-    struct event *stall_ev;        /* output waiting on a closed window */
-    uint64_t data_sent;            /* DATA payload bytes framed so far */
-    uint64_t stall_mark;           /* data_sent when the stall watch began */
-    bool draining;                 /* shutdown notice sent */
-    bool terminated;               /* GOAWAY queued that ends the session: input dropped */
-    int goaway_why;                /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
-    time_t abuse_sec;              /* the second ABUSE counts in */
-    unsigned abuse;                /* resets and other abusive frames this second */
-    bool calm;                     /* over the abuse bound inside nghttp2's input: h2_readable
-                                      ends the session */
+    struct event *pump_ev;   /* runs the pump from the loop */
+    struct event *goaway_ev; /* drain: the final GOAWAY, a round trip after the notice */
+    struct event *stall_ev;  /* output waiting on a closed window */
+    uint64_t data_sent;      /* DATA payload bytes framed so far */
+    uint64_t stall_mark;     /* data_sent when the stall watch began */
+    bool draining;           /* shutdown notice sent */
+    bool terminated;         /* GOAWAY queued that ends the session: input dropped */
+    int goaway_why;          /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
+    time_t abuse_sec;        /* the second ABUSE counts in */
+    unsigned abuse;          /* resets and other abusive frames this second */
+    bool calm;               /* over the abuse bound inside nghttp2's input (on_frame_recv) */
 };
 
 static void want_pump(struct h2_conn *h2);
@@ -189,9 +198,11 @@ static void sops_clear_timer(void *p)
     event_del(&((struct h2_stream *)p)->timer);
 }
 
-/* The stream's unsent response bytes; a stream is also full while the
- * connection's streams together hold H2_CONN_BUFFERED_HIGH (the figure of
- * the last pump), so many streams cannot add up what one may not. */
+/* The stream's unsent response bytes. A stream holding some is also full
+ * while the connection's streams together hold H2_CONN_BUFFERED_HIGH (the
+ * figure of the last pump), so many streams cannot add up what one may
+ * not; an empty one may always take a read, so a client that lets only
+ * some streams move never stalls the others for good. */
 static size_t sops_pending_out(void *p)
 {
     struct h2_stream *s = p;
@@ -199,7 +210,7 @@ static size_t sops_pending_out(void *p)
 
     if (s->finishing)
         return n;
-    if (n >= PROXY_WRITE_HIGH || s->h2->buffered >= H2_CONN_BUFFERED_HIGH) {
+    if (n >= PROXY_WRITE_HIGH || (n > 0 && s->h2->buffered >= H2_CONN_BUFFERED_HIGH)) {
         s->full = true;
         return n > PROXY_WRITE_HIGH ? n : PROXY_WRITE_HIGH;
     }
@@ -215,20 +226,20 @@ static void sops_done(void *p)
     want_pump(s->h2);
 }
 
-/* FLUSH: what the output holds goes out, then RST_STREAM (a cut response
- * must never look complete); otherwise RST_STREAM at once. The stream's
- * close (on_stream_close) finishes the request. */
+/* FLUSH: what the output holds goes out (its head too, when whole), then
+ * RST_STREAM: a cut response must never look complete; otherwise
+ * RST_STREAM at once. The stream's close (on_stream_close) finishes the
+ * request. */
 static void sops_close(void *p, bool flush)
 {
     struct h2_stream *s = p;
 
     s->ended_by_us = true;
     event_del(&s->timer);
-    if (flush && s->submitted) {
-        s->cut = true;
+    if (flush) {
+        s->cut = true; /* what r->out holds goes out first (output_step) */
     } else if (!s->closed) {
-        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                  NGHTTP2_INTERNAL_ERROR);
+        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
     }
     want_pump(s->h2);
 }
@@ -430,8 +441,12 @@ static void take_field(struct h2_stream *s, nghttp2_vec n, nghttp2_vec v, nghttp
     }
     if (name_is(n, "te"))
         return;
-    if (name_is(n, "content-length"))
+    if (name_is(n, "content-length")) {
         s->has_length = true;
+        s->length = strtoull((const char *)v.base, NULL, 10);
+    }
+    if (name_is(n, "expect"))
+        s->expects = true;
     evbuffer_add(in, n.base, n.len);
     evbuffer_add(in, ": ", 2);
     evbuffer_add(in, v.base, v.len);
@@ -553,6 +568,12 @@ static void head_complete(struct h2_stream *s, bool end_stream)
         s->chunked = true;
         evbuffer_add(in, "transfer-encoding: chunked\r\n", 28);
     }
+    /* A body whose length fits the stream window arrives whole without
+     * flowgate reading any of it: the request starts at its END_STREAM, so a
+     * content-length the DATA belies is refused before the upstream sees a
+     * byte. A larger one streams (below). */
+    s->hold_head = !end_stream && s->has_length &&
+                   s->length <= s->h2->cfg.initial_window_bytes && !s->expects;
     evbuffer_add(in, "\r\n", 2);
     nghttp2_vec m = nghttp2_rcbuf_get_buf(s->method);
     s->head_request = m.len == 4 && memcmp(m.base, "HEAD", 4) == 0;
@@ -580,10 +601,18 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
         nghttp2_session_consume_stream(session, id, len);
         return 0;
     }
+    s->data_seen += len;
     if (s->chunked) {
         evbuffer_add_printf(s->r->in, "%zx\r\n", len);
         evbuffer_add(s->r->in, data, len);
         evbuffer_add(s->r->in, "\r\n", 2);
+    } else if (s->has_length && s->data_seen == s->length && len > 0) {
+        /* The last byte waits for END_STREAM, which nghttp2 reports only
+         * when the length holds: an upstream never gets a complete request
+         * from a stream that turns out malformed. */
+        evbuffer_add(s->r->in, data, len - 1);
+        s->held = data[len - 1];
+        s->holding = true;
     } else {
         evbuffer_add(s->r->in, data, len);
     }
@@ -593,14 +622,21 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     return 0;
 }
 
-/* The client's END_STREAM: a chunked body gets its last chunk. */
+/* The client's END_STREAM, its length checked by nghttp2: a held request
+ * starts, a held last byte goes, a chunked body gets its last chunk. */
 static void body_end(struct h2_stream *s)
 {
-    if (s->chunked && !body_unwanted(s)) {
-        evbuffer_add(s->r->in, "0\r\n\r\n", 5);
-        s->input_new = true;
-        want_pump(s->h2);
+    s->hold_head = false;
+    want_pump(s->h2);
+    if (body_unwanted(s))
+        return;
+    if (s->holding) {
+        evbuffer_add(s->r->in, &s->held, 1);
+        s->holding = false;
     }
+    if (s->chunked)
+        evbuffer_add(s->r->in, "0\r\n\r\n", 5);
+    s->input_new = true;
 }
 
 /* ---- abuse ------------------------------------------------------------------- */
@@ -641,8 +677,7 @@ static bool abusive(const nghttp2_frame *frame)
     case NGHTTP2_PRIORITY: return true;
     case NGHTTP2_PING:
     case NGHTTP2_SETTINGS: return !(frame->hd.flags & NGHTTP2_FLAG_ACK);
-    case NGHTTP2_DATA:
-        return frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
+    case NGHTTP2_DATA: return frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
     default: return false;
     }
 }
@@ -794,6 +829,7 @@ static void submit_head(struct h2_stream *s)
         if (rv < 0) {
             s->r->error_code = "bad response head";
             s->ended_by_us = true;
+            s->cut = false;
             nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
                                       NGHTTP2_INTERNAL_ERROR);
             return;
@@ -928,15 +964,13 @@ static void output_step(struct h2_stream *s)
 {
     if (s->closed)
         return;
-    if (!s->submitted && !s->cut)
+    if (!s->submitted)
         submit_head(s);
-    if (s->submitted && s->deferred &&
-        (evbuffer_get_length(s->r->out) > 0 || s->done || s->cut)) {
+    if (s->submitted && s->deferred && (evbuffer_get_length(s->r->out) > 0 || s->done || s->cut)) {
         s->deferred = false;
         nghttp2_session_resume_data(s->h2->session, s->id);
     } else if (s->cut && !s->submitted) {
-        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id,
-                                  NGHTTP2_INTERNAL_ERROR);
+        nghttp2_submit_rst_stream(s->h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         s->cut = false;
     }
 }
@@ -945,7 +979,7 @@ static void stream_step(struct h2_stream *s)
 {
     struct req *r = s->r;
 
-    if (s->head_ready && !s->begun) {
+    if (s->head_ready && !s->begun && !s->hold_head) {
         start_request(s);
     } else if (s->input_new && s->begun && !s->finished) {
         s->input_new = false;
@@ -955,8 +989,9 @@ static void stream_step(struct h2_stream *s)
         return;
     give_window(s);
     output_step(s);
-    if (s->full && !s->finished && evbuffer_get_length(r->out) < PROXY_WRITE_LOW &&
-        s->h2->buffered < H2_CONN_BUFFERED_HIGH) {
+    size_t out = evbuffer_get_length(r->out);
+    if (s->full && !s->finished && out < PROXY_WRITE_LOW &&
+        (out == 0 || s->h2->buffered < H2_CONN_BUFFERED_HIGH)) {
         s->full = false;
         req_writable(r);
     }
@@ -1069,7 +1104,10 @@ static void h2_pump(struct h2_conn *h2)
     if (!c->closed) {
         buffered_sum(h2);
         watch_stall(h2);
-        if (!nghttp2_session_want_read(h2->session) && !nghttp2_session_want_write(h2->session))
+        /* Over: nghttp2 wants nothing more, or flowgate ended the session
+         * and its GOAWAY is out (streams in flight are not waited for). */
+        if ((h2->terminated || !nghttp2_session_want_read(h2->session)) &&
+            !nghttp2_session_want_write(h2->session))
             conn_close(c, true);
     }
     h2->pumping = false;
@@ -1106,6 +1144,21 @@ void h2_unwound(struct h2_conn *h2)
 
 /* ---- the connection's events --------------------------------------------------- */
 
+/* nghttp2 gave up on the input (a bad preface, a flood of CONTINUATION
+ * frames or of frames to acknowledge, or on_frame_recv failed it over the
+ * abuse bound): a GOAWAY says why, then the connection closes, whatever
+ * else the client sends. */
+static void recv_failed(struct h2_conn *h2, int err)
+{
+    bool flood = h2->calm || err == NGHTTP2_ERR_FLOODED ||
+                 err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS || err == NGHTTP2_ERR_TOO_MANY_SETTINGS;
+
+    if (flood)
+        terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
+    else
+        terminate(h2, H2_GOAWAY_PROTOCOL, NGHTTP2_PROTOCOL_ERROR);
+}
+
 void h2_readable(struct h2_conn *h2)
 {
     struct evbuffer *in = h2->c->io->in;
@@ -1116,15 +1169,7 @@ void h2_readable(struct h2_conn *h2)
         size_t len = v.iov_len < H2_RECV_SLICE ? v.iov_len : H2_RECV_SLICE;
         ssize_t n = nghttp2_session_mem_recv(h2->session, v.iov_base, len);
         if (n < 0) {
-            /* A fatal error (bad preface, flood, too many CONTINUATION
-             * frames, abuse counted in on_frame_recv). nghttp2 does not
-             * queue a GOAWAY for each of them, and its session would then
-             * go on wanting input: end it here (a GOAWAY nghttp2 queued
-             * already stays the only one). */
-            bool calm =
-                h2->calm || n == NGHTTP2_ERR_FLOODED || n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
-            terminate(h2, calm ? H2_GOAWAY_CALM : H2_GOAWAY_PROTOCOL,
-                      calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+            recv_failed(h2, (int)n);
             break;
         }
         evbuffer_drain(in, (size_t)n);
@@ -1293,4 +1338,79 @@ int h2_start(struct conn *c)
     event_add(&c->timer, &tv);
     h2_readable(h2); /* bytes that came with the handshake */
     return 0;
+}
+
+/* ---- fuzzing entry points (h2.h) ---------------------------------------------------- */
+
+struct h2_fuzz {
+    struct worker *w;
+    uint64_t serial; /* the connection's, found again in w->conns (it may be gone) */
+    int peer;        /* the socketpair's other end: what flowgate sends, dropped */
+};
+
+static struct conn *fuzz_conn(const struct h2_fuzz *f)
+{
+    for (struct conn *c = f->w->conns; c != NULL; c = c->next)
+        if (c->serial == f->serial)
+            return c;
+    return NULL;
+}
+
+struct h2_fuzz *h2_fuzz_new(struct worker *w)
+{
+    struct h2_fuzz *f = calloc(1, sizeof(*f));
+    struct listener l = {.w = w, .fd = -1, .kind = LISTENER_HTTP, .port = 443};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(40000),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int sv[2];
+
+    if (f == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+        free(f);
+        return NULL;
+    }
+    f->w = w;
+    f->peer = sv[1];
+    __atomic_add_fetch(&worker_nconns, 1, __ATOMIC_RELAXED); /* conn_accept's caller counts */
+    conn_accept(&l, sv[0], (struct sockaddr *)&sa, sizeof(sa));
+    struct conn *c = w->conns;
+    if (c == NULL || c->fd != sv[0] || c->io == NULL) {
+        close(f->peer);
+        free(f);
+        return NULL;
+    }
+    f->serial = c->serial;
+    c->tls = true; /* served as an https connection: every stage runs */
+    conn_hold(c);
+    if (h2_start(c) < 0)
+        conn_close(c, false);
+    conn_release(c);
+    return f;
+}
+
+int h2_fuzz_feed(struct h2_fuzz *f, const uint8_t *data, size_t len)
+{
+    struct conn *c = fuzz_conn(f);
+    char sink[16384];
+
+    if (c != NULL && !c->closed && c->state == CONN_H2) {
+        conn_hold(c);
+        evbuffer_add(c->io->in, data, len);
+        h2_readable(c->h2);
+        conn_release(c);
+    }
+    event_base_loop(f->w->base, EVLOOP_NONBLOCK);
+    while (read(f->peer, sink, sizeof(sink)) > 0)
+        ;
+    c = fuzz_conn(f);
+    return c != NULL && !c->closed && c->state == CONN_H2 ? 0 : -1;
+}
+
+void h2_fuzz_free(struct h2_fuzz *f)
+{
+    struct conn *c = fuzz_conn(f);
+
+    if (c != NULL)
+        conn_close(c, false);
+    close(f->peer);
+    free(f);
 }

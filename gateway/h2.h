@@ -19,9 +19,8 @@
  * unwound), so no engine call ever happens inside nghttp2 and no request is
  * ever freed under a caller.
  *
- * The fuzzer drives the session glue without a socket: h2_fuzz_new()
- * builds a connection over a memory transport, h2_fuzz_feed() gives it
- * client bytes (what flowgate sends is dropped), h2_fuzz_free() ends it.
+ * The fuzzer drives the session glue through h2_fuzz_new(), h2_fuzz_feed()
+ * and h2_fuzz_free() (below).
  */
 #ifndef FG_H2_H
 #define FG_H2_H
@@ -83,10 +82,19 @@ void h2_free(struct h2_conn *h2, int how);
 int h2_head_to_nv(char *head, size_t len, bool head_request, struct h1_response *resp,
                   nghttp2_nv *nv, size_t max_nv, char status_buf[4]);
 
-/* Fuzzing entry points (see above). h2_fuzz_new returns NULL when out of
- * memory; W must have a snapshot (worker_snap_hold works on it). */
-struct h2_conn *h2_fuzz_new(struct worker *w);
-int h2_fuzz_feed(struct h2_conn *h2, const uint8_t *data, size_t len);
-void h2_fuzz_free(struct h2_conn *h2);
+/*
+ * Fuzzing entry points (tests/fuzz): an HTTP/2 connection over one end of a
+ * socketpair, served as an https connection (the engine runs every stage)
+ * without TLS under it. h2_fuzz_new takes W (initialised, with its
+ * snapshot and event base; proxy_protocol off) and returns NULL when out of
+ * resources. h2_fuzz_feed hands DATA to the session as if read from the
+ * socket, runs what the loop has ready (EVLOOP_NONBLOCK), drops what
+ * flowgate sent, and returns 0 while the connection is open, -1 once it
+ * ended. h2_fuzz_free closes it (whatever feed returned) and frees F.
+ */
+struct h2_fuzz;
+struct h2_fuzz *h2_fuzz_new(struct worker *w);
+int h2_fuzz_feed(struct h2_fuzz *f, const uint8_t *data, size_t len);
+void h2_fuzz_free(struct h2_fuzz *f);
 
 #endif

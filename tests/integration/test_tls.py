@@ -119,10 +119,20 @@ def test_sni_selects_certificate():
         s.close()
 
 
-def test_alpn_selects_http11():
+def test_alpn_selects_h2_then_http11():
     with Flowgate() as fg:
         s = _handshake(fg.https_port, client_context(alpn=["h2", "http/1.1"]))
-        eq(s.selected_alpn_protocol(), "http/1.1", "ALPN")
+        eq(s.selected_alpn_protocol(), "h2", "ALPN when the client offers h2")
+        s.close()
+        s = _handshake(fg.https_port, client_context(alpn=["http/1.1", "h2"]))
+        eq(s.selected_alpn_protocol(), "h2", "ALPN: the server's preference decides")
+        s.close()
+        s = _handshake(fg.https_port, client_context(alpn=["http/1.1"]))
+        eq(s.selected_alpn_protocol(), "http/1.1", "ALPN for an HTTP/1.1 client")
+        s.close()
+    with Flowgate({"http2": {"enabled": False}}) as fg:
+        s = _handshake(fg.https_port, client_context(alpn=["h2", "http/1.1"]))
+        eq(s.selected_alpn_protocol(), "http/1.1", "ALPN with http2.enabled = false")
         s.close()
         p = s_client(fg.https_port, ["-servername", "localhost", "-alpn", "h2,http/1.1"],
                      stdin=b"")

@@ -467,6 +467,12 @@ static void test_defaults(void **state)
     assert_string_equal(cfg->log.access, "stdout");
     assert_true(cfg->reload.watch);
     assert_int_equal(cfg->reload.debounce_ms, 1000);
+    assert_true(cfg->http2.enabled);
+    assert_int_equal(cfg->http2.max_concurrent_streams, 128);
+    assert_int_equal(cfg->http2.initial_window_bytes, 65535);
+    assert_int_equal(cfg->http2.max_header_list_bytes, 16384);
+    assert_int_equal(cfg->http2.max_resets_per_second, 100);
+    assert_int_equal(cfg->http2.idle_timeout_ms, 60000);
     /* no certificate, no secret file, no hosts file: only the file itself */
     assert_int_equal(cfg->nwatch_paths, 1);
     assert_string_equal(cfg->watch_paths[0], "test.conf");
@@ -535,6 +541,31 @@ static void test_reload(void **state)
     expect_error(HEAD "reload: { debounce_ms = 600001; };\n", "reload.debounce_ms: must be");
     expect_error(HEAD "reload: { watch = \"yes\"; };\n",
                  "test.conf:3: reload.watch: must be true or false");
+}
+
+static void test_http2(void **state)
+{
+    struct fg_config *cfg =
+        expect_ok(HEAD "http2: { enabled = false; max_concurrent_streams = 8;\n"
+                       "  initial_window_bytes = 16384;\n"
+                       "  max_header_list_bytes = 4096;\n"
+                       "  max_resets_per_second = 10; idle_timeout_ms = 500; };\n");
+
+    assert_false(cfg->http2.enabled);
+    assert_int_equal(cfg->http2.max_concurrent_streams, 8);
+    assert_int_equal(cfg->http2.initial_window_bytes, 16384);
+    assert_int_equal(cfg->http2.max_header_list_bytes, 4096);
+    assert_int_equal(cfg->http2.max_resets_per_second, 10);
+    assert_int_equal(cfg->http2.idle_timeout_ms, 500);
+    cfg_unref(cfg);
+    expect_error(HEAD "http2: {\n  enable_push = true;\n};\n",
+                 "test.conf:4: unknown key 'http2.enable_push'");
+    expect_error(HEAD "http2: { max_concurrent_streams = 0; };\n",
+                 "test.conf:3: http2.max_concurrent_streams: must be between 1 and 1024, not 0");
+    expect_error(HEAD "http2: { initial_window_bytes = 2147483648; };\n",
+                 "http2.initial_window_bytes: must be between 1024 and 16777216");
+    expect_error(HEAD "http2: { enabled = 1; };\n",
+                 "test.conf:3: http2.enabled: must be true or false");
 }
 
 /* Every file a reload reads again, each once, secrets from the environment
@@ -1038,6 +1069,7 @@ int main(void)
         cmocka_unit_test(test_group_defaults),
         cmocka_unit_test(test_ref_unref),
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_http2),
         cmocka_unit_test(test_watch_paths),
         cmocka_unit_test(test_watch_paths_include),
         cmocka_unit_test(test_method_names),
@@ -1048,7 +1080,8 @@ int main(void)
         cmocka_unit_test(test_err_range),
         cmocka_unit_test(test_err_upstream_failover),
         cmocka_unit_test(test_err_health_check),
-        cmocka_unit_test(test_err_address), cmocka_unit_test(test_upstream_server_names),
+        cmocka_unit_test(test_err_address),
+        cmocka_unit_test(test_upstream_server_names),
         cmocka_unit_test(test_err_route),
         cmocka_unit_test(test_err_secret_missing),
         cmocka_unit_test(test_err_secret_short),

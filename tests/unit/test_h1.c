@@ -117,6 +117,57 @@ static enum h1_body_status feed_bytewise(struct h1_parser *p, const char *s, siz
     return st;
 }
 
+/* Take the payload out of BODY (framed as RESP_HEAD says) in pieces of at
+ * most STEP bytes, as an HTTP/2 data source does; returns the payload
+ * length, the payload in OUT, and the last status in *ST. */
+static size_t payload_of(const char *resp_head, const char *body, size_t step, char *out,
+                         enum h1_body_status *st)
+{
+    struct h1_response resp;
+    size_t len = strlen(body), pos = 0, n = 0;
+
+    assert_int_equal(parse_resp(&resp, resp_head, false), H1_OK);
+    *st = H1_BODY_MORE;
+    while (pos < len && *st == H1_BODY_MORE) {
+        size_t take = len - pos < step ? len - pos : step, used = 0;
+        bool payload = false;
+        *st = h1_body_feed_run(&resp.parser, at_page_end(body + pos, take), take, &used, &payload);
+        if (*st == H1_BODY_ERROR || used == 0)
+            break;
+        if (payload) {
+            memcpy(out + n, body + pos, used);
+            n += used;
+        }
+        pos += used;
+    }
+    return n;
+}
+
+static void test_feed_run_dechunks(void **state)
+{
+    static const char chunked[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    static const char body[] = "5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n"
+                               "0\r\nX-Trailer: t\r\n\r\nNEXT";
+    char out[64];
+    enum h1_body_status st;
+
+    for (size_t step = 1; step <= sizeof(body); step++) {
+        size_t n = payload_of(chunked, body, step, out, &st);
+        assert_int_equal(st, H1_BODY_DONE);
+        assert_int_equal(n, 12);
+        assert_memory_equal(out, "hello world!", 12);
+    }
+    /* A length-delimited body is payload throughout, and ends at its length. */
+    size_t n = payload_of("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", "abcdNEXT", 3, out, &st);
+    assert_int_equal(st, H1_BODY_DONE);
+    assert_int_equal(n, 4);
+    assert_memory_equal(out, "abcd", 4);
+    /* Broken framing is an error, never payload. */
+    n = payload_of(chunked, "5\r\nhelloXX", 64, out, &st);
+    assert_int_equal(st, H1_BODY_ERROR);
+    assert_int_equal(n, 5);
+}
+
 /* --- h1_head_end ------------------------------------------------------------------------- */
 
 static ssize_t head_end(const char *s, size_t len)
@@ -1202,6 +1253,7 @@ int main(void)
         cmocka_unit_test_teardown(test_response_eof, release_slots),
         cmocka_unit_test_teardown(test_bad_responses, release_slots),
         cmocka_unit_test_teardown(test_chunk_extensions, release_slots),
+        cmocka_unit_test_teardown(test_feed_run_dechunks, release_slots),
         cmocka_unit_test_teardown(test_helpers, release_slots),
         cmocka_unit_test(test_head_end_matches_reference),
         cmocka_unit_test(test_tchar),

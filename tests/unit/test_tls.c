@@ -351,7 +351,7 @@ static void test_tls12_weak_ciphers_refused(void **state) {
                      0);
 }
 
-static int alpn_case(const unsigned char *protos, unsigned len, const char *expect) {
+static int alpn_case(const unsigned char *protos, unsigned len, bool h2, const char *expect) {
     struct fg_config cfg;
     struct fg_cert certs[2];
     struct tls_ctxset *set;
@@ -362,6 +362,7 @@ static int alpn_case(const unsigned char *protos, unsigned len, const char *expe
     int rc;
 
     config_init(&cfg, certs);
+    cfg.http2.enabled = h2;
     set = build_ok(&cfg);
     pair_init(&p, set, cctx, "localhost");
     assert_int_equal(SSL_set_alpn_protos(p.client, protos, len), 0);
@@ -383,9 +384,22 @@ static void test_alpn_http11(void **state) {
     static const unsigned char h10_h1[] = "\x08http/1.0\x08http/1.1";
     static const unsigned char h1[] = "\x08http/1.1";
 
-    assert_int_equal(alpn_case(h2_h1, sizeof(h2_h1) - 1, "http/1.1"), 0);
-    assert_int_equal(alpn_case(h10_h1, sizeof(h10_h1) - 1, "http/1.1"), 0);
-    assert_int_equal(alpn_case(h1, sizeof(h1) - 1, "http/1.1"), 0);
+    assert_int_equal(alpn_case(h2_h1, sizeof(h2_h1) - 1, false, "http/1.1"), 0);
+    assert_int_equal(alpn_case(h10_h1, sizeof(h10_h1) - 1, false, "http/1.1"), 0);
+    assert_int_equal(alpn_case(h1, sizeof(h1) - 1, false, "http/1.1"), 0);
+}
+
+/* http2.enabled: "h2" first, whatever the client's order (RFC 7301 3.2). */
+static void test_alpn_h2(void **state) {
+    static const unsigned char h2_h1[] = "\x02h2\x08http/1.1";
+    static const unsigned char h1_h2[] = "\x08http/1.1\x02h2";
+    static const unsigned char h1[] = "\x08http/1.1";
+    static const unsigned char h2[] = "\x02h2";
+
+    assert_int_equal(alpn_case(h2_h1, sizeof(h2_h1) - 1, true, "h2"), 0);
+    assert_int_equal(alpn_case(h1_h2, sizeof(h1_h2) - 1, true, "h2"), 0);
+    assert_int_equal(alpn_case(h2, sizeof(h2) - 1, true, "h2"), 0);
+    assert_int_equal(alpn_case(h1, sizeof(h1) - 1, true, "http/1.1"), 0);
 }
 
 /* A list with nothing flowgate speaks is not an error: no ALPN is selected
@@ -395,9 +409,9 @@ static void test_alpn_no_overlap(void **state) {
     static const unsigned char h2[] = "\x02h2";
     static const unsigned char other[] = "\x06spdy/3\x03" "foo";
 
-    assert_int_equal(alpn_case(h10, sizeof(h10) - 1, ""), 0);
-    assert_int_equal(alpn_case(h2, sizeof(h2) - 1, ""), 0);
-    assert_int_equal(alpn_case(other, sizeof(other) - 1, ""), 0);
+    assert_int_equal(alpn_case(h10, sizeof(h10) - 1, true, ""), 0);
+    assert_int_equal(alpn_case(h2, sizeof(h2) - 1, false, ""), 0);
+    assert_int_equal(alpn_case(other, sizeof(other) - 1, true, ""), 0);
 }
 
 /* A client-initiated renegotiation never completes. */
@@ -547,6 +561,7 @@ int main(void) {
         cmocka_unit_test(test_tls13_min_refuses_tls12),
         cmocka_unit_test(test_tls12_weak_ciphers_refused),
         cmocka_unit_test(test_alpn_http11),
+        cmocka_unit_test(test_alpn_h2),
         cmocka_unit_test(test_alpn_no_overlap),
         cmocka_unit_test(test_no_renegotiation),
         cmocka_unit_test(test_resume_tickets),
