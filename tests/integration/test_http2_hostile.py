@@ -285,7 +285,7 @@ def test_http2_hostile_trailers_with_forbidden_fields_never_reach_the_upstream()
 
 def test_http2_hostile_identity_headers_are_replaced():
     """x-user-id, x-forwarded-for and friends from an h2 client never reach
-    the upstream as given (SPEC: a client can never supply them)."""
+    the upstream as given: a client can never supply them."""
     given = [("x-user-id", "admin"), ("x-user-tier", "premium"),
              ("x-forwarded-for", "203.0.113.9"), ("x-real-ip", "203.0.113.9"),
              ("x-forwarded-host", "evil.example"), ("x-forwarded-proto", "http"),
