@@ -1,5 +1,5 @@
-"""Shared by bench/report.py and bench/lib.sh: wrk's output as numbers, the
-versions file, the host."""
+"""Shared by bench/report.py and bench/lib.sh: wrk's and h2load's output as
+numbers, the versions file, the host."""
 import os
 import re
 
@@ -37,6 +37,45 @@ def parse_wrk(path):
     if m:
         r["socket_errors"] = sum(int(x) for x in m.groups())
     return r
+
+
+def parse_h2load(text):
+    """The same numbers from h2load output: one run, or several back to back
+    followed by an "elapsed: SECONDS" line (bench/lib.sh h2conn_run), whose
+    counts are summed and divided by the elapsed time. h2load gives no
+    percentiles: p50 and p99 stay None. Requests not answered 2xx are non2xx
+    when they got a status, socket errors when they got none."""
+    r = {"requests": None, "rps": None, "p50_ms": None, "p99_ms": None,
+         "non2xx": 0, "socket_errors": 0}
+    totals = [tuple(int(x) for x in m) for m in re.findall(
+        r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", text, re.M)]
+    codes = [tuple(int(x) for x in m) for m in re.findall(
+        r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)]
+    if not totals:
+        return r
+    total = sum(t[0] for t in totals)
+    ok = sum(c[0] for c in codes)
+    r["requests"] = ok
+    r["non2xx"] = sum(c[1] + c[2] + c[3] for c in codes)
+    r["socket_errors"] = max(0, total - ok - r["non2xx"])
+    m = re.search(r"^elapsed: ([0-9.]+)", text, re.M)
+    if m:
+        r["rps"] = ok / float(m.group(1)) if float(m.group(1)) > 0 else None
+    else:
+        m = re.search(r"^finished in \S+, ([0-9.]+) req/s", text, re.M)
+        r["rps"] = float(m.group(1)) if m else None
+    return r
+
+
+def parse_run(path):
+    """parse_wrk or parse_h2load, whichever tool wrote PATH."""
+    try:
+        text = open(path, errors="replace").read()
+    except OSError:
+        text = ""
+    if re.search(r"^requests: \d+ total", text, re.M) or text.startswith("elapsed:"):
+        return parse_h2load(text)
+    return parse_wrk(path)
 
 
 def read_versions(path):

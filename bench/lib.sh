@@ -14,7 +14,14 @@
 #   NGX_RESUME=1 (0: no tickets, no session cache) NGX_STREAM=0 (1: no
 #   request/response buffering)  HAP_RESUME=1 (0: no-tls-tickets, cache 0)
 #   HAP_FRONTEND=... (lines before default_backend) HAP_EXTRA=... (sections)
+#   NGX_H2=0 (1: `listen ... ssl http2`)  HAP_ALPN=http/1.1 (h2,http/1.1: HTTP/2 too)
+#   FG_KEEPALIVE=64 NGX_KEEPALIVE=64 (idle upstream connections kept; HAProxy
+#   keeps every idle one: http-reuse always, no pool-max-conn)
 # measure appends to ${RUNS_FILE:-$BENCH_TMP/runs.tsv}; WRK_SCRIPT=FILE adds -s.
+# LOAD picks the load generator of measure: wrk (the default), h2load (HTTP/2
+# keep-alive: H2_CLIENTS connections, H2_STREAMS requests in flight on each) or
+# h2conn (HTTP/2, one request per connection: h2load runs of H2_CLIENTS clients
+# making one request each, back to back for DURATION seconds).
 
 BENCH_ROOT=${BENCH_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 BENCH_PIDS=""
@@ -284,7 +291,7 @@ headers: {
 };
 upstreams: {
   backend = { servers = [ "${FG_UPSTREAM_HOST:-127.0.0.1}:$2" ]; connect_timeout_ms = 2000;
-              read_timeout_ms = 30000; keepalive = 64; };
+              read_timeout_ms = 30000; keepalive = ${FG_KEEPALIVE:-64}; };
 };
 routes = (
   $_routes
@@ -364,11 +371,11 @@ http {
     keepalive_requests 100000000;
     upstream backend {
         server 127.0.0.1:$2;
-        keepalive 64;
+        keepalive ${NGX_KEEPALIVE:-64};
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$1 ssl backlog=4096;
+        listen 127.0.0.1:$1 ssl$([ "${NGX_H2:-0}" = 1 ] && echo " http2") backlog=4096;
         ssl_certificate $CERT;
         ssl_certificate_key $KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -437,7 +444,7 @@ defaults
     http-reuse always
 
 frontend tls
-    bind 127.0.0.1:$1 ssl crt $BENCH_TMP/certs/server.pem alpn http/1.1$([ "${HAP_RESUME:-1}" = 0 ] && echo " no-tls-tickets")
+    bind 127.0.0.1:$1 ssl crt $BENCH_TMP/certs/server.pem alpn ${HAP_ALPN:-http/1.1}$([ "${HAP_RESUME:-1}" = 0 ] && echo " no-tls-tickets")
     unique-id-format %[rand,hex]%[rand,hex]%[rand,hex]%[rand,hex]
     http-request del-header X-Request-Id
     http-request set-header X-Request-Id %[unique-id]
@@ -531,22 +538,50 @@ hwm_kib() {
     echo "$_m"
 }
 
-# wrk_run OUT URL: wrk with the run's settings (WRK_SCRIPT: -s FILE), output
-# into OUT.
+# pinned CMD...: CMD under taskset when PIN_WRK names CPUs (the load generator).
+pinned() {
+    if [ -n "${PIN_WRK:-}" ]; then
+        taskset -c "$PIN_WRK" "$@"
+    else
+        "$@"
+    fi
+}
+
+# wrk_run OUT URL: the run's load (LOAD: wrk with WRK_SCRIPT as -s FILE,
+# h2load or h2conn), output into OUT.
 wrk_run() {
+    case ${LOAD:-wrk} in
+    h2load)
+        pinned h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D"$DURATION" "$2" >"$1" 2>&1
+        return
+        ;;
+    h2conn)
+        h2conn_run "$1" "$2"
+        return
+        ;;
+    esac
     set -- "$1" "$2"
     if [ -n "${WRK_SCRIPT:-}" ]; then
         set -- "$1" "$2" -s "$WRK_SCRIPT"
     fi
     _o=$1
     shift
-    if [ -n "${PIN_WRK:-}" ]; then
-        taskset -c "$PIN_WRK" wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" \
-            --timeout 10s --latency "$@" >"$_o" 2>&1
-    else
-        wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" \
-            --timeout 10s --latency "$@" >"$_o" 2>&1
-    fi
+    pinned wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${DURATION}s" \
+        --timeout 10s --latency "$@" >"$_o" 2>&1
+}
+
+# h2conn_run OUT URL: HTTP/2 with a new connection (a full TLS handshake) per
+# request: h2load runs of H2_CLIENTS clients making one request each, back to
+# back for DURATION seconds; OUT gets every run's output and a last line
+# "elapsed: SECONDS" (bench/benchutil.py sums the runs).
+h2conn_run() {
+    : >"$1"
+    _t0=$(date +%s.%N)
+    _end=$(($(date +%s) + DURATION))
+    while [ "$(date +%s)" -lt "$_end" ]; do
+        pinned h2load -t1 -c"$H2_CLIENTS" -n"$H2_CLIENTS" -m1 "$2" >>"$1" 2>&1 || true
+    done
+    awk -v a="$_t0" -v b="$(date +%s.%N)" 'BEGIN { printf "elapsed: %.3f\n", b - a }' >>"$1"
 }
 
 # measure TARGET ROUND URL PID [OTHER_PID]: one wrk run; appends a line to

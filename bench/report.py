@@ -2,8 +2,9 @@
 """bench/run's report: table on stdout, OUT.json, OUT.dat + OUT.meta for plot.gp.
 
 Reads from BENCH_TMP: scenarios.txt (the order), runs-<SCEN>.tsv (one line per
-wrk run: target round wrk-output cpu-ticks hwm-kib [helper-cpu-ticks]),
-s5.tsv (target round ok errors rss_before rss_after seconds hwm), versions.txt.
+wrk or h2load run: target round output cpu-ticks hwm-kib [helper-cpu-ticks]),
+s5.tsv and s9.tsv (target round ok errors rss_before rss_after seconds hwm),
+versions.txt.
 A run with non-2xx answers, socket errors or no result is flagged: it is
 reported and counted, never part of a median.
 """
@@ -12,7 +13,7 @@ import os
 import statistics
 import time
 
-from benchutil import host_info, parse_wrk, read_versions  # bench/, this script's directory
+from benchutil import host_info, parse_run, read_versions  # bench/, this script's directory
 
 TMP = os.environ["BENCH_TMP"]
 OUT = os.environ["OUT"]
@@ -27,9 +28,16 @@ TITLES = {
     "S4post": "S4 POST of a 1 MiB body",
     "S5": "S5 memory per idle keep-alive TLS connection",
     "S6": "S6 flowgate workers = 2 vs workers = 1 (S1 load, wrk -t2)",
+    "S7": "S7 HTTP/2 GET / keep-alive (h2load -c%s -m%s)" % (os.environ.get("H2_CLIENTS", "64"),
+                                                          os.environ.get("H2_STREAMS", "10")),
+    "S8": "S8 HTTP/2 new connection per request (h2load -c%s -n%s -m1, back to back)" % (
+        os.environ.get("H2_CLIENTS", "64"), os.environ.get("H2_CLIENTS", "64")),
+    "S9": "S9 memory per idle HTTP/2 connection",
 }
 SHORT = {"S1": "S1 GET /", "S2": "S2 JWT+RL+CORS", "S3": "S3 handshake",
-         "S4get": "S4 1 MiB down", "S4post": "S4 1 MiB up", "S5": "S5 idle conn"}
+         "S4get": "S4 1 MiB down", "S4post": "S4 1 MiB up", "S5": "S5 idle conn",
+         "S7": "S7 h2 GET /", "S8": "S8 h2 new conn", "S9": "S9 idle h2 conn"}
+IDLE = {"S5": ("s5.tsv", "IDLE_CONNS"), "S9": ("s9.tsv", "H2_IDLE_CONNS")}
 
 
 def med(rs, key):
@@ -51,7 +59,7 @@ def wrk_scenario(scen):
         cols = line.rstrip("\n").split("\t")
         target, rnd, path, ticks, hwm = cols[:5]
         helper = cols[5] if len(cols) > 5 and cols[5] else None
-        r = parse_wrk(path)
+        r = parse_run(path)
         r["round"] = int(rnd)
         r["cpu_ticks"] = int(ticks) if ticks else None
         r["peak_rss_kib"] = int(hwm) if hwm else None
@@ -89,10 +97,11 @@ def wrk_scenario(scen):
             "ratios": ratios, "runs": runs}
 
 
-def s5_scenario():
+def idle_scenario(scen):
     order, runs = [], {}
-    n = int(os.environ["IDLE_CONNS"])
-    for line in open(os.path.join(TMP, "s5.tsv")):
+    fname, count_var = IDLE[scen]
+    n = int(os.environ[count_var])
+    for line in open(os.path.join(TMP, fname)):
         t, rnd, ok, err, before, after, secs, hwm = line.rstrip("\n").split("\t")
         ok, err, before, after = int(ok), int(err), int(before), int(after)
         r = {"round": int(rnd), "connections": ok, "errors": err, "rss_before_kib": before,
@@ -116,7 +125,7 @@ def s5_scenario():
     ratios = {"flowgate/%s" % p: {"kib_per_conn": ratio(summary["flowgate"]["kib_per_conn"],
                                                         summary[p]["kib_per_conn"])}
               for p in PEERS if p in summary and "flowgate" in summary}
-    return {"kind": "idle", "title": TITLES["S5"], "connections": n, "order": order,
+    return {"kind": "idle", "title": TITLES[scen], "connections": n, "order": order,
             "summary": summary, "ratios": ratios, "runs": runs}
 
 
@@ -125,7 +134,7 @@ for line in open(os.path.join(TMP, "scenarios.txt")):
     s = line.strip()
     if s and s not in scens:
         scens.append(s)
-results = {s: (s5_scenario() if s == "S5" else wrk_scenario(s)) for s in scens}
+results = {s: (idle_scenario(s) if s in IDLE else wrk_scenario(s)) for s in scens}
 
 # ---------------------------------------------------------------- table
 for s in scens:
@@ -172,6 +181,9 @@ doc = {
     "host": host_info(),
     "settings": {"duration_s": int(os.environ["DURATION"]), "rounds": int(os.environ["ROUNDS"]),
                  "warmup_s": int(os.environ["WARMUP"]), "idle_conns": int(os.environ["IDLE_CONNS"]),
+                 "h2_idle_conns": int(os.environ.get("H2_IDLE_CONNS", "0")),
+                 "h2_clients": int(os.environ.get("H2_CLIENTS", "0")),
+                 "h2_streams": int(os.environ.get("H2_STREAMS", "0")),
                  "clk_tck": CLK},
     "versions": versions,
     "scenarios": results,

@@ -129,6 +129,7 @@ struct h2_conn {
     int goaway_why;          /* enum h2_goaway of the GOAWAY flowgate chose, -1 none */
     time_t abuse_sec;        /* the second ABUSE counts in */
     unsigned abuse;          /* resets and other abusive frames this second */
+    bool calm;               /* over the abuse bound inside nghttp2's input (on_frame_recv) */
 };
 
 static void want_pump(struct h2_conn *h2);
@@ -656,9 +657,10 @@ static void terminate(struct h2_conn *h2, enum h2_goaway why, uint32_t code)
     want_pump(h2);
 }
 
-/* One more reset or abusive frame this second: over
- * http2.max_resets_per_second the client is told to calm down and left. */
-static void count_abuse(struct h2_conn *h2)
+/* One more reset or abusive frame this second. True once over
+ * http2.max_resets_per_second: the client is then told to calm down and
+ * left, by the caller (see on_frame_recv for why not from here). */
+static bool count_abuse(struct h2_conn *h2)
 {
     struct timeval now;
 
@@ -667,8 +669,7 @@ static void count_abuse(struct h2_conn *h2)
         h2->abuse_sec = now.tv_sec;
         h2->abuse = 0;
     }
-    if (++h2->abuse > h2->cfg.max_resets_per_second)
-        terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
+    return ++h2->abuse > h2->cfg.max_resets_per_second;
 }
 
 /* RST_STREAM (Rapid Reset), PING and SETTINGS (floods of answers), PRIORITY
@@ -691,8 +692,14 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     struct h2_stream *s = stream_of(h2, frame->hd.stream_id);
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
 
-    if (abusive(frame))
-        count_abuse(h2);
+    /* Over the bound the session ends, but not from inside nghttp2's input:
+     * a GOAWAY submitted in a DATA frame's callback lets nghttp2 1.52 parse
+     * on, and a later bad frame trips its assertion (the process aborts).
+     * Failing the callback stops the input at once; h2_readable ends it. */
+    if (abusive(frame) && count_abuse(h2)) {
+        h2->calm = true;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
     if (frame->hd.type == NGHTTP2_HEADERS && frame->hd.stream_id == h2->head_stream)
         watch_header_block(h2, 0);
     if (s == NULL)
@@ -939,8 +946,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     case NGHTTP2_RST_STREAM:
         if (s != NULL && !s->begun && frame->rst_stream.error_code != NGHTTP2_NO_ERROR)
             metrics_bump(&h2->c->w->stats.h2_refused);
-        else if (s == NULL && frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
-            count_abuse(h2); /* a stream past max_concurrent_streams */
+        else if (s == NULL && frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM &&
+                 count_abuse(h2)) /* a stream past max_concurrent_streams */
+            terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
         break;
     default: break;
     }
@@ -1161,25 +1169,28 @@ static void pump_cb(evutil_socket_t fd, short what, void *arg)
     struct h2_conn *h2 = arg;
 
     h2->pump_wanted = true;
-    conn_hold(h2->c);
-    conn_release(h2->c); /* h2_unwound */
+    h2_pump(h2);
 }
 
+/* The pump runs from the loop, after the events already due: the answers
+ * of several upstreams that arrive in one loop round go out together, in
+ * one TLS record and one write, instead of one each. */
 void h2_unwound(struct h2_conn *h2)
 {
-    if (h2->pump_wanted)
-        h2_pump(h2);
+    if (h2->pump_wanted && !h2->pumping)
+        event_active(h2->pump_ev, EV_TIMEOUT, 1);
 }
 
 /* ---- the connection's events --------------------------------------------------- */
 
 /* nghttp2 gave up on the input (a bad preface, a flood of CONTINUATION
- * frames or of frames to acknowledge): a GOAWAY says why, then the
- * connection closes, whatever else the client sends. */
+ * frames or of frames to acknowledge, or on_frame_recv failed it over the
+ * abuse bound): a GOAWAY says why, then the connection closes, whatever
+ * else the client sends. */
 static void recv_failed(struct h2_conn *h2, int err)
 {
-    bool flood = err == NGHTTP2_ERR_FLOODED || err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
-                 err == NGHTTP2_ERR_TOO_MANY_SETTINGS;
+    bool flood = h2->calm || err == NGHTTP2_ERR_FLOODED ||
+                 err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS || err == NGHTTP2_ERR_TOO_MANY_SETTINGS;
 
     if (flood)
         terminate(h2, H2_GOAWAY_CALM, NGHTTP2_ENHANCE_YOUR_CALM);
