@@ -87,58 +87,90 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
  * The same decision on Redis's clock, for a batch of requests (the calls
  * rl_redis.c gathered in one loop round) in one atomic step: each request
  * is decided in turn, in the order given, and sees what the ones before it
- * stored, so it gets the decision it would have got alone. KEYS holds every
+ * decided, so it gets the decision it would have got alone. KEYS holds every
  * request's keys, one after the other. ARGV holds, per request, its number
  * of limits N, its number of arguments (2N, not read: it is always 2N), then
  * for limit i its interval T and its burst period B = tau + T, in
- * nanoseconds. Each key holds its TAT as one decimal integer, nanoseconds
- * since the Unix epoch ("1765000000123456789": Redis keeps it as a 64-bit
- * integer), read as whole seconds and nanoseconds so that the arithmetic,
- * relative to NOW in Lua's doubles, stays exact (for windows up to 104
- * days). A TAT more than B ahead of NOW cannot come from this script on
- * this clock (a failover to a primary whose clock is behind, a key set by
- * hand): it is read as B ahead, and stored so. Work per limit: one GET, and
- * one SET when the request is admitted (a refusal changes nothing). A key
- * expires at the first whole second after its TAT (PXAT); a SET whose TAT
- * stays within the same second keeps that expiry (KEEPTTL), which spares
- * Redis re-indexing it. Number arguments are parsed once per batch. Returns
- * an array with one element per request: per limit, how far its TAT was
- * ahead of NOW before this request (ns, 0 .. B), from which rl_gcra_decide
- * derives the rest exactly as the script did.
+ * nanoseconds.
+ *
+ * Each key holds its TAT as one decimal integer, nanoseconds since the Unix
+ * epoch ("1765000000123456789": Redis keeps it as a 64-bit integer), read as
+ * whole seconds and nanoseconds so that the arithmetic, relative to NOW in
+ * Lua's doubles, stays exact (for windows up to 104 days). A TAT more than B
+ * ahead of NOW cannot come from this script on this clock (a failover to a
+ * primary whose clock is behind, a key set by hand): it is read as B ahead,
+ * and stored so.
+ *
+ * The work is per distinct key, not per request: a key is read (GET) the
+ * first time the batch uses it, its TAT is then kept in D, and each key the
+ * batch changed is written once at the end (an identity with many requests
+ * in one batch costs one GET and one SET). A refusal writes nothing. A key
+ * expires at the first whole second after its TAT (PXAT); a write whose TAT
+ * stays within the second of the stored one keeps that expiry (KEEPTTL),
+ * which spares Redis re-indexing it. Number arguments are parsed once per
+ * batch (N). Returns an array with one element per request: per limit, how
+ * far its TAT was ahead of NOW before this request (ns, 0 .. B), from which
+ * rl_gcra_decide derives the rest exactly as the script did.
  */
 static const char rl_script[] =
     "local t = redis.call('TIME')\n"
     "local s, f = tonumber(t[1]), tonumber(t[2]) * 1000\n"
-    "local N = setmetatable({}, {__index = function(c, x)\n"
-    "  local v = tonumber(x); c[x] = v; return v end})\n"
-    "local sub, fmt, floor = string.sub, string.format, math.floor\n"
-    "local function put(key, d, old)\n"
-    "  local q = floor((d + f) / 1000000000)\n"
-    "  local v = fmt('%d%09d', s + q, d + f - q * 1000000000)\n"
-    "  if old == s + q then return redis.call('SET', key, v, 'KEEPTTL') end\n"
-    "  redis.call('SET', key, v, 'PXAT', fmt('%d000', s + q + 1))\n"
-    "end\n"
+    "local N, D, S, dirty = {}, {}, {}, {}\n"
     "local res, k, a = {}, 0, 1\n"
     "while ARGV[a] do\n"
-    "  local n = N[ARGV[a]]\n"
-    "  local v, old, ok = {}, {}, true\n"
+    "  local n = N[ARGV[a]] or tonumber(ARGV[a])\n"
+    "  local v, ok = {}, true\n"
     "  for i = 1, n do\n"
-    "    local T, B = N[ARGV[a + 2 * i]], N[ARGV[a + 2 * i + 1]]\n"
-    "    local x, d = redis.call('GET', KEYS[k + i]), 0\n"
-    "    if x then\n"
-    "      old[i] = tonumber(sub(x, 1, -10)) or 0\n"
-    "      d = (old[i] - s) * 1000000000 + (tonumber(sub(x, -9)) or 0) - f\n"
-    "      if d < 0 then d = 0 elseif d > B then d = B; put(KEYS[k + i], B) end\n"
+    "    local x, y = ARGV[a + 2 * i], ARGV[a + 2 * i + 1]\n"
+    "    local T, B = N[x], N[y]\n"
+    "    if not T then T = tonumber(x); N[x] = T end\n"
+    "    if not B then B = tonumber(y); N[y] = B end\n"
+    "    local key = KEYS[k + i]\n"
+    "    local d = D[key]\n"
+    "    if not d then\n"
+    "      d = 0\n"
+    "      local z = redis.call('GET', key)\n"
+    "      if z then\n"
+    "        local sec = tonumber(string.sub(z, 1, -10)) or 0\n"
+    "        d = (sec - s) * 1000000000 + (tonumber(string.sub(z, -9)) or 0) - f\n"
+    "        if d > B then\n"
+    "          d = B\n"
+    "          dirty[#dirty + 1] = key\n"
+    "        elseif d >= 0 then\n"
+    "          S[key] = sec\n"
+    "        else\n"
+    "          d = 0\n"
+    "        end\n"
+    "      end\n"
+    "      D[key] = d\n"
     "    end\n"
     "    v[i] = d\n"
     "    if d > B - T then ok = false end\n"
     "  end\n"
     "  if ok then\n"
-    "    for i = 1, n do put(KEYS[k + i], v[i] + N[ARGV[a + 2 * i]], old[i]) end\n"
+    "    for i = 1, n do\n"
+    "      local key = KEYS[k + i]\n"
+    "      D[key] = v[i] + N[ARGV[a + 2 * i]]\n"
+    "      dirty[#dirty + 1] = key\n"
+    "    end\n"
     "  end\n"
     "  res[#res + 1] = v\n"
     "  k = k + n\n"
     "  a = a + 2 + 2 * n\n"
+    "end\n"
+    "for i = 1, #dirty do\n"
+    "  local key = dirty[i]\n"
+    "  local d = D[key]\n"
+    "  if d then\n"
+    "    D[key] = nil\n"
+    "    local q = math.floor((d + f) / 1000000000)\n"
+    "    local z = string.format('%d%09d', s + q, d + f - q * 1000000000)\n"
+    "    if S[key] == s + q then\n"
+    "      redis.call('SET', key, z, 'KEEPTTL')\n"
+    "    else\n"
+    "      redis.call('SET', key, z, 'PXAT', (s + q + 1) * 1000)\n"
+    "    end\n"
+    "  end\n"
     "end\n"
     "return res\n";
 
