@@ -595,7 +595,8 @@ def test_ratelimit_script_batch_decides_in_order():
     seeing what the earlier ones stored: a batch gives every request the answer
     it would get alone, in the order given (a shared key's burst counts down
     across the batch, a refusal in the batch consumes nothing, other keys and
-    multi-limit plans keep their own counts)."""
+    multi-limit plans keep their own counts), and each key is read and written
+    once per batch however many of its requests the batch holds."""
     script = gcra_script()
     s = 1000000000
     with RedisServer() as redis:
@@ -607,7 +608,13 @@ def test_ratelimit_script_batch_decides_in_order():
             plans.append([("shared", 12 * s, 5)])
             if i % 2 == 0:
                 plans.append([("other", 12 * s, 5)])
+        redis.command("CONFIG", "RESETSTAT")
         rs = evalsha(redis, sha, *plans)
+        stats = redis.command("INFO", "commandstats")
+        # eleven requests, two keys: each read once and written once
+        for cmd in ("get", "set"):
+            m = re.search(r"cmdstat_%s:calls=(\d+)" % cmd, stats)
+            eq(int(m.group(1)) if m else 0, 2, "%s calls for a batch with two keys" % cmd.upper())
         shared = [r for p, r in zip(plans, rs) if p[0][0] == "shared"]
         other = [r for p, r in zip(plans, rs) if p[0][0] == "other"]
         eq([r[:2] for r in shared], [[1, 4], [1, 3], [1, 2], [1, 1], [1, 0], [0, 0], [0, 0]],
