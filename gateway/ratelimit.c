@@ -110,16 +110,18 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
  * which spares Redis re-indexing it. Number arguments are parsed once per
  * batch (N). Returns an array with one element per request: per limit, how
  * far its TAT was ahead of NOW before this request (ns, 0 .. B), from which
- * rl_gcra_decide derives the rest exactly as the script did.
+ * rl_gcra_decide derives the rest exactly as the script did; a request with
+ * one limit gets that number alone rather than an array of one (a table less
+ * per request for Lua to build, convert and collect).
  */
 static const char rl_script[] =
     "local t = redis.call('TIME')\n"
     "local s, f = tonumber(t[1]), tonumber(t[2]) * 1000\n"
-    "local N, D, S, dirty = {}, {}, {}, {}\n"
+    "local N, D, S, dirty, one = {}, {}, {}, {}, {}\n"
     "local res, k, a = {}, 0, 1\n"
     "while ARGV[a] do\n"
     "  local n = N[ARGV[a]] or tonumber(ARGV[a])\n"
-    "  local v, ok = {}, true\n"
+    "  local v, ok = n == 1 and one or {}, true\n"
     "  for i = 1, n do\n"
     "    local x, y = ARGV[a + 2 * i], ARGV[a + 2 * i + 1]\n"
     "    local T, B = N[x], N[y]\n"
@@ -154,7 +156,7 @@ static const char rl_script[] =
     "      dirty[#dirty + 1] = key\n"
     "    end\n"
     "  end\n"
-    "  res[#res + 1] = v\n"
+    "  res[#res + 1] = n == 1 and v[1] or v\n"
     "  k = k + n\n"
     "  a = a + 2 + 2 * n\n"
     "end\n"
@@ -831,18 +833,21 @@ static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
 }
 
 /* The request's element of the script's reply: per limit, how far its TAT
- * was ahead of Redis's clock (ns, 0 .. tau + T; see rl_script), decided
+ * was ahead of Redis's clock (ns, 0 .. tau + T; see rl_script), an integer
+ * for a request with one limit and an array of them otherwise, decided
  * here as the script decided it. 0 or -1; a reply out of range (not from
  * our script) is a failed call. */
 static int parse_reply(const redisReply *reply, const struct rl_plan *p, struct rl_result *res,
                        bool *admitted)
 {
     int64_t ahead[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
+    bool one = p->n == 1;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != p->n)
+    if (one ? reply->type != REDIS_REPLY_INTEGER
+            : reply->type != REDIS_REPLY_ARRAY || reply->elements != p->n)
         return -1;
     for (size_t i = 0; i < p->n; i++) {
-        const redisReply *e = reply->element[i];
+        const redisReply *e = one ? reply : reply->element[i];
         if (e->type != REDIS_REPLY_INTEGER || e->integer < 0 ||
             e->integer > p->g[i].tolerance + p->g[i].interval)
             return -1;

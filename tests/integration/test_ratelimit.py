@@ -515,7 +515,10 @@ def evalsha(redis, sha, *plans):
             args += [interval, interval * limit]
     out = redis.command("EVALSHA", sha, len(keys), *(keys + args))
     eq(len(out), len(plans), "one reply per plan")
-    return [derive(plan, r) for plan, r in zip(plans, out)]
+    for plan, r in zip(plans, out):
+        check(isinstance(r, int) if len(plan) == 1 else isinstance(r, list),
+              "a one-limit plan gets a number, others a list: %r" % r)
+    return [derive(plan, r if isinstance(r, list) else [r]) for plan, r in zip(plans, out)]
 
 
 def eval1(redis, sha, *limits):
@@ -1169,8 +1172,9 @@ def test_ratelimit_stalled_redis_is_down_after_timeouts_in_a_row():
 
 class FakeRedis:
     """A RESP server on a free loopback port that loads the script like Redis
-    and answers every EVALSHA with REPLY (a list of integers) for each request
-    of the batch, or with RAW (bytes of RESP) when given."""
+    and answers every EVALSHA with REPLY (a list of integers, sent as a bare
+    integer when it holds one, as the script answers a one-limit request) for
+    each request of the batch, or with RAW (bytes of RESP) when given."""
 
     def __init__(self, reply, raw=None):
         import socket
@@ -1213,8 +1217,9 @@ class FakeRedis:
                     while argv:
                         plans += 1
                         argv = argv[2 + int(argv[1]):]
-                    one = (b"*%d\r\n" % len(self.reply) +
-                           b"".join(b":%d\r\n" % v for v in self.reply))
+                    one = b"".join(b":%d\r\n" % v for v in self.reply)
+                    if len(self.reply) != 1:
+                        one = b"*%d\r\n" % len(self.reply) + one
                     s.sendall(self.raw if self.raw is not None
                               else b"*%d\r\n" % plans + one * plans)
                 else:
