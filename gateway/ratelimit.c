@@ -67,6 +67,8 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
 
     for (size_t i = 0; i < n; i++) {
         int64_t t = tat[i] > now ? tat[i] : now;
+        if (t - now > g[i].tolerance + g[i].interval) /* another clock's TAT: see rl_script */
+            t = now + g[i].tolerance + g[i].interval;
         res[i].admits = t - now <= g[i].tolerance;
         res[i].retry_ns = res[i].admits ? 0 : t - now - g[i].tolerance;
         tat_after[i] = t;
@@ -85,66 +87,92 @@ bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64
  * The same decision on Redis's clock, for a batch of requests (the calls
  * rl_redis.c gathered in one loop round) in one atomic step: each request
  * is decided in turn, in the order given, and sees what the ones before it
- * stored, so it gets the decision it would have got alone. KEYS holds every
+ * decided, so it gets the decision it would have got alone. KEYS holds every
  * request's keys, one after the other. ARGV holds, per request, its number
- * of limits N, its number of arguments (2N), then for limit i its interval
- * T in nanoseconds and its limit. Each key holds its TAT as decimal
- * microseconds with three digits of nanoseconds ("1700000000123456.789"; a
- * plain integer, as stored before nanoseconds, reads as .000, and a script
- * that reads it with tonumber() is off by less than a microsecond) and
- * expires when the TAT is reached (a key past its TAT means the same as no
- * key). Lua numbers are doubles, exact below 2^53: an absolute time in
- * nanoseconds is not, so the script works in nanoseconds relative to NOW
- * (exact for windows up to 104 days). Returns an array with one element per
- * request: per limit, admits (0/1), remaining, reset (ms, rounded up),
- * retry-after (ms, rounded up).
+ * of limits N, its number of arguments (2N, not read: it is always 2N), then
+ * for limit i its interval T and its burst period B = tau + T, in
+ * nanoseconds.
+ *
+ * Each key holds its TAT as one decimal integer, nanoseconds since the Unix
+ * epoch ("1765000000123456789": Redis keeps it as a 64-bit integer), read as
+ * whole seconds and nanoseconds so that the arithmetic, relative to NOW in
+ * Lua's doubles, stays exact (for windows up to 104 days). A TAT more than B
+ * ahead of NOW cannot come from this script on this clock (a failover to a
+ * primary whose clock is behind, a key set by hand): it is read as B ahead,
+ * and stored so.
+ *
+ * The work is per distinct key, not per request: a key is read (GET) the
+ * first time the batch uses it, its TAT is then kept in D, and each key the
+ * batch changed is written once at the end (an identity with many requests
+ * in one batch costs one GET and one SET). A refusal writes nothing. A key
+ * expires at the first whole second after its TAT (PXAT); a write whose TAT
+ * stays within the second of the stored one keeps that expiry (KEEPTTL),
+ * which spares Redis re-indexing it. Number arguments are parsed once per
+ * batch (N). Returns an array with one element per request: per limit, how
+ * far its TAT was ahead of NOW before this request (ns, 0 .. B), from which
+ * rl_gcra_decide derives the rest exactly as the script did; a request with
+ * one limit gets that number alone rather than an array of one (a table less
+ * per request for Lua to build, convert and collect).
  */
 static const char rl_script[] =
     "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local function decide(k, a, n)\n"
-    "  local d, admits, all = {}, {}, true\n"
-    "  for i = 1, n do\n"
-    "    local T = tonumber(ARGV[a + 2 * i - 1])\n"
-    "    local tau = T * (tonumber(ARGV[a + 2 * i]) - 1)\n"
-    "    local us, ns = string.match(redis.call('GET', KEYS[k + i]) or '', '^(%d+)%.?(%d*)$')\n"
-    "    local v = 0\n"
-    "    if us then v = (tonumber(us) - now) * 1000 + tonumber(string.sub(ns .. '000', 1, 3)) end\n"
-    "    if v < 0 then v = 0 end\n"
-    "    d[i] = v\n"
-    "    admits[i] = v <= tau\n"
-    "    if not admits[i] then all = false end\n"
-    "  end\n"
-    "  local out = {}\n"
-    "  for i = 1, n do\n"
-    "    local T = tonumber(ARGV[a + 2 * i - 1])\n"
-    "    local limit = tonumber(ARGV[a + 2 * i])\n"
-    "    local tau = T * (limit - 1)\n"
-    "    local after = d[i]\n"
-    "    if all then\n"
-    "      after = after + T\n"
-    "      local us = math.floor(after / 1000)\n"
-    "      redis.call('SET', KEYS[k + i], string.format('%d.%03d', now + us, after - us * 1000),\n"
-    "                 'PX', math.ceil(after / 1000000))\n"
-    "    end\n"
-    "    local rem = math.floor((tau + T - after) / T)\n"
-    "    if rem < 0 then rem = 0 end\n"
-    "    if rem > limit then rem = limit end\n"
-    "    local retry = 0\n"
-    "    if not admits[i] then retry = d[i] - tau end\n"
-    "    out[#out + 1] = admits[i] and 1 or 0\n"
-    "    out[#out + 1] = rem\n"
-    "    out[#out + 1] = math.ceil(after / 1000000)\n"
-    "    out[#out + 1] = math.ceil(retry / 1000000)\n"
-    "  end\n"
-    "  return out\n"
-    "end\n"
+    "local s, f = tonumber(t[1]), tonumber(t[2]) * 1000\n"
+    "local N, D, S, dirty, one = {}, {}, {}, {}, {}\n"
     "local res, k, a = {}, 0, 1\n"
-    "while a <= #ARGV do\n"
-    "  local n = tonumber(ARGV[a])\n"
-    "  res[#res + 1] = decide(k, a + 1, n)\n"
+    "while ARGV[a] do\n"
+    "  local n = N[ARGV[a]] or tonumber(ARGV[a])\n"
+    "  local v, ok = n == 1 and one or {}, true\n"
+    "  for i = 1, n do\n"
+    "    local x, y = ARGV[a + 2 * i], ARGV[a + 2 * i + 1]\n"
+    "    local T, B = N[x], N[y]\n"
+    "    if not T then T = tonumber(x); N[x] = T end\n"
+    "    if not B then B = tonumber(y); N[y] = B end\n"
+    "    local key = KEYS[k + i]\n"
+    "    local d = D[key]\n"
+    "    if not d then\n"
+    "      d = 0\n"
+    "      local z = redis.call('GET', key)\n"
+    "      if z then\n"
+    "        local sec = tonumber(string.sub(z, 1, -10)) or 0\n"
+    "        d = (sec - s) * 1000000000 + (tonumber(string.sub(z, -9)) or 0) - f\n"
+    "        if d > B then\n"
+    "          d = B\n"
+    "          dirty[#dirty + 1] = key\n"
+    "        elseif d >= 0 then\n"
+    "          S[key] = sec\n"
+    "        else\n"
+    "          d = 0\n"
+    "        end\n"
+    "      end\n"
+    "      D[key] = d\n"
+    "    end\n"
+    "    v[i] = d\n"
+    "    if d > B - T then ok = false end\n"
+    "  end\n"
+    "  if ok then\n"
+    "    for i = 1, n do\n"
+    "      local key = KEYS[k + i]\n"
+    "      D[key] = v[i] + N[ARGV[a + 2 * i]]\n"
+    "      dirty[#dirty + 1] = key\n"
+    "    end\n"
+    "  end\n"
+    "  res[#res + 1] = n == 1 and v[1] or v\n"
     "  k = k + n\n"
-    "  a = a + 2 + tonumber(ARGV[a + 1])\n"
+    "  a = a + 2 + 2 * n\n"
+    "end\n"
+    "for i = 1, #dirty do\n"
+    "  local key = dirty[i]\n"
+    "  local d = D[key]\n"
+    "  if d then\n"
+    "    D[key] = nil\n"
+    "    local q = math.floor((d + f) / 1000000000)\n"
+    "    local z = string.format('%d%09d', s + q, d + f - q * 1000000000)\n"
+    "    if S[key] == s + q then\n"
+    "      redis.call('SET', key, z, 'KEEPTTL')\n"
+    "    else\n"
+    "      redis.call('SET', key, z, 'PXAT', (s + q + 1) * 1000)\n"
+    "    end\n"
+    "  end\n"
     "end\n"
     "return res\n";
 
@@ -210,15 +238,33 @@ static void sha256_hex(const char *const *parts, size_t nparts, char out[65])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
+/* The hash tag of IDENT: IDENT itself, or "h:<sha256 hex of IDENT>" when it
+ * is longer than RL_TAG_MAX, so that every key of one identity has the
+ * same tag whatever its scope. */
+static void ident_tag(const char *ident, char out[RL_TAG_MAX + 1])
+{
+    size_t len = strlen(ident);
+
+    if (len <= RL_TAG_MAX) {
+        memcpy(out, ident, len + 1);
+        return;
+    }
+    const char *parts[] = {ident};
+    memcpy(out, "h:", 2);
+    sha256_hex(parts, 1, out + 2);
+}
+
 size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX])
 {
     struct sbuf b = {out, 0, RL_KEY_MAX, false};
+    char tag[RL_TAG_MAX + 1];
 
+    ident_tag(ident, tag);
     sbuf_str(&b, prefix);
-    sbuf_lit(&b, "rl:");
+    sbuf_lit(&b, "rl:{");
+    sbuf_str(&b, tag);
+    sbuf_lit(&b, "}:");
     sbuf_str(&b, scope);
-    sbuf_lit(&b, ":");
-    sbuf_str(&b, ident);
     int n = sbuf_end(&b);
     if (n >= 0)
         return (size_t)n;
@@ -227,7 +273,7 @@ size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, ch
     sha256_hex(parts, 3, hex);
     if (strlen(prefix) > FG_KEY_PREFIX_MAX)
         prefix = "";
-    return (size_t)snprintf(out, RL_KEY_MAX, "%srl:h:%s", prefix, hex);
+    return (size_t)snprintf(out, RL_KEY_MAX, "%srl:{%s}:h:%s", prefix, tag, hex);
 }
 
 size_t rl_tier_index(const struct fg_ratelimit *rl, const char *user, const char *tier)
@@ -786,31 +832,28 @@ static void remember_refusals(struct rl_worker *st, const struct rl_plan *p,
     }
 }
 
-/* Largest time (ms) taken from a reply: 139 years, more than any window
- * (at most INT_MAX seconds), and small enough that nanoseconds plus a
- * monotonic now never overflow. */
-#define RL_REPLY_MS_MAX (INT64_C(1) << 42)
-
-/* The request's element of the script's reply: 4 integers per limit (see
- * rl_script). 0 or -1; a reply out of range (not from our script) is a
- * failed call. */
-static int parse_reply(const redisReply *reply, size_t n, struct rl_result *res, bool *admitted)
+/* The request's element of the script's reply: per limit, how far its TAT
+ * was ahead of Redis's clock (ns, 0 .. tau + T; see rl_script), an integer
+ * for a request with one limit and an array of them otherwise, decided
+ * here as the script decided it. 0 or -1; a reply out of range (not from
+ * our script) is a failed call. */
+static int parse_reply(const redisReply *reply, const struct rl_plan *p, struct rl_result *res,
+                       bool *admitted)
 {
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 * n)
+    int64_t ahead[RL_MAX_LIMITS], after[RL_MAX_LIMITS];
+    bool one = p->n == 1;
+
+    if (one ? reply->type != REDIS_REPLY_INTEGER
+            : reply->type != REDIS_REPLY_ARRAY || reply->elements != p->n)
         return -1;
-    for (size_t i = 0; i < 4 * n; i++)
-        if (reply->element[i]->type != REDIS_REPLY_INTEGER || reply->element[i]->integer < 0 ||
-            reply->element[i]->integer > RL_REPLY_MS_MAX)
+    for (size_t i = 0; i < p->n; i++) {
+        const redisReply *e = one ? reply : reply->element[i];
+        if (e->type != REDIS_REPLY_INTEGER || e->integer < 0 ||
+            e->integer > p->g[i].tolerance + p->g[i].interval)
             return -1;
-    *admitted = true;
-    for (size_t i = 0; i < n; i++) {
-        redisReply **e = &reply->element[4 * i];
-        res[i].admits = e[0]->integer == 1;
-        res[i].remaining = e[1]->integer > UINT32_MAX ? UINT32_MAX : (uint32_t)e[1]->integer;
-        res[i].reset_ns = e[2]->integer * 1000000;
-        res[i].retry_ns = e[3]->integer * 1000000;
-        *admitted = *admitted && res[i].admits;
+        ahead[i] = e->integer;
     }
+    *admitted = rl_gcra_decide(p->g, ahead, p->n, 0, after, res);
     return 0;
 }
 
@@ -836,7 +879,7 @@ static void ask_done(void *arg, enum rl_call_status status, const redisReply *re
     bool admitted;
 
     q->call = NULL;
-    if (status == RL_CALL_OK && parse_reply(reply, q->plan.n, res, &admitted) == 0) {
+    if (status == RL_CALL_OK && parse_reply(reply, &q->plan, res, &admitted) == 0) {
         if (!admitted)
             remember_refusals(st, &q->plan, res);
         v = apply(r, &q->plan, admitted, res, admitted ? RL_OUT_ALLOWED : RL_OUT_LIMITED);
@@ -858,8 +901,9 @@ static enum stage_verdict ask_redis(struct req *r, struct rl_ask *q, stage_resum
     for (size_t i = 0; i < n; i++) {
         argv[i] = q->plan.key[i];
         argvlen[i] = q->plan.key_len[i];
-        argvlen[n + 2 * i] = fmt_i64(num[2 * i], q->plan.g[i].interval);
-        argvlen[n + 2 * i + 1] = fmt_u64(num[2 * i + 1], q->plan.g[i].limit);
+        const struct rl_gcra *g = &q->plan.g[i];
+        argvlen[n + 2 * i] = fmt_i64(num[2 * i], g->interval);
+        argvlen[n + 2 * i + 1] = fmt_i64(num[2 * i + 1], g->tolerance + g->interval);
         argv[n + 2 * i] = num[2 * i];
         argv[n + 2 * i + 1] = num[2 * i + 1];
     }

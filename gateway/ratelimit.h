@@ -11,11 +11,16 @@
  * identity gets exactly LIMIT requests at once, and a sustained load is
  * admitted at LIMIT / WINDOW per second. All times are integer
  * nanoseconds, so the C code here and the Lua script in ratelimit.c (which
- * must agree with it) compute the same numbers. T is rounded down to a
- * whole nanosecond, so a sustained load is admitted at most a fraction 1/T
- * (T in ns) faster than LIMIT / WINDOW: 0.1% at a million requests per
- * second, 0.001% at 10000 (whole microseconds admitted 11% too many at
- * 150000 per second, and never more than a million per second).
+ * must agree with it) compute the same numbers: the script returns only
+ * how far each TAT was ahead of its clock, and rl_gcra_decide derives the
+ * rest from that. T is rounded down to a whole nanosecond, so a sustained
+ * load is admitted at most a fraction 1/T (T in ns) faster than LIMIT /
+ * WINDOW: 0.1% at a million requests per second, 0.001% at 10000 (whole
+ * microseconds admitted 11% too many at 150000 per second, and never more
+ * than a million per second). A TAT more than tau + T ahead of NOW, which
+ * no decision on one clock can leave, is read as tau + T ahead: after a
+ * Redis failover to a primary whose clock is behind, an identity waits at
+ * most one interval, never the clocks' difference.
  */
 #ifndef FG_RATELIMIT_H
 #define FG_RATELIMIT_H
@@ -31,9 +36,10 @@ struct evbuffer;
 struct worker;
 
 #define RL_MAX_LIMITS 8 /* a tier limit and up to 7 endpoint limits per request */
-#define RL_KEY_MAX 384  /* longest limit key; longer ones are hashed */
+#define RL_KEY_MAX 400  /* longest limit key; longer ones are hashed */
+#define RL_TAG_MAX 66   /* longest hash tag: an identity, or "h:" and its sha256 */
 
-_Static_assert(FG_KEY_PREFIX_MAX + sizeof("rl:h:") - 1 + 64 < RL_KEY_MAX,
+_Static_assert(FG_KEY_PREFIX_MAX + sizeof("rl:{}:h:") - 1 + RL_TAG_MAX + 64 < RL_KEY_MAX,
                "a hashed key, with the longest key_prefix, fits RL_KEY_MAX");
 
 /* One limit's parameters, in nanoseconds. */
@@ -56,9 +62,10 @@ void rl_gcra_init(struct rl_gcra *g, uint32_t limit, uint32_t window);
 
 /*
  * Decide N limits at once for one request at NOW (ns). TAT[i] is limit i's
- * stored TAT (0 when none). The request is admitted only when every limit
- * admits it; only then is each TAT advanced (a refused request consumes
- * nothing). Writes TAT_AFTER[i] and RES[i]; returns whether it is admitted.
+ * stored TAT (0 when none; more than tau + T ahead counts as tau + T). The
+ * request is admitted only when every limit admits it; only then is each
+ * TAT advanced (a refused request consumes nothing). Writes TAT_AFTER[i]
+ * and RES[i]; returns whether it is admitted.
  */
 bool rl_gcra_decide(const struct rl_gcra *g, const int64_t *tat, size_t n, int64_t now,
                     int64_t *tat_after, struct rl_result *res);
@@ -75,12 +82,15 @@ int rl_ip_ident(const char *ip, unsigned v6prefix, char *out, size_t cap);
 int rl_user_ident(const char *user, char *out, size_t cap);
 
 /*
- * A limit key: PREFIX + "rl:" + SCOPE + ":" + IDENT, where SCOPE is
- * "t:<tier name>" or "e<endpoint index>". A key longer than RL_KEY_MAX - 1
- * becomes PREFIX + "rl:h:<sha256 hex of PREFIX, SCOPE and IDENT>": still
- * under the deployment's prefix (ACL key patterns, SCAN, a cluster hash
- * tag). A PREFIX longer than FG_KEY_PREFIX_MAX, which the configuration
- * refuses, is left out of a hashed key so that it fits. Returns the length.
+ * A limit key: PREFIX + "rl:{" + TAG + "}:" + SCOPE, where SCOPE is
+ * "t:<tier name>" or "e<endpoint index>" and TAG is IDENT, or "h:<sha256
+ * hex of IDENT>" when IDENT is longer than RL_TAG_MAX. The braces make TAG
+ * the Redis Cluster hash tag: every key of one identity lives in one slot.
+ * A key longer than RL_KEY_MAX - 1 becomes PREFIX + "rl:{" + TAG + "}:h:" +
+ * <sha256 hex of PREFIX, SCOPE and IDENT>: still under the deployment's
+ * prefix (ACL key patterns, SCAN) and in its identity's slot. A PREFIX
+ * longer than FG_KEY_PREFIX_MAX, which the configuration refuses, is left
+ * out of a hashed key so that it fits. Returns the length.
  */
 size_t rl_limit_key(const char *prefix, const char *scope, const char *ident, char out[RL_KEY_MAX]);
 

@@ -252,9 +252,11 @@ def test_ratelimit_endpoint_limits():
 
 
 def test_ratelimit_hashed_key_keeps_prefix():
-    """A limit key too long to keep whole (a long key_prefix and a long sub) is
-    hashed, still under the configured key_prefix (so that deployments sharing
-    a Redis, ACL key patterns and SCAN by prefix keep to it), and limits exactly."""
+    """An identity too long for a hash tag (a long sub) is tagged by its hash;
+    its key stays under the configured key_prefix (so that deployments sharing
+    a Redis, ACL key patterns and SCAN by prefix keep to it), and limits
+    exactly. (A whole key too long, hashed too, needs a longer tier name than
+    a token can pick: the unit tests cover it.)"""
     prefix = "fgtest:" + "p" * 143 + ":"
     sub = "s" * 240
     tiers = {"anonymous": {"limit": 2, "window": 60}, "authenticated": {"limit": 3, "window": 60}}
@@ -265,9 +267,9 @@ def test_ratelimit_hashed_key_keeps_prefix():
                                       "key_prefix": prefix}), upstream=up) as fg:
         wait_redis(fg, "up")
         assert_exact_burst(burst(fg, 4, "/x", bearer(sub)), 3, 60)
-        digest = hashlib.sha256(prefix.encode() + b"\0t:authenticated\0u:" + sub.encode()
-                                + b"\0").hexdigest()
-        eq(redis.command("KEYS", "*"), [prefix + "rl:h:" + digest], "keys in Redis")
+        tag = "h:" + hashlib.sha256(b"u:" + sub.encode() + b"\0").hexdigest()
+        eq(redis.command("KEYS", "*"), [prefix + "rl:{" + tag + "}:t:authenticated"],
+           "keys in Redis")
 
 
 def test_ratelimit_three_instances_share_one_redis():
@@ -330,6 +332,79 @@ def test_ratelimit_steady_rate():
         check(sent > 3 * expected, "too few requests to saturate the limit (%d sent)" % sent)
         check(abs(admitted - expected) <= 2,
               "admitted %d in %.2f s, expected %.1f (limit 5 + 5/s)" % (admitted, elapsed, expected))
+
+
+def test_ratelimit_far_future_tat_is_clamped():
+    """A stored TAT far ahead of Redis's clock (a failover to a primary whose
+    clock is behind; here a key set by hand a day ahead) costs the identity
+    one interval, not a day: refused with a Retry-After and Reset within the
+    limit's own window, then admitted again once an interval has passed."""
+    tiers = {"anonymous": {"limit": 2, "window": 1}}
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers), upstream=up) as fg:
+        wait_redis(fg, "up")
+        sec, usec = redis.command("TIME")
+        day_ahead = (int(sec) * 1000000 + int(usec)) * 1000 + 86400 * 10 ** 9
+        key = "fgtest:rl:{ip:203.0.113.90}:t:anonymous"
+        redis.command("SET", key, str(day_ahead))
+        r = burst(fg, 1, "/far", from_ip("203.0.113.90"))[0]
+        assert_limited(r, 2, 1)
+        check(int(redis.command("GET", key)) < day_ahead, "the TAT a day ahead was kept")
+        check(0 < redis.command("PTTL", key) <= 2000, "the clamped key expires: PTTL %r"
+              % redis.command("PTTL", key))
+        time.sleep(0.6)  # more than one interval (0.5 s): lets the limit admit again
+        eq(burst(fg, 1, "/far", from_ip("203.0.113.90"))[0].status, 200,
+           "status one interval after the clamp")
+
+
+def crc16(data):
+    """CRC16-CCITT (XMODEM), as Redis Cluster hashes a key (HASH_SLOT)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xffff
+    return crc
+
+
+def cluster_slot(key):
+    """Redis Cluster's slot of KEY: its hash tag (the text between the first
+    "{" and the next "}", when not empty) or the whole key, CRC16 mod 16384."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return crc16(key.encode()) % 16384
+
+
+def test_ratelimit_keys_carry_hash_tag():
+    """Every key carries its identity as a Redis Cluster hash tag, so the
+    limits of one identity (tier and endpoint) share one slot and one
+    request's script call needs no other; an endpoint keyed by address on an
+    authenticated request is the one case with two identities."""
+    endpoints = ({"path": "/gen", "limit": 5, "window": 60, "key": "user"},
+                 {"path": "/login", "limit": 5, "window": 60, "key": "ip"})
+    tiers = {"anonymous": {"limit": 50, "window": 60}, "authenticated": {"limit": 50, "window": 60}}
+    routes = ({"host": "", "path": "/", "upstream": "api", "auth": "optional"},)
+    with RedisServer() as redis, Upstream(record=False) as up, \
+            Flowgate(rl_config(redis, tiers=tiers, endpoints=endpoints, routes=routes),
+                     upstream=up) as fg:
+        wait_redis(fg, "up")
+        eq(burst(fg, 1, "/gen", from_ip("192.0.2.1"))[0].status, 200, "anonymous /gen")
+        eq(burst(fg, 1, "/gen", bearer("bob"))[0].status, 200, "bob's /gen")
+        keys = sorted(redis.command("KEYS", "*"))
+        eq(keys, ["fgtest:rl:{ip:192.0.2.1}:e0", "fgtest:rl:{ip:192.0.2.1}:t:anonymous",
+                  "fgtest:rl:{u:bob}:e0", "fgtest:rl:{u:bob}:t:authenticated"], "keys in Redis")
+        eq(cluster_slot(keys[0]), cluster_slot(keys[1]), "slots of the anonymous request's keys")
+        eq(cluster_slot(keys[2]), cluster_slot(keys[3]), "slots of bob's request's keys")
+        check(cluster_slot(keys[0]) != cluster_slot(keys[2]), "two identities, one slot")
+        # bob on an endpoint keyed by address: his tier key and the address's key
+        eq(burst(fg, 1, "/login", bearer("bob") + from_ip("192.0.2.7"))[0].status, 200,
+           "bob's /login")
+        eq(redis.command("EXISTS", "fgtest:rl:{ip:192.0.2.7}:e1"), 1, "the address's key")
+        eq(len(redis.command("KEYS", "*")), 5, "keys after bob's /login")
 
 
 def redis_failure_phases(mode, expect_down, expect_paused):
@@ -410,18 +485,40 @@ def gcra_script():
                                                                              body))
 
 
+def derive(plan, ahead):
+    """What flowgate makes of one plan's reply (rl_gcra_decide in
+    gateway/ratelimit.c, at now = 0): per limit, how far its TAT was ahead
+    (ns) becomes admits (0/1), remaining, reset and retry-after (ms, rounded
+    up), as a flat list of 4 numbers per limit."""
+    eq(len(ahead), len(plan), "one number per limit")
+    tau = [interval * (limit - 1) for _, interval, limit in plan]
+    for (_, interval, limit), t, v in zip(plan, tau, ahead):
+        check(isinstance(v, int) and 0 <= v <= t + interval, "ahead %r out of range" % v)
+    admits = [v <= t for v, t in zip(ahead, tau)]
+    out = []
+    for (_, interval, limit), t, v, ok in zip(plan, tau, ahead, admits):
+        after = v + interval if all(admits) else v
+        rem = max(0, min(limit, (t + interval - after) // interval))
+        retry = 0 if ok else v - t
+        out += [int(ok), rem, -(-after // 1000000), -(-retry // 1000000)]
+    return out
+
+
 def evalsha(redis, sha, *plans):
     """One EVALSHA of the batched script deciding PLANS in order, each a list of
-    (key, interval ns, limit); returns the list of per-plan replies."""
+    (key, interval ns, limit); returns the list of per-plan decisions (derive)."""
     keys, args = [], []
     for plan in plans:
         keys += [k for k, _, _ in plan]
         args += [len(plan), 2 * len(plan)]
         for _, interval, limit in plan:
-            args += [interval, limit]
+            args += [interval, interval * limit]
     out = redis.command("EVALSHA", sha, len(keys), *(keys + args))
     eq(len(out), len(plans), "one reply per plan")
-    return out
+    for plan, r in zip(plans, out):
+        check(isinstance(r, int) if len(plan) == 1 else isinstance(r, list),
+              "a one-limit plan gets a number, others a list: %r" % r)
+    return [derive(plan, r if isinstance(r, list) else [r]) for plan, r in zip(plans, out)]
 
 
 def eval1(redis, sha, *limits):
@@ -447,9 +544,10 @@ def test_ratelimit_script_matches_c_cases():
         eq(rs[5][:2], [0, 0], "request 6 of a burst of 5")
         check(59000 <= rs[5][2] <= 60000, "reset on refusal %r" % rs[5])
         check(11000 <= rs[5][3] <= 12000, "retry-after on refusal %r" % rs[5])
-        check(59000 <= redis.command("PTTL", "k") <= 60000, "key expires at its TAT")
-        check(re.match(r"^\d+\.000$", redis.command("GET", "k")),
-              "TAT stored as microseconds and nanoseconds: %r" % redis.command("GET", "k"))
+        check(59000 <= redis.command("PTTL", "k") <= 61000,
+              "key expires within the second after its TAT")
+        check(re.match(r"^\d{19}$", redis.command("GET", "k")),
+              "TAT stored as integer nanoseconds: %r" % redis.command("GET", "k"))
         # all or nothing: limit b refuses, limit a keeps its quota
         for _ in range(2):
             r = eval1(redis, sha, ("a", 6 * s, 10), ("b", 30 * s, 2))
@@ -471,16 +569,28 @@ def test_ratelimit_script_matches_c_cases():
         for i in range(1, 8):
             r = eval1(redis, sha, ("seven", 3 * s // 7, 7))
             eq(r[:2], [1, 7 - i], "7 per 3 s: request %d" % i)
-            eq(redis.command("GET", "seven")[-4:], ".%03d" % (i * (3 * s // 7) % 1000),
+            eq(redis.command("GET", "seven")[-3:], "%03d" % (i * (3 * s // 7) % 1000),
                "nanoseconds of the TAT after request %d" % i)
         check(2900 <= r[2] <= 3000, "7 per 3 s: reset after the burst %r" % r)
         eq(eval1(redis, sha, ("seven", 3 * s // 7, 7))[:2], [0, 0], "7 per 3 s: request 8")
-        # a TAT in whole microseconds (as stored before nanoseconds) still counts
+        # a TAT further ahead than a decision can leave it (a failover to a
+        # primary whose clock is behind, a key set by hand) reads as the full
+        # burst period ahead, and is stored so: the wait is one interval, not a day
         sec, usec = redis.command("TIME")
-        redis.command("SET", "old", str(int(sec) * 1000000 + int(usec) + 60000000))
-        r = eval1(redis, sha, ("old", 12 * s, 5))
-        eq(r[:2], [0, 0], "a whole-microsecond TAT a window ahead refuses")
-        check(11000 <= r[3] <= 12000, "retry-after from a whole-microsecond TAT %r" % r)
+        now_ns = (int(sec) * 1000000 + int(usec)) * 1000
+        redis.command("SET", "ahead", str(now_ns + 86400 * s))
+        r = eval1(redis, sha, ("ahead", 12 * s, 5))
+        eq(r[:2], [0, 0], "a TAT a day ahead refuses")
+        check(59000 <= r[2] <= 60000, "reset from a TAT a day ahead: the window %r" % r)
+        check(11000 <= r[3] <= 12000, "retry-after from a TAT a day ahead: one interval %r" % r)
+        stored = int(redis.command("GET", "ahead"))
+        check(now_ns + 60 * s <= stored <= now_ns + 61 * s, "clamped TAT stored: %d" % stored)
+        check(0 < redis.command("PTTL", "ahead") <= 61000, "clamped key expires %r"
+              % redis.command("PTTL", "ahead"))
+        eq(eval1(redis, sha, ("ahead", 12 * s, 5), ("fresh", 6 * s, 10))[4:6], [1, 10],
+           "a clamped limit refuses without consuming the other's quota")
+        redis.command("SET", "junk", "x")
+        eq(eval1(redis, sha, ("junk", 12 * s, 5))[:2], [1, 4], "a value that is not a TAT")
 
 
 def test_ratelimit_script_batch_decides_in_order():
@@ -488,7 +598,8 @@ def test_ratelimit_script_batch_decides_in_order():
     seeing what the earlier ones stored: a batch gives every request the answer
     it would get alone, in the order given (a shared key's burst counts down
     across the batch, a refusal in the batch consumes nothing, other keys and
-    multi-limit plans keep their own counts)."""
+    multi-limit plans keep their own counts), and each key is read and written
+    once per batch however many of its requests the batch holds."""
     script = gcra_script()
     s = 1000000000
     with RedisServer() as redis:
@@ -500,7 +611,13 @@ def test_ratelimit_script_batch_decides_in_order():
             plans.append([("shared", 12 * s, 5)])
             if i % 2 == 0:
                 plans.append([("other", 12 * s, 5)])
+        redis.command("CONFIG", "RESETSTAT")
         rs = evalsha(redis, sha, *plans)
+        stats = redis.command("INFO", "commandstats")
+        # eleven requests, two keys: each read once and written once
+        for cmd in ("get", "set"):
+            m = re.search(r"cmdstat_%s:calls=(\d+)" % cmd, stats)
+            eq(int(m.group(1)) if m else 0, 2, "%s calls for a batch with two keys" % cmd.upper())
         shared = [r for p, r in zip(plans, rs) if p[0][0] == "shared"]
         other = [r for p, r in zip(plans, rs) if p[0][0] == "other"]
         eq([r[:2] for r in shared], [[1, 4], [1, 3], [1, 2], [1, 1], [1, 0], [0, 0], [0, 0]],
@@ -604,7 +721,7 @@ def test_ratelimit_reused_records_ignore_late_replies():
                 assert_limited(r, 3, 60)
         # the departed requests' calls still ran: each of their clients spent one
         for i in range(1, 5):
-            eq(redis.command("EXISTS", "fgtest:rl:t:anonymous:ip:198.51.100.%d" % i), 1,
+            eq(redis.command("EXISTS", "fgtest:rl:{ip:198.51.100.%d}:t:anonymous" % i), 1,
                "key of departed client %d" % i)
         check(fg.alive(), "flowgate died")
 
@@ -1055,8 +1172,9 @@ def test_ratelimit_stalled_redis_is_down_after_timeouts_in_a_row():
 
 class FakeRedis:
     """A RESP server on a free loopback port that loads the script like Redis
-    and answers every EVALSHA with REPLY (a list of integers) for each request
-    of the batch, or with RAW (bytes of RESP) when given."""
+    and answers every EVALSHA with REPLY (a list of integers, sent as a bare
+    integer when it holds one, as the script answers a one-limit request) for
+    each request of the batch, or with RAW (bytes of RESP) when given."""
 
     def __init__(self, reply, raw=None):
         import socket
@@ -1099,8 +1217,9 @@ class FakeRedis:
                     while argv:
                         plans += 1
                         argv = argv[2 + int(argv[1]):]
-                    one = (b"*%d\r\n" % len(self.reply) +
-                           b"".join(b":%d\r\n" % v for v in self.reply))
+                    one = b"".join(b":%d\r\n" % v for v in self.reply)
+                    if len(self.reply) != 1:
+                        one = b"*%d\r\n" % len(self.reply) + one
                     s.sendall(self.raw if self.raw is not None
                               else b"*%d\r\n" % plans + one * plans)
                 else:
@@ -1115,11 +1234,15 @@ class FakeRedis:
 
 
 def test_ratelimit_hostile_redis_numbers():
-    """Integers from Redis too large for microseconds are a failed call (the
-    local limiter decides), never an arithmetic overflow; so is a batch reply
-    that is not one element per request, even one that would pass for a
-    single request's numbers."""
-    hostile_numbers(FakeRedis([0, 0, 2 ** 62, 2 ** 62]))
+    """A TAT offset from Redis outside 0 .. the limit's burst period (here
+    60 s), or more numbers than limits, is a failed call (the local limiter
+    decides), never an arithmetic overflow; so is a batch reply that is not
+    one element per request, even one that would pass for a single request's
+    numbers."""
+    hostile_numbers(FakeRedis([2 ** 62]))
+    hostile_numbers(FakeRedis([60 * 10 ** 9 + 1]))
+    hostile_numbers(FakeRedis([-1]))
+    hostile_numbers(FakeRedis([0, 0]))
     hostile_numbers(FakeRedis([], raw=b"*4\r\n:1\r\n:2\r\n:3\r\n:0\r\n"))
     hostile_numbers(FakeRedis([], raw=b"*0\r\n"))
 

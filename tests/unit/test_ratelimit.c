@@ -214,6 +214,43 @@ static void test_gcra_fractional_interval(void **state)
     assert_int_equal(tat - T0, res.reset_ns);
 }
 
+/* A TAT further ahead than any decision on one clock leaves it (a failover
+ * to a Redis whose clock is behind, a key set by hand) counts as tau + T
+ * ahead: refused for one interval, then one request per interval, never
+ * for the clocks' difference. tau + T ahead itself is a state a decision
+ * leaves, and is kept. */
+static void test_gcra_clamps_far_future(void **state)
+{
+    struct rl_gcra g;
+    struct rl_result res;
+    int64_t tat, after;
+
+    rl_gcra_init(&g, 5, 60);
+    tat = T0 + 86400 * S;
+    assert_false(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
+    assert_int_equal(after, T0 + 60 * S);
+    assert_int_equal(res.retry_ns, 12 * S);
+    assert_int_equal(res.reset_ns, 60 * S);
+    assert_int_equal(res.remaining, 0);
+    tat = after;
+    assert_false(rl_gcra_decide(&g, &tat, 1, T0 + 12 * S - 1, &after, &res));
+    assert_true(rl_gcra_decide(&g, &tat, 1, T0 + 12 * S, &after, &res));
+    assert_int_equal(after, T0 + 72 * S);
+    tat = T0 + 60 * S + 1;
+    assert_false(rl_gcra_decide(&g, &tat, 1, T0, &after, &res));
+    assert_int_equal(after, T0 + 60 * S);
+    /* all or nothing still: the other limit's TAT is untouched */
+    struct rl_gcra two[2];
+    int64_t tats[2] = {0, T0 + 3600 * S}, afters[2];
+    struct rl_result r2[2];
+    rl_gcra_init(&two[0], 10, 60);
+    rl_gcra_init(&two[1], 2, 60);
+    assert_false(rl_gcra_decide(two, tats, 2, T0, afters, r2));
+    assert_int_equal(afters[0], T0);
+    assert_int_equal(afters[1], T0 + 60 * S);
+    assert_int_equal(r2[1].retry_ns, 30 * S);
+}
+
 /* Several limits: admitted only when all admit; a refusal consumes none. */
 static void test_gcra_all_or_nothing(void **state)
 {
@@ -272,82 +309,90 @@ static void test_ip_ident(void **state)
     assert_int_equal(rl_ip_ident("203.0.113.7", 64, small, sizeof(small)), -1);
 }
 
+static bool is_hex64(const char *s)
+{
+    return strlen(s) >= 64 && strspn(s, "0123456789abcdef") >= 64;
+}
+
 static void test_user_ident_and_keys(void **state)
 {
-    char id[300], key[RL_KEY_MAX], big[600];
+    char id[300], key[RL_KEY_MAX], key2[RL_KEY_MAX], big[600];
 
     assert_int_equal(rl_user_ident("alice", id, sizeof(id)), 7);
     assert_string_equal(id, "u:alice");
     size_t n = rl_limit_key("flowgate:", "t:premium", id, key);
-    assert_string_equal(key, "flowgate:rl:t:premium:u:alice");
+    assert_string_equal(key, "flowgate:rl:{u:alice}:t:premium");
     assert_int_equal(n, strlen(key));
     rl_limit_key("", "e0", "ip:203.0.113.7", key);
-    assert_string_equal(key, "rl:e0:ip:203.0.113.7");
-    /* too long: hashed, deterministic, distinct */
+    assert_string_equal(key, "rl:{ip:203.0.113.7}:e0");
+    /* an identity longer than a tag: tagged by its hash, the same in every scope */
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    char key2[RL_KEY_MAX];
     n = rl_limit_key("p:", "t:a", big, key);
-    assert_int_equal(n, 2 + 5 + 64);
+    assert_int_equal(n, strlen("p:rl:{h:}:t:a") + 64);
     assert_int_equal(n, strlen(key));
-    assert_memory_equal(key, "p:rl:h:", 7);
-    rl_limit_key("p:", "t:a", big, key2);
-    assert_string_equal(key, key2);
+    assert_memory_equal(key, "p:rl:{h:", 8);
+    assert_true(is_hex64(key + 8));
+    assert_string_equal(key + 8 + 64, "}:t:a");
+    rl_limit_key("p:", "e3", big, key2);
+    assert_memory_equal(key, key2, 8 + 64 + 2);
+    assert_string_equal(key2 + 8 + 64, "}:e3");
     big[0] = 'y';
     rl_limit_key("p:", "t:a", big, key2);
     assert_string_not_equal(key, key2);
-}
-
-static bool is_hex64(const char *s)
-{
-    return strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+    /* the longest identity kept whole in the tag, and the shortest hashed */
+    big[RL_TAG_MAX] = '\0';
+    rl_limit_key("p:", "t:a", big, key);
+    assert_memory_equal(key + 6, big, RL_TAG_MAX);
+    assert_string_equal(key + 6 + RL_TAG_MAX, "}:t:a");
+    big[RL_TAG_MAX] = 'x';
+    big[RL_TAG_MAX + 1] = '\0';
+    rl_limit_key("p:", "t:a", big, key);
+    assert_memory_equal(key, "p:rl:{h:", 8);
 }
 
 /* A hashed key stays under its deployment's key_prefix: two deployments
  * sharing one Redis keep apart (and an ACL key pattern or SCAN by prefix
- * still sees it), and the longest prefix the configuration allows fits. */
+ * still sees it), keeps its identity's hash tag, and the longest prefix
+ * the configuration allows fits. */
 static void test_hashed_key_keeps_prefix(void **state)
 {
     char big[RL_KEY_MAX], prefix[FG_KEY_PREFIX_MAX + 2], a[RL_KEY_MAX], b[RL_KEY_MAX];
     size_t n;
 
-    memset(big, 'u', sizeof(big) - 1);
+    memset(big, 's', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    n = rl_limit_key("blue:", "t:anonymous", big, a);
+    n = rl_limit_key("blue:", big, "ip:203.0.113.7", a);
     assert_int_equal(n, strlen(a));
-    assert_memory_equal(a, "blue:rl:h:", 10);
-    assert_true(is_hex64(a + 10));
-    n = rl_limit_key("green:", "t:anonymous", big, b);
+    assert_memory_equal(a, "blue:rl:{ip:203.0.113.7}:h:", 27);
+    assert_true(is_hex64(a + 27));
+    n = rl_limit_key("green:", big, "ip:203.0.113.7", b);
     assert_int_equal(n, strlen(b));
-    assert_memory_equal(b, "green:rl:h:", 11);
-    assert_true(is_hex64(b + 11));
-    assert_string_not_equal(a + 10, b + 11); /* the hash covers the prefix too */
+    assert_memory_equal(b, "green:rl:{ip:203.0.113.7}:h:", 28);
+    assert_string_not_equal(a + 27, b + 28); /* the hash covers the prefix too */
 
     /* the longest key that is not hashed, and the shortest that is */
-    memset(big, 'u', sizeof(big));
-    big[RL_KEY_MAX - 1 - strlen("fg:rl:e0:")] = '\0';
-    assert_int_equal(rl_limit_key("fg:", "e0", big, a), RL_KEY_MAX - 1);
-    assert_memory_equal(a, "fg:rl:e0:uuu", 12);
-    strcat(big, "u");
-    assert_int_equal(rl_limit_key("fg:", "e0", big, a), 3 + 5 + 64);
-    assert_memory_equal(a, "fg:rl:h:", 8);
+    big[RL_KEY_MAX - 1 - strlen("fg:rl:{u:x}:")] = '\0';
+    assert_int_equal(rl_limit_key("fg:", big, "u:x", a), RL_KEY_MAX - 1);
+    assert_memory_equal(a, "fg:rl:{u:x}:sss", 15);
+    strcat(big, "s");
+    assert_int_equal(rl_limit_key("fg:", big, "u:x", a), strlen("fg:rl:{u:x}:h:") + 64);
+    assert_memory_equal(a, "fg:rl:{u:x}:h:", 14);
 
-    /* the longest prefix allowed, with an identity that needs hashing */
+    /* the longest prefix allowed, with an identity and a scope that need hashing */
     memset(prefix, 'p', FG_KEY_PREFIX_MAX);
     prefix[FG_KEY_PREFIX_MAX] = '\0';
-    n = rl_limit_key(prefix, "t:premium", big, a);
-    assert_int_equal(n, FG_KEY_PREFIX_MAX + 5 + 64);
+    n = rl_limit_key(prefix, big, big, a);
+    assert_int_equal(n, FG_KEY_PREFIX_MAX + strlen("rl:{}:h:") + RL_TAG_MAX + 64);
     assert_int_equal(n, strlen(a));
     assert_memory_equal(a, prefix, FG_KEY_PREFIX_MAX);
-    assert_memory_equal(a + FG_KEY_PREFIX_MAX, "rl:h:", 5);
-    assert_true(is_hex64(a + FG_KEY_PREFIX_MAX + 5));
+    assert_memory_equal(a + FG_KEY_PREFIX_MAX, "rl:{h:", 6);
 
     /* longer than the configuration allows: left out, never truncated */
     strcat(prefix, "p");
-    n = rl_limit_key(prefix, "t:premium", big, a);
-    assert_int_equal(n, 5 + 64);
-    assert_memory_equal(a, "rl:h:", 5);
-    assert_true(is_hex64(a + 5));
+    n = rl_limit_key(prefix, big, big, a);
+    assert_int_equal(n, strlen("rl:{}:h:") + RL_TAG_MAX + 64);
+    assert_memory_equal(a, "rl:{h:", 6);
 }
 
 /* ---- tiers and plans ----------------------------------------------------- */
@@ -408,14 +453,14 @@ static void test_plan(void **state)
     plan(&p, "203.0.113.7", NULL, NULL, "/", 1 /* GET */, true);
     assert_int_equal(p.n, 1);
     assert_int_equal(p.tier, 0);
-    assert_string_equal(p.key[0], "fg:rl:t:anonymous:ip:203.0.113.7");
+    assert_string_equal(p.key[0], "fg:rl:{ip:203.0.113.7}:t:anonymous");
     assert_int_equal(p.g[0].limit, 100);
 
     plan(&p, "2001:db8::1", "alice", "premium", "/api/auth/login", 3 /* POST */, true);
     assert_int_equal(p.n, 3);
-    assert_string_equal(p.key[0], "fg:rl:t:premium:u:alice");
-    assert_string_equal(p.key[1], "fg:rl:e0:ip:2001:db8::/64"); /* key = "ip" */
-    assert_string_equal(p.key[2], "fg:rl:e2:ip:2001:db8::/64");
+    assert_string_equal(p.key[0], "fg:rl:{u:alice}:t:premium");
+    assert_string_equal(p.key[1], "fg:rl:{ip:2001:db8::/64}:e0"); /* key = "ip" */
+    assert_string_equal(p.key[2], "fg:rl:{ip:2001:db8::/64}:e2");
     assert_int_equal(p.g[1].limit, 10);
 
     /* GET does not match the POST-only login limit; "/api/auth/loginx" never */
@@ -423,20 +468,20 @@ static void test_plan(void **state)
     assert_int_equal(p.n, 2);
     plan(&p, "203.0.113.7", NULL, NULL, "/api/auth/loginx", 3, true);
     assert_int_equal(p.n, 2);
-    assert_string_equal(p.key[1], "fg:rl:e2:ip:203.0.113.7");
+    assert_string_equal(p.key[1], "fg:rl:{ip:203.0.113.7}:e2");
     plan(&p, "203.0.113.7", NULL, NULL, "/apix", 3, true);
     assert_int_equal(p.n, 1);
 
     /* key = "user": by sub, or by IP without a user */
     plan(&p, "203.0.113.7", "bob", NULL, "/api/mvp/generate/x", 3, true);
-    assert_string_equal(p.key[1], "fg:rl:e1:u:bob");
+    assert_string_equal(p.key[1], "fg:rl:{u:bob}:e1");
     plan(&p, "203.0.113.7", NULL, NULL, "/api/mvp/generate", 3, true);
-    assert_string_equal(p.key[1], "fg:rl:e1:ip:203.0.113.7");
+    assert_string_equal(p.key[1], "fg:rl:{ip:203.0.113.7}:e1");
 
     /* rate_limit = false: endpoint limits only */
     plan(&p, "203.0.113.7", NULL, NULL, "/api/mvp/generate", 3, false);
     assert_int_equal(p.n, 2);
-    assert_string_equal(p.key[0], "fg:rl:e1:ip:203.0.113.7");
+    assert_string_equal(p.key[0], "fg:rl:{ip:203.0.113.7}:e1");
     plan(&p, "203.0.113.7", NULL, NULL, "/health", 1, false);
     assert_int_equal(p.n, 0);
 
@@ -461,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_gcra_steady_rate),
         cmocka_unit_test(test_gcra_high_rate),
         cmocka_unit_test(test_gcra_fractional_interval),
+        cmocka_unit_test(test_gcra_clamps_far_future),
         cmocka_unit_test(test_gcra_all_or_nothing),
         cmocka_unit_test(test_ip_ident),
         cmocka_unit_test(test_user_ident_and_keys),
