@@ -8,7 +8,9 @@ or is interrupted; the context managers stop them by PID on the way out.
 Only loopback addresses are used.
 """
 
+import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -93,6 +95,24 @@ def register_pid(pid, marker):
 
 
 _given_ports = set()
+
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def access_token(sub="alice", tier=None, secret=JWT_SECRET, kid=None):
+    """An HS256 access token for SUB, valid for ten minutes."""
+    now = int(time.time())
+    head = {"alg": "HS256", "typ": "JWT"}
+    if kid is not None:
+        head["kid"] = kid
+    claims = {"sub": sub, "type": "access", "iat": now - 5, "exp": now + 600}
+    if tier is not None:
+        claims["tier"] = tier
+    signed = b64u(json.dumps(head).encode()) + "." + b64u(json.dumps(claims).encode())
+    mac = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return signed + "." + b64u(mac)
 
 
 def free_port():

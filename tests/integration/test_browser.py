@@ -23,9 +23,6 @@ screenshot under build/browser/; FG_UPDATE_SCREENSHOT=1 also refreshes
 docs/browser-app-preview.png.
 """
 
-import base64
-import hashlib
-import hmac
 import importlib.util
 import json
 import os
@@ -36,8 +33,8 @@ import subprocess
 import time
 from urllib.parse import quote
 
-from harness import (CA, CERTS, JWT_SECRET, LOOPBACK, ROOT, Flowgate, RedisServer, Skip,
-                     Upstream, check, eq, register_pid, req_header, tmpdir)
+from harness import (CA, CERTS, Flowgate, LOOPBACK, ROOT, RedisServer, Skip, Upstream,
+                     access_token, check, eq, register_pid, req_header, tmpdir)
 
 TIMEOUT = 120
 
@@ -56,17 +53,8 @@ PLATFORM_COOKIES = ["access_token", "refresh_token", "session"]
 
 # ------------------------------------------------------------------ the world
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwt(sub):
-    claims = {"sub": sub, "type": "access", "iat": int(time.time()) - 5,
-              "exp": int(time.time()) + 600}
-    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64u(json.dumps(claims).encode())
-    mac = hmac.new(JWT_SECRET.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
-    return head + "." + body + "." + b64u(mac)
 
 
 def run(cmd, what):
@@ -345,7 +333,7 @@ def login(b, sub="alice"):
     """The app's login: the API answers with the platform's cookies (HttpOnly,
     Secure, for the whole site), as a login endpoint does."""
     cookies = ["access_token=%s; Domain=flowgate.test; Path=/; Secure; HttpOnly; SameSite=Lax"
-               % jwt(sub),
+               % access_token(sub),
                "session=s3cr3t-%s; Domain=flowgate.test; Path=/; Secure; HttpOnly; SameSite=Lax"
                % sub,
                "theme=dark; Domain=flowgate.test; Path=/; Secure; SameSite=Lax"]
@@ -408,7 +396,7 @@ def test_put_with_authorization_is_preflighted_by_flowgate_then_succeeds():
         b.open(APP + "/app.html")
         r = b.wait("return call(args[0], {method: 'PUT', headers: {'Authorization': "
                    "'Bearer ' + args[1], 'Content-Type': 'application/json'}, "
-                   "body: JSON.stringify({name: 'demo'})});", API + "/api/mvps/demo", jwt("bob"))
+                   "body: JSON.stringify({name: 'demo'})});", API + "/api/mvps/demo", access_token("bob"))
         eq(r.get("status"), 200, "the PUT as the page saw it (%r)" % r)
         body = json.loads(r["body"])
         eq((body["method"], body["body_len"]), ("PUT", len('{"name":"demo"}')),

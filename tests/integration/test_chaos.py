@@ -22,8 +22,6 @@ varies from run to run, the scripts do not).
 """
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -33,8 +31,8 @@ import struct
 import threading
 import time
 
-from harness import (JWT_SECRET, Conn, ConnectionClosed, RedisServer, TestFailure,
-                     build_request, check, client_context, eq, fail)
+from harness import (Conn, ConnectionClosed, RedisServer, TestFailure, access_token, build_request,
+                     check, client_context, eq, fail)
 from test_previews import Setup, host_of, upstream_name
 
 TIMEOUT = 60
@@ -63,17 +61,8 @@ KNOWN_ERRORS = {
 
 # ------------------------------------------------------------------ helpers
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwt(sub):
-    claims = {"sub": sub, "type": "access", "iat": int(time.time()) - 5,
-              "exp": int(time.time()) + 600}
-    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64u(json.dumps(claims).encode())
-    mac = hmac.new(JWT_SECRET.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
-    return head + "." + body + "." + b64u(mac)
 
 
 def rst_close(sock):
@@ -131,7 +120,7 @@ class Client:
         self.deadline = deadline
         self.seen = seen
         self.faults = faults
-        self.token = jwt("chaos-%d" % rng.randrange(1000))
+        self.token = access_token("chaos-%d" % rng.randrange(1000))
 
     # -- building blocks
     def connect(self, tls=True):

@@ -12,9 +12,8 @@ import ssl
 import sys
 import time
 
-from harness import (CA, HSTS, Flowgate, Skip, Upstream, assert_new_request_id,
-                     assert_security_headers, check, client_context, curl, eq, fail, pattern,
-                     req_header, sha256)
+from harness import (Flowgate, HSTS, Skip, Upstream, access_token, check, client_context, curl, eq,
+                     fail, pattern, req_header, sha256)
 
 try:
     import h2.config
@@ -338,20 +337,6 @@ def stage_config():
     }
 
 
-def jwt_token(sub):
-    import base64
-    import hashlib
-    import hmac
-    from harness import JWT_SECRET
-
-    def b64u(b):
-        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-    now = int(time.time())
-    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64u(json.dumps({"sub": sub, "type": "access", "iat": now - 5,
-                            "exp": now + 600}).encode())
-    mac = hmac.new(JWT_SECRET.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
-    return head + "." + body + "." + b64u(mac)
 
 
 def test_http2_stages_answer_per_stream():
@@ -360,7 +345,7 @@ def test_http2_stages_answer_per_stream():
             sids = {
                 "noauth": c.start("GET", "/api/x"),
                 "auth": c.start("GET", "/api/x", headers=[
-                    ("authorization", "Bearer " + jwt_token("user-7")),
+                    ("authorization", "Bearer " + access_token("user-7")),
                     ("x-user-id", "forged")]),
                 "none": c.start("GET", "/nowhere/x"),
                 "ro": c.start("POST", "/ro", body=b"x"),

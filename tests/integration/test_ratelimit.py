@@ -8,16 +8,13 @@ HS256 JWTs made here with the standard library, signed with the secret the
 harness gives flowgate.
 """
 
-import base64
 import hashlib
-import hmac
-import json
 import re
 import threading
 import time
 
-from harness import (JWT_SECRET, Flowgate, RedisServer, Upstream, assert_error, check, eq,
-                     fail, plain_request)
+from harness import (Flowgate, RedisServer, Upstream, access_token, assert_error, check, eq, fail,
+                     plain_request)
 
 TIMEOUT = 90
 
@@ -28,23 +25,12 @@ DOWN_AFTER_TIMEOUTS = 3  # RL_DOWN_AFTER_TIMEOUTS (gateway/rl_redis.h)
 
 # ------------------------------------------------------------------ helpers
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwt(sub, tier=None):
-    claims = {"sub": sub, "type": "access", "iat": int(time.time()) - 5,
-              "exp": int(time.time()) + 600}
-    if tier is not None:
-        claims["tier"] = tier
-    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64u(json.dumps(claims).encode())
-    mac = hmac.new(JWT_SECRET.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
-    return head + "." + body + "." + b64u(mac)
 
 
 def bearer(sub, tier=None):
-    return [("Authorization", "Bearer " + jwt(sub, tier))]
+    return [("Authorization", "Bearer " + access_token(sub, tier))]
 
 
 def rl_config(server, tiers=None, endpoints=(), routes=None, env_password=False, **over):

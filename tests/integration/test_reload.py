@@ -5,10 +5,6 @@ tunnels keep running, a broken file keeps the old snapshot, a removed JWT
 key stops verifying at once, listeners are diffed, certificates re-read,
 and nothing is refused or failed while it happens."""
 
-import base64
-import hashlib
-import hmac
-import json
 import os
 import re
 import signal
@@ -18,9 +14,8 @@ import subprocess
 import threading
 import time
 
-from harness import (CERTS, JWT_SECRET, Conn, Flowgate, Upstream, base_config, check,
-                     client_context, eq, fail, free_port, merge, plain_request, render_config,
-                     tmpdir)
+from harness import (CERTS, Conn, Flowgate, JWT_SECRET, Upstream, access_token, base_config, check,
+                     client_context, eq, fail, free_port, merge, render_config, tmpdir)
 from test_previews import ws_accept, ws_open, ws_recv, ws_send
 
 TIMEOUT = 180
@@ -90,16 +85,12 @@ def eventually(what, pred, timeout=5.0):
     fail("not within %.0f s: %s (last: %r)" % (timeout, what, last))
 
 
-def b64u(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def token(secret, kid, sub="alice"):
-    head = b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
-    body = b64u(json.dumps({"sub": sub, "type": "access", "iat": int(time.time()) - 5,
-                            "exp": int(time.time()) + 600}).encode())
-    mac = hmac.new(secret.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
-    return head + "." + body + "." + b64u(mac)
+
+
+def reload_token(secret, kid, sub="alice"):
+    return access_token(sub, secret=secret, kid=kid)
 
 
 def issue_cert(name, days, serial):
@@ -213,8 +204,8 @@ def test_removed_jwt_key_is_refused_at_once_even_when_cached():
             "routes": ({"host": "", "path": "/", "upstream": "api", "auth": "required"},)}
     only_a = merge(both, {"jwt": {"keys": ({"kid": "a", "secret_env": "FLOWGATE_JWT_SECRET"},)}})
     with Upstream() as up, Flowgate(both, upstream=up) as fg:
-        tb = [("Authorization", "Bearer " + token(secret_b, "b"))]
-        ta = [("Authorization", "Bearer " + token(JWT_SECRET, "a"))]
+        tb = [("Authorization", "Bearer " + reload_token(secret_b, "b"))]
+        ta = [("Authorization", "Bearer " + reload_token(JWT_SECRET, "a"))]
         c = fg.tls()
         try:
             for _ in range(3):  # verified, then from the cache
@@ -237,15 +228,15 @@ def test_rotated_secret_file_verifies_after_reload_and_the_old_one_fails():
     cfg = {"jwt": {"keys": ({"kid": "k", "secret_file": keyfile},)},
            "routes": ({"host": "", "path": "/", "upstream": "api", "auth": "required"},)}
     with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
-        eq(fg.get("/", headers=[("Authorization", "Bearer " + token(old, "k"))]).status, 200,
+        eq(fg.get("/", headers=[("Authorization", "Bearer " + reload_token(old, "k"))]).status, 200,
            "old secret before")
         with open(keyfile + ".tmp", "w") as f:
             f.write(new)
         os.rename(keyfile + ".tmp", keyfile)
         hup(fg, failed=False)
-        eq(fg.get("/", headers=[("Authorization", "Bearer " + token(new, "k"))]).status, 200,
+        eq(fg.get("/", headers=[("Authorization", "Bearer " + reload_token(new, "k"))]).status, 200,
            "new secret after the reload")
-        eq(fg.get("/", headers=[("Authorization", "Bearer " + token(old, "k"))]).status, 401,
+        eq(fg.get("/", headers=[("Authorization", "Bearer " + reload_token(old, "k"))]).status, 401,
            "old secret after the reload")
 
 
@@ -436,7 +427,7 @@ def test_kubelet_secret_rotation_reloads_without_a_signal():
            "jwt": {"keys": ({"kid": "k", "secret_file": os.path.join(vol, "jwt")},)},
            "routes": ({"host": "", "path": "/", "upstream": "api", "auth": "required"},)}
     with Upstream() as up, Flowgate(cfg, upstream=up) as fg:
-        auth = lambda s: [("Authorization", "Bearer " + token(s, "k"))]
+        auth = lambda s: [("Authorization", "Bearer " + reload_token(s, "k"))]
         eq(served_serial(fg), 4001, "first certificate")
         eq(fg.get("/", headers=auth(old)).status, 200, "old secret before")
         kubelet_volume(vol, "2026_12_05_02", {"tls.crt": read(crt2), "tls.key": read(key2),
