@@ -106,6 +106,10 @@ struct h2_stream {
     bool finished;         /* req_finish called */
     bool finishing;        /* inside req_finish: pending_out tells the real bytes */
     bool closed;           /* nghttp2 closed it: freed once no hold remains */
+    uint64_t sent;         /* DATA payload bytes framed on this stream */
+    bool stall_watched;    /* waiting on its own shut window since STALL_AT */
+    uint64_t stall_mark;   /* SENT when the watch began */
+    struct timeval stall_at;
 };
 
 struct h2_conn {
@@ -936,7 +940,11 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     struct h2_stream *s = stream_of(h2, frame->hd.stream_id);
 
     switch (frame->hd.type) {
-    case NGHTTP2_DATA: h2->data_sent += frame->hd.length; break;
+    case NGHTTP2_DATA:
+        h2->data_sent += frame->hd.length;
+        if (s != NULL)
+            s->sent += frame->hd.length;
+        break;
     case NGHTTP2_GOAWAY:
         if (frame->goaway.last_stream_id != INT32_MAX) { /* not the shutdown notice */
             int why = h2->goaway_why >= 0 ? h2->goaway_why : H2_GOAWAY_PROTOCOL;
@@ -1069,6 +1077,13 @@ static int session_send(struct h2_conn *h2)
     return 0;
 }
 
+/* A stream whose response waits on its own window, shut by the client. */
+static bool stream_stalled(struct h2_conn *h2, const struct h2_stream *s)
+{
+    return s->submitted && !s->closed && !s->finished && evbuffer_get_length(s->r->out) > 0 &&
+           nghttp2_session_get_stream_remote_window_size(h2->session, s->id) <= 0;
+}
+
 /* Output waiting while the client keeps its window shut: the stall watch
  * runs for limits.send_timeout_ms without a DATA byte framed. */
 static bool stalled(struct h2_conn *h2)
@@ -1076,8 +1091,7 @@ static bool stalled(struct h2_conn *h2)
     if (nghttp2_session_get_remote_window_size(h2->session) <= 0)
         return h2->buffered > 0;
     for (struct h2_stream *s = h2->streams; s != NULL; s = s->next)
-        if (s->submitted && !s->closed && evbuffer_get_length(s->r->out) > 0 &&
-            nghttp2_session_get_stream_remote_window_size(h2->session, s->id) <= 0)
+        if (stream_stalled(h2, s))
             return true;
     return false;
 }
@@ -1086,6 +1100,14 @@ static void watch_stall(struct h2_conn *h2)
 {
     uint32_t ms = h2->c->cfg->limits.send_timeout_ms;
 
+    for (struct h2_stream *s = h2->streams; s != NULL; s = s->next) {
+        bool now = ms != 0 && stream_stalled(h2, s);
+        if (now && !s->stall_watched) {
+            s->stall_mark = s->sent;
+            event_base_gettimeofday_cached(h2->c->w->base, &s->stall_at);
+        }
+        s->stall_watched = now;
+    }
     if (ms == 0 || !stalled(h2)) {
         event_del(h2->stall_ev);
         return;
@@ -1097,6 +1119,32 @@ static void watch_stall(struct h2_conn *h2)
     }
 }
 
+/*
+ * A client may keep one stream's window shut while others move, so the
+ * connection never stalls as a whole: that stream alone would then hold its
+ * upstream link and its buffered response for good. Like a slow HTTP/1.1
+ * reader, a stream that took no DATA byte for send_timeout_ms is ended
+ * (RST_STREAM CANCEL), its request finished as a send timeout. A stream
+ * found stalled just before the watch fires is looked at again next time.
+ */
+static void stall_streams(struct h2_conn *h2, uint32_t ms)
+{
+    struct timeval now;
+
+    event_base_gettimeofday_cached(h2->c->w->base, &now);
+    for (struct h2_stream *s = h2->streams; s != NULL; s = s->next) {
+        if (!s->stall_watched || s->sent != s->stall_mark || !stream_stalled(h2, s))
+            continue;
+        int64_t waited = (now.tv_sec - s->stall_at.tv_sec) * 1000 +
+                         (now.tv_usec - s->stall_at.tv_usec) / 1000;
+        if (waited < ms)
+            continue;
+        s->stall_watched = false;
+        finish_request(s, REQ_END_SEND_TIMEOUT);
+        nghttp2_submit_rst_stream(h2->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+    }
+}
+
 static void stall_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_conn *h2 = arg;
@@ -1104,7 +1152,9 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     conn_hold(h2->c);
     if (h2->data_sent == h2->stall_mark && stalled(h2))
         terminate(h2, H2_GOAWAY_STALL, NGHTTP2_ENHANCE_YOUR_CALM);
-    h2->pump_wanted = true;
+    else
+        stall_streams(h2, h2->c->cfg->limits.send_timeout_ms);
+    want_pump(h2);
     conn_release(h2->c);
 }
 

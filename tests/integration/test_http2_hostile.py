@@ -22,7 +22,7 @@ import h2raw
 from h2raw import (CONTINUATION, DATA, END_STREAM, ENHANCE_YOUR_CALM, H2, HEADERS,
                    INITIAL_WINDOW_SIZE, ENABLE_PUSH, PROTOCOL_ERROR, REFUSED_STREAM, CANCEL,
                    error_name, frame, literal, ping_frame, request_headers, rst_frame,
-                   settings_frame)
+                   settings_frame, window_update_frame)
 from harness import Flowgate, Upstream, check, eq, fail, req_header
 
 TIMEOUT = 90
@@ -521,6 +521,39 @@ def test_http2_zero_window_stall_is_closed():
         c.close()
         with H2(fg.https_port) as fresh:
             eq(fresh.get("/after", timeout=15).status, 200, "a fresh connection afterwards")
+
+
+def test_http2_one_stalled_stream_is_reset_while_others_move():
+    """A client that keeps one stream's window shut while its other streams
+    move: the connection never stalls as a whole, but that stream alone
+    must not hold its upstream and its buffered response for good. It is
+    reset (CANCEL) after send_timeout_ms and logged as a send timeout; the
+    connection and its other streams go on."""
+    cfg = config()
+    cfg["limits"] = {"send_timeout_ms": 1000}
+    with Upstream() as up, Flowgate(cfg, up) as fg:
+        c = H2(fg.https_port, settings=((ENABLE_PUSH, 0), (INITIAL_WINDOW_SIZE, 0)))
+        c.auto_window = False
+        c.send(window_update_frame(0, 1 << 30))
+        shut = c.request(req("/bytes/8388608"))
+        deadline = time.monotonic() + 30
+        moved = 0
+        while c.stream(shut).reset is None and not c.ended() and time.monotonic() < deadline:
+            sid = c.request(req("/moving"))
+            c.send(window_update_frame(sid, 1 << 20))
+            s = c.response(sid, 10)
+            eq(s.status, 200, "a moving stream beside the shut one")
+            moved += 1
+            time.sleep(0.1)
+        s = c.stream(shut)
+        check(s.reset is not None, "the shut stream still open after %d other streams moved"
+              % moved)
+        eq(error_name(s.reset), "CANCEL", "reset of the shut stream")
+        check(not c.ended(), "the connection ended (goaway %r)" % (c.goaway,))
+        eq(c.get("/after", timeout=10).status, 200, "the same connection afterwards")
+        c.close()
+        lines = [e for e in fg.access_log() if e.get("path") == "/bytes/8388608"]
+        eq([e.get("error") for e in lines], ["send timeout"], "the shut stream's log line")
 
 
 def test_http2_idle_connection_gets_goaway():
