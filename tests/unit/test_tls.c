@@ -490,6 +490,36 @@ static void test_resume_tickets(void **state) {
     resumption_case(TLS1_3_VERSION, true, "other.localhost");
 }
 
+static int tickets_seen;
+
+static int count_ticket(SSL *ssl, SSL_SESSION *session) {
+    tickets_seen++;
+    return 0; /* not kept: OpenSSL frees it */
+}
+
+/* TLS 1.3 issues one ticket per handshake (each costs about a sixth of a
+ * handshake); OpenSSL's default would be two. */
+static void test_one_ticket_per_tls13_handshake(void **state) {
+    struct fg_config cfg;
+    struct fg_cert certs[2];
+    struct tls_ctxset *set;
+    SSL_CTX *cctx = client_ctx(TLS1_3_VERSION, TLS1_3_VERSION);
+    struct pair p;
+
+    config_init(&cfg, certs);
+    set = build_ok(&cfg);
+    SSL_CTX_set_session_cache_mode(cctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(cctx, count_ticket);
+    tickets_seen = 0;
+    pair_init(&p, set, cctx, "localhost");
+    assert_int_equal(pair_handshake(&p), 0);
+    pair_exchange(&p);
+    assert_int_equal(tickets_seen, 1);
+    pair_free(&p);
+    tls_free(set);
+    SSL_CTX_free(cctx);
+}
+
 static void test_no_resume_without_tickets(void **state) {
     resumption_case(TLS1_2_VERSION, false, "localhost");
     resumption_case(TLS1_3_VERSION, false, "localhost");
@@ -566,6 +596,7 @@ int main(void) {
         cmocka_unit_test(test_no_renegotiation),
         cmocka_unit_test(test_resume_tickets),
         cmocka_unit_test(test_no_resume_without_tickets),
+        cmocka_unit_test(test_one_ticket_per_tls13_handshake),
         cmocka_unit_test(test_ticket_rotation),
         cmocka_unit_test(test_free_with_live_connection),
     };
