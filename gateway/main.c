@@ -20,6 +20,7 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <libconfig.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/crypto.h>
 
 #include "admin.h"
@@ -76,6 +77,7 @@ static void print_versions(void)
     printf("  libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR,
            LIBCONFIG_VER_REVISION);
     printf("  hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+    printf("  nghttp2 %s\n", nghttp2_version(0)->version_str);
 }
 
 /* systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram. */

@@ -85,5 +85,5 @@ def test_version_flag():
     check(re.search(r"flowgate\S*\s+v?\d+\.\d+\.\d+", out.splitlines()[0] if out else ""),
           "first line of -V is not 'flowgate X.Y.Z': %r" % out[:200])
     low = out.lower()
-    check("openssl" in low and "libevent" in low, "-V does not name the linked libraries: %r"
-          % out[:500])
+    for lib in ("openssl", "libevent", "jansson", "libconfig", "hiredis", "nghttp2"):
+        check(lib in low, "-V does not name %s among the linked libraries: %r" % (lib, out[:500]))
