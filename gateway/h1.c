@@ -351,8 +351,7 @@ static bool trailing_htab(const struct h1_header *h)
     return false;
 }
 
-/* Every Content-Length header merged into one value. 1: present, 0: absent, -1: conflict. */
-static int merged_content_length(const struct h1_header *h, size_t n, uint64_t *out)
+int h1_content_length(const struct h1_header *h, size_t n, uint64_t *out)
 {
     bool have = false;
 
@@ -612,7 +611,7 @@ static enum h1_status check_host(struct h1_request *req)
 static enum h1_status request_framing(struct h1_request *req)
 {
     size_t nte = count_headers(req->headers, req->nheaders, "transfer-encoding");
-    int cl = merged_content_length(req->headers, req->nheaders, &req->content_length);
+    int cl = h1_content_length(req->headers, req->nheaders, &req->content_length);
 
     if (cl < 0) {
         req->reason = "invalid Content-Length";
@@ -778,7 +777,7 @@ static bool ambiguous_transfer_encoding(const struct h1_header *h, size_t n)
 static enum h1_status response_framing(struct h1_response *resp, bool head_request)
 {
     bool te = h1_find(resp->headers, resp->nheaders, "transfer-encoding") != NULL;
-    int cl = merged_content_length(resp->headers, resp->nheaders, &resp->content_length);
+    int cl = h1_content_length(resp->headers, resp->nheaders, &resp->content_length);
     bool reuse = true;
 
     if (te && ambiguous_transfer_encoding(resp->headers, resp->nheaders)) {

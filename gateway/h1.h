@@ -272,6 +272,10 @@ static inline bool h1_is_ows(char c)
 /* Trim OWS from both ends of the slice *V[0..*N). */
 void h1_trim_ows(const char **v, size_t *n);
 
+/* Every Content-Length header (repeats, list elements) merged into one
+ * value *OUT. 1: present, 0: absent, -1: malformed or conflicting. */
+int h1_content_length(const struct h1_header *h, size_t n, uint64_t *out);
+
 /* Does a comma-separated header value list contain TOKEN (case-insensitive)? */
 bool h1_list_has(const char *value, size_t len, const char *token);
 

@@ -533,6 +533,20 @@ static bool drop_response_header(const struct req *r, const struct h1_header *h)
     return false;
 }
 
+/*
+ * The Content-Length the client is told, written once by flowgate: none
+ * beside a Transfer-Encoding (RFC 9112 6.3: a proxy removes it), none on a
+ * 1xx or 204 (RFC 9110 8.6), and one plain number where the upstream sent
+ * repeats or a list ("2, 2"), which an HTTP/2 client would reject.
+ */
+static bool response_length(const struct h1_response *resp, uint64_t *length)
+{
+    if (resp->status < 200 || resp->status == 204 ||
+        h1_find(resp->headers, resp->nheaders, "Transfer-Encoding") != NULL)
+        return false;
+    return h1_content_length(resp->headers, resp->nheaders, length) == 1;
+}
+
 /* Relay the upstream's head (HEAD_LEN bytes as received): 0, or -1 when it
  * could not be written (no memory). */
 static int write_response_head(struct req *r, const struct h1_response *resp, size_t head_len)
@@ -550,7 +564,7 @@ static int write_response_head(struct req *r, const struct h1_response *resp, si
      * head; flowgate's own by respond_common_len and the stages' room. */
     wbuf_begin(&b, r->out,
                head_len + resp->reason_len + respond_common_len(r) + stages_response_end_room(r) +
-                   sizeof(UPGRADE_LINES) + 64);
+                   sizeof(UPGRADE_LINES) + sizeof("Content-Length: 18446744073709551615\r\n") + 64);
     wbuf_lit(&b, "HTTP/1.1 ");
     wbuf_u64(&b, (uint64_t)resp->status);
     wbuf_lit(&b, " ");
@@ -560,9 +574,16 @@ static int write_response_head(struct req *r, const struct h1_response *resp, si
     for (size_t i = 0; i < resp->nheaders; i++) {
         const struct h1_header *hd = &resp->headers[i];
         if (drop_response_header(r, hd) ||
-            (conn_lists && named_by_connection(resp->headers, resp->nheaders, hd)))
+            (conn_lists && named_by_connection(resp->headers, resp->nheaders, hd)) ||
+            h1_token_eq(hd->name, hd->name_len, "Content-Length"))
             continue;
         wbuf_header(&b, hd->name, hd->name_len, hd->value, hd->value_len);
+    }
+    uint64_t length;
+    if (response_length(resp, &length)) {
+        wbuf_lit(&b, "Content-Length: ");
+        wbuf_u64(&b, length);
+        wbuf_lit(&b, "\r\n");
     }
     stages_response_end(r, resp->headers, resp->nheaders, &b);
     respond_common_headers(r, &b);

@@ -29,6 +29,9 @@ Paths:
   /slow/MS          answers after MS milliseconds
   /trickle          head and body sent in small pieces with pauses (?ms=50)
   /truncate         Content-Length: 1000, 10 bytes, close
+  /framing/te-cl    chunked "ok" that also says Content-Length: 100, then close
+  /framing/cl-list  "ok" with Content-Length: 2, 2 (one value, list form)
+  /framing/204-cl   204 with Content-Length: 5 and 5 stray bytes, then close
   /close-before     close without answering
   /reset            close with RST (SO_LINGER 0)
   /headers          hop-by-hop and security headers of its own
@@ -57,6 +60,13 @@ import sys
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HEAD = 1 << 20
+# Heads whose Content-Length a proxy must not pass on as it is.
+FRAMING = {
+    "/framing/te-cl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n"
+                      b"\r\n2\r\nok\r\n0\r\n\r\n",
+    "/framing/cl-list": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+    "/framing/204-cl": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+}
 CHUNK = 16 * 1024
 
 
@@ -295,6 +305,11 @@ class Conn:
         if path == "/truncate":
             self.writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                               b"Content-Length: 1000\r\n\r\n0123456789")
+            await self.writer.drain()
+            self.writer.close()
+            return False
+        if path in FRAMING:
+            self.writer.write(FRAMING[path])
             await self.writer.drain()
             self.writer.close()
             return False

@@ -545,6 +545,24 @@ def test_http2_upstream_endings_and_framings():
             h2_error(c.request("GET", "/x"), 502, "bad_gateway")
 
 
+def test_http2_content_length_only_where_it_frames_the_body():
+    """An upstream's Content-Length beside Transfer-Encoding, on a 204, or as a
+    list ("2, 2") would make the HTTP/2 response malformed (RFC 9113 8.1.1):
+    the client sees none, none, and one plain number."""
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        with H2Client(fg.https_port) as c:
+            r = c.request("GET", "/framing/te-cl")
+            eq((r.status, r.all("content-length"), r.body), (200, [], b"ok"),
+               "chunked and a length")
+            r = c.request("GET", "/framing/cl-list")
+            eq((r.status, r.all("content-length"), r.body), (200, ["2"], b"ok"),
+               "a list of one length")
+        with H2Client(fg.https_port) as c:
+            r = c.request("GET", "/framing/204-cl")
+            eq((r.status, r.all("content-length"), r.body), (204, [], b""), "a 204 with a length")
+            eq(c.request("GET", "/after").status, 200, "the same connection afterwards")
+
+
 # ---------------------------------------------------------------- log and metrics
 
 def test_http2_access_log_and_metrics_name_the_protocol():

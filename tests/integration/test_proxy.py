@@ -33,6 +33,22 @@ def test_upstream_security_and_hop_by_hop_headers_are_replaced():
         eq(r.body, b"headers\n", "body")
 
 
+def test_upstream_content_length_passes_only_where_it_frames_the_body():
+    # RFC 9112 6.3: a proxy removes a Content-Length sent beside
+    # Transfer-Encoding; RFC 9110 8.6: none on a 204; a list of one value
+    # ("2, 2") goes on as one plain number.
+    with Upstream() as up, Flowgate(upstream=up) as fg:
+        r = fg.get("/framing/te-cl")
+        eq((r.status, r.all("Content-Length"), r.body), (200, [], b"ok"), "chunked and a length")
+        check("chunked" in (r.header("Transfer-Encoding") or ""), "Transfer-Encoding dropped")
+        r = fg.get("/framing/cl-list")
+        eq((r.status, r.all("Content-Length"), r.body), (200, ["2"], b"ok"),
+           "a list of one length")
+        r = fg.get("/framing/204-cl")
+        eq((r.status, r.all("Content-Length")), (204, []), "a 204 with a length")
+        eq(fg.get("/after").status, 200, "an ordinary request afterwards")
+
+
 def test_own_error_carries_headers():
     with Upstream() as up, Flowgate({"routes": ({"host": "", "path": "/api/",
                                                  "upstream": "api", "auth": "none"},)},
