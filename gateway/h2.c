@@ -504,8 +504,8 @@ static bool vec_eq(nghttp2_vec a, nghttp2_vec b)
 }
 
 /* RFC 9113 8.3.1: a Host naming another host than :authority makes the
- * request malformed. Both are compared normalised (case, a port only when
- * both name one). */
+ * request malformed. Both are compared normalised: case, and a port left
+ * out is https's 443 (HTTP/2 is served over TLS only). */
 static bool authority_agrees(nghttp2_rcbuf *authority, nghttp2_rcbuf *host)
 {
     nghttp2_vec a = nghttp2_rcbuf_get_buf(authority), h = nghttp2_rcbuf_get_buf(host);
@@ -518,7 +518,7 @@ static bool authority_agrees(nghttp2_rcbuf *authority, nghttp2_rcbuf *host)
     ssize_t hl = route_host_normalize((const char *)h.base, h.len, hn, sizeof(hn), &hp);
     if (al < 0 || hl < 0 || al != hl || memcmp(an, hn, (size_t)al) != 0)
         return false;
-    return ap < 0 || hp < 0 || ap == hp;
+    return (ap < 0 ? 443 : ap) == (hp < 0 ? 443 : hp);
 }
 
 static void add_vec(struct evbuffer *b, nghttp2_rcbuf *rc)

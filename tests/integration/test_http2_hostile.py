@@ -117,6 +117,9 @@ LENGTH_CASES = [
 ROUTING_CASES = [
     (":authority and host disagree", req(extra=[("host", "evil.example")]), None, None,
      "refuse"),
+    ("host names another port", req(extra=[("host", "localhost:9")]), None, None, "refuse"),
+    (":authority names another port", req(authority="localhost:9", extra=[("host", "localhost")]),
+     None, None, "refuse"),
     ("host twice, differing", without(req(), ":authority") +
      [("host", "localhost"), ("host", "evil.example")], None, None, "refuse"),
     ("header list over max_header_list_bytes",
