@@ -115,6 +115,20 @@ def access_token(sub="alice", tier=None, secret=JWT_SECRET, kid=None):
     return signed + "." + b64u(mac)
 
 
+def client_hello():
+    """The bytes of a TLS ClientHello for localhost (the first flight only)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago (never the same twice)."""
     for _ in range(50):

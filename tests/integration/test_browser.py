@@ -54,9 +54,6 @@ PLATFORM_COOKIES = ["access_token", "refresh_token", "session"]
 # ------------------------------------------------------------------ the world
 
 
-
-
-
 def run(cmd, what):
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        stdin=subprocess.DEVNULL, timeout=60)

@@ -32,7 +32,7 @@ import threading
 import time
 
 from harness import (Conn, ConnectionClosed, RedisServer, TestFailure, access_token, build_request,
-                     check, client_context, eq, fail)
+                     check, client_context, client_hello, eq, fail)
 from test_previews import Setup, host_of, upstream_name
 
 TIMEOUT = 60
@@ -62,9 +62,6 @@ KNOWN_ERRORS = {
 # ------------------------------------------------------------------ helpers
 
 
-
-
-
 def rst_close(sock):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -90,19 +87,6 @@ def ws_frame(fin_op, payload):
     else:
         head += bytes([0x80 | 126]) + struct.pack("!H", n)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def client_hello():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
 
 
 CLIENT_HELLO = client_hello()

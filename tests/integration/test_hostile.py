@@ -13,10 +13,9 @@ After each case a valid request on a new connection must still be answered,
 which also orders the upstream's record after anything flowgate forwarded.
 """
 
-import ssl
 
-from harness import (Flowgate, Upstream, assert_closes, assert_error, check, eq, fail,
-                     sentinel)
+from harness import (Flowgate, Upstream, assert_closes, assert_error, check, client_hello, eq,
+                     fail, sentinel)
 from harness import ConnectionClosed
 
 TIMEOUT = 40
@@ -33,19 +32,6 @@ def post(headers, body=b""):
 
 def get(target, extra=b"", version=b"HTTP/1.1"):
     return b"GET " + target + b" " + version + b"\r\n" + H + extra + b"\r\n"
-
-
-def _client_hello():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
 
 
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -215,7 +201,7 @@ def test_tls_record_on_http_port_gets_400():
     with Upstream() as up, Flowgate(upstream=up) as fg:
         conn = fg.plain()
         try:
-            conn.send(_client_hello())
+            conn.send(client_hello())
             _expect_error(conn, {400}, https=False)
         finally:
             conn.close()

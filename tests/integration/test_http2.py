@@ -337,8 +337,6 @@ def stage_config():
     }
 
 
-
-
 def test_http2_stages_answer_per_stream():
     with Upstream() as up, Flowgate(stage_config(), upstream=up) as fg:
         with H2Client(fg.https_port) as c:

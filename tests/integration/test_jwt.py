@@ -13,8 +13,8 @@ import json
 import socket
 import time
 
-from harness import (JWT_SECRET, LOOPBACK, Flowgate, Upstream, assert_error, check, eq,
-                     free_port, plain_request, readable, req_header)
+from harness import (JWT_SECRET, LOOPBACK, Flowgate, Upstream, assert_error, check, eq, readable,
+                     req_header)
 
 TIMEOUT = 120
 

@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 from harness import (FORBIDDEN_TRAILERS, HSTS, SECURITY_HEADERS, UPSTREAM_PY, ROOT, Flowgate,

@@ -26,9 +26,6 @@ DOWN_AFTER_TIMEOUTS = 3  # RL_DOWN_AFTER_TIMEOUTS (gateway/rl_redis.h)
 # ------------------------------------------------------------------ helpers
 
 
-
-
-
 def bearer(sub, tier=None):
     return [("Authorization", "Bearer " + access_token(sub, tier))]
 

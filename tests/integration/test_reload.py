@@ -85,10 +85,6 @@ def eventually(what, pred, timeout=5.0):
     fail("not within %.0f s: %s (last: %r)" % (timeout, what, last))
 
 
-
-
-
-
 def reload_token(secret, kid, sub="alice"):
     return access_token(sub, secret=secret, kid=kid)
 

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from harness import Flowgate, Upstream, check, eq, fail, register_pid, run_flowgate, tmpdir
+from harness import Flowgate, check, eq, fail, run_flowgate, tmpdir
 from test_cli import _base_text, _write
 from test_previews import Dns, Mvp, common_port, established_to, wait_until
 
@@ -240,7 +240,6 @@ def test_first_request_waits_for_the_first_answer():
         check("r" in out, "the waiting request never ended")
         eq(out["r"].status, 200, "status of the request that waited (body %r)" % out["r"].body)
         eq(json.loads(out["r"].body)["upstream"], "a", "served by the answer's address")
-
 
 
 def test_servfail_without_an_address_is_502():
